@@ -1,0 +1,66 @@
+// Memory that the kernels work on: one aligned, owned block of float32.
+//
+// Every tensor in this project is a view (pointer + element count) into such a block: the model's
+// parameters, gradients and optimizer slots are parallel slabs, and all activations live in one arena
+// that is allocated once per (batch, image size) and reused every step.
+
+/// A 64-byte aligned, zero-initialised block of `Float` that frees itself.
+/// Cache-line alignment keeps SIMD loads at the start of every slab from straddling lines.
+public final class FloatBuffer {
+  public static let alignment = 64
+  public let count: Int
+  public let base: UnsafeMutablePointer<Float>
+
+  public init(count: Int) {
+    precondition(count >= 0, "negative buffer size")
+    self.count = count
+    let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride,
+                                               alignment: FloatBuffer.alignment)
+    base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+    base.initialize(repeating: 0, count: max(count, 1))
+  }
+
+  deinit { UnsafeMutableRawPointer(base).deallocate() }
+
+  public func zero() { base.update(repeating: 0, count: count) }
+
+  public subscript(i: Int) -> Float {
+    get { base[i] }
+    set { base[i] = newValue }
+  }
+
+  public var array: [Float] { Array(UnsafeBufferPointer(start: base, count: count)) }
+
+  public func copy(from values: [Float]) {
+    precondition(values.count == count, "copy of \(values.count) values into a buffer of \(count)")
+    values.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: count) }
+  }
+}
+
+/// A reusable scratch block for per-thread partial sums (reductions in backward passes).
+/// It grows on demand and is kept, so a training step makes no allocation once warm.
+public final class Scratch {
+  private var buffer = FloatBuffer(count: 0)
+  private var doubles = UnsafeMutablePointer<Double>.allocate(capacity: 1)
+  private var doubleCount = 0
+  public init() {}
+  deinit { doubles.deallocate() }
+
+  /// A zeroed region of at least `count` doubles, valid until the next call.
+  public func zeroedDoubles(_ count: Int) -> UnsafeMutablePointer<Double> {
+    if doubleCount < count {
+      doubles.deallocate()
+      doubles = UnsafeMutablePointer<Double>.allocate(capacity: count)
+      doubleCount = count
+    }
+    doubles.update(repeating: 0, count: count)
+    return doubles
+  }
+
+  /// A zeroed region of at least `count` floats, valid until the next call.
+  public func zeroed(_ count: Int) -> UnsafeMutablePointer<Float> {
+    if buffer.count < count { buffer = FloatBuffer(count: count) }
+    buffer.base.update(repeating: 0, count: count)
+    return buffer.base
+  }
+}

@@ -1,0 +1,39 @@
+// Thread control for the kernels: one setting for our own loops and for OpenBLAS.
+import CBLAS
+import Dispatch
+
+public enum Compute {
+  /// Threads used by our kernels and by BLAS. Set once at start-up (launch hands each worker
+  /// cores ÷ local workers); 1 until set so tests and libraries are deterministic by default.
+  public private(set) static var threads = 1
+
+  public static func setThreads(_ n: Int) {
+    threads = max(1, n)
+    openblas_set_num_threads(Int32(threads))
+  }
+}
+
+/// Splits `0..<count` into at most `Compute.threads` contiguous chunks and runs `body(chunkIndex, range)`
+/// for each, in parallel. Chunk indices are dense (0..<chunks) so callers can keep per-chunk partials.
+/// Returns the number of chunks used.
+@discardableResult
+public func parallelChunks(_ count: Int, minPerChunk: Int = 1,
+                           _ body: (_ chunk: Int, _ range: Range<Int>) -> Void) -> Int {
+  if count <= 0 { return 0 }
+  let chunks = max(1, min(Compute.threads, count / max(1, minPerChunk)))
+  if chunks == 1 {
+    body(0, 0..<count)
+    return 1
+  }
+  DispatchQueue.concurrentPerform(iterations: chunks) { c in
+    let lo = count * c / chunks
+    let hi = count * (c + 1) / chunks
+    body(c, lo..<hi)
+  }
+  return chunks
+}
+
+/// The number of chunks `parallelChunks` will use for `count` items.
+public func chunkCount(_ count: Int, minPerChunk: Int = 1) -> Int {
+  count <= 0 ? 0 : max(1, min(Compute.threads, count / max(1, minPerChunk)))
+}

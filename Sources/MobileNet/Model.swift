@@ -1,0 +1,406 @@
+// The MobileNetV2 network: layer list, parameter slabs, and the training forward/backward pass.
+//
+// Every conv is followed by batch norm (and ReLU6 unless it is a `project` layer), so the network is
+// a list of ConvBN layers plus residual adds and the head. Activations for one batch size live in a
+// single arena (`Activations`) allocated once and reused every step; backward writes activation
+// gradients into five scratch buffers of that arena and accumulates parameter gradients into the
+// gradient slab (call `zeroGradients()` once per step).
+import Kernels
+
+/// How batch norm and dropout behave in a forward pass.
+public struct ForwardMode: Equatable, Sendable {
+  /// Batch statistics (and moving-average updates) instead of the moving statistics.
+  public var batchNormTraining: Bool
+  /// Dropout before the logits (keep probability from the config).
+  public var dropout: Bool
+  public init(batchNormTraining: Bool, dropout: Bool) {
+    self.batchNormTraining = batchNormTraining
+    self.dropout = dropout
+  }
+  public static let training = ForwardMode(batchNormTraining: true, dropout: true)
+  public static let inference = ForwardMode(batchNormTraining: false, dropout: false)
+}
+
+/// A convolution (stem K×K, 1×1 or depthwise) followed by batch norm and optionally ReLU6.
+struct ConvBNLayer {
+  enum Op { case conv(kernel: Int), pointwise, depthwise(kernel: Int) }
+  let scope: String
+  let op: Op
+  let inChannels, outChannels, stride, inSize, outSize: Int
+  let relu6: Bool
+  var weight = 0, gamma = 0, beta = 0   // offsets in the trainable slab
+  var movingMean = 0, movingVariance = 0 // offsets in the state slab
+
+  var weightName: String {
+    if case .depthwise = op { return "\(scope)/depthwise_weights" }
+    return "\(scope)/weights"
+  }
+  var weightShape: [Int] {
+    switch op {
+    case .conv(let k): return [k, k, inChannels, outChannels]
+    case .pointwise: return [1, 1, inChannels, outChannels]
+    case .depthwise(let k): return [k, k, inChannels, 1]
+    }
+  }
+  var weightRole: TensorRole {
+    if case .depthwise = op { return .depthwiseWeights }
+    return .convWeights
+  }
+  func outputCount(batch: Int) -> Int { batch * outSize * outSize * outChannels }
+  func inputCount(batch: Int) -> Int { batch * inSize * inSize * inChannels }
+}
+
+/// One inverted-residual block: optional expand, depthwise, project, optional residual.
+struct Block {
+  let expand: Int?      // index into layers
+  let depthwise: Int
+  let project: Int
+  let residual: Bool
+}
+
+public final class MobileNetV2 {
+  public let config: ModelConfig
+  public let trainable: SlabLayout
+  public let state: SlabLayout
+  /// Trainable values, gradients (same layout) and non-trainable state (BN moving statistics).
+  public let parameters: FloatBuffer
+  public let gradients: FloatBuffer
+  public let stateValues: FloatBuffer
+
+  let layers: [ConvBNLayer]
+  let blocks: [Block]
+  let stemIndex: Int
+  let lastConvIndex: Int
+  let logitsWeights: Int
+  let logitsBiases: Int
+  public let featureDepth: Int
+  let scratch = Scratch()
+  private var activations: Activations?
+
+  /// TF-slim training_scope default initializer: truncated normal, stddev 0.09.
+  public static let initStddev = 0.09
+  public static let scopePrefix = "MobilenetV2"
+
+  public init(config: ModelConfig, seed: UInt64 = 0) {
+    self.config = config
+    var layers: [ConvBNLayer] = []
+    var blocks: [Block] = []
+    let p = MobileNetV2.scopePrefix
+
+    var size = SamePadding.outputSize(config.imageSize, stride: MobileNetV2Def.stemStride)
+    var depth = config.depth(MobileNetV2Def.stemDepth)
+    layers.append(ConvBNLayer(scope: "\(p)/Conv", op: .conv(kernel: 3), inChannels: 3, outChannels: depth,
+                              stride: MobileNetV2Def.stemStride, inSize: config.imageSize, outSize: size, relu6: true))
+    stemIndex = 0
+    for (i, b) in MobileNetV2Def.blocks.enumerated() {
+      let scope = i == 0 ? "\(p)/expanded_conv" : "\(p)/expanded_conv_\(i)"
+      let out = config.depth(b.depth)
+      // expansion 1 uses divisible_by=1, i.e. the input depth itself: no expand layer.
+      let inner = b.expansion == 1 ? depth : MobileNetV2Def.makeDivisible(Double(depth * b.expansion))
+      var expand: Int? = nil
+      if inner > depth {
+        expand = layers.count
+        layers.append(ConvBNLayer(scope: "\(scope)/expand", op: .pointwise, inChannels: depth, outChannels: inner,
+                                  stride: 1, inSize: size, outSize: size, relu6: true))
+      }
+      let outSize = SamePadding.outputSize(size, stride: b.stride)
+      let dw = layers.count
+      layers.append(ConvBNLayer(scope: "\(scope)/depthwise", op: .depthwise(kernel: 3), inChannels: inner,
+                                outChannels: inner, stride: b.stride, inSize: size, outSize: outSize, relu6: true))
+      let proj = layers.count
+      layers.append(ConvBNLayer(scope: "\(scope)/project", op: .pointwise, inChannels: inner, outChannels: out,
+                                stride: 1, inSize: outSize, outSize: outSize, relu6: false))
+      blocks.append(Block(expand: expand, depthwise: dw, project: proj, residual: b.stride == 1 && depth == out))
+      depth = out
+      size = outSize
+    }
+    lastConvIndex = layers.count
+    featureDepth = config.lastConvDepth
+    layers.append(ConvBNLayer(scope: "\(p)/Conv_1", op: .pointwise, inChannels: depth, outChannels: featureDepth,
+                              stride: 1, inSize: size, outSize: size, relu6: true))
+
+    // Slabs: trainable tensors in backward order (logits first), state in forward order.
+    var t = SlabLayout(), s = SlabLayout()
+    let logitsScope = "\(p)/Logits/Conv2d_1c_1x1"
+    logitsWeights = t.add("\(logitsScope)/weights", [1, 1, featureDepth, config.numClasses], .logitsWeights)
+    logitsBiases = t.add("\(logitsScope)/biases", [config.numClasses], .biases)
+    for i in layers.indices.reversed() {
+      let l = layers[i]
+      layers[i].weight = t.add(l.weightName, l.weightShape, l.weightRole)
+      layers[i].gamma = t.add("\(l.scope)/BatchNorm/gamma", [l.outChannels], .gamma)
+      layers[i].beta = t.add("\(l.scope)/BatchNorm/beta", [l.outChannels], .beta)
+    }
+    for i in layers.indices {
+      let l = layers[i]
+      layers[i].movingMean = s.add("\(l.scope)/BatchNorm/moving_mean", [l.outChannels], .movingMean)
+      layers[i].movingVariance = s.add("\(l.scope)/BatchNorm/moving_variance", [l.outChannels], .movingVariance)
+    }
+    self.layers = layers
+    self.blocks = blocks
+    trainable = t
+    state = s
+    parameters = FloatBuffer(count: t.count)
+    gradients = FloatBuffer(count: t.count)
+    stateValues = FloatBuffer(count: s.count)
+    initialize(seed: seed)
+  }
+
+  /// Number of trainable scalars (what slim's parameter count reports).
+  public var parameterCount: Int { trainable.count }
+
+  /// TF-slim training-scope initialisation. Each tensor draws from its own stream derived from
+  /// (seed, name), so a tensor's initial value does not depend on the others.
+  public func initialize(seed: UInt64) {
+    for spec in trainable.specs + state.specs {
+      let buf = spec.role.isTrainable ? parameters : stateValues
+      let dst = buf.base + spec.offset
+      switch spec.role {
+      case .convWeights, .depthwiseWeights, .logitsWeights:
+        var rng = RandomState(seed: seed ^ fnv1a(spec.name))
+        for i in 0..<spec.count { dst[i] = rng.truncatedNormal(stddev: MobileNetV2.initStddev) }
+      case .gamma, .movingVariance: dst.update(repeating: 1, count: spec.count)
+      case .beta, .biases, .movingMean: dst.update(repeating: 0, count: spec.count)
+      }
+    }
+  }
+
+  public func zeroGradients() { gradients.zero() }
+
+  // MARK: - Activations
+
+  func activations(batch: Int) -> Activations {
+    if let a = activations, a.batch == batch { return a }
+    activations = nil  // free the old arena before allocating the new one
+    let a = Activations(model: self, batch: batch)
+    activations = a
+    return a
+  }
+
+  /// The input buffer [batch, size, size, 3] (NHWC, values in [−1, 1]) that the next forward reads.
+  public func inputBuffer(batch: Int) -> UnsafeMutablePointer<Float> { activations(batch: batch).input }
+  /// Labels [batch] for the next loss computation.
+  public func labelBuffer(batch: Int) -> UnsafeMutablePointer<Int32> { activations(batch: batch).labels }
+  /// Logits [batch, numClasses] of the last forward.
+  public func logits(batch: Int) -> UnsafeMutablePointer<Float> { activations(batch: batch).logits }
+  /// Bytes of activation memory allocated for `batch`.
+  public func activationBytes(batch: Int) -> Int { activations(batch: batch).arena.count * 4 }
+
+  private func w(_ offset: Int) -> UnsafeMutablePointer<Float> { parameters.base + offset }
+  private func g(_ offset: Int) -> UnsafeMutablePointer<Float> { gradients.base + offset }
+  private func st(_ offset: Int) -> UnsafeMutablePointer<Float> { stateValues.base + offset }
+
+  // MARK: - Forward
+
+  /// Runs the network on `inputBuffer(batch:)`; returns the logits [batch, numClasses].
+  @discardableResult
+  public func forward(batch: Int, mode: ForwardMode, rng: inout RandomState) -> UnsafeMutablePointer<Float> {
+    let act = activations(batch: batch)
+    act.mode = mode
+    var x = UnsafePointer(act.input)
+    convBNForward(stemIndex, x: x, act: act)
+    x = UnsafePointer(act.a[stemIndex])
+    for b in blocks {
+      if let e = b.expand {
+        convBNForward(e, x: x, act: act)
+        convBNForward(b.depthwise, x: UnsafePointer(act.a[e]), act: act)
+      } else {
+        convBNForward(b.depthwise, x: x, act: act)
+      }
+      convBNForward(b.project, x: UnsafePointer(act.a[b.depthwise]), act: act)
+      let out = act.a[b.project]
+      // The project layer has no activation, so its BN output is not needed by backward: the
+      // residual sum is written over it.
+      if b.residual { addInPlace(out, x, count: layers[b.project].outputCount(batch: batch)) }
+      x = UnsafePointer(out)
+    }
+    convBNForward(lastConvIndex, x: x, act: act)
+    let last = layers[lastConvIndex]
+    let C = featureDepth
+    globalAvgPoolForward(y: act.pooled, x: act.a[lastConvIndex], batch: batch,
+                         pixels: last.outSize * last.outSize, channels: C)
+    var features = UnsafePointer(act.pooled)
+    if mode.dropout && config.dropoutKeepProb < 1 {
+      dropoutForward(y: act.dropped, mask: act.dropoutMask, x: act.pooled, count: batch * C,
+                     keep: config.dropoutKeepProb, rng: &rng)
+      features = UnsafePointer(act.dropped)
+    }
+    act.features = features
+    denseForward(y: act.logits, x: features, w: w(logitsWeights), b: w(logitsBiases),
+                 rows: batch, inChannels: C, outChannels: config.numClasses)
+    return act.logits
+  }
+
+  private func convBNForward(_ i: Int, x: UnsafePointer<Float>, act: Activations) {
+    let l = layers[i]
+    let n = act.batch
+    let z = act.z[i], a = act.a[i]
+    switch l.op {
+    case .conv(let k):
+      conv2dForward(y: z, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k))
+    case .pointwise:
+      pointwiseForward(y: z, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
+                       inChannels: l.inChannels, outChannels: l.outChannels)
+    case .depthwise(let k):
+      depthwiseForward(y: z, x: x, w: w(l.weight), depthwiseShape(l, batch: n, kernel: k))
+    }
+    batchNormForward(a: a, z: z, gamma: w(l.gamma), beta: w(l.beta), mean: act.mean[i], invStd: act.invStd[i],
+                     movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
+                     rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
+                     training: act.mode.batchNormTraining, relu6: l.relu6, scratch: scratch)
+  }
+
+  func convShape(_ l: ConvBNLayer, batch: Int, kernel: Int) -> ConvShape {
+    ConvShape(batch: batch, height: l.inSize, width: l.inSize, inChannels: l.inChannels,
+              outChannels: l.outChannels, kernel: kernel, stride: l.stride)
+  }
+  func depthwiseShape(_ l: ConvBNLayer, batch: Int, kernel: Int) -> DepthwiseShape {
+    DepthwiseShape(batch: batch, height: l.inSize, width: l.inSize, channels: l.inChannels,
+                   kernel: kernel, stride: l.stride)
+  }
+
+  // MARK: - Loss
+
+  /// Label-smoothed softmax cross-entropy of the last forward against `labelBuffer`; also writes
+  /// the logits gradient used by `backward`.
+  @discardableResult
+  public func loss(batch: Int, labelSmoothing: Float) -> LossResult {
+    let act = activations(batch: batch)
+    return softmaxCrossEntropy(dLogits: act.dLogits, logits: act.logits, labels: act.labels,
+                               batch: batch, classes: config.numClasses, labelSmoothing: labelSmoothing)
+  }
+
+  // MARK: - Backward
+
+  /// Back-propagates the logits gradient of the last `loss` call, accumulating into `gradients`.
+  /// `onGradientsReady(range)` is called with each range of the gradient slab as soon as it is final
+  /// (front to back), so a communication thread can start reducing it while backward continues.
+  public func backward(batch: Int, onGradientsReady: ((Range<Int>) -> Void)? = nil) {
+    let act = activations(batch: batch)
+    let C = featureDepth
+    let last = layers[lastConvIndex]
+    // Head: logits → dropout → pool.
+    denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases), dy: act.dLogits,
+                  x: act.features, w: w(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses)
+    if act.features == UnsafePointer(act.dropped) {
+      dropoutBackward(dx: act.dPooled, dy: act.dPooled, mask: act.dropoutMask, count: batch * C)
+    }
+    var readyFrom = 0
+    func ready(upTo layerIndex: Int) {
+      // The slab holds layers in reverse forward order, each as weights, gamma, beta: once a
+      // layer's backward ran, everything up to the end of its beta is final.
+      let l = layers[layerIndex]
+      let end = l.beta + l.outChannels
+      if let cb = onGradientsReady, end > readyFrom { cb(readyFrom..<end); readyFrom = end }
+    }
+    globalAvgPoolBackward(dx: act.exp0, dy: act.dPooled, batch: batch, pixels: last.outSize * last.outSize, channels: C)
+    var gOut = act.io0, gIn = act.io1
+    let lastBlock = blocks[blocks.count - 1]
+    convBNBackward(lastConvIndex, dA: act.exp0, x: UnsafePointer(act.a[lastBlock.project]), dx: gOut, act: act)
+    ready(upTo: lastConvIndex)
+    for bi in blocks.indices.reversed() {
+      let b = blocks[bi]
+      let x = bi == 0 ? UnsafePointer(act.a[stemIndex]) : UnsafePointer(act.a[blocks[bi - 1].project])
+      // project (linear): dz into T, then the 1×1 backward writes the depthwise output's gradient.
+      convBNBackward(b.project, dA: gOut, dZ: act.ioT, x: UnsafePointer(act.a[b.depthwise]), dx: act.exp1, act: act)
+      ready(upTo: b.project)
+      let dwInput = b.expand.map { UnsafePointer(act.a[$0]) } ?? x
+      convBNBackward(b.depthwise, dA: act.exp1, x: dwInput, dx: b.expand == nil ? gIn : act.exp0, act: act)
+      ready(upTo: b.depthwise)
+      if let e = b.expand {
+        convBNBackward(e, dA: act.exp0, x: x, dx: gIn, act: act)
+        ready(upTo: e)
+      }
+      if b.residual { addInPlace(gIn, gOut, count: layers[b.project].outputCount(batch: batch)) }
+      swap(&gOut, &gIn)
+    }
+    convBNBackward(stemIndex, dA: gOut, x: UnsafePointer(act.input), dx: nil, act: act)
+    ready(upTo: stemIndex)
+  }
+
+  /// BN(+ReLU6) backward from dA into dZ (in place over dA unless dZ is given), then the conv's backward:
+  /// weight gradient accumulated, input gradient written to dx (skipped if nil).
+  private func convBNBackward(_ i: Int, dA: UnsafeMutablePointer<Float>, dZ: UnsafeMutablePointer<Float>? = nil,
+                              x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?, act: Activations) {
+    let l = layers[i]
+    let n = act.batch
+    let dz = dZ ?? dA
+    batchNormBackward(dz: dz, da: dA, a: act.a[i], z: act.z[i], gamma: w(l.gamma), mean: act.mean[i],
+                      invStd: act.invStd[i], dGamma: g(l.gamma), dBeta: g(l.beta),
+                      rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
+                      training: act.mode.batchNormTraining, relu6: l.relu6, scratch: scratch)
+    switch l.op {
+    case .conv(let k):
+      conv2dBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k),
+                     scratch: scratch)
+    case .pointwise:
+      pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
+                        inChannels: l.inChannels, outChannels: l.outChannels)
+    case .depthwise(let k):
+      depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight),
+                        depthwiseShape(l, batch: n, kernel: k), scratch: scratch)
+    }
+  }
+}
+
+/// FNV-1a, to derive per-tensor random streams from names.
+func fnv1a(_ s: String) -> UInt64 {
+  var h: UInt64 = 0xcbf2_9ce4_8422_2325
+  for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+  return h
+}
+
+/// The activation arena for one batch size: every buffer forward saves and backward reads,
+/// plus the backward scratch buffers, carved out of one allocation.
+final class Activations {
+  let batch: Int
+  let arena: FloatBuffer
+  let input: UnsafeMutablePointer<Float>
+  let labelStorage: UnsafeMutablePointer<Int32>
+  var labels: UnsafeMutablePointer<Int32> { labelStorage }
+  var z: [UnsafeMutablePointer<Float>] = [], a: [UnsafeMutablePointer<Float>] = []
+  var mean: [UnsafeMutablePointer<Float>] = [], invStd: [UnsafeMutablePointer<Float>] = []
+  let pooled, dropped, dropoutMask, dPooled, logits, dLogits: UnsafeMutablePointer<Float>
+  /// Backward scratch: io0/io1 ping-pong block gradients, ioT holds the project layer's dz,
+  /// exp0/exp1 hold gradients of expanded (inner) tensors.
+  let io0, io1, ioT, exp0, exp1: UnsafeMutablePointer<Float>
+  var features: UnsafePointer<Float>
+  var mode = ForwardMode.training
+
+  init(model m: MobileNetV2, batch n: Int) {
+    batch = n
+    let align = FloatBuffer.alignment / MemoryLayout<Float>.stride
+    func rounded(_ c: Int) -> Int { (c + align - 1) / align * align }
+    var sizes: [Int] = []
+    func reserve(_ c: Int) -> Int { sizes.append(rounded(c)); return sizes.count - 1 }
+
+    let inputSlot = reserve(n * m.config.imageSize * m.config.imageSize * 3)
+    var ioMax = 0, expMax = 0
+    var layerSlots: [(Int, Int, Int, Int)] = []
+    for (i, l) in m.layers.enumerated() {
+      layerSlots.append((reserve(l.outputCount(batch: n)), reserve(l.outputCount(batch: n)),
+                         reserve(l.outChannels), reserve(l.outChannels)))
+      let isBlockIO = i == m.stemIndex || m.blocks.contains { $0.project == i }
+      if isBlockIO { ioMax = max(ioMax, l.outputCount(batch: n)) } else { expMax = max(expMax, l.outputCount(batch: n)) }
+      if case .depthwise = l.op { expMax = max(expMax, l.inputCount(batch: n)) }
+    }
+    let C = m.featureDepth, K = m.config.numClasses
+    let slots = [n * C, n * C, n * C, n * C, n * K, n * K, ioMax, ioMax, ioMax, expMax, expMax].map(reserve)
+    let labelSlot = reserve(n)  // Int32 and Float have the same size
+
+    var offsets: [Int] = []
+    var total = 0
+    for s in sizes { offsets.append(total); total += s }
+    arena = FloatBuffer(count: total)
+    let base = arena.base
+    func at(_ slot: Int) -> UnsafeMutablePointer<Float> { base + offsets[slot] }
+    input = at(inputSlot)
+    for (zS, aS, mS, iS) in layerSlots {
+      z.append(at(zS)); a.append(at(aS)); mean.append(at(mS)); invStd.append(at(iS))
+    }
+    pooled = at(slots[0]); dropped = at(slots[1]); dropoutMask = at(slots[2]); dPooled = at(slots[3])
+    logits = at(slots[4]); dLogits = at(slots[5])
+    io0 = at(slots[6]); io1 = at(slots[7]); ioT = at(slots[8]); exp0 = at(slots[9]); exp1 = at(slots[10])
+    labelStorage = UnsafeMutableRawPointer(at(labelSlot)).bindMemory(to: Int32.self, capacity: n)
+    features = UnsafePointer(pooled)
+  }
+}

@@ -1,0 +1,146 @@
+// Training-step throughput (forward + backward + momentum update, synthetic input) beside
+// ../shared/baselines/torch_train_step.py --channels-last with the same settings.
+import ArgumentParser
+import Foundation
+import Kernels
+import MobileNet
+import Training
+
+struct TrainBench: ParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "train",
+    abstract: "Images/s of one training step, ours vs PyTorch channels-last.")
+
+  @Option(help: "Configurations as model:imageSize:batch:classes, comma separated.")
+  var configs = "mobilenet_v2:224:32:1001,mobilenet_v2_035:96:64:10"
+  @Option(help: "Compute threads (ours: kernels + BLAS; PyTorch: torch.set_num_threads).")
+  var threads = 2
+  @Option(help: "Timed steps (the median is reported).")
+  var steps = 6
+  @Option(help: "Untimed warm-up steps.")
+  var warmup = 2
+  @Option(help: "Python with torch + torchvision for the baseline; empty to skip it.")
+  var python = "\(NSHomeDirectory())/bench-venv/bin/python"
+  @Option(help: "The baseline script.")
+  var baseline = "../shared/baselines/torch_train_step.py"
+
+  func run() throws {
+    Compute.setThreads(threads)
+    print("threads=\(threads) steps=\(steps) (median) warmup=\(warmup)")
+    print("config                          ours img/s   ours RSS MiB   torch img/s   torch RSS MiB   ratio")
+    for spec in configs.split(separator: ",") {
+      let parts = spec.split(separator: ":").map(String.init)
+      guard parts.count == 4, let size = Int(parts[1]), let batch = Int(parts[2]), let classes = Int(parts[3]) else {
+        throw ValidationError("bad config '\(spec)', expected model:imageSize:batch:classes")
+      }
+      let config = try ModelConfig(modelName: parts[0], numClasses: classes, imageSize: size)
+      let ours = try runChild(["bench", "train-one", "--model", parts[0], "--size", "\(size)", "--batch", "\(batch)",
+                               "--classes", "\(classes)", "--threads", "\(threads)", "--steps", "\(steps)",
+                               "--warmup", "\(warmup)"])
+      let torch = try runBaseline(config: config, batch: batch)
+      let label = "\(parts[0]) \(size)² b\(batch) k\(classes)".padding(toLength: 30, withPad: " ", startingAt: 0)
+      let ratio = torch.map { String(format: "%.2fx", ours.ips / $0.ips) } ?? "n/a"
+      let tIps = torch.map { String(format: "%11.1f", $0.ips) } ?? "    skipped"
+      let tRss = torch.map { String(format: "%15.0f", $0.rssMiB) } ?? "        skipped"
+      print("\(label)  \(String(format: "%11.1f", ours.ips))   \(String(format: "%12.0f", ours.rssMiB))   \(tIps)   \(tRss)   \(ratio)")
+    }
+  }
+
+  struct Measure { var ips: Double; var rssMiB: Double }
+
+  /// Runs ourselves in a child process so each configuration's peak RSS is measured alone.
+  func runChild(_ args: [String]) throws -> Measure {
+    let out = try runProcess(CommandLine.arguments[0], Array(args.dropFirst()))
+    guard let line = out.split(separator: "\n").last(where: { $0.hasPrefix("images_per_s") }),
+          let ips = Double(line.split(separator: " ")[1]) else {
+      throw ValidationError("benchmark child printed no result:\n\(out)")
+    }
+    return Measure(ips: ips, rssMiB: peakRSS(out))
+  }
+
+  func runBaseline(config: ModelConfig, batch: Int) throws -> Measure? {
+    guard !python.isEmpty, FileManager.default.isExecutableFile(atPath: python),
+          FileManager.default.fileExists(atPath: baseline) else {
+      print("note: baseline skipped (needs \(python) with torch and \(baseline); see ../shared/baselines/README.md)")
+      return nil
+    }
+    let out = try runProcess("/usr/bin/env", ["python3", "-c", Self.rssWrapper, python, baseline,
+      "--width", "\(config.depthMultiplier)", "--res", "\(config.imageSize)", "--batch", "\(batch)",
+      "--classes", "\(config.numClasses)", "--threads", "\(threads)", "--steps", "\(steps)",
+      "--warmup", "\(warmup)", "--channels-last"])
+    guard let line = out.split(separator: "\n").last(where: { $0.hasPrefix("images_per_s") }),
+          let ips = Double(line.split(separator: " ")[1]) else {
+      print("note: baseline failed:\n\(out)")
+      return nil
+    }
+    return Measure(ips: ips, rssMiB: peakRSS(out))
+  }
+
+  /// Runs a command and reports the child's peak RSS (ru_maxrss of the waited child) as `peak_rss_kib N`.
+  static let rssWrapper = """
+    import resource, subprocess, sys
+    r = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+    sys.stdout.write(r.stdout); sys.stdout.write(r.stderr)
+    print("peak_rss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    """
+
+  func peakRSS(_ out: String) -> Double {
+    guard let line = out.split(separator: "\n").last(where: { $0.hasPrefix("peak_rss_kib") }),
+          let kib = Double(line.split(separator: " ")[1]) else { return .nan }
+    return kib / 1024
+  }
+
+  func runProcess(_ exe: String, _ args: [String]) throws -> String {
+    let p = Process()
+    if exe.contains("/") { p.executableURL = URL(fileURLWithPath: exe) } else {
+      p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    }
+    p.arguments = exe.contains("/") ? args : [exe] + args
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = pipe
+    try p.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
+  }
+}
+
+/// One configuration, in this process: prints `images_per_s X` and `peak_rss_kib N`.
+struct TrainOne: ParsableCommand {
+  static let configuration = CommandConfiguration(commandName: "train-one",
+    abstract: "Time training steps of one configuration (used by `bench train`).")
+  @Option var model = "mobilenet_v2"
+  @Option var size = 224
+  @Option var batch = 32
+  @Option var classes = 1001
+  @Option var threads = 2
+  @Option var steps = 6
+  @Option var warmup = 2
+
+  func run() throws {
+    Compute.setThreads(threads)
+    let config = try ModelConfig(modelName: model, numClasses: classes, imageSize: size)
+    let net = MobileNetV2(config: config, seed: 1)
+    let opt = Optimizer(kind: .momentum, parameterCount: net.parameterCount)
+    var rng = RandomState(seed: 7)
+    let input = net.inputBuffer(batch: batch)
+    for i in 0..<(batch * size * size * 3) { input[i] = rng.uniform() * 2 - 1 }
+    let labels = net.labelBuffer(batch: batch)
+    for i in 0..<batch { labels[i] = Int32(i % classes) }
+    var times: [Double] = []
+    let hyper = StepHyperparameters()
+    for i in 0..<(warmup + steps) {
+      let t0 = DispatchTime.now().uptimeNanoseconds
+      _ = trainStep(model: net, optimizer: opt, batch: batch, lr: 0.01, hyper: hyper, rng: &rng)
+      let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+      if i >= warmup { times.append(dt) }
+    }
+    times.sort()
+    let med = times[times.count / 2]
+    print(String(format: "step_s median=%.4f min=%.4f max=%.4f", med, times.first!, times.last!))
+    print(String(format: "images_per_s %.2f", Double(batch) / med))
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    print("peak_rss_kib \(usage.ru_maxrss)")
+  }
+}

@@ -1,0 +1,69 @@
+// 3×3 stride-2 stem convolution: SAME padding, fast vs naive, finite-difference gradients.
+import Kernels
+import XCTest
+
+final class ConvTests: XCTestCase {
+  func testSamePaddingMatchesTensorFlow() {
+    // Stride 2 on an even input: 0 before, 1 after; on an odd input: 1 and 1.
+    XCTAssertEqual(SamePadding.before(224, kernel: 3, stride: 2), 0)
+    XCTAssertEqual(SamePadding.outputSize(224, stride: 2), 112)
+    XCTAssertEqual(SamePadding.before(7, kernel: 3, stride: 2), 1)
+    XCTAssertEqual(SamePadding.outputSize(7, stride: 2), 4)
+    XCTAssertEqual(SamePadding.before(14, kernel: 3, stride: 1), 1)
+  }
+
+  func testStrideTwoPaddingByHand() {
+    // 1 image 4×4×1, all-ones 3×3 kernel, stride 2: output (0,0) sums rows 0-1 × cols 0-1
+    // (no padding before), output (1,1) sums rows 2-3 × cols 2-3 plus the padded row/col after.
+    let s = ConvShape(batch: 1, height: 4, width: 4, inChannels: 1, outChannels: 1, kernel: 3, stride: 2)
+    let x = FloatBuffer(count: 16)
+    for i in 0..<16 { x[i] = Float(i) }
+    let w = FloatBuffer(count: 9)
+    for i in 0..<9 { w[i] = 1 }
+    let y = FloatBuffer(count: 4)
+    conv2dForward(y: y.base, x: x.base, w: w.base, s)
+    // rows 0..2, cols 0..2 of 0..15 = 0+1+2+4+5+6+8+9+10
+    XCTAssertEqual(y[0], 45)
+    // rows 2..3, cols 2..3 = 10+11+14+15
+    XCTAssertEqual(y[3], 50)
+  }
+
+  let shapes = [
+    ConvShape(batch: 2, height: 8, width: 8, inChannels: 3, outChannels: 16, kernel: 3, stride: 2),
+    ConvShape(batch: 3, height: 7, width: 9, inChannels: 3, outChannels: 24, kernel: 3, stride: 2),
+    ConvShape(batch: 1, height: 6, width: 6, inChannels: 5, outChannels: 7, kernel: 3, stride: 1),
+  ]
+
+  func testFastMatchesNaive() {
+    Compute.setThreads(2)
+    defer { Compute.setThreads(1) }
+    for (k, s) in shapes.enumerated() {
+      let x = randomBuffer(s.inputCount, seed: 1 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 2)
+      let dy = randomBuffer(s.outputCount, seed: 3)
+      let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
+      conv2dForward(y: y.base, x: x.base, w: w.base, s)
+      conv2dForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
+      assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, "conv forward \(s)")
+      let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
+      let dw = randomBuffer(s.weightCount, seed: 4), dwRef = FloatBuffer(count: s.weightCount)
+      dwRef.copy(from: dw.array)  // backward accumulates into dw
+      conv2dBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
+      conv2dBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+      assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, "conv dx \(s)")
+      assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "conv dw \(s)")
+    }
+  }
+
+  func testGradientsByFiniteDifferences() {
+    for s in shapes {
+      let x = randomBuffer(s.inputCount, seed: 5), w = randomBuffer(s.weightCount, seed: 6)
+      let r = randomBuffer(s.outputCount, seed: 7)
+      let dx = FloatBuffer(count: s.inputCount), dw = FloatBuffer(count: s.weightCount)
+      conv2dBackward(dx: dx.base, dw: dw.base, dy: r.base, x: x.base, w: w.base, s, scratch: Scratch())
+      let y = FloatBuffer(count: s.outputCount)
+      let f = { () -> Double in conv2dForward(y: y.base, x: x.base, w: w.base, s); return dot(r, y.base) }
+      checkGradient(x, analytic: dx, "conv dx", f: f)
+      checkGradient(w, analytic: dw, "conv dw", f: f)
+    }
+  }
+}

@@ -1,0 +1,61 @@
+// 3×3 depthwise convolution, stride 1 and 2, SAME padding.
+import Kernels
+import XCTest
+
+final class DepthwiseTests: XCTestCase {
+  // Channel counts exercise the 16-wide, 8-wide and scalar paths; sizes even and odd.
+  let shapes = [
+    DepthwiseShape(batch: 2, height: 6, width: 6, channels: 16, stride: 1),
+    DepthwiseShape(batch: 2, height: 8, width: 8, channels: 24, stride: 2),
+    DepthwiseShape(batch: 1, height: 7, width: 5, channels: 37, stride: 2),
+    DepthwiseShape(batch: 3, height: 5, width: 7, channels: 3, stride: 1),
+    DepthwiseShape(batch: 1, height: 1, width: 1, channels: 8, stride: 1),
+  ]
+
+  func testFastMatchesNaive() {
+    Compute.setThreads(2)
+    defer { Compute.setThreads(1) }
+    for (k, s) in shapes.enumerated() {
+      let x = randomBuffer(s.inputCount, seed: 20 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 21)
+      let dy = randomBuffer(s.outputCount, seed: 22)
+      let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
+      depthwiseForward(y: y.base, x: x.base, w: w.base, s)
+      depthwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
+      assertClose(y, yRef, atol: 1e-5, rtol: 1e-5, "depthwise forward \(s)")
+      let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
+      let dw = randomBuffer(s.weightCount, seed: 23), dwRef = FloatBuffer(count: s.weightCount)
+      dwRef.copy(from: dw.array)
+      depthwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
+      depthwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+      assertClose(dx, dxRef, atol: 1e-5, rtol: 1e-5, "depthwise dx \(s)")
+      assertClose(dw, dwRef, atol: 1e-4, rtol: 1e-5, "depthwise dw \(s)")
+    }
+  }
+
+  func testGradientsByFiniteDifferences() {
+    for s in shapes {
+      let x = randomBuffer(s.inputCount, seed: 24), w = randomBuffer(s.weightCount, seed: 25)
+      let r = randomBuffer(s.outputCount, seed: 26)
+      let dx = FloatBuffer(count: s.inputCount), dw = FloatBuffer(count: s.weightCount)
+      depthwiseBackward(dx: dx.base, dw: dw.base, dy: r.base, x: x.base, w: w.base, s, scratch: Scratch())
+      let y = FloatBuffer(count: s.outputCount)
+      let f = { () -> Double in depthwiseForward(y: y.base, x: x.base, w: w.base, s); return dot(r, y.base) }
+      checkGradient(x, analytic: dx, "depthwise dx", f: f)
+      checkGradient(w, analytic: dw, "depthwise dw", f: f)
+    }
+  }
+
+  func testStrideTwoSamePaddingByHand() {
+    // 4×4 single channel, all-ones kernel, stride 2: no padding before, one after.
+    let s = DepthwiseShape(batch: 1, height: 4, width: 4, channels: 1, stride: 2)
+    let x = FloatBuffer(count: 16)
+    for i in 0..<16 { x[i] = Float(i) }
+    let w = FloatBuffer(count: 9)
+    for i in 0..<9 { w[i] = 1 }
+    let y = FloatBuffer(count: 4)
+    depthwiseForward(y: y.base, x: x.base, w: w.base, s)
+    // (0,0): rows 0-2 × cols 0-2; (0,1): rows 0-2 × cols 2-3; (1,0): rows 2-3 × cols 0-2; (1,1): rows 2-3 × cols 2-3.
+    let expected: [Float] = [45, 39, 66, 50]
+    XCTAssertEqual(y.array, expected)
+  }
+}

@@ -1,0 +1,56 @@
+// 1×1 convolution through cblas_sgemm (all three products) and the logits layer.
+import Kernels
+import XCTest
+
+final class PointwiseTests: XCTestCase {
+  func testGemmMatchesNaive() {
+    for (m, ci, co) in [(1, 1, 1), (37, 16, 96), (200, 24, 8), (5, 320, 64)] {
+      let x = randomBuffer(m * ci, seed: 1), w = randomBuffer(ci * co, seed: 2), dy = randomBuffer(m * co, seed: 3)
+      let y = FloatBuffer(count: m * co), yRef = FloatBuffer(count: m * co)
+      pointwiseForward(y: y.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+      pointwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+      assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, "1x1 forward \(m)x\(ci)x\(co)")
+      let dx = FloatBuffer(count: m * ci), dxRef = FloatBuffer(count: m * ci)
+      let dw = randomBuffer(ci * co, seed: 4), dwRef = FloatBuffer(count: ci * co)
+      dwRef.copy(from: dw.array)
+      pointwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+      pointwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+      assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, "1x1 dx")
+      assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "1x1 dw")
+    }
+  }
+
+  func testGradientsByFiniteDifferences() {
+    let (m, ci, co) = (12, 6, 5)
+    let x = randomBuffer(m * ci, seed: 8), w = randomBuffer(ci * co, seed: 9), r = randomBuffer(m * co, seed: 10)
+    let dx = FloatBuffer(count: m * ci), dw = FloatBuffer(count: ci * co)
+    pointwiseBackward(dx: dx.base, dw: dw.base, dy: r.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+    let y = FloatBuffer(count: m * co)
+    let f = { () -> Double in
+      pointwiseForward(y: y.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co); return dot(r, y.base)
+    }
+    checkGradient(x, analytic: dx, "1x1 dx", f: f)
+    checkGradient(w, analytic: dw, "1x1 dw", f: f)
+  }
+
+  func testLogitsLayerWithBias() {
+    let (n, c, k) = (4, 7, 3)
+    let x = randomBuffer(n * c, seed: 11), w = randomBuffer(c * k, seed: 12), b = randomBuffer(k, seed: 13)
+    let r = randomBuffer(n * k, seed: 14)
+    let y = FloatBuffer(count: n * k)
+    denseForward(y: y.base, x: x.base, w: w.base, b: b.base, rows: n, inChannels: c, outChannels: k)
+    for i in 0..<n { for j in 0..<k {
+      var s = Double(b[j])
+      for q in 0..<c { s += Double(x[i * c + q]) * Double(w[q * k + j]) }
+      XCTAssertEqual(Double(y[i * k + j]), s, accuracy: 1e-4)
+    } }
+    let dx = FloatBuffer(count: n * c), dw = FloatBuffer(count: c * k), db = FloatBuffer(count: k)
+    denseBackward(dx: dx.base, dw: dw.base, db: db.base, dy: r.base, x: x.base, w: w.base, rows: n, inChannels: c, outChannels: k)
+    let f = { () -> Double in
+      denseForward(y: y.base, x: x.base, w: w.base, b: b.base, rows: n, inChannels: c, outChannels: k); return dot(r, y.base)
+    }
+    checkGradient(x, analytic: dx, "logits dx", f: f)
+    checkGradient(w, analytic: dw, "logits dw", f: f)
+    checkGradient(b, analytic: db, "logits db", f: f)
+  }
+}
