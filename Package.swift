@@ -13,41 +13,46 @@ var fastFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(con
 fastFlags.append(.unsafeFlags(["-target-cpu", targetCPU]))
 #endif
 
+// Targets are grouped by concern, each group in its own array so that work on one concern
+// does not touch the lines of another.
+
+// Core: kernels, model, checkpoints, training step, benchmarks.
+let coreTargets: [Target] = [
+  // System libraries, found through pkg-config (installed by `make deps`).
+  .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                 providers: [.apt(["libopenblas-dev"])]),
+  // Numerical kernels: NHWC float32 forward/backward pairs, each with a naive reference.
+  .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: fastFlags),
+  // MobileNetV2 exactly as TF-slim defines it: architecture, parameters, forward/backward.
+  .target(name: "MobileNet", dependencies: ["Kernels"], swiftSettings: fastFlags),
+  // safetensors files with TF-slim variable names.
+  .target(name: "Checkpoint", dependencies: ["MobileNet"], swiftSettings: fastFlags),
+  // Optimizer, learning-rate schedules, the training step.
+  .target(name: "Training", dependencies: ["MobileNet", "Kernels"], swiftSettings: fastFlags),
+  .executableTarget(name: "bench", dependencies: [
+    "Training", "MobileNet", "Kernels",
+    .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: fastFlags),
+  .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels"], swiftSettings: fastFlags),
+  .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet"], swiftSettings: fastFlags),
+  .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels"], swiftSettings: fastFlags),
+]
+
+// Data pipeline: TFRecords, tf.train.Example, JPEG decoding, preprocessing, loader, `dataset` tool.
+let dataTargets: [Target] = [
+]
+
+// Distributed runtime: rank tables, transports, collectives, `launch` and `worker`.
+let distributedTargets: [Target] = [
+]
+
 let package = Package(
   name: "MobileNetV2Trainer",
   platforms: [.macOS(.v13)],
-  products: [
-    .library(name: "Kernels", targets: ["Kernels"]),
-    .library(name: "MobileNet", targets: ["MobileNet"]),
-    .library(name: "Checkpoint", targets: ["Checkpoint"]),
-    .library(name: "Training", targets: ["Training"]),
-  ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
   ],
-  targets: [
-    // System libraries, found through pkg-config (installed by `make deps`).
-    .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
-                   providers: [.apt(["libopenblas-dev"])]),
-
-    // Numerical kernels: NHWC float32 forward/backward pairs, each with a naive reference.
-    .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: fastFlags),
-    // MobileNetV2 exactly as TF-slim defines it: architecture, parameters, forward/backward.
-    .target(name: "MobileNet", dependencies: ["Kernels"], swiftSettings: fastFlags),
-    // safetensors files with TF-slim variable names.
-    .target(name: "Checkpoint", dependencies: ["MobileNet"], swiftSettings: fastFlags),
-    // Optimizer, learning-rate schedules, the training step.
-    .target(name: "Training", dependencies: ["MobileNet", "Kernels"], swiftSettings: fastFlags),
-
-    .executableTarget(name: "bench", dependencies: [
-      "Training", "MobileNet", "Kernels",
-      .product(name: "ArgumentParser", package: "swift-argument-parser"),
-    ], swiftSettings: fastFlags),
-
-    .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: fastFlags),
-    .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels"], swiftSettings: fastFlags),
-    .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet"], swiftSettings: fastFlags),
-    .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels"], swiftSettings: fastFlags),
-  ],
+  targets: coreTargets + dataTargets + distributedTargets,
   swiftLanguageModes: [.v5]
 )
