@@ -58,15 +58,23 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
                              decay: Float = BatchNormDefaults.decay, epsilon: Float = BatchNormDefaults.epsilon,
                              scratch: Scratch) {
   if training && M > 0 {
-    let sums = UnsafeMutablePointer<Double>.allocate(capacity: 2 * C)
-    defer { sums.deallocate() }
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * C) { sumsBuf in
+    let sums = sumsBuf.baseAddress!
     let shift = z  // first row: a sample of each channel close to its mean
     channelSums(rows: M, channels: C, scratch: scratch, into: sums) { r, s0, s1 in
       let row = z + r * C
-      for c in 0..<C {
+      var c = 0
+      while c + 16 <= C {
+        let d = load16(row + c) - load16(shift + c)
+        store16(load16(s0 + c) + d, s0 + c)
+        store16(load16(s1 + c) + d * d, s1 + c)
+        c += 16
+      }
+      while c < C {
         let d = row[c] - shift[c]
         s0[c] += d
         s1[c] += d * d
+        c += 1
       }
     }
     let m = Double(M)
@@ -79,6 +87,7 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
       let unbiased = M > 1 ? variance * m / (m - 1) : variance
       movingMean[c] -= (movingMean[c] - Float(mu)) * (1 - decay)
       movingVariance[c] -= (movingVariance[c] - Float(unbiased)) * (1 - decay)
+    }
     }
   } else {
     for c in 0..<C {
@@ -96,10 +105,18 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
     parallelChunks(M, minPerChunk: 64) { _, range in
       for r in range {
         let zi = z + r * C, ai = a + r * C
-        if relu6 {
-          for c in 0..<C { ai[c] = min(max(zi[c] * scaleP[c] + shiftP[c], 0), 6) }
-        } else {
-          for c in 0..<C { ai[c] = zi[c] * scaleP[c] + shiftP[c] }
+        var c = 0
+        while c + 16 <= C {
+          var v = load16(zi + c) * load16(scaleP + c) + load16(shiftP + c)
+          // replacing(with:where:) compiles to blends; clamped(lowerBound:upperBound:) did not vectorise.
+          if relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
+          store16(v, ai + c)
+          c += 16
+        }
+        while c < C {
+          let v = zi[c] * scaleP[c] + shiftP[c]
+          ai[c] = relu6 ? min(max(v, 0), 6) : v
+          c += 1
         }
       }
     }
@@ -107,48 +124,81 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
 }
 
 /// Backward of `batchNormForward` (with its ReLU6 if `relu6`). `dz` may alias `da`.
-/// dγ += Σ g·x̂, dβ += Σ g, where g = da masked by 0 < a < 6 (TF's Relu6Grad) and x̂ = (z − mean)·invStd.
+/// dγ += Σ g·x̂, dβ += Σ g, where g = da masked by 0 < y < 6 (TF's Relu6Grad) and x̂ = (z − mean)·invStd.
 /// Training: dz = γ·invStd·(g − mean(g) − x̂·mean(g·x̂)); inference: dz = γ·invStd·g.
+/// The ReLU6 mask is recomputed from z exactly as forward computed y (same scale/shift, same
+/// rounding) rather than read from the saved activation: one memory stream less per pass.
 public func batchNormBackward(dz: UnsafeMutablePointer<Float>, da: UnsafePointer<Float>,
-                              a: UnsafePointer<Float>, z: UnsafePointer<Float>,
-                              gamma: UnsafePointer<Float>, mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
+                              z: UnsafePointer<Float>,
+                              gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
+                              mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                               dGamma: UnsafeMutablePointer<Float>, dBeta: UnsafeMutablePointer<Float>,
                               rows M: Int, channels C: Int, training: Bool, relu6: Bool, scratch: Scratch) {
   guard M > 0 else { return }
-  let sums = UnsafeMutablePointer<Double>.allocate(capacity: 2 * C)
-  defer { sums.deallocate() }
-  channelSums(rows: M, channels: C, scratch: scratch, into: sums) { r, s0, s1 in
-    let dai = da + r * C, ai = a + r * C, zi = z + r * C
+  withUnsafeTemporaryAllocation(of: Float.self, capacity: 5 * C) { buf in
+    let scale = buf.baseAddress!, shift = scale + C, k = scale + 2 * C, meanG = scale + 3 * C, meanGX = scale + 4 * C
     for c in 0..<C {
-      var g = dai[c]
-      if relu6 && !(ai[c] > 0 && ai[c] < 6) { g = 0 }
-      s0[c] += g
-      s1[c] += g * (zi[c] - mean[c]) * invStd[c]
+      scale[c] = gamma[c] * invStd[c]
+      shift[c] = beta[c] - mean[c] * scale[c]
     }
-  }
-  withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * C) { buf in
-    let k = buf.baseAddress!, meanG = k + C, meanGX = k + 2 * C, mu = k + 3 * C
-    for c in 0..<C {
-      dBeta[c] += Float(sums[c])
-      dGamma[c] += Float(sums[C + c])
-      k[c] = gamma[c] * invStd[c]
-      meanG[c] = training ? Float(sums[c] / Double(M)) : 0
-      meanGX[c] = training ? Float(sums[C + c] / Double(M)) * invStd[c] : 0
-      mu[c] = mean[c]
+    let scaleP = UnsafePointer(scale), shiftP = UnsafePointer(shift)
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * C) { sumsBuf in
+      let sums = sumsBuf.baseAddress!
+      channelSums(rows: M, channels: C, scratch: scratch, into: sums) { r, s0, s1 in
+        let dai = da + r * C, zi = z + r * C
+        var c = 0
+        while c + 16 <= C {
+          let zv = load16(zi + c)
+          let xhat = (zv - load16(mean + c)) * load16(invStd + c)
+          var g = load16(dai + c)
+          if relu6 { g = relu6Mask16(g, zv * load16(scaleP + c) + load16(shiftP + c)) }
+          store16(load16(s0 + c) + g, s0 + c)
+          store16(load16(s1 + c) + g * xhat, s1 + c)
+          c += 16
+        }
+        while c < C {
+          let xhat = (zi[c] - mean[c]) * invStd[c]
+          let g = relu6 ? relu6Gradient(dai[c], zi[c] * scaleP[c] + shiftP[c]) : dai[c]
+          s0[c] += g
+          s1[c] += g * xhat
+          c += 1
+        }
+      }
+      for c in 0..<C {
+        dBeta[c] += Float(sums[c])
+        dGamma[c] += Float(sums[C + c])
+        k[c] = scale[c]
+        meanG[c] = training ? Float(sums[c] / Double(M)) : 0
+        // x̂·mean(g·x̂) = (z − μ)·invStd·Σ(g·x̂)/M, folded as (z − μ)·meanGX.
+        meanGX[c] = training ? Float(sums[C + c] / Double(M)) * invStd[c] : 0
+      }
     }
-    let kP = UnsafePointer(k), mgP = UnsafePointer(meanG), mgxP = UnsafePointer(meanGX), muP = UnsafePointer(mu)
+    let kP = UnsafePointer(k), mgP = UnsafePointer(meanG), mgxP = UnsafePointer(meanGX)
     parallelChunks(M, minPerChunk: 64) { _, range in
       for r in range {
-        let dai = da + r * C, ai = a + r * C, zi = z + r * C, dzi = dz + r * C
-        for c in 0..<C {
-          var g = dai[c]
-          if relu6 && !(ai[c] > 0 && ai[c] < 6) { g = 0 }
-          // x̂·mean(g·x̂) = (z − μ)·invStd·Σ(g·x̂)/M, folded as (z − μ)·meanGX.
-          dzi[c] = kP[c] * (g - mgP[c] - (zi[c] - muP[c]) * mgxP[c])
+        let dai = da + r * C, zi = z + r * C, dzi = dz + r * C
+        var c = 0
+        while c + 16 <= C {
+          let zv = load16(zi + c)
+          var g = load16(dai + c)
+          if relu6 { g = relu6Mask16(g, zv * load16(scaleP + c) + load16(shiftP + c)) }
+          store16(load16(kP + c) * (g - load16(mgP + c) - (zv - load16(mean + c)) * load16(mgxP + c)), dzi + c)
+          c += 16
+        }
+        while c < C {
+          let g = relu6 ? relu6Gradient(dai[c], zi[c] * scaleP[c] + shiftP[c]) : dai[c]
+          dzi[c] = kP[c] * (g - mgP[c] - (zi[c] - mean[c]) * mgxP[c])
+          c += 1
         }
       }
     }
   }
+}
+
+/// g where 0 < y < 6, else 0 (Relu6Grad, 16 lanes).
+@inline(__always)
+private func relu6Mask16(_ g: SIMD16<Float>, _ y: SIMD16<Float>) -> SIMD16<Float> {
+  g.replacing(with: 0, where: (y .<= 0) .| (y .>= 6))
 }
 
 // MARK: - Naive reference (two-pass statistics in double, separate ReLU6)

@@ -210,7 +210,9 @@ public final class MobileNetV2 {
       let out = act.a[b.project]
       // The project layer has no activation, so its BN output is not needed by backward: the
       // residual sum is written over it.
-      if b.residual { addInPlace(out, x, count: layers[b.project].outputCount(batch: batch)) }
+      if b.residual {
+        Profile.time(.residual) { addInPlace(out, x, count: layers[b.project].outputCount(batch: batch)) }
+      }
       x = UnsafePointer(out)
     }
     convBNForward(lastConvIndex, x: x, act: act)
@@ -236,17 +238,19 @@ public final class MobileNetV2 {
     let z = act.z[i], a = act.a[i]
     switch l.op {
     case .conv(let k):
-      conv2dForward(y: z, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k))
+      Profile.time(.stemConv) { conv2dForward(y: z, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k)) }
     case .pointwise:
-      pointwiseForward(y: z, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
-                       inChannels: l.inChannels, outChannels: l.outChannels)
+      Profile.time(.pointwise) {
+        pointwiseForward(y: z, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
+                         inChannels: l.inChannels, outChannels: l.outChannels)
+      }
     case .depthwise(let k):
-      depthwiseForward(y: z, x: x, w: w(l.weight), depthwiseShape(l, batch: n, kernel: k))
+      Profile.time(.depthwise) { depthwiseForward(y: z, x: x, w: w(l.weight), depthwiseShape(l, batch: n, kernel: k)) }
     }
-    batchNormForward(a: a, z: z, gamma: w(l.gamma), beta: w(l.beta), mean: act.mean[i], invStd: act.invStd[i],
+    Profile.time(.batchNorm) { batchNormForward(a: a, z: z, gamma: w(l.gamma), beta: w(l.beta), mean: act.mean[i], invStd: act.invStd[i],
                      movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
                      rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                     training: act.mode.batchNormTraining, relu6: l.relu6, scratch: scratch)
+                     training: act.mode.batchNormTraining, relu6: l.relu6, scratch: scratch) }
   }
 
   func convShape(_ l: ConvBNLayer, batch: Int, kernel: Int) -> ConvShape {
@@ -310,7 +314,9 @@ public final class MobileNetV2 {
         convBNBackward(e, dA: act.exp0, x: x, dx: gIn, act: act)
         ready(upTo: e)
       }
-      if b.residual { addInPlace(gIn, gOut, count: layers[b.project].outputCount(batch: batch)) }
+      if b.residual {
+        Profile.time(.residual, backward: true) { addInPlace(gIn, gOut, count: layers[b.project].outputCount(batch: batch)) }
+      }
       swap(&gOut, &gIn)
     }
     convBNBackward(stemIndex, dA: gOut, x: UnsafePointer(act.input), dx: nil, act: act)
@@ -324,20 +330,28 @@ public final class MobileNetV2 {
     let l = layers[i]
     let n = act.batch
     let dz = dZ ?? dA
-    batchNormBackward(dz: dz, da: dA, a: act.a[i], z: act.z[i], gamma: w(l.gamma), mean: act.mean[i],
-                      invStd: act.invStd[i], dGamma: g(l.gamma), dBeta: g(l.beta),
-                      rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                      training: act.mode.batchNormTraining, relu6: l.relu6, scratch: scratch)
+    Profile.time(.batchNorm, backward: true) {
+      batchNormBackward(dz: dz, da: dA, z: act.z[i], gamma: w(l.gamma), beta: w(l.beta), mean: act.mean[i],
+                        invStd: act.invStd[i], dGamma: g(l.gamma), dBeta: g(l.beta),
+                        rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
+                        training: act.mode.batchNormTraining, relu6: l.relu6, scratch: scratch)
+    }
     switch l.op {
     case .conv(let k):
-      conv2dBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k),
-                     scratch: scratch)
+      Profile.time(.stemConv, backward: true) {
+        conv2dBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k),
+                       scratch: scratch)
+      }
     case .pointwise:
-      pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
-                        inChannels: l.inChannels, outChannels: l.outChannels)
+      Profile.time(.pointwise, backward: true) {
+        pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
+                          inChannels: l.inChannels, outChannels: l.outChannels)
+      }
     case .depthwise(let k):
-      depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight),
-                        depthwiseShape(l, batch: n, kernel: k), scratch: scratch)
+      Profile.time(.depthwise, backward: true) {
+        depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight),
+                          depthwiseShape(l, batch: n, kernel: k), scratch: scratch)
+      }
     }
   }
 }

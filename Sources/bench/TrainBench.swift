@@ -116,6 +116,8 @@ struct TrainOne: ParsableCommand {
   @Option var threads = 2
   @Option var steps = 6
   @Option var warmup = 2
+  @Flag(help: "Print time per layer type (forward/backward) over the timed steps.")
+  var profile = false
 
   func run() throws {
     Compute.setThreads(threads)
@@ -130,12 +132,22 @@ struct TrainOne: ParsableCommand {
     var times: [Double] = []
     let hyper = StepHyperparameters()
     for i in 0..<(warmup + steps) {
+      if i == warmup { Profile.reset(); Profile.enabled = profile }
       let t0 = DispatchTime.now().uptimeNanoseconds
       _ = trainStep(model: net, optimizer: opt, batch: batch, lr: 0.01, hyper: hyper, rng: &rng)
       let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
       if i >= warmup { times.append(dt) }
     }
     times.sort()
+    if profile {
+      let total = times.reduce(0, +)
+      print("per-layer profile over \(steps) steps (seconds per step, share of step time):")
+      for s in Profile.Section.allCases {
+        let f = (Profile.forward[s] ?? 0) / Double(steps), b = (Profile.backward[s] ?? 0) / Double(steps)
+        if f + b == 0 { continue }
+        print(String(format: "  %-26@ fwd %.4f  bwd %.4f  (%4.1f%%)", s.rawValue as NSString, f, b, 100 * (f + b) * Double(steps) / total))
+      }
+    }
     let med = times[times.count / 2]
     print(String(format: "step_s median=%.4f min=%.4f max=%.4f", med, times.first!, times.last!))
     print(String(format: "images_per_s %.2f", Double(batch) / med))

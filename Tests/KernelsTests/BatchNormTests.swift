@@ -45,7 +45,7 @@ final class BatchNormTests: XCTestCase {
           let da = randomBuffer(m * c, seed: 31)
           let dz = FloatBuffer(count: m * c), dzRef = FloatBuffer(count: m * c)
           let dg = FloatBuffer(count: c), db = FloatBuffer(count: c), dgRef = FloatBuffer(count: c), dbRef = FloatBuffer(count: c)
-          batchNormBackward(dz: dz.base, da: da.base, a: a.base, z: k.x.base, gamma: k.gamma.base, mean: mean.base,
+          batchNormBackward(dz: dz.base, da: da.base, z: k.x.base, gamma: k.gamma.base, beta: k.beta.base, mean: mean.base,
                             invStd: inv.base, dGamma: dg.base, dBeta: db.base, rows: m, channels: c,
                             training: training, relu6: relu6, scratch: Scratch())
           batchNormBackwardNaive(dz: dzRef.base, da: da.base, a: aRef.base, z: k.x.base, gamma: k.gamma.base,
@@ -93,7 +93,7 @@ final class BatchNormTests: XCTestCase {
         }
         fwd()
         let dz = FloatBuffer(count: k.m * k.c), dg = FloatBuffer(count: k.c), db = FloatBuffer(count: k.c)
-        batchNormBackward(dz: dz.base, da: r.base, a: a.base, z: k.x.base, gamma: k.gamma.base, mean: mean.base,
+        batchNormBackward(dz: dz.base, da: r.base, z: k.x.base, gamma: k.gamma.base, beta: k.beta.base, mean: mean.base,
                           invStd: inv.base, dGamma: dg.base, dBeta: db.base, rows: k.m, channels: k.c,
                           training: training, relu6: relu6, scratch: Scratch())
         let f = { () -> Double in fwd(); return dot(r, a.base) }

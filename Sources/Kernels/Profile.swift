@@ -1,0 +1,26 @@
+// Optional wall-clock accounting per layer type, for `bench train --profile` and docs/performance.md.
+// Off by default; when off a timed section costs one branch.
+import Dispatch
+
+public enum Profile {
+  public enum Section: String, CaseIterable {
+    case stemConv = "stem conv", pointwise = "1x1 conv (GEMM)", depthwise = "depthwise 3x3",
+         batchNorm = "batch norm + ReLU6", head = "pool/dropout/logits/loss", residual = "residual add",
+         optimizer = "optimizer + weight decay"
+  }
+  public static var enabled = false
+  public private(set) static var forward: [Section: Double] = [:]
+  public private(set) static var backward: [Section: Double] = [:]
+
+  public static func reset() { forward = [:]; backward = [:] }
+
+  @inline(__always)
+  public static func time<T>(_ s: Section, backward isBackward: Bool = false, _ body: () throws -> T) rethrows -> T {
+    guard enabled else { return try body() }
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    let r = try body()
+    let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    if isBackward { backward[s, default: 0] += dt } else { forward[s, default: 0] += dt }
+    return r
+  }
+}
