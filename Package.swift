@@ -27,8 +27,8 @@ let coreTargets: [Target] = [
   .target(name: "MobileNet", dependencies: ["Kernels"], swiftSettings: fastFlags),
   // safetensors files with TF-slim variable names.
   .target(name: "Checkpoint", dependencies: ["MobileNet"], swiftSettings: fastFlags),
-  // Optimizer, learning-rate schedules, the training step.
-  .target(name: "Training", dependencies: ["MobileNet", "Kernels"], swiftSettings: fastFlags),
+  // Optimizer, learning-rate schedules, weight averaging, the training loop and evaluation.
+  .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint"], swiftSettings: fastFlags),
   .executableTarget(name: "bench", dependencies: [
     "Training", "MobileNet", "Kernels",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -41,10 +41,36 @@ let coreTargets: [Target] = [
 
 // Data pipeline: TFRecords, tf.train.Example, JPEG decoding, preprocessing, loader, `dataset` tool.
 let dataTargets: [Target] = [
+  .systemLibrary(name: "CTurboJPEG", path: "Sources/CTurboJPEG", pkgConfig: "libturbojpeg",
+                 providers: [.apt(["libturbojpeg0-dev"])]),
+  // TFRecords, tf.train.Example (generated code committed; .proto in Proto/), decoding,
+  // preprocessing, sharding and the prefetching loader.
+  .target(name: "DataPipeline", dependencies: [
+    "CTurboJPEG", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], exclude: ["Proto"], swiftSettings: fastFlags),
+  .executableTarget(name: "dataset", dependencies: [
+    "DataPipeline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "CTurboJPEG"], swiftSettings: fastFlags),
 ]
 
 // Distributed runtime: rank tables, transports, collectives, `launch` and `worker`.
 let distributedTargets: [Target] = [
+  // libzmq through pkg-config (installed by `make deps`).
+  .systemLibrary(name: "CZMQ", path: "Sources/CZMQ", pkgConfig: "libzmq",
+                 providers: [.apt(["libzmq3-dev"])]),
+  // Transports (ZeroMQ, in-process), the group context and the collective algorithms.
+  .target(name: "Collective", dependencies: ["CZMQ"], swiftSettings: fastFlags),
+  // Rank tables, the launcher/worker environment contract, local-address checks, supervision.
+  .target(name: "Cluster", dependencies: ["Collective"], swiftSettings: fastFlags),
+  .executableTarget(name: "launch", dependencies: [
+    "Cluster", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .executableTarget(name: "worker", dependencies: [
+    "Cluster", "Collective", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .testTarget(name: "CollectiveTests", dependencies: ["Collective", "CZMQ"], swiftSettings: fastFlags),
+  .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collective"], swiftSettings: fastFlags),
 ]
 
 let package = Package(
@@ -52,6 +78,7 @@ let package = Package(
   platforms: [.macOS(.v13)],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
   ],
   targets: coreTargets + dataTargets + distributedTargets,
   swiftLanguageModes: [.v5]

@@ -1,0 +1,285 @@
+// The training loop: the seed's recipe (steps per epoch from the data, LR schedule with warm-up,
+// momentum on the averaged gradient, weight decay, optional weight averaging), rank-0 checkpoints
+// with exact resume, fine-tuning restores, and the seed's log line.
+//
+// Exact resume needs only the global step: the data order depends on (seed, epoch), augmentation
+// on (seed, epoch, example), dropout on (seed, rank, step). Checkpoints also record the epoch and
+// the batch within it for people reading them.
+import Checkpoint
+import Foundation
+import Kernels
+import MobileNet
+
+public struct TrainerOptions: Sendable {
+  public var model: ModelConfig
+  public var batchSize = 256
+  public var maxEpochs: Double? = nil
+  public var maxTrainSteps: Int? = nil
+  public var learningRate = 0.1
+  public var decay = DecayType.cosineAnnealing
+  public var warmupEpochs = 5.0
+  public var optimizer = OptimizerKind.momentum
+  public var momentum: Float = 0.9
+  public var weightDecay: Float = 0.00004
+  public var labelSmoothing: Float = 0.1
+  public var movingAverageDecay: Double? = nil
+  public var trainDir = "result"
+  /// nil: one epoch.
+  public var saveCheckpointsSteps: Int? = nil
+  public var keepCheckpointMax = 5
+  public var logEveryNSteps = 10
+  public var seed: UInt64 = 0
+  public var restorePath: String? = nil
+  public var restoreExclude = ["MobilenetV2/Logits/"]
+
+  public init(model: ModelConfig) { self.model = model }
+}
+
+public struct TrainSummary: Sendable {
+  public var firstStep: Int
+  public var globalStep: Int
+  public var stepsPerEpoch: Int
+  public var lastLoss: Float
+  public var resumedFrom: String?
+  public var checksum: UInt64
+}
+
+public struct TrainingError: Error, CustomStringConvertible {
+  public let description: String
+  public init(_ d: String) { description = d }
+}
+
+public final class Trainer {
+  public let options: TrainerOptions
+  public let model: MobileNetV2
+  let optimizer: Optimizer
+  let average: WeightAverage?
+  let data: BatchSource
+  let comm: Communicator
+  let log: TrainLog
+  let dir: CheckpointDirectory
+
+  public static let metricsFile = "metrics.jsonl"
+
+  public init(options: TrainerOptions, data: BatchSource, comm: Communicator, log: TrainLog) {
+    self.options = options
+    self.data = data
+    self.comm = comm
+    self.log = log
+    let net = MobileNetV2(config: options.model, seed: options.seed)
+    model = net
+    optimizer = Optimizer(kind: options.optimizer, parameterCount: net.parameterCount, momentum: options.momentum)
+    average = options.movingAverageDecay.map { WeightAverage(model: net, decay: $0) }
+    dir = CheckpointDirectory(options.trainDir)
+  }
+
+  /// Slabs saved with every checkpoint beyond the model's own: momentum and the weight averages.
+  var slotSlabs: [NamedSlab] {
+    var s: [NamedSlab] = []
+    if optimizer.kind == .momentum {
+      s.append(NamedSlab(layout: model.trainable, buffer: optimizer.accumulators, suffix: ModelCheckpoint.momentumSuffix))
+    }
+    if let a = average {
+      s.append(NamedSlab(layout: model.trainable, buffer: a.trainable, suffix: ModelCheckpoint.movingAverageSuffix))
+      s.append(NamedSlab(layout: model.state, buffer: a.state, suffix: ModelCheckpoint.movingAverageSuffix))
+    }
+    return s
+  }
+
+  public func run() throws -> TrainSummary {
+    let o = options
+    let ranks = comm.size
+    let examples = data.examplesInSplit
+    let stepsPerEpoch = examples / (o.batchSize * ranks)
+    guard stepsPerEpoch > 0 else {
+      throw TrainingError("the split has \(examples) examples, fewer than one global batch of \(o.batchSize) × \(ranks) ranks; lower --batch-size")
+    }
+    let totalSteps: Int
+    switch (o.maxEpochs, o.maxTrainSteps) {
+    case (let e?, nil): totalSteps = Int((e * Double(stepsPerEpoch)).rounded())
+    case (nil, let s?): totalSteps = s
+    default: throw TrainingError("give exactly one of --max-epoch and --max-train-steps")
+    }
+    let schedule = LearningRateSchedule(base: o.learningRate, decay: o.decay, stepsPerEpoch: stepsPerEpoch,
+                                        totalSteps: totalSteps, warmupEpochs: o.warmupEpochs)
+    let saveEvery = max(1, o.saveCheckpointsSteps ?? stepsPerEpoch)
+
+    // Start: resume (rank 0 reads, everyone receives), else fine-tune restore, else fresh weights.
+    var startStep = 0
+    var resumedFrom: String? = nil
+    if comm.rank == 0 {
+      try FileManager.default.createDirectory(atPath: o.trainDir, withIntermediateDirectories: true)
+      if let latest = dir.latest() {
+        let file = try SafeTensorsFile(path: latest)
+        let saved = try ModelCheckpoint.config(of: file)
+        guard saved == o.model else {
+          throw TrainingError("\(latest) was written for \(saved.modelName)/\(saved.numClasses) classes/\(saved.imageSize)px but this run trains \(o.model.modelName)/\(o.model.numClasses)/\(o.model.imageSize); use another --train-dir")
+        }
+        try ModelCheckpoint.load(model.checkpointSlabs + slotSlabs, from: file)
+        startStep = Int(ModelCheckpoint.globalStep(of: file))
+        resumedFrom = latest
+      } else if let restore = o.restorePath {
+        let path = try CheckpointDirectory.resolve(restore)[0]
+        let file = try SafeTensorsFile(path: path)
+        let report = try ModelCheckpoint.load(model.checkpointSlabs, from: file, exclude: o.restoreExclude)
+        log.info("restored \(report.restored.count) tensors from \(path)")
+        if !report.notRestored.isEmpty {
+          log.info("not restored (excluded, freshly initialised): \(report.notRestored.joined(separator: ", "))")
+        }
+        average?.reset(to: model)
+      }
+    }
+    // Every rank starts from rank 0's weights, statistics and slots, whatever its seed.
+    for slab in model.checkpointSlabs + slotSlabs {
+      try comm.broadcast(slab.buffer.base, count: slab.buffer.count, root: 0)
+    }
+    var stepWord = [Double(startStep)]
+    if comm.rank != 0 { stepWord[0] = 0 }
+    try stepWord.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 1) }
+    startStep = Int(stepWord[0])
+    if let r = resumedFrom { log.info("resumed from \(r) at global step \(startStep)") }
+
+    log.info("model \(o.model.modelName) (depth multiplier \(o.model.depthMultiplier)), \(model.parameterCount) parameters, \(o.model.numClasses) classes, \(o.model.imageSize)x\(o.model.imageSize) input")
+    log.info("ranks \(ranks), batch \(o.batchSize) per rank (global \(o.batchSize * ranks)), \(examples) training examples, steps_per_epoch \(stepsPerEpoch), total steps \(totalSteps), compute threads \(Compute.threads)")
+    log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), lr \(o.learningRate) \(o.decay.rawValue) warm-up \(o.warmupEpochs) epochs, weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
+
+    let batch = o.batchSize
+    let images = model.inputBuffer(batch: batch)
+    let labels = model.labelBuffer(batch: batch)
+    let reducer = comm.gradientReducer(buffer: model.gradients.base, count: model.parameterCount)
+    let hyper = StepHyperparameters(labelSmoothing: o.labelSmoothing, weightDecay: o.weightDecay)
+    let metrics = comm.rank == 0 ? try MetricsWriter(path: "\(o.trainDir)/\(Self.metricsFile)") : nil
+
+    var window = (loss: 0.0, total: 0.0, correct: 0.0, examples: 0.0, steps: 0)
+    var windowStart = DispatchTime.now().uptimeNanoseconds
+    var lastLoss: Float = .nan
+    var currentEpoch = -1
+    var step = startStep
+    while step < totalSteps {
+      let epoch = step / stepsPerEpoch
+      if epoch != currentEpoch {
+        try data.start(epoch: epoch, skipBatches: step % stepsPerEpoch)
+        currentEpoch = epoch
+      }
+      let n = try data.next(images: images, labels: labels)
+      guard n == batch else {
+        throw TrainingError("rank \(comm.rank): data ended after \(n) examples in epoch \(epoch) at step \(step) (expected \(stepsPerEpoch) full batches)")
+      }
+      let lr = Float(schedule.rate(at: step))
+      var rng = RandomState(seed: o.seed &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(comm.rank) << 48 ^ UInt64(step))
+      model.zeroGradients()
+      model.forward(batch: batch, mode: .training, rng: &rng)
+      let l = model.loss(batch: batch, labelSmoothing: hyper.labelSmoothing)
+      model.backward(batch: batch, onGradientsReady: reducer.ready)
+      try reducer.finish()
+      // Weight decay after averaging: the weights are identical on all ranks, so is its gradient.
+      let reg = Profile.time(.optimizer) { applyWeightDecay(model: model, weightDecay: hyper.weightDecay) }
+      Profile.time(.optimizer) {
+        optimizer.apply(params: model.parameters.base, grads: model.gradients.base, count: model.parameterCount, lr: lr)
+      }
+      average?.update(from: model, step: step)
+      guard l.loss.isFinite else { throw TrainingError("rank \(comm.rank): loss is \(l.loss) at step \(step); lower --learning-rate") }
+      lastLoss = l.loss
+      step += 1
+
+      window.loss += Double(l.loss); window.total += Double(l.loss + reg)
+      window.correct += Double(l.correct); window.examples += Double(batch); window.steps += 1
+      if step % max(1, o.logEveryNSteps) == 0 || step == totalSteps {
+        var sums = [window.loss, window.total, window.correct, window.examples]
+        try sums.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 4) }
+        let now = DispatchTime.now().uptimeNanoseconds
+        let seconds = Double(now - windowStart) / 1e9
+        let denom = Double(window.steps * ranks)
+        let rec = StepRecord(step: step, epoch: Double(step) / Double(stepsPerEpoch), ips: sums[3] / seconds,
+                             loss: sums[0] / denom, totalLoss: sums[1] / denom, lr: Double(lr),
+                             trainAccuracy: sums[2] / sums[3])
+        log.info(rec.logLine)
+        try metrics?.append(rec)
+        window = (0, 0, 0, 0, 0)
+        windowStart = DispatchTime.now().uptimeNanoseconds
+      }
+      if step % saveEvery == 0 || step == totalSteps {
+        try save(step: step, stepsPerEpoch: stepsPerEpoch)
+      }
+    }
+    if data.skippedCorrupt > 0 { log.warning("skipped \(data.skippedCorrupt) corrupt examples on rank \(comm.rank)") }
+    let sum = try verifyIdenticalWeights()
+    return TrainSummary(firstStep: startStep, globalStep: step, stepsPerEpoch: stepsPerEpoch, lastLoss: lastLoss,
+                        resumedFrom: resumedFrom, checksum: sum)
+  }
+
+  /// Rank 0 writes the checkpoint; everyone checks the weights are still identical first.
+  func save(step: Int, stepsPerEpoch: Int) throws {
+    let sum = try verifyIdenticalWeights()
+    guard comm.rank == 0 else { return }
+    let path = dir.file(forStep: Int64(step))
+    try ModelCheckpoint.save(model: model, slots: slotSlabs, globalStep: Int64(step), extraMetadata: [
+      "epoch": String(step / stepsPerEpoch), "batch_in_epoch": String(step % stepsPerEpoch),
+      "steps_per_epoch": String(stepsPerEpoch), "world_size": String(comm.size),
+      "batch_size": String(options.batchSize), "seed": String(options.seed),
+      "rng": "derived from (seed, epoch, example) for data and (seed, rank, step) for dropout",
+      "weights_checksum": String(sum, radix: 16),
+    ], to: path)
+    dir.prune(keep: options.keepCheckpointMax)
+    log.info("saved checkpoint \(path)")
+  }
+
+  /// FNV-1a of the weight bytes, allgathered: a mismatch means the ranks diverged.
+  @discardableResult
+  func verifyIdenticalWeights() throws -> UInt64 {
+    let sum = checksum(model.parameters)
+    let all = try comm.allgather(withUnsafeBytes(of: sum.littleEndian) { Array($0) })
+    let sums = all.map { $0.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) } }
+    if Set(sums).count != 1 {
+      throw TrainingError("weights differ between ranks (checksums \(sums.map { String($0, radix: 16) }))")
+    }
+    return sum
+  }
+}
+
+public func checksum(_ b: FloatBuffer) -> UInt64 {
+  var h: UInt64 = 0xcbf2_9ce4_8422_2325
+  let bytes = UnsafeRawBufferPointer(start: b.base, count: b.count * 4)
+  for byte in bytes { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
+  return h
+}
+
+/// One logged step: the seed's console line and one JSON object per line in metrics.jsonl.
+public struct StepRecord: Codable, Sendable {
+  public var step: Int
+  public var epoch: Double
+  public var ips: Double
+  public var loss: Double
+  public var totalLoss: Double
+  public var lr: Double
+  public var trainAccuracy: Double
+
+  enum CodingKeys: String, CodingKey {
+    case step, epoch, ips, loss, lr
+    case totalLoss = "total_loss"
+    case trainAccuracy = "train_accuracy"
+  }
+
+  public var logLine: String {
+    String(format: "step:%6d  epoch:%6.2f ips:%9.2f loss:%.4f  total_loss:%.4f  lr:%.6f, train_accuracy:%.4f",
+           step, epoch, ips, loss, totalLoss, lr, trainAccuracy)
+  }
+}
+
+final class MetricsWriter {
+  let handle: FileHandle
+  init(path: String) throws {
+    if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+    guard let h = FileHandle(forWritingAtPath: path) else { throw TrainingError("cannot write \(path)") }
+    handle = h
+    handle.seekToEndOfFile()
+  }
+  func append(_ r: StepRecord) throws {
+    let enc = JSONEncoder()
+    enc.outputFormatting = .sortedKeys
+    var d = try enc.encode(r)
+    d.append(0x0A)
+    handle.write(d)
+  }
+  deinit { try? handle.close() }
+}
