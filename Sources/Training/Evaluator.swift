@@ -1,0 +1,78 @@
+// Scoring a checkpoint: top-1 / top-5 over every example of a split, in inference mode (moving BN
+// statistics, no dropout), optionally with the weights' exponential moving averages.
+import Checkpoint
+import Foundation
+import Kernels
+import MobileNet
+
+public struct EvalResult: Sendable, Equatable {
+  public var examples = 0
+  public var top1 = 0
+  public var top5 = 0
+  public var lossSum = 0.0
+  public var top1Accuracy: Double { examples > 0 ? Double(top1) / Double(examples) : 0 }
+  public var top5Accuracy: Double { examples > 0 ? Double(top5) / Double(examples) : 0 }
+  public var meanLoss: Double { examples > 0 ? lossSum / Double(examples) : 0 }
+}
+
+public enum Evaluator {
+  /// Loads `file` into `model`: the `ExponentialMovingAverage` slots when `useMovingAverage` is true
+  /// (an error if the checkpoint has none), the raw weights otherwise.
+  public static func load(_ file: SafeTensorsFile, into model: MobileNetV2, useMovingAverage: Bool) throws {
+    if useMovingAverage {
+      try ModelCheckpoint.load([NamedSlab(layout: model.trainable, buffer: model.parameters, suffix: ModelCheckpoint.movingAverageSuffix),
+                                NamedSlab(layout: model.state, buffer: model.stateValues, suffix: ModelCheckpoint.movingAverageSuffix)],
+                               from: file)
+    } else {
+      try ModelCheckpoint.load(model.checkpointSlabs, from: file)
+    }
+  }
+
+  public static func hasMovingAverage(_ file: SafeTensorsFile) -> Bool {
+    file.tensors["MobilenetV2/Conv/weights/\(ModelCheckpoint.movingAverageSuffix)"] != nil
+  }
+
+  /// Runs every batch of `data` (epoch 0). The last batch may be short: it is padded and only its
+  /// real examples count (inference treats examples independently).
+  public static func evaluate(model: MobileNetV2, data: BatchSource, batchSize: Int,
+                              progress: ((EvalResult) -> Void)? = nil) throws -> EvalResult {
+    let k = model.config.numClasses
+    let images = model.inputBuffer(batch: batchSize), labels = model.labelBuffer(batch: batchSize)
+    let px = model.config.imageSize * model.config.imageSize * 3
+    var result = EvalResult()
+    var rng = RandomState(seed: 0)
+    try data.start(epoch: 0, skipBatches: 0)
+    while true {
+      let n = try data.next(images: images, labels: labels)
+      if n == 0 { break }
+      if n < batchSize {
+        (images + n * px).update(repeating: 0, count: (batchSize - n) * px)
+        for i in n..<batchSize { labels[i] = 0 }
+      }
+      let logits = model.forward(batch: batchSize, mode: .inference, rng: &rng)
+      for i in 0..<n {
+        let row = logits + i * k
+        let label = Int(labels[i])
+        guard label >= 0 && label < k else {
+          throw TrainingError("label \(label) outside [0, \(k)) in the evaluation data; check --num-classes/--labels-offset")
+        }
+        let target = row[label]
+        // Rank of the true class: how many logits beat it (ties counted against, as in_top_k).
+        var better = 0
+        var maxZ = row[0]
+        for j in 0..<k {
+          if row[j] > target { better += 1 }
+          maxZ = max(maxZ, row[j])
+        }
+        if better == 0 { result.top1 += 1 }
+        if better < 5 { result.top5 += 1 }
+        var sum = 0.0
+        for j in 0..<k { sum += exp(Double(row[j] - maxZ)) }
+        result.lossSum += log(sum) + Double(maxZ) - Double(target)
+      }
+      result.examples += n
+      progress?(result)
+    }
+    return result
+  }
+}
