@@ -1,0 +1,327 @@
+// Supervision of the workers of one server (the logic behind `launch`): start one worker per
+// device with the contract in its environment, route its output to its log file (and the
+// console), and on the first failure stop everyone within seconds, name the root cause with its
+// last log lines, and either restart the whole group or exit non-zero. No orphans: each worker
+// leads its own process group, which is what gets signalled, and workers die with launch.
+
+import Collective
+import Foundation
+
+public struct LaunchPlan {
+  public var table: RankTable
+  /// Absolute path, passed to workers as RANK_TABLE_FILE.
+  public var tablePath: String
+  public var serverID: String
+  public var workerExecutable: String
+  public var workerArguments: [String]
+  /// Logs go to <logDir>/<rank>/worker.log.
+  public var logDir: String
+  public var maxRestarts = 0
+  public var jobID: String
+  public var secret: JobSecret
+  public var basePort = RankTable.defaultBasePort
+  /// Compute threads per worker; nil = cores ÷ local workers.
+  public var threads: Int?
+  /// More contract variables (timeouts, security), by key.
+  public var extraEnvironment: [ContractKey: String] = [:]
+  /// Seconds between SIGTERM and SIGKILL when stopping workers.
+  public var gracePeriod = Launcher.defaultGracePeriod
+
+  public init(table: RankTable, tablePath: String, serverID: String, workerExecutable: String,
+              workerArguments: [String], logDir: String, jobID: String, secret: JobSecret) {
+    self.table = table; self.tablePath = tablePath; self.serverID = serverID
+    self.workerExecutable = workerExecutable; self.workerArguments = workerArguments
+    self.logDir = logDir; self.jobID = jobID; self.secret = secret
+  }
+}
+
+/// The signal launch received (SIGINT/SIGTERM), set by the handler, read by the loop.
+nonisolated(unsafe) private var receivedSignal: Int32 = 0
+
+public final class Launcher {
+  /// Seconds a worker gets to exit after SIGTERM before SIGKILL.
+  public static let defaultGracePeriod = 5.0
+  /// Supervision tick: how often exits are checked while no output arrives.
+  static let tickMilliseconds: Int32 = 100
+  /// Lines of a failed rank's log printed as the root cause.
+  public static let tailLines = 20
+  /// Console forwarding: other ranks' lines containing one of these (case-insensitive).
+  static let forwardedWords = ["warning", "error"]
+
+  private let plan: LaunchPlan
+  private let console: (String) -> Void
+
+  public init(plan: LaunchPlan, console: @escaping (String) -> Void = { print($0); fflush(stdout) }) {
+    self.plan = plan
+    self.console = console
+  }
+
+  /// Chooses the server this launch runs: the requested one, or the only server whose devices
+  /// are all on this host.
+  public static func selectServer(table: RankTable, requested: String?) throws -> String {
+    if let id = requested {
+      guard table.serverIDs.contains(id) else {
+        throw RankTableError("--server-id \(id) is not in the rank table (servers: \(table.serverIDs.joined(separator: ", ")))")
+      }
+      return id
+    }
+    let interfaces = LocalAddress.interfaceAddresses()
+    let local = table.serverIDs.filter { id in
+      table.devices(onServer: id).allSatisfy { LocalAddress.isLocal($0.address, interfaces: interfaces) }
+    }
+    switch local.count {
+    case 1: return local[0]
+    case 0: throw RankTableError("no server of the rank table has its device addresses on this host; pass --server-id")
+    default:
+      throw RankTableError("servers \(local.joined(separator: ", ")) all have local addresses (a loopback simulation?); "
+                           + "start one launch per server with --server-id")
+    }
+  }
+
+  /// Runs the job (with restarts); returns launch's exit status.
+  public func run() -> Int32 {
+    receivedSignal = 0
+    signal(SIGINT) { receivedSignal = $0 }
+    signal(SIGTERM) { receivedSignal = $0 }
+    signal(SIGPIPE, SIG_IGN)
+    defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
+    var attempt = 0
+    while true {
+      switch runGroup(restartCount: attempt) {
+      case .succeeded:
+        say("all \(localDevices.count) workers finished")
+        return 0
+      case let .interrupted(sig):
+        say("stopped all workers on signal \(sig)")
+        return 128 + sig
+      case .failed:
+        if attempt < plan.maxRestarts {
+          attempt += 1
+          say("restarting the group (restart \(attempt) of \(plan.maxRestarts))")
+          continue
+        }
+        return 1
+      }
+    }
+  }
+
+  // MARK: One run of the group
+
+  private enum Outcome { case succeeded, interrupted(Int32), failed }
+
+  private final class Worker {
+    let device: Device
+    let localRank: Int
+    var pid: pid_t = 0
+    var output: Int32 = -1
+    var log: FileHandle?
+    var partial: [UInt8] = []
+    var tail: [String] = []
+    var status: Int32?
+    init(device: Device, localRank: Int) { self.device = device; self.localRank = localRank }
+  }
+
+  private var localDevices: [Device] { plan.table.devices(onServer: plan.serverID) }
+
+  private func say(_ line: String) { console("launch: \(line)") }
+
+  private func runGroup(restartCount: Int) -> Outcome {
+    let workers = localDevices.enumerated().map { Worker(device: $0.element, localRank: $0.offset) }
+    for w in workers {
+      do {
+        try spawn(w, restartCount: restartCount, localWorldSize: workers.count)
+      } catch {
+        say("cannot start rank \(w.device.rank): \(error)")
+        stop(workers, reason: nil)
+        return .failed
+      }
+    }
+    say("started \(workers.count) workers (ranks \(workers.map { String($0.device.rank) }.joined(separator: ","))) of "
+        + "\(plan.table.worldSize) on server \(plan.serverID); logs in \(plan.logDir)/<rank>/")
+    var failures: [Worker] = []
+    while workers.contains(where: { $0.status == nil }) {
+      pump(workers, milliseconds: Self.tickMilliseconds)
+      reap(workers)
+      if receivedSignal != 0 {
+        let sig = receivedSignal
+        stop(workers, reason: "signal \(sig)")
+        return .interrupted(sig)
+      }
+      let newlyFailed = workers.filter { $0.status.map { $0 != 0 } ?? false }
+      if !newlyFailed.isEmpty {
+        failures = newlyFailed
+        break
+      }
+    }
+    if failures.isEmpty {
+      pump(workers, milliseconds: 0)
+      closeLogs(workers)
+      return .succeeded
+    }
+    stop(workers, reason: "rank failure")
+    report(rootCause(failures), failedCount: failures.count, total: workers.count)
+    closeLogs(workers)
+    return .failed
+  }
+
+  /// The root cause among the first failures: a rank that failed for its own reasons before
+  /// ranks that failed because of a peer (exit status peerFailureExitCode), then the lowest rank.
+  private func rootCause(_ failures: [Worker]) -> Worker {
+    let own = failures.filter { !(exited($0.status!) && exitCode($0.status!) == peerFailureExitCode) }
+    return (own.isEmpty ? failures : own).min { $0.device.rank < $1.device.rank }!
+  }
+
+  private func report(_ w: Worker, failedCount: Int, total: Int) {
+    let st = w.status!
+    let how = exited(st) ? "exited with status \(exitCode(st))" + (exitCode(st) == peerFailureExitCode ? " (failed because of another rank)" : "")
+                         : "was killed by signal \(termSignal(st))"
+    say("rank \(w.device.rank) (device \(w.device.deviceID), \(w.device.address):\(w.device.port)) failed first: \(how)")
+    if !w.tail.isEmpty {
+      say("last \(w.tail.count) lines of \(logPath(w.device.rank)):")
+      for line in w.tail { console("  [rank \(w.device.rank)] \(line)") }
+    }
+    say("stopped the other workers of this server; giving up")
+  }
+
+  // MARK: Processes
+
+  private func logPath(_ rank: Int) -> String { "\(plan.logDir)/\(rank)/worker.log" }
+
+  private func environment(for w: Worker, restartCount: Int, localWorldSize: Int) -> [String: String] {
+    var env = ProcessInfo.processInfo.environment
+    env[ContractKey.jobSecretFile.rawValue] = nil
+    let threads = plan.threads ?? WorkerContext.defaultThreads(localWorkers: localWorldSize)
+    let contract: [ContractKey: String] = [
+      .rankTableFile: plan.tablePath, .rankSize: String(plan.table.worldSize), .rankID: String(w.device.rank),
+      .deviceID: String(w.device.deviceID), .jobID: plan.jobID, .localRank: String(w.localRank),
+      .localWorldSize: String(localWorldSize), .threads: String(threads),
+      .logDir: "\(plan.logDir)/\(w.device.rank)", .restartCount: String(restartCount),
+      .basePort: String(plan.basePort), .jobSecret: plan.secret.hex, .launcherPID: String(getpid()),
+    ]
+    for (k, v) in contract.merging(plan.extraEnvironment, uniquingKeysWith: { $1 }) { env[k.rawValue] = v }
+    for name in computeThreadVariables { env[name] = String(threads) }
+    return env
+  }
+
+  private func spawn(_ w: Worker, restartCount: Int, localWorldSize: Int) throws {
+    let dir = "\(plan.logDir)/\(w.device.rank)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let path = logPath(w.device.rank)
+    if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+    w.log = FileHandle(forWritingAtPath: path)
+    w.log?.seekToEndOfFile()
+    if restartCount > 0 { w.log?.write(Data("=== launch: restart \(restartCount) ===\n".utf8)) }
+
+    var fds: [Int32] = [0, 0]
+    guard pipe(&fds) == 0 else { throw RankTableError("pipe: \(String(cString: strerror(errno)))") }
+    // Close-on-exec, so later workers do not inherit this one's pipe (launch is single-threaded).
+    for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    defer { Foundation.close(fds[1]) }
+    w.output = fds[0]
+    _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
+
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    // Own process group (signalled as a whole; the terminal's Ctrl-C reaches only launch),
+    // default signal dispositions and an empty mask whatever launch itself has.
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+    posix_spawnattr_setpgroup(&attr, 0)
+    var defaults = sigset_t(), empty = sigset_t()
+    sigemptyset(&defaults); sigemptyset(&empty)
+    for s in [SIGINT, SIGTERM, SIGPIPE] { sigaddset(&defaults, s) }
+    posix_spawnattr_setsigdefault(&attr, &defaults)
+    posix_spawnattr_setsigmask(&attr, &empty)
+
+    let argv = ([plan.workerExecutable] + plan.workerArguments).map { strdup($0) } + [nil]
+    let envp = environment(for: w, restartCount: restartCount, localWorldSize: localWorldSize)
+      .map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    let rc = posix_spawn(&w.pid, plan.workerExecutable, &actions, &attr, argv, envp)
+    guard rc == 0 else {
+      throw RankTableError("cannot run \(plan.workerExecutable): \(String(cString: strerror(rc)))")
+    }
+  }
+
+  /// Moves available output to the logs (and console) for up to `milliseconds`.
+  private func pump(_ workers: [Worker], milliseconds: Int32) {
+    var items = workers.filter { $0.output >= 0 }.map { pollfd(fd: $0.output, events: Int16(POLLIN), revents: 0) }
+    if milliseconds > 0 && !items.isEmpty { _ = poll(&items, nfds_t(items.count), milliseconds) }
+    if milliseconds > 0 && items.isEmpty { usleep(UInt32(milliseconds) * 1000) }
+    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+    for w in workers where w.output >= 0 {
+      while true {
+        let n = read(w.output, &buffer, buffer.count)
+        if n > 0 {
+          w.log?.write(Data(buffer[0..<n]))
+          w.partial.append(contentsOf: buffer[0..<n])
+          emitLines(w)
+          continue
+        }
+        if n == 0 {  // EOF: the worker (and everything that inherited its output) is gone
+          Foundation.close(w.output); w.output = -1
+          if !w.partial.isEmpty { w.partial.append(10); emitLines(w) }
+        }
+        break
+      }
+    }
+  }
+
+  private func emitLines(_ w: Worker) {
+    while let nl = w.partial.firstIndex(of: 10) {
+      let line = String(decoding: w.partial[..<nl], as: UTF8.self)
+      w.partial.removeSubrange(...nl)
+      w.tail.append(line)
+      if w.tail.count > Self.tailLines { w.tail.removeFirst() }
+      if w.device.rank == 0 {
+        console(line)
+      } else {
+        let lower = line.lowercased()
+        if Self.forwardedWords.contains(where: lower.contains) { console("[rank \(w.device.rank)] \(line)") }
+      }
+    }
+  }
+
+  private func reap(_ workers: [Worker]) {
+    for w in workers where w.status == nil && w.pid > 0 {
+      var st: Int32 = 0
+      if waitpid(w.pid, &st, WNOHANG) == w.pid {
+        w.status = st
+        kill(-w.pid, SIGKILL)  // whatever the worker left behind in its group
+      }
+    }
+  }
+
+  /// SIGTERM to every live worker's process group, SIGKILL after the grace period; waits for all.
+  private func stop(_ workers: [Worker], reason: String?) {
+    reap(workers)
+    let live = workers.filter { $0.status == nil && $0.pid > 0 }
+    for w in live { kill(-w.pid, SIGTERM) }
+    let deadline = Date(timeIntervalSinceNow: plan.gracePeriod)
+    while workers.contains(where: { $0.status == nil && $0.pid > 0 }) {
+      if Date() > deadline {
+        for w in workers where w.status == nil && w.pid > 0 { kill(-w.pid, SIGKILL) }
+      }
+      pump(workers, milliseconds: 50)
+      reap(workers)
+    }
+    pump(workers, milliseconds: 0)
+  }
+
+  private func closeLogs(_ workers: [Worker]) {
+    for w in workers {
+      if w.output >= 0 { Foundation.close(w.output); w.output = -1 }
+      try? w.log?.close()
+    }
+  }
+}
+
+// Wait-status decoding (the C macros are not imported into Swift).
+func exited(_ status: Int32) -> Bool { status & 0x7f == 0 }
+func exitCode(_ status: Int32) -> Int32 { (status >> 8) & 0xff }
+func termSignal(_ status: Int32) -> Int32 { status & 0x7f }

@@ -1,0 +1,245 @@
+// Rank tables: the Ascend seed's schema ("group_list" of instances, ranks in order of appearance)
+// and HCCL's newer one ("server_list" with explicit "rank_id"). Values are strings in both.
+// Validation errors are one line naming the field (a JSON path) and what is wrong with it.
+
+import Foundation
+
+/// One device = one rank.
+public struct Device: Equatable, Sendable {
+  public var rank: Int
+  public var deviceID: Int
+  /// The address this rank binds to (an IPv4 literal).
+  public var address: String
+  public var port: Int
+  /// The server (host) the device belongs to, as the table names it.
+  public var serverID: String
+  public var podName: String?
+}
+
+public struct RankTableError: Error, CustomStringConvertible, Equatable {
+  public let message: String
+  public init(_ message: String) { self.message = message }
+  public var description: String { message }
+}
+
+public struct RankTable: Equatable, Sendable {
+  /// Port of rank r when the table gives no `device_port`: basePort + r.
+  public static let defaultBasePort = 29500
+
+  public enum Schema: String, Sendable { case groupList = "group_list", serverList = "server_list (HCCL 1.0)" }
+
+  public let schema: Schema
+  /// Devices in rank order.
+  public let devices: [Device]
+  public var worldSize: Int { devices.count }
+
+  /// Server ids in order of first appearance.
+  public var serverIDs: [String] {
+    var seen = Set<String>(), out: [String] = []
+    for d in devices where seen.insert(d.serverID).inserted { out.append(d.serverID) }
+    return out
+  }
+
+  public func devices(onServer id: String) -> [Device] { devices.filter { $0.serverID == id } }
+
+  public static func load(path: String, basePort: Int = defaultBasePort) throws -> RankTable {
+    guard let data = FileManager.default.contents(atPath: path) else {
+      throw RankTableError("\(path): cannot read the rank table")
+    }
+    do {
+      return try parse(data, basePort: basePort)
+    } catch let e as RankTableError {
+      throw RankTableError("\(path): \(e.message)")
+    }
+  }
+
+  public static func parse(_ data: Data, basePort: Int = defaultBasePort) throws -> RankTable {
+    let root: [String: Any]
+    do {
+      guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        throw RankTableError("the top level must be a JSON object")
+      }
+      root = object
+    } catch let e as RankTableError {
+      throw e
+    } catch {
+      throw RankTableError("not valid JSON: \(error.localizedDescription)")
+    }
+    let status = try string(root, "status", at: "")
+    guard status == "completed" else { throw RankTableError("status: expected \"completed\", got \"\(status)\"") }
+    var devices: [Device]
+    let schema: Schema
+    if root["server_list"] != nil {
+      schema = .serverList
+      devices = try parseServerList(root, basePort: basePort)
+    } else if root["group_list"] != nil {
+      schema = .groupList
+      devices = try parseGroupList(root, basePort: basePort)
+    } else {
+      throw RankTableError("missing field: group_list (seed schema) or server_list (HCCL 1.0 schema)")
+    }
+    guard !devices.isEmpty else { throw RankTableError("the table lists no devices") }
+    devices.sort { $0.rank < $1.rank }
+    var endpoints = [String: Int]()
+    var perServerDevice = [String: Int]()
+    for d in devices {
+      let key = "\(d.address):\(d.port)"
+      if let other = endpoints[key] {
+        throw RankTableError("ranks \(other) and \(d.rank) both use address:port \(key) (set distinct device_ip or device_port)")
+      }
+      endpoints[key] = d.rank
+      let dev = "\(d.serverID)/\(d.deviceID)"
+      if let other = perServerDevice[dev] {
+        throw RankTableError("ranks \(other) and \(d.rank) both use device_id \(d.deviceID) on server \(d.serverID)")
+      }
+      perServerDevice[dev] = d.rank
+    }
+    return RankTable(schema: schema, devices: devices)
+  }
+
+  // MARK: Schemas
+
+  /// {"group_count","group_list":[{"group_name","device_count","instance_count",
+  ///   "instance_list":[{"devices":[{"device_id","device_ip"}],"pod_name","server_id"}]}],"status"}
+  private static func parseGroupList(_ root: [String: Any], basePort: Int) throws -> [Device] {
+    let groups = try array(root, "group_list", at: "")
+    let groupCount = try number(root, "group_count", at: "")
+    guard groupCount == groups.count else {
+      throw RankTableError("group_count: says \(groupCount) but group_list has \(groups.count) groups")
+    }
+    guard groups.count == 1 else {
+      throw RankTableError("group_list: exactly one group (the world group) is supported, found \(groups.count)")
+    }
+    let g = groups[0], gp = "group_list[0]"
+    _ = try string(g, "group_name", at: gp)
+    let instances = try array(g, "instance_list", at: gp)
+    let instanceCount = try number(g, "instance_count", at: gp)
+    guard instanceCount == instances.count else {
+      throw RankTableError("\(gp).instance_count: says \(instanceCount) but instance_list has \(instances.count) instances")
+    }
+    var devices: [Device] = []
+    for (i, inst) in instances.enumerated() {
+      let ip = "\(gp).instance_list[\(i)]"
+      let server = try string(inst, "server_id", at: ip)
+      let pod = inst["pod_name"] as? String
+      for (j, dev) in try array(inst, "devices", at: ip).enumerated() {
+        let dp = "\(ip).devices[\(j)]"
+        let rank = devices.count
+        devices.append(try device(dev, at: dp, rank: rank, server: server, pod: pod, basePort: basePort))
+      }
+    }
+    let deviceCount = try number(g, "device_count", at: gp)
+    guard deviceCount == devices.count else {
+      throw RankTableError("\(gp).device_count: says \(deviceCount) but the instances list \(devices.count) devices")
+    }
+    return devices
+  }
+
+  /// {"version":"1.0","server_count","server_list":[{"server_id","device":[{"device_id","device_ip","rank_id"}]}],"status"}
+  private static func parseServerList(_ root: [String: Any], basePort: Int) throws -> [Device] {
+    let servers = try array(root, "server_list", at: "")
+    let serverCount = try number(root, "server_count", at: "")
+    guard serverCount == servers.count else {
+      throw RankTableError("server_count: says \(serverCount) but server_list has \(servers.count) servers")
+    }
+    var devices: [Device] = []
+    var rankOwner = [Int: String]()
+    for (i, server) in servers.enumerated() {
+      let sp = "server_list[\(i)]"
+      let id = try string(server, "server_id", at: sp)
+      for (j, dev) in try array(server, "device", at: sp).enumerated() {
+        let dp = "\(sp).device[\(j)]"
+        let rank = try number(dev, "rank_id", at: dp)
+        if let other = rankOwner[rank] { throw RankTableError("\(dp).rank_id: rank \(rank) is also given by \(other)") }
+        rankOwner[rank] = dp
+        devices.append(try device(dev, at: dp, rank: rank, server: id, pod: nil, basePort: basePort))
+      }
+    }
+    for r in 0..<devices.count where rankOwner[r] == nil {
+      throw RankTableError("rank_id: ranks must be 0..<\(devices.count), rank \(r) is missing")
+    }
+    return devices
+  }
+
+  private static func device(_ dev: [String: Any], at path: String, rank: Int, server: String, pod: String?,
+                             basePort: Int) throws -> Device {
+    let id = try number(dev, "device_id", at: path)
+    let ip = try string(dev, "device_ip", at: path)
+    guard isIPv4(ip) else { throw RankTableError("\(path).device_ip: \"\(ip)\" is not an IPv4 address") }
+    var port = basePort + rank
+    if dev["device_port"] != nil { port = try number(dev, "device_port", at: path) }
+    guard (1...65535).contains(port) else { throw RankTableError("\(path): port \(port) is outside 1...65535") }
+    return Device(rank: rank, deviceID: id, address: ip, port: port, serverID: server, podName: pod)
+  }
+
+  // MARK: Field access with paths in errors
+
+  private static func field(_ o: [String: Any], _ key: String, at path: String) throws -> Any {
+    guard let v = o[key] else { throw RankTableError("\(path.isEmpty ? "" : path + ".")\(key): missing field") }
+    return v
+  }
+
+  private static func string(_ o: [String: Any], _ key: String, at path: String) throws -> String {
+    let v = try field(o, key, at: path)
+    if let s = v as? String { return s }
+    throw RankTableError("\(path.isEmpty ? "" : path + ".")\(key): expected a string, got \(v)")
+  }
+
+  /// A non-negative integer given as a string ("8"), as both schemas do; JSON numbers are accepted too.
+  private static func number(_ o: [String: Any], _ key: String, at path: String) throws -> Int {
+    let v = try field(o, key, at: path)
+    let name = "\(path.isEmpty ? "" : path + ".")\(key)"
+    if let s = v as? String {
+      guard let n = Int(s), n >= 0 else { throw RankTableError("\(name): \"\(s)\" is not a non-negative integer") }
+      return n
+    }
+    if let n = v as? Int, n >= 0, !(v is Bool) { return n }
+    throw RankTableError("\(name): expected a number in a string, got \(v)")
+  }
+
+  private static func array(_ o: [String: Any], _ key: String, at path: String) throws -> [[String: Any]] {
+    let v = try field(o, key, at: path)
+    guard let a = v as? [[String: Any]] else {
+      throw RankTableError("\(path.isEmpty ? "" : path + ".")\(key): expected a list of objects")
+    }
+    return a
+  }
+
+  // MARK: Writing (launch --local-ranks, tests)
+
+  /// A table in the seed's schema: `servers[i]` = (server id, device addresses, ports or nil).
+  public static func seedSchemaJSON(servers: [(id: String, addresses: [String], ports: [Int]?)], podName: String) -> String {
+    var instances: [String] = []
+    var deviceCount = 0
+    for server in servers {
+      for (i, address) in server.addresses.enumerated() {
+        let port = server.ports.map { ", \"device_port\": \"\($0[i])\"" } ?? ""
+        instances.append("""
+                {"devices": [{"device_id": "\(i)", "device_ip": "\(address)"\(port)}], \
+        "pod_name": "\(podName)", "server_id": "\(server.id)"}
+        """)
+        deviceCount += 1
+      }
+    }
+    return """
+    {
+      "group_count": "1",
+      "group_list": [{
+        "group_name": "hccl_world_group",
+        "device_count": "\(deviceCount)",
+        "instance_count": "\(deviceCount)",
+        "instance_list": [
+    \(instances.joined(separator: ",\n"))
+        ]
+      }],
+      "status": "completed"
+    }
+
+    """
+  }
+}
+
+func isIPv4(_ s: String) -> Bool {
+  var addr = in_addr()
+  return inet_pton(AF_INET, s, &addr) == 1
+}

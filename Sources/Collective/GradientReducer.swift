@@ -1,0 +1,134 @@
+// Gradient fusion with overlap (Horovod's tensor fusion, the Ascend `hcom_parallel` option):
+// backward reports consecutive ranges of the flat gradient slab as they become final; they are
+// cut into fixed buckets of `bucketBytes` (same boundaries on every rank, whatever the ranges),
+// and each full bucket is averaged on a communication thread while backward computes the rest.
+
+import Foundation
+
+public final class GradientReducer {
+  /// 4 MiB: large enough that per-collective latency (2(n−1) message hops) is amortized, small
+  /// enough that the first bucket starts while most of backward is still ahead.
+  public static let defaultBucketBytes = 4 << 20
+
+  private let group: ProcessGroup
+  private let buffer: UnsafeMutablePointer<Float>
+  private let count: Int
+  private let bucketElements: Int
+  private let overlap: Bool
+  private let fp16: Bool
+  private let worker: CommunicationThread?
+  private var readyUpTo = 0
+  private var submittedUpTo = 0
+  private var deferred: [Range<Int>] = []
+
+  /// `buffer[0..<count]` is averaged over the group at every `finish()`.
+  public init(group: ProcessGroup, buffer: UnsafeMutablePointer<Float>, count: Int,
+              bucketBytes: Int = GradientReducer.defaultBucketBytes, overlap: Bool = true, fp16: Bool = false) {
+    self.group = group
+    self.buffer = buffer
+    self.count = count
+    self.bucketElements = max(1, bucketBytes / MemoryLayout<Float>.stride)
+    self.overlap = overlap && group.size > 1
+    self.fp16 = fp16
+    worker = self.overlap ? CommunicationThread() : nil
+  }
+
+  deinit { worker?.stop() }
+
+  /// Called from backward (one thread), with ranges consecutive from 0 upwards.
+  public func ready(_ range: Range<Int>) {
+    precondition(range.lowerBound == readyUpTo && range.upperBound <= count,
+                 "gradient ranges must be consecutive from the front: got \(range) after \(readyUpTo)")
+    readyUpTo = range.upperBound
+    while readyUpTo - submittedUpTo >= bucketElements {
+      submit(submittedUpTo..<(submittedUpTo + bucketElements))
+    }
+  }
+
+  /// Reduces what is left, waits for every bucket, and rearms for the next step. Afterwards the
+  /// whole buffer holds the average over ranks (gradients never reported are taken as final now).
+  public func finish() throws {
+    if submittedUpTo < count { submit(submittedUpTo..<count) }
+    readyUpTo = 0
+    submittedUpTo = 0
+    if let worker {
+      try worker.waitForAll()
+    } else {
+      let buckets = deferred
+      deferred.removeAll(keepingCapacity: true)
+      for b in buckets { try reduce(b) }
+    }
+  }
+
+  private func submit(_ bucket: Range<Int>) {
+    submittedUpTo = bucket.upperBound
+    guard group.size > 1 else { return }
+    if let worker {
+      worker.enqueue { [self] in try reduce(bucket) }
+    } else {
+      deferred.append(bucket)
+    }
+  }
+
+  private func reduce(_ bucket: Range<Int>) throws {
+    try group.allreduceAverage(buffer + bucket.lowerBound, count: bucket.count, fp16: fp16)
+  }
+}
+
+/// One long-lived thread running submitted jobs in order; the first error is kept and reported.
+final class CommunicationThread: @unchecked Sendable {
+  private let cond = NSCondition()
+  private var jobs: [() throws -> Void] = []
+  private var running = false
+  private var stopping = false
+  private var firstError: Error?
+
+  init() {
+    let t = Thread { [self] in loop() }
+    t.name = "allreduce"
+    t.start()
+  }
+
+  func enqueue(_ job: @escaping () throws -> Void) {
+    cond.lock()
+    jobs.append(job)
+    cond.broadcast()
+    cond.unlock()
+  }
+
+  /// Waits until the queue is empty and idle; throws (and clears) the first error of the batch.
+  func waitForAll() throws {
+    cond.lock()
+    while !jobs.isEmpty || running { cond.wait() }
+    let e = firstError
+    firstError = nil
+    cond.unlock()
+    if let e { throw e }
+  }
+
+  func stop() {
+    cond.lock()
+    stopping = true
+    cond.broadcast()
+    cond.unlock()
+  }
+
+  private func loop() {
+    cond.lock()
+    while true {
+      while jobs.isEmpty && !stopping { cond.wait() }
+      if jobs.isEmpty && stopping { break }
+      let job = jobs.removeFirst()
+      running = true
+      let skip = firstError != nil
+      cond.unlock()
+      var error: Error?
+      if !skip { do { try job() } catch let e { error = e } }
+      cond.lock()
+      running = false
+      if firstError == nil, let error { firstError = error }
+      cond.broadcast()
+    }
+    cond.unlock()
+  }
+}

@@ -1,0 +1,36 @@
+// Options of a process group. Every field says why it exists and what its default is; the
+// defaults are documented in docs/distributed.md.
+
+public struct GroupOptions: Sendable {
+  /// Defaults, named so that docs and `--help` texts can quote them.
+  public static let defaultConnectTimeout = 300.0
+  public static let defaultRunningTimeout = 120.0
+  public static let defaultSegmentBytes = 256 << 10
+
+  /// Seconds to wait for the ring to form (neighbours starting, binding, handshaking). Long,
+  /// because on several servers workers start minutes apart (image pulls, slow file systems).
+  public var connectTimeout = GroupOptions.defaultConnectTimeout
+  /// Seconds a collective waits for a message from its neighbour once the ring runs, and the
+  /// heartbeat timeout of a connection. Bounds how long a dead or stopped peer can stall the job;
+  /// must exceed the longest imbalance between ranks (a rank-0 checkpoint write, a slow step).
+  public var runningTimeout = GroupOptions.defaultRunningTimeout
+  /// Bytes per message of the pipelined ring. 256 KiB amortizes per-message costs and keeps a
+  /// segment in L2 while it is summed; tests use a few bytes to exercise the segment paths.
+  public var segmentBytes = GroupOptions.defaultSegmentBytes
+  /// How ranks authenticate each other (see SecurityMode).
+  public var security: SecurityMode = .curve
+  /// Where warnings (refused connections) go; stderr by default.
+  public var log: @Sendable (String) -> Void = { line in
+    FileHandleStderr.write(line)
+  }
+
+  public init() {}
+}
+
+import Foundation
+
+enum FileHandleStderr {
+  static func write(_ line: String) {
+    FileHandle.standardError.write(Data((line.hasSuffix("\n") ? line : line + "\n").utf8))
+  }
+}

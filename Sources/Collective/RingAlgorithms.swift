@@ -1,0 +1,114 @@
+// Collective algorithms over a RingTransport (gloo's algorithms layer).
+//
+// Chunks vs segments: the buffer is cut into `size` chunks (chunk c = elements
+// [c·count/size, (c+1)·count/size)), one per rank; each chunk travels as segments of at most
+// `segmentElements`, so that a rank reduces segment k while segment k+1 is on the wire.
+//
+// Ring allreduce = reduce-scatter then all-gather. In reduce-scatter step s, rank r sends chunk
+// r−s and receives (and adds into) chunk r−s−1; the chunk it just reduced is the one it sends in
+// step s+1, so every segment is forwarded as soon as it is summed: the ring streams. After n−1
+// steps rank r holds the full sum of chunk r+1, scales it (average) and starts the all-gather,
+// which passes the finished chunks around n−1 more times. Each rank sends 2(n−1)/n of the buffer.
+
+struct Ring {
+  let transport: RingTransport
+  /// Elements per message; a few hundred KiB keeps the pipeline full without large messages.
+  let segmentElements: Int
+
+  var rank: Int { transport.rank }
+  var size: Int { transport.size }
+
+  /// Element range of chunk `c` of a `count`-element buffer.
+  func chunk(_ c: Int, of count: Int) -> Range<Int> {
+    let c = ((c % size) + size) % size
+    return (c * count / size)..<((c + 1) * count / size)
+  }
+
+  /// Calls `body` with each segment of `range`.
+  func forEachSegment(_ range: Range<Int>, _ body: (Range<Int>) throws -> Void) rethrows {
+    var start = range.lowerBound
+    while start < range.upperBound {
+      let end = min(range.upperBound, start + segmentElements)
+      try body(start..<end)
+      start = end
+    }
+  }
+
+  private func sendSegment<T: RingElement>(_ p: UnsafeMutablePointer<T>, _ seg: Range<Int>, wire: FloatWire, tag: UInt32) throws {
+    try transport.send(tag: tag, byteCount: seg.count * wire.bytesPerElement(for: T.self)) { dst in
+      encode(p + seg.lowerBound, count: seg.count, wire: wire, into: dst.baseAddress!)
+    }
+  }
+
+  private func receiveSegment(_ seg: Range<Int>, bytes: Int, tag: UInt32, _ body: (UnsafeRawPointer) -> Void) throws {
+    try transport.receive(tag: tag) { payload in
+      guard payload.count == bytes else {
+        throw CollectiveError.protocolViolation(
+          "a segment of \(payload.count) bytes arrived where \(bytes) were expected: ranks passed different buffer sizes")
+      }
+      if bytes > 0 { body(payload.baseAddress!) }
+    }
+  }
+
+  /// In-place sum over ranks (times `scale` if given) of `count` elements.
+  func allreduce<T: RingElement>(_ p: UnsafeMutablePointer<T>, count: Int, scale: T?, wire: FloatWire, tag: UInt32) throws {
+    let n = size, r = rank
+    if n == 1 { finalize(p, count: count, scale: scale, wire: .float32); return }  // no wire, no rounding
+    let bpe = wire.bytesPerElement(for: T.self)
+    // Step 0 of reduce-scatter: our own chunk r, as it is.
+    try forEachSegment(chunk(r, of: count)) { try sendSegment(p, $0, wire: wire, tag: tag) }
+    for s in 0..<(n - 1) {
+      try forEachSegment(chunk(r - s - 1, of: count)) { seg in
+        try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
+          accumulate(p + seg.lowerBound, count: seg.count, wire: wire, from: src)
+        }
+        if s == n - 2 { finalize(p + seg.lowerBound, count: seg.count, scale: scale, wire: wire) }
+        // Reduce-scatter step s+1, or (after the last step) all-gather step 0.
+        try sendSegment(p, seg, wire: wire, tag: tag)
+      }
+    }
+    for s in 0..<(n - 1) {
+      try forEachSegment(chunk(r - s, of: count)) { seg in
+        try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
+          decode(p + seg.lowerBound, count: seg.count, wire: wire, from: src)
+        }
+        if s < n - 2 { try sendSegment(p, seg, wire: wire, tag: tag) }
+      }
+    }
+  }
+
+  /// Copies root's buffer to every rank, pipelined along the ring (root → root+1 → …).
+  func broadcast<T: RingElement>(_ p: UnsafeMutablePointer<T>, count: Int, root: Int, tag: UInt32) throws {
+    let n = size
+    if n == 1 { return }
+    let isLast = (rank + 1) % n == root
+    let bpe = MemoryLayout<T>.stride
+    try forEachSegment(0..<count) { seg in
+      if rank != root {
+        try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
+          decode(p + seg.lowerBound, count: seg.count, wire: .float32, from: src)
+        }
+      }
+      if !isLast { try sendSegment(p, seg, wire: .float32, tag: tag) }
+    }
+  }
+
+  /// Every rank's bytes, in rank order. Small messages (metadata), one message per block.
+  func allgather(_ mine: [UInt8], tag: UInt32) throws -> [[UInt8]] {
+    let n = size, r = rank
+    var blocks = [[UInt8]](repeating: [], count: n)
+    blocks[r] = mine
+    for s in 0..<(n - 1) {
+      let out = blocks[((r - s) % n + n) % n]
+      try transport.send(tag: tag, byteCount: out.count) { dst in dst.copyBytes(from: out) }
+      try transport.receive(tag: tag) { payload in blocks[((r - s - 1) % n + n) % n] = Array(payload) }
+    }
+    return blocks
+  }
+}
+
+extension FloatWire {
+  func bytesPerElement<T>(for type: T.Type) -> Int {
+    T.self == Float.self ? bytesPerElement : MemoryLayout<T>.stride
+  }
+}

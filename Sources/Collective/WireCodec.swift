@@ -1,0 +1,61 @@
+// Element codecs between buffers and message payloads. Payloads live inside transport messages
+// at arbitrary byte offsets, so every access is an unaligned load/store (free on x86-64 and arm64).
+
+/// How floats travel on the wire.
+enum FloatWire {
+  /// float32 as is.
+  case float32
+  /// IEEE half precision: half the bytes; sums stay float32 on every rank.
+  case float16
+
+  var bytesPerElement: Int { self == .float32 ? 4 : 2 }
+}
+
+/// Element types the ring reduces.
+protocol RingElement: BinaryFloatingPoint {}
+extension Float: RingElement {}
+extension Double: RingElement {}
+
+@inline(__always)
+func encode<T: RingElement>(_ src: UnsafePointer<T>, count: Int, wire: FloatWire, into dst: UnsafeMutableRawPointer) {
+  if wire == .float16, T.self == Float.self {
+    let s = UnsafeRawPointer(src).assumingMemoryBound(to: Float.self)
+    for i in 0..<count { dst.storeBytes(of: Float16(s[i]), toByteOffset: 2 * i, as: Float16.self) }
+  } else {
+    dst.copyMemory(from: src, byteCount: count * MemoryLayout<T>.stride)
+  }
+}
+
+/// dst[i] += payload[i]
+@inline(__always)
+func accumulate<T: RingElement>(_ dst: UnsafeMutablePointer<T>, count: Int, wire: FloatWire, from src: UnsafeRawPointer) {
+  if wire == .float16, T.self == Float.self {
+    let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self)
+    for i in 0..<count { d[i] += Float(src.loadUnaligned(fromByteOffset: 2 * i, as: Float16.self)) }
+  } else {
+    let stride = MemoryLayout<T>.stride
+    for i in 0..<count { dst[i] += src.loadUnaligned(fromByteOffset: stride * i, as: T.self) }
+  }
+}
+
+/// dst[i] = payload[i]
+@inline(__always)
+func decode<T: RingElement>(_ dst: UnsafeMutablePointer<T>, count: Int, wire: FloatWire, from src: UnsafeRawPointer) {
+  if wire == .float16, T.self == Float.self {
+    let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self)
+    for i in 0..<count { d[i] = Float(src.loadUnaligned(fromByteOffset: 2 * i, as: Float16.self)) }
+  } else {
+    UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: count * MemoryLayout<T>.stride)
+  }
+}
+
+/// The owner's final step on its chunk: scale (average), and round to what the wire will carry,
+/// so every rank ends with bit-identical values.
+@inline(__always)
+func finalize<T: RingElement>(_ p: UnsafeMutablePointer<T>, count: Int, scale: T?, wire: FloatWire) {
+  if let s = scale { for i in 0..<count { p[i] *= s } }
+  if wire == .float16, T.self == Float.self {
+    let d = UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
+    for i in 0..<count { d[i] = Float(Float16(d[i])) }
+  }
+}

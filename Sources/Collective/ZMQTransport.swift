@@ -1,0 +1,369 @@
+// The ZeroMQ ring edge: a PULL socket bound at this rank's own device address receives from the
+// previous rank, a PUSH socket connected to the next rank sends. Sends are asynchronous (libzmq's
+// I/O thread writes while this thread reduces the next segment), which is what pipelines the ring.
+//
+// Liveness: a socket monitor reports connections that completed the security handshake and
+// their disconnection, and ZMTP heartbeats close connections whose peer stopped answering, so a
+// dead or stopped neighbour is reported by name instead of waiting forever. Every wait is bounded
+// by the current timeout.
+
+import CZMQ
+import Foundation
+
+/// One rank's address.
+public struct Endpoint: Equatable, Sendable, CustomStringConvertible {
+  public var host: String
+  public var port: Int
+  public init(host: String, port: Int) { self.host = host; self.port = port }
+  public var description: String { "\(host):\(port)" }
+}
+
+/// How ranks prove they belong to the job.
+public enum SecurityMode: String, Sendable, CaseIterable {
+  /// CURVE (Curve25519 key exchange, encrypted and authenticated traffic) with the job secret as
+  /// the shared key pair; the ZAP handler refuses other keys.
+  case curve
+  /// PLAIN: the job secret as password, checked by the ZAP handler; traffic is not encrypted.
+  /// Faster; acceptable where the network is trusted (one host's loopback).
+  case plain
+}
+
+final class ZMQTransport: RingTransport {
+  // Named constants.
+  /// Send and receive queues are unbounded in messages: a ring schedule never has more than one
+  /// buffer in flight, and a bounded queue could block both neighbours sending at once.
+  static let highWaterMark: Int32 = 0
+  /// Time libzmq keeps trying to deliver queued messages (an abort notice, the last segments)
+  /// after close; short, so a failing job still stops within seconds.
+  static let lingerMilliseconds: Int32 = 1000
+  /// ZMTP ping interval; the heartbeat timeout is the running timeout.
+  static let heartbeatIntervalMilliseconds: Int32 = 1000
+  /// Upper bound of one zmq_poll, so timeouts are checked even without events.
+  static let pollSliceMilliseconds = 500
+  /// Monitor events we act on (values from zmq.h, stable since libzmq 4.3).
+  static let eventHandshakeSucceeded: UInt16 = 0x1000
+  static let eventDisconnected: UInt16 = 0x0200
+  static let eventHandshakeFailedAuth: UInt16 = 0x4000
+  static let eventHandshakeFailedProtocol: UInt16 = 0x2000
+  static let eventHandshakeFailedNoDetail: UInt16 = 0x0800
+
+  let rank: Int
+  let size: Int
+  let endpoints: [Endpoint]
+  private let context: UnsafeMutableRawPointer
+  private var inbound: UnsafeMutableRawPointer?
+  private var outbound: UnsafeMutableRawPointer?
+  private var inMonitor: UnsafeMutableRawPointer?
+  private var outMonitor: UnsafeMutableRawPointer?
+  private var zap: ZAPAuthenticator?
+  private var inPeers = Set<UInt32>()
+  private var outPeers = Set<UInt32>()
+  private var leftLost = false
+  private var rightLost = false
+  private var rightRefusedUs = false
+  private var sent: UInt64 = 0
+  private var received: UInt64 = 0
+  private var timeout: Double
+  private var phase = "connecting"
+  private var failed = false
+  private var closed = false
+
+  /// Connections refused by this rank's ZAP handler (rogue processes).
+  var refusedConnections: Int { zap?.refusedCount ?? 0 }
+  /// True once the connection to the next rank completed its security handshake.
+  var isConnectedToNext: Bool { !outPeers.isEmpty }
+
+  init(rank: Int, endpoints: [Endpoint], secret: JobSecret, security: SecurityMode,
+       timeout: Double, runningTimeout: Double, log: @escaping (String) -> Void) throws {
+    precondition(endpoints.count >= 2 && endpoints.indices.contains(rank))
+    self.rank = rank
+    self.size = endpoints.count
+    self.endpoints = endpoints
+    self.timeout = timeout
+    guard let ctx = zmq_ctx_new() else { throw CollectiveError.transport("cannot create a ZeroMQ context") }
+    context = ctx
+    zmq_ctx_set(ctx, ZMQ_IO_THREADS, 1)  // one I/O thread: one connection each way
+    do {
+      try setUp(secret: secret, security: security, runningTimeout: runningTimeout, log: log)
+    } catch {
+      close()
+      throw error
+    }
+  }
+
+  private func setUp(secret: JobSecret, security: SecurityMode, runningTimeout: Double,
+                     log: @escaping (String) -> Void) throws {
+    let me = endpoints[rank]
+    let keys = try secret.curveKeys()
+    var publicKey = [UInt8](repeating: 0, count: 32)
+    guard zmq_z85_decode(&publicKey, keys.publicKey) != nil else {
+      throw CollectiveError.transport("cannot decode the job's public key")
+    }
+    let password = Array(secret.hex.utf8)
+    let myName = describe(rank: rank)
+    zap = try ZAPAuthenticator(context: context, curvePublicKey: publicKey, password: password) { message in
+      log("warning: \(myName): \(message)")
+    }
+
+    // Inbound: server side of the security handshake.
+    let pull = try makeSocket(ZMQ_PULL, runningTimeout: runningTimeout)
+    inbound = pull
+    try setOption(pull, ZMQ_ZAP_DOMAIN, string: "mnv2")
+    switch security {
+    case .curve:
+      try setOption(pull, ZMQ_CURVE_SERVER, int: 1)
+      try setOption(pull, ZMQ_CURVE_SECRETKEY, string: keys.secretKey)
+    case .plain:
+      try setOption(pull, ZMQ_PLAIN_SERVER, int: 1)
+    }
+    inMonitor = try monitor(pull, name: "in")
+    if zmq_bind(pull, "tcp://\(me.host):\(me.port)") != 0 {
+      let code = zmq_errno()
+      switch code {
+      case EADDRINUSE:
+        throw CollectiveError.transport(
+          "rank \(rank) cannot bind \(me): port \(me.port) is already in use on \(me.host) "
+          + "(another job, or a worker of an earlier run still running)")
+      case EADDRNOTAVAIL:
+        throw CollectiveError.transport("rank \(rank) cannot bind \(me): address \(me.host) is not on this host")
+      default:
+        throw CollectiveError.transport("rank \(rank) cannot bind \(me): \(zmqError(code))")
+      }
+    }
+
+    // Outbound: client side, connecting from our own address (never the wildcard).
+    let push = try makeSocket(ZMQ_PUSH, runningTimeout: runningTimeout)
+    outbound = push
+    switch security {
+    case .curve:
+      try setOption(push, ZMQ_CURVE_SERVERKEY, string: keys.publicKey)
+      try setOption(push, ZMQ_CURVE_PUBLICKEY, string: keys.publicKey)
+      try setOption(push, ZMQ_CURVE_SECRETKEY, string: keys.secretKey)
+    case .plain:
+      try setOption(push, ZMQ_PLAIN_USERNAME, string: "mnv2")
+      try setOption(push, ZMQ_PLAIN_PASSWORD, string: secret.hex)
+    }
+    outMonitor = try monitor(push, name: "out")
+    let next = endpoints[(rank + 1) % size]
+    guard zmq_connect(push, "tcp://\(me.host):0;\(next.host):\(next.port)") == 0 else {
+      throw CollectiveError.transport("rank \(rank) cannot connect to \(describe(rank: (rank + 1) % size)): \(zmqError())")
+    }
+  }
+
+  private func makeSocket(_ type: Int32, runningTimeout: Double) throws -> UnsafeMutableRawPointer {
+    guard let s = zmq_socket(context, type) else { throw CollectiveError.transport("cannot create socket: \(zmqError())") }
+    try setOption(s, ZMQ_SNDHWM, int: Self.highWaterMark)
+    try setOption(s, ZMQ_RCVHWM, int: Self.highWaterMark)
+    try setOption(s, ZMQ_LINGER, int: Self.lingerMilliseconds)
+    try setOption(s, ZMQ_HEARTBEAT_IVL, int: Self.heartbeatIntervalMilliseconds)
+    let heartbeatTimeout = Int32(clamping: Int(runningTimeout * 1000))
+    try setOption(s, ZMQ_HEARTBEAT_TIMEOUT, int: heartbeatTimeout)
+    try setOption(s, ZMQ_HEARTBEAT_TTL, int: heartbeatTimeout)
+    return s
+  }
+
+  private func monitor(_ socket: UnsafeMutableRawPointer, name: String) throws -> UnsafeMutableRawPointer {
+    let endpoint = "inproc://monitor.\(name)"
+    let events = Int32(Self.eventHandshakeSucceeded | Self.eventDisconnected | Self.eventHandshakeFailedAuth
+                       | Self.eventHandshakeFailedProtocol | Self.eventHandshakeFailedNoDetail)
+    guard zmq_socket_monitor(socket, endpoint, events) == 0, let pair = zmq_socket(context, ZMQ_PAIR) else {
+      throw CollectiveError.transport("cannot monitor socket: \(zmqError())")
+    }
+    try setOption(pair, ZMQ_LINGER, int: 0)
+    guard zmq_connect(pair, endpoint) == 0 else { throw CollectiveError.transport("cannot monitor socket: \(zmqError())") }
+    return pair
+  }
+
+  private func setOption(_ s: UnsafeMutableRawPointer, _ option: Int32, int value: Int32) throws {
+    var v = value
+    guard zmq_setsockopt(s, option, &v, MemoryLayout<Int32>.size) == 0 else {
+      throw CollectiveError.transport("zmq_setsockopt(\(option)): \(zmqError())")
+    }
+  }
+
+  private func setOption(_ s: UnsafeMutableRawPointer, _ option: Int32, string: String) throws {
+    let bytes = Array(string.utf8)
+    guard bytes.withUnsafeBytes({ zmq_setsockopt(s, option, $0.baseAddress, $0.count) }) == 0 else {
+      throw CollectiveError.transport("zmq_setsockopt(\(option)): \(zmqError())")
+    }
+  }
+
+  // MARK: RingTransport
+
+  func describe(rank: Int) -> String { "rank \(rank) (\(endpoints[rank]))" }
+  private var left: Int { (rank + size - 1) % size }
+  private var right: Int { (rank + 1) % size }
+
+  func setTimeout(_ seconds: Double, phase: String) { timeout = seconds; self.phase = phase }
+
+  func send(tag: UInt32, byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws {
+    try post(.data, tag: tag, byteCount: byteCount, fill)
+  }
+
+  private func post(_ kind: WireKind, tag: UInt32, byteCount: Int,
+                    _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws {
+    guard let push = outbound else { throw CollectiveError.invalidArgument("transport closed") }
+    try drainMonitors()
+    if rightLost || rightRefusedUs { throw rightFailure() }
+    var msg = zmq_msg_t()
+    guard zmq_msg_init_size(&msg, WireHeader.byteCount + byteCount) == 0 else {
+      throw CollectiveError.transport("cannot allocate a \(byteCount)-byte message: \(zmqError())")
+    }
+    let base = zmq_msg_data(&msg)!
+    WireHeader(kind: kind.rawValue, tag: tag, index: sent).write(to: base)
+    fill(UnsafeMutableRawBufferPointer(start: base + WireHeader.byteCount, count: byteCount))
+    let deadline = Date(timeIntervalSinceNow: timeout)
+    while zmq_msg_send(&msg, push, ZMQ_DONTWAIT) < 0 {
+      let code = zmq_errno()
+      guard code == EAGAIN || code == EINTR else {
+        zmq_msg_close(&msg)
+        throw CollectiveError.transport("send to \(describe(rank: right)) failed: \(zmqError(code))")
+      }
+      do {
+        try wait(for: push, events: Int16(ZMQ_POLLOUT), until: deadline)
+        if rightLost || rightRefusedUs { throw rightFailure() }
+      } catch {
+        zmq_msg_close(&msg)
+        throw error
+      }
+    }
+    sent += 1
+  }
+
+  func receive(tag: UInt32, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws {
+    guard let pull = inbound else { throw CollectiveError.invalidArgument("transport closed") }
+    var msg = zmq_msg_t()
+    zmq_msg_init(&msg)
+    defer { zmq_msg_close(&msg) }
+    let deadline = Date(timeIntervalSinceNow: timeout)
+    while zmq_msg_recv(&msg, pull, ZMQ_DONTWAIT) < 0 {
+      let code = zmq_errno()
+      guard code == EAGAIN || code == EINTR else {
+        throw CollectiveError.transport("receive from \(describe(rank: left)) failed: \(zmqError(code))")
+      }
+      try drainMonitors()
+      if leftLost {
+        // Data that arrived before the disconnect is still queued: take it first.
+        if zmq_msg_recv(&msg, pull, ZMQ_DONTWAIT) >= 0 { break }
+        throw CollectiveError.peerLost(peer: describe(rank: left), detail: "the connection closed (process exited or was killed)")
+      }
+      if rightRefusedUs { throw rightFailure() }
+      try wait(for: pull, events: Int16(ZMQ_POLLIN), until: deadline)
+    }
+    let payload = UnsafeRawBufferPointer(start: zmq_msg_data(&msg), count: zmq_msg_size(&msg))
+    let header = WireHeader.read(payload)
+    try validate(header, expectedTag: tag, expectedIndex: received, from: describe(rank: left))
+    received += 1
+    let body = UnsafeRawBufferPointer(rebasing: payload[WireHeader.byteCount...])
+    if header!.kind == WireKind.abort.rawValue {
+      let reason = String(decoding: body, as: UTF8.self)
+      abort(reason)
+      throw CollectiveError.aborted(reason: reason)
+    }
+    try consume(body)
+  }
+
+  /// Waits until `socket` is ready for `events` or a monitor reports something; throws at the deadline.
+  private func wait(for socket: UnsafeMutableRawPointer, events: Int16, until deadline: Date) throws {
+    let remaining = deadline.timeIntervalSinceNow
+    if remaining <= 0 {
+      let peer = events == Int16(ZMQ_POLLIN) ? left : right
+      throw CollectiveError.peerSilent(peer: describe(rank: peer), seconds: timeout, phase: phase)
+    }
+    var items = [
+      zmq_pollitem_t(socket: socket, fd: 0, events: events, revents: 0),
+      zmq_pollitem_t(socket: inMonitor, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0),
+      zmq_pollitem_t(socket: outMonitor, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0),
+    ]
+    let slice = min(Self.pollSliceMilliseconds, max(1, Int(remaining * 1000)))
+    if zmq_poll(&items, 3, slice) < 0 && zmq_errno() != EINTR {
+      throw CollectiveError.transport("zmq_poll: \(zmqError())")
+    }
+    try drainMonitors()
+  }
+
+  /// Reads pending monitor events and updates the neighbours' state.
+  private func drainMonitors() throws {
+    if let m = inMonitor {
+      while let (event, value) = readEvent(m) {
+        if event == Self.eventHandshakeSucceeded { inPeers.insert(value) }
+        if event == Self.eventDisconnected, inPeers.remove(value) != nil, inPeers.isEmpty { leftLost = true }
+      }
+    }
+    if let m = outMonitor {
+      while let (event, value) = readEvent(m) {
+        switch event {
+        case Self.eventHandshakeSucceeded: outPeers.insert(value)
+        case Self.eventDisconnected: if outPeers.remove(value) != nil { rightLost = true }
+        case Self.eventHandshakeFailedAuth: rightRefusedUs = true
+        default: break
+        }
+      }
+    }
+  }
+
+  private func rightFailure() -> CollectiveError {
+    if rightRefusedUs {
+      return .handshakeMismatch("\(describe(rank: right)) refused this rank's credentials: the job secrets differ "
+                                + "(every launch of a multi-server job needs the same --secret-file)")
+    }
+    return .peerLost(peer: describe(rank: right), detail: "the connection closed (process exited or was killed)")
+  }
+
+  /// One monitor event (event id, value = file descriptor), or nil when none is pending.
+  private func readEvent(_ monitor: UnsafeMutableRawPointer) -> (UInt16, UInt32)? {
+    var msg = zmq_msg_t()
+    zmq_msg_init(&msg)
+    defer { zmq_msg_close(&msg) }
+    guard zmq_msg_recv(&msg, monitor, ZMQ_DONTWAIT) >= 0 else { return nil }
+    var result: (UInt16, UInt32)?
+    if zmq_msg_size(&msg) >= 6, let p = zmq_msg_data(&msg) {
+      result = (p.loadUnaligned(as: UInt16.self), p.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
+    }
+    while zmq_msg_more(&msg) != 0 {  // second frame: the endpoint
+      zmq_msg_close(&msg)
+      zmq_msg_init(&msg)
+      if zmq_msg_recv(&msg, monitor, ZMQ_DONTWAIT) < 0 { break }
+    }
+    return result ?? (0, 0)
+  }
+
+  /// Waits (up to `seconds`) until the next rank accepted our credentials; names it on failure.
+  func waitForNext(seconds: Double) throws {
+    let deadline = Date(timeIntervalSinceNow: seconds)
+    while !isConnectedToNext {
+      try drainMonitors()
+      if rightRefusedUs { throw rightFailure() }
+      if isConnectedToNext { break }
+      if deadline.timeIntervalSinceNow <= 0 {
+        throw CollectiveError.peerSilent(peer: describe(rank: right), seconds: seconds,
+                                         phase: "connecting (no listener accepted this rank's connection)")
+      }
+      var items = [zmq_pollitem_t(socket: outMonitor, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)]
+      _ = zmq_poll(&items, 1, min(Self.pollSliceMilliseconds, max(1, Int(deadline.timeIntervalSinceNow * 1000))))
+    }
+  }
+
+  func abort(_ reason: String) {
+    guard !failed, !closed else { return }
+    failed = true
+    let bytes = Array(reason.utf8)
+    let saved = timeout
+    timeout = 0.2  // best effort: never wait long on a neighbour that may be gone
+    try? post(.abort, tag: 0, byteCount: bytes.count) { $0.copyBytes(from: bytes) }
+    timeout = saved
+  }
+
+  func close() {
+    guard !closed else { return }
+    closed = true
+    for case let s? in [inbound, outbound] { zmq_socket_monitor(s, nil, 0) }
+    for case let s? in [inMonitor, outMonitor, inbound, outbound] { zmq_close(s) }
+    inbound = nil; outbound = nil; inMonitor = nil; outMonitor = nil
+    zmq_ctx_shutdown(context)  // wakes the ZAP thread with ETERM
+    zap?.waitUntilStopped()
+    zmq_ctx_term(context)
+  }
+
+  deinit { close() }
+}

@@ -1,0 +1,100 @@
+// `launch`: starts one worker per device of this server with the contract in its environment,
+// supervises them (see Cluster/Launcher.swift) and exits with the job's status.
+
+import ArgumentParser
+import Cluster
+import Collective
+import Foundation
+
+struct Launch: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Run the workers of one server of a data-parallel job.",
+    discussion: "Example: launch --rank-table rank_table/8p.json -- --self-test flags… (see docs/distributed.md)")
+
+  @Option(name: [.customLong("rank-table"), .customLong("rank_table")], help: "Rank table (seed or HCCL 1.0 schema).")
+  var rankTable: String?
+  @Option(help: "Instead of a table: N ranks on 127.0.0.1, ports --base-port + rank (a generated table is written to the log dir).")
+  var localRanks: Int?
+  @Option(help: "Server of the table to run (default: the one whose devices are on this host).")
+  var serverID: String?
+  @Option(help: "Restart the whole group up to N times after a failure (workers see MNV2_RESTART_COUNT).")
+  var maxRestarts = 0
+  @Option(help: "Log directory (default result/<N>p); rank r logs to <dir>/<r>/worker.log.")
+  var logDir: String?
+  @Option(help: "Port of rank r when the table has no device_port: base + r.")
+  var basePort = RankTable.defaultBasePort
+  @Option(help: "The worker executable (default: `worker` next to launch).")
+  var worker: String?
+  @Option(help: "Job id (default: JOB_ID, else derived from the secret).")
+  var jobID: String?
+  @Option(help: "File (mode 0600, 64 hex digits) with the job secret; required when the job spans several servers, and the same file on each.")
+  var secretFile: String?
+  @Option(help: "Compute threads per worker (default: cores ÷ local workers).")
+  var threads: Int?
+  @Option(help: "Seconds to wait for the ring to form (default \(Int(GroupOptions.defaultConnectTimeout))).")
+  var connectTimeout: Double?
+  @Option(help: "Seconds a collective waits for a neighbour once running (default \(Int(GroupOptions.defaultRunningTimeout))).")
+  var runningTimeout: Double?
+  @Option(help: "curve (encrypted, default) or plain (password only; trusted networks).")
+  var security: String?
+  @Option(help: "Seconds between SIGTERM and SIGKILL when stopping workers.")
+  var gracePeriod = Launcher.defaultGracePeriod
+  @Argument(parsing: .postTerminator, help: "Worker flags, after --.")
+  var workerArguments: [String] = []
+
+  func validate() throws {
+    if (rankTable == nil) == (localRanks == nil) { throw ValidationError("give exactly one of --rank-table and --local-ranks") }
+    if let n = localRanks, n < 1 { throw ValidationError("--local-ranks must be at least 1") }
+    if let s = security, SecurityMode(rawValue: s) == nil { throw ValidationError("--security must be curve or plain") }
+    if maxRestarts < 0 { throw ValidationError("--max-restarts must be ≥ 0") }
+  }
+
+  func run() throws {
+    let environment = ProcessInfo.processInfo.environment
+    var tablePath: String
+    let table: RankTable
+    if let n = localRanks {
+      let dir = logDir ?? defaultLogDir(worldSize: n)
+      try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+      tablePath = "\(dir)/rank_table.json"
+      let json = RankTable.seedSchemaJSON(servers: [("127.0.0.1", Array(repeating: "127.0.0.1", count: n),
+                                                     (0..<n).map { basePort + $0 })], podName: "local\(n)p")
+      try json.write(toFile: tablePath, atomically: true, encoding: .utf8)
+    } else {
+      tablePath = rankTable!
+    }
+    tablePath = URL(fileURLWithPath: tablePath).standardizedFileURL.path
+    do {
+      table = try RankTable.load(path: tablePath, basePort: basePort)
+    } catch {
+      throw ValidationError("\(error)")
+    }
+    let server = try Launcher.selectServer(table: table, requested: serverID)
+
+    let secret: JobSecret
+    if let file = secretFile ?? environment[ContractKey.jobSecretFile.rawValue] {
+      secret = try JobSecret.read(file: file)
+    } else if table.serverIDs.count > 1 {
+      throw ValidationError("the table spans \(table.serverIDs.count) servers: every launch needs the same --secret-file "
+                            + "(e.g. umask 077; openssl rand -hex 32 > job.secret)")
+    } else {
+      secret = JobSecret.generate()
+    }
+    let executable = worker ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+      .appendingPathComponent("worker").path
+    var plan = LaunchPlan(table: table, tablePath: tablePath, serverID: server, workerExecutable: executable,
+                          workerArguments: workerArguments, logDir: logDir ?? defaultLogDir(worldSize: table.worldSize),
+                          jobID: jobID ?? environment[ContractKey.jobID.rawValue] ?? "job-\(secret.fingerprint)", secret: secret)
+    plan.maxRestarts = maxRestarts
+    plan.basePort = basePort
+    plan.threads = threads
+    plan.gracePeriod = gracePeriod
+    if let t = connectTimeout { plan.extraEnvironment[.connectTimeout] = String(t) }
+    if let t = runningTimeout { plan.extraEnvironment[.runningTimeout] = String(t) }
+    if let s = security { plan.extraEnvironment[.security] = s }
+    let status = Launcher(plan: plan).run()
+    if status != 0 { throw ExitCode(status) }
+  }
+}
+
+Launch.main()
