@@ -33,6 +33,17 @@ let coreTargets: [Target] = [
     "Training", "MobileNet", "Kernels",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
+  // The jobs behind the executables: flags, wiring of data, process group and training loop.
+  .target(name: "Jobs", dependencies: [
+    "Training", "Checkpoint", "MobileNet", "Kernels", "DataPipeline", "Collective", "Cluster",
+    .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .executableTarget(name: "evaluate", dependencies: [
+    "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .executableTarget(name: "predict", dependencies: [
+    "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
   .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: fastFlags),
   .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels"], swiftSettings: fastFlags),
   .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet"], swiftSettings: fastFlags),

@@ -1,0 +1,45 @@
+// The real data loader and process group behind the training loop's protocols.
+import Collective
+import DataPipeline
+import Training
+
+/// DataLoader as the training loop's BatchSource.
+public final class LoaderSource: BatchSource {
+  public let loader: DataLoader
+  public init(_ loader: DataLoader) { self.loader = loader }
+  public var examplesInSplit: Int { loader.examplesInSplit }
+  public var skippedCorrupt: Int { loader.skippedCorruptImages + loader.skippedCorruptRecords }
+  public func start(epoch: Int, skipBatches: Int) throws { loader.start(epoch: epoch, skipBatches: skipBatches) }
+  public func next(images: UnsafeMutablePointer<Float>, labels: UnsafeMutablePointer<Int32>) throws -> Int {
+    try loader.next(images: images, labels: labels)
+  }
+}
+
+/// ProcessGroup as the training loop's Communicator; gradients go through fusion buckets that are
+/// reduced on a communication thread while backward continues (unless overlap is off).
+public final class GroupCommunicator: Communicator {
+  public let group: ProcessGroup
+  let overlap: Bool, fp16: Bool, bucketBytes: Int
+
+  public init(_ group: ProcessGroup, overlap: Bool, fp16: Bool, bucketBytes: Int) {
+    self.group = group; self.overlap = overlap; self.fp16 = fp16; self.bucketBytes = bucketBytes
+  }
+  public var rank: Int { group.rank }
+  public var size: Int { group.size }
+  public func broadcast(_ p: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {
+    try group.broadcast(p, count: count, root: root)
+  }
+  public func allreduceSum(_ p: UnsafeMutablePointer<Double>, count: Int) throws { try group.allreduceSum(p, count: count) }
+  public func allgather(_ bytes: [UInt8]) throws -> [[UInt8]] { try group.allgather(bytes) }
+  public func barrier() throws { try group.barrier() }
+  public func gradientReducer(buffer: UnsafeMutablePointer<Float>, count: Int) -> GradientReducing {
+    Reducer(GradientReducer(group: group, buffer: buffer, count: count, bucketBytes: bucketBytes, overlap: overlap, fp16: fp16))
+  }
+
+  final class Reducer: GradientReducing {
+    let inner: GradientReducer
+    init(_ r: GradientReducer) { inner = r }
+    func ready(_ range: Range<Int>) { inner.ready(range) }
+    func finish() throws { try inner.finish() }
+  }
+}

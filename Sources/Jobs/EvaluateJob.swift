@@ -1,0 +1,172 @@
+// `evaluate` and `predict`: score checkpoints on a split, or classify single JPEGs.
+import ArgumentParser
+import Checkpoint
+import DataPipeline
+import Foundation
+import Kernels
+import MobileNet
+import Training
+
+public struct EvalFlags: ParsableArguments {
+  public init() {}
+  @Option(name: .seed("checkpoint-path"), help: "A checkpoint file, or a directory (its newest checkpoint, or all with --all).")
+  public var checkpointPath: String
+  @Option(name: .seed("dataset-dir"), help: "TF-slim TFRecords or an image folder.")
+  public var datasetDir: String
+  @Option(name: .seed("split"), help: "Split to score (file-name prefix or subfolder).")
+  public var split = "validation"
+  @Option(name: .seed("model-name"), help: "Default: the checkpoint's metadata.")
+  public var modelName: String?
+  @Option(name: .seed("num-classes"), help: "Default: the checkpoint's metadata.")
+  public var numClasses: Int?
+  @Option(name: .seed("image-size"), help: "Default: the checkpoint's metadata.")
+  public var imageSize: Int?
+  @Option(name: .seed("central-fraction"), help: "Central crop before resizing (1.0: none).")
+  public var centralFraction = 0.875
+  @Option(name: .seed("batch-size"), help: "Images per forward pass.")
+  public var batchSize = 100
+  @Option(name: .seed("labels-offset"), help: "Subtracted from every label.")
+  public var labelsOffset = 0
+  @Flag(name: .customLong("all"), help: "Score every checkpoint of the directory, oldest first.")
+  public var all = false
+  @Flag(name: .customLong("use-moving-average"), inversion: .prefixedNo,
+        help: "Use the ExponentialMovingAverage weights (default: when the checkpoint has them).")
+  public var useMovingAverage: Bool?
+  @Option(name: .seed("threads"), help: "Compute threads (default: all cores).")
+  public var threads: Int?
+  @Option(name: .seed("decode-threads"), help: "JPEG decode threads (default: all cores).")
+  public var decodeThreads: Int?
+
+  public func validate() throws {
+    guard centralFraction > 0 && centralFraction <= 1 else { throw ValidationError("--central-fraction must be in (0, 1]") }
+    guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+  }
+}
+
+public struct CheckpointScore: Sendable {
+  public var path: String
+  public var step: Int64
+  public var movingAverage: Bool
+  public var result: EvalResult
+  public var summaryLine: String {
+    String(format: "%@ step=%lld top1=%.4f top5=%.4f images=%d loss=%.4f%@",
+           (path as NSString).lastPathComponent, step, result.top1Accuracy, result.top5Accuracy, result.examples,
+           result.meanLoss, movingAverage ? " (moving average weights)" : "")
+  }
+}
+
+public enum EvaluateJob {
+  static func config(for file: SafeTensorsFile, modelName: String?, numClasses: Int?, imageSize: Int?) throws -> ModelConfig {
+    let saved = try ModelCheckpoint.config(of: file)
+    return try ModelConfig(modelName: modelName ?? saved.modelName, numClasses: numClasses ?? saved.numClasses,
+                           imageSize: imageSize ?? saved.imageSize)
+  }
+
+  @discardableResult
+  public static func run(_ f: EvalFlags, log: TrainLog = PrintLog()) throws -> [CheckpointScore] {
+    Compute.setThreads(f.threads ?? ProcessInfo.processInfo.activeProcessorCount)
+    let paths = try CheckpointDirectory.resolve(f.checkpointPath, all: f.all)
+    var scores: [CheckpointScore] = []
+    var loader: DataLoader? = nil
+    for path in paths {
+      let file = try SafeTensorsFile(path: path)
+      let config = try config(for: file, modelName: f.modelName, numClasses: f.numClasses, imageSize: f.imageSize)
+      let model = MobileNetV2(config: config)
+      let ema = f.useMovingAverage ?? Evaluator.hasMovingAverage(file)
+      if ema && !Evaluator.hasMovingAverage(file) {
+        throw TrainingError("\(path) has no ExponentialMovingAverage tensors (train with --moving-average-decay, or pass --no-use-moving-average)")
+      }
+      try Evaluator.load(file, into: model, useMovingAverage: ema)
+      if loader == nil || loader!.config.imageSize != config.imageSize || loader!.config.numClasses != config.numClasses {
+        var lc = LoaderConfig(datasetDir: f.datasetDir, split: f.split, batchSize: f.batchSize,
+                              imageSize: config.imageSize, training: false)
+        lc.centralFraction = f.centralFraction
+        lc.labelsOffset = f.labelsOffset
+        lc.numClasses = config.numClasses
+        lc.decodeThreads = f.decodeThreads
+        loader = try DataLoader(lc)
+      }
+      let total = loader!.examplesInSplit
+      var lastPrint = 0
+      let r = try Evaluator.evaluate(model: model, data: LoaderSource(loader!), batchSize: f.batchSize) { p in
+        if p.examples - lastPrint >= max(f.batchSize * 10, total / 10) {
+          lastPrint = p.examples
+          log.info(String(format: "  %@: %d/%d images, top1 so far %.4f", (path as NSString).lastPathComponent,
+                          p.examples, total, p.top1Accuracy))
+        }
+      }
+      let score = CheckpointScore(path: path, step: ModelCheckpoint.globalStep(of: file), movingAverage: ema, result: r)
+      log.info(score.summaryLine)
+      scores.append(score)
+    }
+    return scores
+  }
+}
+
+public struct PredictFlags: ParsableArguments {
+  public init() {}
+  @Option(name: .seed("checkpoint-path"), help: "A checkpoint file or directory (newest checkpoint).")
+  public var checkpointPath: String
+  @Option(name: .seed("labels-file"), help: "Class names, one per line or `index:name` (default: labels.txt beside the checkpoint).")
+  public var labelsFile: String?
+  @Option(name: .seed("central-fraction"), help: "Central crop before resizing.")
+  public var centralFraction = 0.875
+  @Option(name: .seed("top-k"), help: "Classes to print per image.")
+  public var topK = 5
+  @Flag(name: .customLong("use-moving-average"), inversion: .prefixedNo, help: "Use the moving-average weights (default: when present).")
+  public var useMovingAverage: Bool?
+  @Argument(help: "JPEG files.")
+  public var images: [String]
+}
+
+public enum PredictJob {
+  /// Reads `labels.txt` as slim writes it (`index:name`) or one name per line.
+  public static func readLabels(_ path: String) -> [Int: String] {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [:] }
+    var out: [Int: String] = [:]
+    for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where !line.isEmpty {
+      if let colon = line.firstIndex(of: ":"), let k = Int(line[..<colon]) {
+        out[k] = String(line[line.index(after: colon)...])
+      } else {
+        out[i] = String(line)
+      }
+    }
+    return out
+  }
+
+  /// Returns, per image, the top-k (class, probability) pairs; prints them.
+  @discardableResult
+  public static func run(_ f: PredictFlags, log: TrainLog = PrintLog()) throws -> [[(Int, Double)]] {
+    let path = try CheckpointDirectory.resolve(f.checkpointPath)[0]
+    let file = try SafeTensorsFile(path: path)
+    let config = try ModelCheckpoint.config(of: file)
+    let model = MobileNetV2(config: config)
+    try Evaluator.load(file, into: model, useMovingAverage: f.useMovingAverage ?? Evaluator.hasMovingAverage(file))
+    let labelsPath = f.labelsFile ?? ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("labels.txt")
+    let names = readLabels(labelsPath)
+    var options = PreprocessOptions(width: config.imageSize, height: config.imageSize, training: false)
+    options.centralFraction = f.centralFraction
+    let pre = Preprocessor(options: options)
+    var results: [[(Int, Double)]] = []
+    var rng = RandomState(seed: 0)
+    for image in f.images {
+      guard let data = FileManager.default.contents(atPath: image) else { throw TrainingError("cannot read image \(image)") }
+      var exampleRng = ExampleRandom(seed: 0, epoch: 0, stream: .augment)
+      do {
+        try data.withUnsafeBytes { try pre.process(jpeg: $0, rng: &exampleRng, into: model.inputBuffer(batch: 1)) }
+      } catch {
+        throw TrainingError("\(image): not a decodable JPEG (\(error))")
+      }
+      let z = model.forward(batch: 1, mode: .inference, rng: &rng)
+      let k = config.numClasses
+      let maxZ = (0..<k).map { Double(z[$0]) }.max()!
+      let exps = (0..<k).map { exp(Double(z[$0]) - maxZ) }
+      let sum = exps.reduce(0, +)
+      let top = (0..<k).sorted { exps[$0] > exps[$1] }.prefix(max(1, f.topK)).map { ($0, exps[$0] / sum) }
+      log.info("\(image):")
+      for (c, p) in top { log.info(String(format: "  %6.2f%%  %d %@", p * 100, c, names[c] ?? "")) }
+      results.append(top)
+    }
+    return results
+  }
+}

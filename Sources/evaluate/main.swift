@@ -1,0 +1,17 @@
+// `evaluate`: top-1/top-5 of one checkpoint, a directory's newest, or all of them (--all).
+import ArgumentParser
+import Foundation
+import Jobs
+
+struct Evaluate: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Score checkpoints on a dataset split.")
+  @OptionGroup var flags: EvalFlags
+  func run() throws {
+    do { try EvaluateJob.run(flags) } catch {
+      // Runtime failures are one line naming the file or tensor, without the usage text.
+      FileHandle.standardError.write(Data("evaluate: error: \(error)\n".utf8))
+      throw ExitCode.failure
+    }
+  }
+}
+Evaluate.main()

@@ -1,0 +1,17 @@
+// `predict`: the top classes of JPEG images under a checkpoint.
+import ArgumentParser
+import Foundation
+import Jobs
+
+struct Predict: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Classify JPEG images with a checkpoint.")
+  @OptionGroup var flags: PredictFlags
+  func run() throws {
+    do { try PredictJob.run(flags) } catch {
+      // Runtime failures are one line naming the file or tensor, without the usage text.
+      FileHandle.standardError.write(Data("predict: error: \(error)\n".utf8))
+      throw ExitCode.failure
+    }
+  }
+}
+Predict.main()
