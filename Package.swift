@@ -48,6 +48,9 @@ let coreTargets: [Target] = [
   .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels"], swiftSettings: fastFlags),
   .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet"], swiftSettings: fastFlags),
   .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels"], swiftSettings: fastFlags),
+  .testTarget(name: "JobsTests", dependencies: [
+    "Jobs", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
 ]
 
 // Data pipeline: TFRecords, tf.train.Example, JPEG decoding, preprocessing, loader, `dataset` tool.

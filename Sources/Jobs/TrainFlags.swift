@@ -85,7 +85,8 @@ public struct TrainFlags: ParsableArguments {
 
   static let preprocessingNames = ["inception_v2", "inception", "inception_v1", "inception_v3", "mobilenet_v2"]
 
-  public func validate() throws {
+  /// Checks that make sense only when training (a worker can also run its collective self-test).
+  public func checkForTraining() throws {
     guard datasetDir != nil else { throw ValidationError("--dataset-dir is required") }
     if (maxEpoch == nil) == (maxTrainSteps == nil) {
       throw ValidationError("give exactly one of --max-epoch and --max-train-steps")

@@ -11,6 +11,7 @@ public enum TrainJob {
   /// Runs the training described by `flags` as the rank described by `ctx`.
   public static func run(flags: TrainFlags, context ctx: WorkerContext, groupOptions: GroupOptions,
                          log: TrainLog = PrintLog()) throws {
+    try flags.checkForTraining()
     for note in flags.ignoredNotes { log.info(note) }
     Compute.setThreads(flags.threads ?? ctx.threads)
     var options = try flags.trainerOptions(worldSize: ctx.worldSize)

@@ -1,0 +1,79 @@
+// Flag parsing: defaults, the seed's snake_case spellings, ignored Ascend-only flags, validation.
+import ArgumentParser
+import Jobs
+import Training
+import XCTest
+
+final class FlagsTests: XCTestCase {
+  func testDefaultsMatchTheSeed() throws {
+    let f = try TrainFlags.parse(["--dataset-dir", "/d", "--max-epoch", "3"])
+    XCTAssertNoThrow(try f.checkForTraining())
+    let o = try f.trainerOptions(worldSize: 8)
+    XCTAssertEqual(o.model.modelName, "mobilenet_v2")
+    XCTAssertEqual(o.model.numClasses, 1001)
+    XCTAssertEqual(o.model.imageSize, 224)
+    XCTAssertEqual(o.batchSize, 256)
+    XCTAssertEqual(o.decay, .cosineAnnealing)
+    XCTAssertEqual(o.warmupEpochs, 5)
+    XCTAssertEqual(o.optimizer, .momentum)
+    XCTAssertEqual(o.momentum, 0.9)
+    XCTAssertEqual(o.weightDecay, 0.00004)
+    XCTAssertEqual(o.labelSmoothing, 0.1)
+    XCTAssertNil(o.movingAverageDecay)
+    XCTAssertEqual(o.trainDir, "result/8p")
+    XCTAssertNil(o.saveCheckpointsSteps)
+    XCTAssertEqual(o.keepCheckpointMax, 5)
+    XCTAssertEqual(o.restoreExclude, ["MobilenetV2/Logits/"])
+    XCTAssertEqual(f.preprocessingName, "inception_v2")
+  }
+
+  func testSnakeCaseSpellingsAndIgnoredFlags() throws {
+    let f = try TrainFlags.parse([
+      "--dataset_dir=/data/imagenet", "--model_name=mobilenet_v2_140", "--num_classes=10", "--image_size=96",
+      "--batch_size=64", "--max_train_steps=100", "--learning_rate=0.4", "--learning_rate_decay_type=exponential",
+      "--warmup_epochs=0", "--optimizer=sgd", "--weight_decay=0.0001", "--label_smoothing=0",
+      "--moving_average_decay=0.9999", "--train_dir=/tmp/t", "--save_checkpoints_steps=50", "--keep_checkpoint_max=2",
+      "--log_every_n_steps=5", "--restore_path=/ckpt", "--restore_exclude=MobilenetV2/Logits/,MobilenetV2/Conv_1/",
+      "--labels_offset=1", "--iterations_per_loop=10", "--over_dump=False", "--over_dump_path=/tmp/dump",
+    ])
+    try f.checkForTraining()
+    let o = try f.trainerOptions(worldSize: 1)
+    XCTAssertEqual(o.model.modelName, "mobilenet_v2_140")
+    XCTAssertEqual(o.model.numClasses, 10)
+    XCTAssertEqual(o.maxTrainSteps, 100)
+    XCTAssertEqual(o.learningRate, 0.4)
+    XCTAssertEqual(o.decay, .exponential)
+    XCTAssertEqual(o.optimizer, .sgd)
+    XCTAssertEqual(o.movingAverageDecay, 0.9999)
+    XCTAssertEqual(o.trainDir, "/tmp/t")
+    XCTAssertEqual(o.restoreExclude, ["MobilenetV2/Logits/", "MobilenetV2/Conv_1/"])
+    XCTAssertEqual(f.labelsOffset, 1)
+    XCTAssertEqual(f.ignoredNotes.count, 3)
+    XCTAssertTrue(f.ignoredNotes[0].contains("iterations_per_loop"))
+  }
+
+  func testExactlyOneStopCondition() throws {
+    XCTAssertThrowsError(try TrainFlags.parse(["--dataset-dir", "/d"]).checkForTraining())
+    XCTAssertThrowsError(try TrainFlags.parse(["--dataset-dir", "/d", "--max-epoch", "1", "--max-train-steps", "5"]).checkForTraining())
+    XCTAssertThrowsError(try TrainFlags.parse(["--max-epoch", "1"]).checkForTraining())
+    XCTAssertThrowsError(try TrainFlags.parse(["--dataset-dir", "/d", "--max-epoch", "1", "--preprocessing-name", "vgg"]).checkForTraining())
+    XCTAssertThrowsError(try TrainFlags.parse(["--dataset-dir", "/d", "--max-epoch", "1", "--learning-rate-decay-type", "step"]))
+  }
+
+  func testEvaluateFlags() throws {
+    let f = try EvalFlags.parse(["--checkpoint_path", "/c", "--dataset_dir", "/d", "--no-use-moving-average"])
+    XCTAssertEqual(f.split, "validation")
+    XCTAssertEqual(f.centralFraction, 0.875)
+    XCTAssertEqual(f.useMovingAverage, false)
+    XCTAssertNil(try EvalFlags.parse(["--checkpoint-path", "/c", "--dataset-dir", "/d"]).useMovingAverage)
+  }
+
+  func testLabelsFileFormats() throws {
+    let p = NSTemporaryDirectory() + "labels-\(getpid()).txt"
+    try "0:background\n1:tench\n2:goldfish\n".write(toFile: p, atomically: true, encoding: .utf8)
+    XCTAssertEqual(PredictJob.readLabels(p)[2], "goldfish")
+    try "T-shirt\nTrouser\n".write(toFile: p, atomically: true, encoding: .utf8)
+    XCTAssertEqual(PredictJob.readLabels(p)[1], "Trouser")
+    try? FileManager.default.removeItem(atPath: p)
+  }
+}
