@@ -33,7 +33,9 @@ public final class DataLoader {
     let source = try DatasetSource.detect(directory: config.datasetDir, split: config.split,
                                           backgroundClass: config.backgroundClass)
     self.source = source
-    let counts = try RecordCounts.counts(of: source, skipCorrupt: config.skipCorruptRecords)
+    let summaries = try RecordCounts.summaries(of: source, skipCorrupt: config.skipCorruptRecords)
+    try DataLoader.checkLabels(summaries, source: source, config: config)
+    let counts = summaries.map(\.records)
     examplesInSplit = counts.reduce(0, +)
     if examplesInSplit == 0 { throw DataPipelineError.noFilesForSplit(split: config.split, directory: config.datasetDir) }
     shardingMode = Sharding.mode(files: counts.count, worldSize: config.worldSize)
@@ -51,7 +53,6 @@ public final class DataLoader {
     }
     state = LoaderState(config: config, source: source, examples: examples, groupSizes: groups.map(\.count),
                         batchesPerEpoch: batchesPerEpoch)
-    try state.checkLabels()
     state.spawnWorkers()
   }
 
@@ -67,6 +68,21 @@ public final class DataLoader {
   /// an out-of-range label (corrupt JPEGs are skipped, never thrown).
   public func next(images: UnsafeMutablePointer<Float>, labels: UnsafeMutablePointer<Int32>) throws -> Int {
     try state.next(images: images, labels: labels)
+  }
+
+  /// Every label of the split, minus the offset, must be in [0, numClasses): checked on the
+  /// scanned label ranges so a wrong --num-classes or --labels-offset stops before training.
+  static func checkLabels(_ summaries: [FileSummary], source: DatasetSource, config: LoaderConfig) throws {
+    for (f, s) in zip(source.files, summaries) {
+      for (label, record) in [(s.minLabel, s.minLabelRecord), (s.maxLabel, s.maxLabelRecord)] {
+        guard let label = label, let record = record else { continue }
+        let l = label - Int64(config.labelsOffset)
+        if l < 0 || l >= Int64(config.numClasses) {
+          throw DataPipelineError.labelOutOfRange(label: l, numClasses: config.numClasses, path: f.path,
+                                                  record: record)
+        }
+      }
+    }
   }
 
   /// Resolves global indices to record locations (indexing only the files this rank reads).
@@ -172,31 +188,6 @@ final class LoaderState: @unchecked Sendable {
                                               path: source.files[Int(ref.file)].path, record: Int(ref.record))
     }
     return Int32(l)
-  }
-
-  /// Before training starts: every label of an image folder, and the first record of each of
-  /// this rank's TFRecord files (the rest are checked as they are read).
-  func checkLabels() throws {
-    if source.layout == .imageFolder {
-      for ref in examples { _ = try label(Int64(source.imageLabels[Int(ref.file)]), ref: ref) }
-      return
-    }
-    var seen = Set<Int32>()
-    var buffer = [UInt8]()
-    for ref in examples where ref.record == 0 && seen.insert(ref.file).inserted {
-      let file = try RecordFile(path: source.files[Int(ref.file)].path)
-      do {
-        try file.readRecord(RecordLocation(offset: ref.offset, length: ref.length), into: &buffer)
-        _ = try label(try ImageExample(serialized: buffer).label, ref: ref)
-      } catch let e as DataPipelineError {
-        if case .labelOutOfRange = e { throw e }
-        if !config.skipCorruptRecords { throw e }
-      } catch {
-        if !config.skipCorruptRecords {
-          throw DataPipelineError.badExample(path: file.path, record: 0, reason: "\(error)")
-        }
-      }
-    }
   }
 
   func spawnWorkers() {

@@ -80,12 +80,20 @@ public final class JPEGCodec {
     return String(cString: s)
   }
 
+  /// The error message, and a fresh handle: after a failed decode TurboJPEG 2.1 can leave the
+  /// handle in a state where the next header read reports a 0×0 image.
+  private func failure() -> DataPipelineError {
+    let text = message(decoder)
+    if let d = decoder { tjDestroy(d); decoder = nil }
+    return DataPipelineError.badJPEG(text)
+  }
+
   public func header(_ jpeg: UnsafeRawBufferPointer) throws -> JPEGHeader {
     let d = try decompressor()
     var w: Int32 = 0, h: Int32 = 0, sub: Int32 = 0, cs: Int32 = 0
     guard jpeg.count > 0,
           tjDecompressHeader3(d, jpeg.bindMemory(to: UInt8.self).baseAddress, UInt(jpeg.count), &w, &h, &sub, &cs) == 0
-    else { throw DataPipelineError.badJPEG(message(decoder)) }
+    else { throw failure() }
     if w <= 0 || h <= 0 { throw DataPipelineError.badJPEG("empty image") }
     return JPEGHeader(width: Int(w), height: Int(h), colorspace: cs)
   }
@@ -109,7 +117,7 @@ public final class JPEGCodec {
       let rc = cmyk.withUnsafeMutableBufferPointer {
         tjDecompress2(d, src, UInt(jpeg.count), $0.baseAddress, Int32(w), 0, Int32(h), Int32(TJPF_CMYK.rawValue), flags)
       }
-      if rc != 0 { throw DataPipelineError.badJPEG(message(d)) }
+      if rc != 0 { throw failure() }
       // TurboJPEG stores CMYK inverted (Adobe convention): R = C·K/255, as its own converter.
       cmyk.withUnsafeBufferPointer { c in
         pixels.withUnsafeMutableBufferPointer { p in
@@ -124,7 +132,7 @@ public final class JPEGCodec {
       let rc = pixels.withUnsafeMutableBufferPointer {
         tjDecompress2(d, src, UInt(jpeg.count), $0.baseAddress, Int32(w), 0, Int32(h), Int32(TJPF_RGB.rawValue), flags)
       }
-      if rc != 0 { throw DataPipelineError.badJPEG(message(d)) }
+      if rc != 0 { throw failure() }
     }
     return (w, h)
   }
