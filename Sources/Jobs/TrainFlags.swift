@@ -66,6 +66,8 @@ public struct TrainFlags: ParsableArguments {
   @Option(name: .customLong("over_dump_path"), help: .hidden) public var overDumpPath: String?
 
   // MARK: Ours
+  @Option(name: .seed("batch-norm-decay"), help: "Decay of the BN moving statistics (slim: 0.997; short runs want less, e.g. 0.9).")
+  public var batchNormDecay: Float = 0.997
   @Option(name: .seed("split"), help: "Training split (file-name prefix or subfolder).")
   public var split = "train"
   @Option(name: .seed("decode-threads"), help: "JPEG decode threads per rank (default cores ÷ local ranks).")
@@ -95,6 +97,7 @@ public struct TrainFlags: ParsableArguments {
       throw ValidationError("--preprocessing-name \(preprocessingName): only TF-slim inception preprocessing is provided (\(Self.preprocessingNames.joined(separator: ", ")))")
     }
     if batchSize < 1 { throw ValidationError("--batch-size must be positive") }
+    if !(batchNormDecay > 0 && batchNormDecay < 1) { throw ValidationError("--batch-norm-decay must be in (0, 1)") }
   }
 
   /// One-line notes for the seed's flags that are accepted and ignored.
@@ -120,6 +123,7 @@ public struct TrainFlags: ParsableArguments {
     o.weightDecay = weightDecay
     o.labelSmoothing = labelSmoothing
     o.movingAverageDecay = movingAverageDecay
+    o.batchNormDecay = batchNormDecay
     o.trainDir = trainDir ?? "result/\(worldSize)p"
     o.saveCheckpointsSteps = saveCheckpointsSteps
     o.keepCheckpointMax = keepCheckpointMax

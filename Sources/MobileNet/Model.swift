@@ -74,6 +74,9 @@ public final class MobileNetV2 {
   let logitsWeights: Int
   let logitsBiases: Int
   public let featureDepth: Int
+  /// Moving-average decay of the BN statistics (slim's bn_decay, 0.997). Short runs may lower it:
+  /// with 0.997 the initial statistics still weigh 0.997^1000 = 5% after a thousand steps.
+  public var batchNormDecay: Float = BatchNormDefaults.decay
   let scratch = Scratch()
   private var activations: Activations?
 
@@ -250,7 +253,8 @@ public final class MobileNetV2 {
     Profile.time(.batchNorm) { batchNormForward(a: a, z: z, gamma: w(l.gamma), beta: w(l.beta), mean: act.mean[i], invStd: act.invStd[i],
                      movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
                      rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                     training: act.mode.batchNormTraining, relu6: l.relu6, scratch: scratch) }
+                     training: act.mode.batchNormTraining, relu6: l.relu6, decay: batchNormDecay,
+                     scratch: scratch) }
   }
 
   func convShape(_ l: ConvBNLayer, batch: Int, kernel: Int) -> ConvShape {

@@ -22,6 +22,8 @@ public struct TrainerOptions: Sendable {
   public var momentum: Float = 0.9
   public var weightDecay: Float = 0.00004
   public var labelSmoothing: Float = 0.1
+  /// BN moving-statistics decay (slim's bn_decay).
+  public var batchNormDecay: Float = 0.997
   public var movingAverageDecay: Double? = nil
   public var trainDir = "result"
   /// nil: one epoch.
@@ -67,6 +69,7 @@ public final class Trainer {
     self.comm = comm
     self.log = log
     let net = MobileNetV2(config: options.model, seed: options.seed)
+    net.batchNormDecay = options.batchNormDecay
     model = net
     optimizer = Optimizer(kind: options.optimizer, parameterCount: net.parameterCount, momentum: options.momentum)
     average = options.movingAverageDecay.map { WeightAverage(model: net, decay: $0) }
@@ -141,7 +144,7 @@ public final class Trainer {
 
     log.info("model \(o.model.modelName) (depth multiplier \(o.model.depthMultiplier)), \(model.parameterCount) parameters, \(o.model.numClasses) classes, \(o.model.imageSize)x\(o.model.imageSize) input")
     log.info("ranks \(ranks), batch \(o.batchSize) per rank (global \(o.batchSize * ranks)), \(examples) training examples, steps_per_epoch \(stepsPerEpoch), total steps \(totalSteps), compute threads \(Compute.threads)")
-    log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), lr \(o.learningRate) \(o.decay.rawValue) warm-up \(o.warmupEpochs) epochs, weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
+    log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), lr \(o.learningRate) \(o.decay.rawValue) warm-up \(o.warmupEpochs) epochs, weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing), BN decay \(o.batchNormDecay)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
 
     let batch = o.batchSize
     let images = model.inputBuffer(batch: batch)
