@@ -1,0 +1,106 @@
+// The user's main job through the real executables: `launch` two workers on loopback that train on
+// a synthetic TFRecord dataset, then resume, then `evaluate`. What CI's 2-rank smoke run checks.
+import DataPipeline
+import Foundation
+import XCTest
+
+final class SmokeTrainingTests: XCTestCase {
+  var dir: String!
+
+  override func setUpWithError() throws {
+    dir = NSTemporaryDirectory() + "smoke-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+  }
+  override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
+
+  /// The built executables live next to the test bundle.
+  static var products: URL {
+    var url = URL(fileURLWithPath: CommandLine.arguments.first { $0.hasSuffix(".xctest") } ?? CommandLine.arguments[0])
+    while url.pathExtension == "xctest" || url.lastPathComponent == "Contents" { url.deleteLastPathComponent() }
+    if !FileManager.default.fileExists(atPath: url.appendingPathComponent("launch").path) {
+      url = Bundle(for: SmokeTrainingTests.self).bundleURL.deletingLastPathComponent()
+    }
+    return url
+  }
+
+  /// The repository root (for rank_table/).
+  static var root: String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+  }
+
+  @discardableResult
+  func run(_ exe: String, _ args: [String], timeout: TimeInterval = 300) throws -> (status: Int32, output: String) {
+    let p = Process()
+    p.executableURL = Self.products.appendingPathComponent(exe)
+    p.arguments = args
+    p.currentDirectoryURL = URL(fileURLWithPath: dir)
+    let out = URL(fileURLWithPath: "\(dir!)/\(exe)-\(UUID().uuidString.prefix(6)).out")
+    FileManager.default.createFile(atPath: out.path, contents: nil)
+    let h = try FileHandle(forWritingTo: out)
+    p.standardOutput = h
+    p.standardError = h
+    try p.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+    if p.isRunning { p.terminate(); p.waitUntilExit(); XCTFail("\(exe) timed out") }
+    p.waitUntilExit()
+    try h.close()
+    return (p.terminationStatus, (try? String(contentsOf: out, encoding: .utf8)) ?? "")
+  }
+
+  func testTwoRankTrainingResumeAndEvaluate() throws {
+    var synth = SyntheticOptions()
+    synth.classes = 4
+    synth.examples = 192
+    synth.width = 40
+    synth.height = 40
+    try Synthetic.write(to: "\(dir!)/data", split: "train", shards: 2, options: synth)
+    synth.examples = 48
+    synth.seed = 99
+    try Synthetic.write(to: "\(dir!)/data", split: "validation", shards: 1, options: synth)
+
+    let port = 20_000 + Int(getpid() % 20_000)
+    func train(steps: Int) throws -> (Int32, String) {
+      try run("launch", ["--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)",
+                         "--log-dir", "\(dir!)/logs", "--connect-timeout", "60", "--running-timeout", "60", "--",
+                         "--dataset-dir", "\(dir!)/data", "--model_name", "mobilenet_v2_035", "--num_classes", "4",
+                         "--image-size", "32", "--batch-size", "8", "--max-train-steps", "\(steps)",
+                         "--learning-rate", "0.02", "--learning-rate-decay-type", "fixed", "--batch-norm-decay", "0.9",
+                         "--train-dir", "\(dir!)/train", "--save-checkpoints-steps", "8", "--log-every-n-steps", "4",
+                         "--decode-threads", "1", "--iterations_per_loop", "10"])
+    }
+    let (status, out) = try train(steps: 16)
+    XCTAssertEqual(status, 0, out)
+    XCTAssertTrue(out.contains("step:"), "rank 0's log lines reach the console:\n\(out)")
+    XCTAssertTrue(out.contains("iterations_per_loop is accepted"), out)
+
+    // Both ranks finished and agree on the weights; only rank 0 saved.
+    let log0 = try String(contentsOfFile: "\(dir!)/logs/0/worker.log", encoding: .utf8)
+    let log1 = try String(contentsOfFile: "\(dir!)/logs/1/worker.log", encoding: .utf8)
+    for log in [log0, log1] { XCTAssertTrue(log.contains("weights identical on all 2 ranks"), log) }
+    XCTAssertTrue(log0.contains("saved checkpoint"))
+    XCTAssertFalse(log1.contains("saved checkpoint"))
+    let ckpts = try FileManager.default.contentsOfDirectory(atPath: "\(dir!)/train").filter { $0.hasSuffix(".safetensors") }.sorted()
+    XCTAssertEqual(ckpts, ["model.ckpt-16.safetensors", "model.ckpt-8.safetensors"])
+
+    // Loss falls: the first logged window against the last.
+    let metrics = try String(contentsOfFile: "\(dir!)/train/metrics.jsonl", encoding: .utf8)
+      .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+    let losses = metrics.map { $0["loss"] as! Double }
+    XCTAssertEqual(metrics.count, 4)
+    XCTAssertLessThan(losses.last!, losses.first!, "loss did not fall: \(losses)")
+
+    // Resume from step 16 to 24.
+    let (status2, out2) = try train(steps: 24)
+    XCTAssertEqual(status2, 0, out2)
+    XCTAssertTrue(out2.contains("resumed from") && out2.contains("model.ckpt-16.safetensors"), out2)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir!)/train/model.ckpt-24.safetensors"))
+
+    // Evaluate reads the result: settings from the checkpoint's metadata.
+    let (status3, out3) = try run("evaluate", ["--checkpoint-path", "\(dir!)/train", "--dataset-dir", "\(dir!)/data",
+                                               "--batch-size", "16", "--threads", "1"])
+    XCTAssertEqual(status3, 0, out3)
+    XCTAssertTrue(out3.contains("model.ckpt-24.safetensors step=24 top1="), out3)
+    XCTAssertTrue(out3.contains("images=48"), out3)
+  }
+}
