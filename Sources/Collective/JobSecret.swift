@@ -37,7 +37,7 @@ public struct JobSecret: Equatable, Sendable {
 
   /// The job's CURVE key pair in Z85 text (40 characters each): every rank is both a server and
   /// a client with this one key pair, and the ZAP handler accepts only clients presenting it.
-  func curveKeys() throws -> (publicKey: String, secretKey: String) {
+  public func curveKeys() throws -> (publicKey: String, secretKey: String) {
     var secretZ85 = [CChar](repeating: 0, count: 41)
     var publicZ85 = [CChar](repeating: 0, count: 41)
     guard bytes.withUnsafeBufferPointer({ zmq_z85_encode(&secretZ85, $0.baseAddress, $0.count) }) != nil,

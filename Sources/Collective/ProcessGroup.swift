@@ -23,7 +23,7 @@ public typealias ModelSignature = [(name: String, count: Int)]
 public final class ProcessGroup: @unchecked Sendable {
   public let rank: Int
   public let size: Int
-  private let ring: Ring?
+  fileprivate let ring: Ring?
   private let lock = NSLock()
   private var sequence: UInt32 = 0
   private var failure: Error?
@@ -143,4 +143,9 @@ public final class ProcessGroup: @unchecked Sendable {
       throw error
     }
   }
+}
+
+extension ProcessGroup {
+  /// Connections this rank refused because they lacked the job secret (0 for in-process groups).
+  public var refusedConnections: Int { (ring?.transport as? ZMQTransport)?.refusedConnections ?? 0 }
 }

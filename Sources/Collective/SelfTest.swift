@@ -6,6 +6,7 @@ import Foundation
 public enum CollectiveSelfTest {
   public struct Failure: Error, CustomStringConvertible {
     public let description: String
+    public init(description: String) { self.description = description }
   }
 
   /// Checks broadcast, allreduce (sum, average, fp16, double), allgather, barrier and the

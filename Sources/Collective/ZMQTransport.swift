@@ -36,8 +36,11 @@ final class ZMQTransport: RingTransport {
   /// Time libzmq keeps trying to deliver queued messages (an abort notice, the last segments)
   /// after close; short, so a failing job still stops within seconds.
   static let lingerMilliseconds: Int32 = 1000
-  /// ZMTP ping interval; the heartbeat timeout is the running timeout.
+  /// ZMTP ping interval; the heartbeat timeout is half the running timeout.
   static let heartbeatIntervalMilliseconds: Int32 = 1000
+  /// Failed security handshakes with the next rank (and none succeeded) before we conclude it
+  /// refuses us for good (a different job secret) instead of, say, restarting mid-handshake.
+  static let refusalsBeforeGivingUp = 2
   /// Upper bound of one zmq_poll, so timeouts are checked even without events.
   static let pollSliceMilliseconds = 500
   /// Monitor events we act on (values from zmq.h, stable since libzmq 4.3).
@@ -56,11 +59,20 @@ final class ZMQTransport: RingTransport {
   private var inMonitor: UnsafeMutableRawPointer?
   private var outMonitor: UnsafeMutableRawPointer?
   private var zap: ZAPAuthenticator?
-  private var inPeers = Set<UInt32>()
-  private var outPeers = Set<UInt32>()
-  private var leftLost = false
-  private var rightLost = false
-  private var rightRefusedUs = false
+  /// Connection bookkeeping from the monitors. libzmq reports a handshake's success without the
+  /// connection's file descriptor, so connections are counted, not named: every accepted
+  /// connection ends its handshake with exactly one success or failure event (a peer closing
+  /// mid-handshake is a failure), and disconnections beyond the failed ones are authenticated
+  /// connections going away. Only the neighbour holds the secret, so live authenticated
+  /// connections = successes − (disconnections − failures).
+  private var inboundCounts = ConnectionCounts()
+  private var outboundCounts = ConnectionCounts()
+  private var leftLost: Bool { inboundCounts.lost }
+  private var rightLost: Bool { outboundCounts.lost }
+  /// Failed handshakes with the next rank since the last success.
+  private var rightRefusals = 0
+  private var rightRefusedUs: Bool { outboundCounts.live <= 0 && rightRefusals >= Self.refusalsBeforeGivingUp }
+  private let log: (String) -> Void
   private var sent: UInt64 = 0
   private var received: UInt64 = 0
   private var timeout: Double
@@ -69,9 +81,11 @@ final class ZMQTransport: RingTransport {
   private var closed = false
 
   /// Connections refused by this rank's ZAP handler (rogue processes).
-  var refusedConnections: Int { zap?.refusedCount ?? 0 }
+  /// (Counted from the monitor: ZAP refusals and handshakes that failed before reaching ZAP,
+  /// such as a different CURVE key or no security at all.)
+  var refusedConnections: Int { inboundCounts.failed }
   /// True once the connection to the next rank completed its security handshake.
-  var isConnectedToNext: Bool { !outPeers.isEmpty }
+  var isConnectedToNext: Bool { outboundCounts.live > 0 }
 
   init(rank: Int, endpoints: [Endpoint], secret: JobSecret, security: SecurityMode,
        timeout: Double, runningTimeout: Double, log: @escaping (String) -> Void) throws {
@@ -80,6 +94,8 @@ final class ZMQTransport: RingTransport {
     self.size = endpoints.count
     self.endpoints = endpoints
     self.timeout = timeout
+    self.log = log
+    Self.tuneAllocatorOnce
     guard let ctx = zmq_ctx_new() else { throw CollectiveError.transport("cannot create a ZeroMQ context") }
     context = ctx
     zmq_ctx_set(ctx, ZMQ_IO_THREADS, 1)  // one I/O thread: one connection each way
@@ -90,6 +106,22 @@ final class ZMQTransport: RingTransport {
       throw error
     }
   }
+
+  /// Every message is a heap block of a segment's size (libzmq allocates received ones), freed
+  /// on another thread. glibc's defaults hand such blocks back to the kernel and fault them in
+  /// again each time (measured: a third of the ring's time); keep them instead. Process-wide.
+  private static let tuneAllocatorOnce: Void = {
+    #if os(Linux)
+    // malloc.h is not part of Swift's Glibc module; mallopt(int, int) is looked up instead.
+    let mTrimThreshold: Int32 = -1, mMmapThreshold: Int32 = -3  // values from glibc's malloc.h
+    typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+    if let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
+      let mallopt = unsafeBitCast(sym, to: Mallopt.self)
+      _ = mallopt(mMmapThreshold, 32 << 20)   // glibc's maximum: segments come from the heap
+      _ = mallopt(mTrimThreshold, 512 << 20)  // do not trim (madvise) below this much free heap
+    }
+    #endif
+  }()
 
   private func setUp(secret: JobSecret, security: SecurityMode, runningTimeout: Double,
                      log: @escaping (String) -> Void) throws {
@@ -156,7 +188,11 @@ final class ZMQTransport: RingTransport {
     try setOption(s, ZMQ_RCVHWM, int: Self.highWaterMark)
     try setOption(s, ZMQ_LINGER, int: Self.lingerMilliseconds)
     try setOption(s, ZMQ_HEARTBEAT_IVL, int: Self.heartbeatIntervalMilliseconds)
-    let heartbeatTimeout = Int32(clamping: Int(runningTimeout * 1000))
+    // Half the running timeout: a stopped or vanished peer is dropped by its neighbours, which
+    // report it by name and tell the ring, before the other ranks' own receive timeouts fire
+    // (they would name their blocked, innocent neighbours). A busy peer still answers: libzmq's
+    // I/O thread replies to pings whatever the application thread is doing.
+    let heartbeatTimeout = Int32(clamping: Int(runningTimeout * 500))
     try setOption(s, ZMQ_HEARTBEAT_TIMEOUT, int: heartbeatTimeout)
     try setOption(s, ZMQ_HEARTBEAT_TTL, int: heartbeatTimeout)
     return s
@@ -245,7 +281,7 @@ final class ZMQTransport: RingTransport {
       if leftLost {
         // Data that arrived before the disconnect is still queued: take it first.
         if zmq_msg_recv(&msg, pull, ZMQ_DONTWAIT) >= 0 { break }
-        throw CollectiveError.peerLost(peer: describe(rank: left), detail: "the connection closed (process exited or was killed)")
+        throw CollectiveError.peerLost(peer: describe(rank: left), detail: "the connection closed (the process exited, was killed, or stopped answering heartbeats)")
       }
       if rightRefusedUs { throw rightFailure() }
       try wait(for: pull, events: Int16(ZMQ_POLLIN), until: deadline)
@@ -285,29 +321,30 @@ final class ZMQTransport: RingTransport {
   /// Reads pending monitor events and updates the neighbours' state.
   private func drainMonitors() throws {
     if let m = inMonitor {
-      while let (event, value) = readEvent(m) {
-        if event == Self.eventHandshakeSucceeded { inPeers.insert(value) }
-        if event == Self.eventDisconnected, inPeers.remove(value) != nil, inPeers.isEmpty { leftLost = true }
+      while let (event, _) = readEvent(m) {
+        inboundCounts.record(event)
+        if event == Self.eventHandshakeFailedProtocol || event == Self.eventHandshakeFailedNoDetail {
+          // (ZAP refusals were logged by the handler, with the remote address.)
+          log("warning: \(describe(rank: rank)): refused a connection that failed the security handshake "
+              + "(a process without this job's secret, or another job)")
+        }
       }
     }
     if let m = outMonitor {
-      while let (event, value) = readEvent(m) {
-        switch event {
-        case Self.eventHandshakeSucceeded: outPeers.insert(value)
-        case Self.eventDisconnected: if outPeers.remove(value) != nil { rightLost = true }
-        case Self.eventHandshakeFailedAuth: rightRefusedUs = true
-        default: break
-        }
+      while let (event, _) = readEvent(m) {
+        outboundCounts.record(event)
+        if event == Self.eventHandshakeSucceeded { rightRefusals = 0 }
+        if ConnectionCounts.failures.contains(event) { rightRefusals += 1 }
       }
     }
   }
 
   private func rightFailure() -> CollectiveError {
     if rightRefusedUs {
-      return .handshakeMismatch("\(describe(rank: right)) refused this rank's credentials: the job secrets differ "
-                                + "(every launch of a multi-server job needs the same --secret-file)")
+      return .handshakeMismatch("\(describe(rank: right)) refused this rank's credentials: the job secrets differ, "
+                                + "or that address belongs to another job (every launch of a multi-server job needs the same --secret-file)")
     }
-    return .peerLost(peer: describe(rank: right), detail: "the connection closed (process exited or was killed)")
+    return .peerLost(peer: describe(rank: right), detail: "the connection closed (the process exited, was killed, or stopped answering heartbeats)")
   }
 
   /// One monitor event (event id, value = file descriptor), or nil when none is pending.
@@ -320,6 +357,7 @@ final class ZMQTransport: RingTransport {
     if zmq_msg_size(&msg) >= 6, let p = zmq_msg_data(&msg) {
       result = (p.loadUnaligned(as: UInt16.self), p.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
     }
+    if getenv("MNV2_DEBUG_EVENTS") != nil { log("debug: rank \(rank) \(monitor == inMonitor ? "in" : "out") event \(String(result?.0 ?? 0, radix: 16)) value \(result?.1 ?? 0)") }
     while zmq_msg_more(&msg) != 0 {  // second frame: the endpoint
       zmq_msg_close(&msg)
       zmq_msg_init(&msg)
@@ -366,4 +404,24 @@ final class ZMQTransport: RingTransport {
   }
 
   deinit { close() }
+}
+
+/// Handshake outcomes and disconnections of one socket (see ZMQTransport's bookkeeping note).
+struct ConnectionCounts {
+  static let failures: Set<UInt16> = [ZMQTransport.eventHandshakeFailedAuth, ZMQTransport.eventHandshakeFailedProtocol,
+                                      ZMQTransport.eventHandshakeFailedNoDetail]
+  var succeeded = 0
+  var failed = 0
+  var disconnected = 0
+
+  mutating func record(_ event: UInt16) {
+    if event == ZMQTransport.eventHandshakeSucceeded { succeeded += 1 }
+    if Self.failures.contains(event) { failed += 1 }
+    if event == ZMQTransport.eventDisconnected { disconnected += 1 }
+  }
+
+  /// Authenticated connections currently open.
+  var live: Int { succeeded - max(0, disconnected - failed) }
+  /// An authenticated connection existed and none is left.
+  var lost: Bool { succeeded > 0 && live <= 0 }
 }

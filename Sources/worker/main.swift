@@ -50,7 +50,7 @@ struct Worker: ParsableCommand {
     } catch {
       fail("\(error)", code: 1)
     }
-    say("worker rank \(ctx.rank)/\(ctx.worldSize) device \(ctx.deviceID) local \(ctx.localRank)/\(ctx.localWorldSize) "
+    say("worker pid \(getpid()) rank \(ctx.rank)/\(ctx.worldSize) device \(ctx.deviceID) local \(ctx.localRank)/\(ctx.localWorldSize) "
         + "threads \(ctx.threads) job \(ctx.jobID) restart \(ctx.restartCount)")
     if ctx.worldSize == 1, let r = rank, r != 0 { say("note: no rank table, so running alone as rank 0 of 1 (--rank \(r) ignored)") }
     if let fault, ctx.rank == faultRank, ctx.restartCount == faultRestart { scheduleFault(fault) }

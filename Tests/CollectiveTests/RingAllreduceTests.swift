@@ -1,0 +1,113 @@
+// Threads as ranks over the in-process transport (gloo's test pattern): every rank fills its
+// buffer with its rank and every element must equal n(n−1)/2, over a grid of sizes.
+
+import Collective
+import XCTest
+
+final class RingAllreduceTests: XCTestCase {
+  static let worldSizes = 1...8
+  static let counts = [0, 1, 7, 1000, 1_000_000]
+
+  func testSumGridEveryElementEqualsTriangularNumber() {
+    for n in Self.worldSizes {
+      for count in Self.counts {
+        let (fabric, options) = inProcessGroups(n, segmentBytes: count > 10_000 ? 64 << 10 : 12)
+        let wrong = ResultBox(n)
+        let errors = runRanks(n) { r in
+          let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+          var buf = [Float](repeating: Float(r), count: count)
+          try g.allreduceSum(&buf, count: count)
+          let want = Float(n * (n - 1) / 2)
+          if let i = buf.firstIndex(where: { $0 != want }) {
+            wrong.set(r, CollectiveSelfTest.Failure(description: "n=\(n) count=\(count) rank \(r): element \(i) = \(buf[i]), want \(want)"))
+          }
+        }
+        XCTAssertEqual(errors.compactMap { $0 }.map(message), [String](), "n=\(n) count=\(count)")
+        XCTAssertEqual(wrong.all.compactMap { $0 }.map(message), [String]())
+      }
+    }
+  }
+
+  func testAverageOfDistinctValuesWithCountsNotDivisibleByRanks() {
+    for n in [2, 3, 5, 7] {
+      for count in [2, 13, 1001, 4099] {
+        let (fabric, options) = inProcessGroups(n, segmentBytes: 20)
+        let results = ResultBox(n)
+        let errors = runRanks(n) { r in
+          let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+          // Element i of rank r is r·4 + (i mod 4): distinct per rank and position, exact in float.
+          var buf = (0..<count).map { Float(r * 4 + $0 % 4) }
+          try g.allreduceAverage(&buf, count: count)
+          for i in 0..<count {
+            let want = Float(n - 1) * 2 + Float(i % 4)  // mean over r of r·4 + i mod 4
+            if abs(buf[i] - want) > 1e-5 * want + 1e-6 {
+              results.set(r, CollectiveSelfTest.Failure(description: "n=\(n) count=\(count) rank \(r) [\(i)] = \(buf[i]) want \(want)"))
+              return
+            }
+          }
+        }
+        XCTAssertEqual((errors + results.all).compactMap { $0 }.map(message), [String]())
+      }
+    }
+  }
+
+  func testResultsAreBitIdenticalOnEveryRank() {
+    let n = 5, count = 10_007
+    let (fabric, options) = inProcessGroups(n, segmentBytes: 1000)
+    let sums = ResultBox(n)
+    let outputs = OutputBox(n)
+    _ = sums
+    let errors = runRanks(n) { r in
+      let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+      var buf = (0..<count).map { Float(sin(Double($0 * (r + 3)))) * 0.1 }
+      try g.allreduceAverage(&buf, count: count, fp16: r >= 0)
+      outputs.set(r, buf)
+    }
+    XCTAssertEqual(errors.compactMap { $0 }.map(message), [String]())
+    for r in 1..<n { XCTAssertEqual(outputs.all[r], outputs.all[0], "rank \(r) differs from rank 0") }
+  }
+
+  func testFp16WireWithinTolerance() {
+    for n in [2, 3, 8] {
+      let count = 100_003
+      let (fabric, options) = inProcessGroups(n, segmentBytes: 32 << 10)
+      let failures = ResultBox(n)
+      let errors = runRanks(n) { r in
+        let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+        let values = { (rank: Int, i: Int) in Float(sin(Double(i) * 0.01 + Double(rank))) * 0.05 }
+        var buf = (0..<count).map { values(r, $0) }
+        try g.allreduceAverage(&buf, count: count, fp16: true)
+        var worst: Float = 0
+        for i in 0..<count {
+          let exact = (0..<n).map { values($0, i) }.reduce(0, +) / Float(n)
+          worst = max(worst, abs(buf[i] - exact))
+        }
+        // Half precision keeps 11 significant bits; each of the n−1 hops rounds once.
+        if worst > 2e-4 { failures.set(r, CollectiveSelfTest.Failure(description: "n=\(n) rank \(r): max error \(worst)")) }
+        if worst == 0 { failures.set(r, CollectiveSelfTest.Failure(description: "n=\(n): fp16 path not taken (exact result)")) }
+      }
+      XCTAssertEqual((errors + failures.all).compactMap { $0 }.map(message), [String]())
+    }
+  }
+
+  func testDoubleSumIsExactForCounts() {
+    let n = 6
+    let (fabric, options) = inProcessGroups(n)
+    let out = ResultBox(n)
+    let errors = runRanks(n) { r in
+      let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+      var metrics: [Double] = [Double(r) * 1e9 + 1, 0.5]
+      try g.allreduceSum(&metrics, count: 2)
+      if metrics != [15e9 + 6, 3] { out.set(r, CollectiveSelfTest.Failure(description: "rank \(r): \(metrics)")) }
+    }
+    XCTAssertEqual((errors + out.all).compactMap { $0 }.map(message), [String]())
+  }
+}
+
+final class OutputBox: @unchecked Sendable {
+  private let lock = NSLock()
+  private var values: [[Float]]
+  init(_ n: Int) { values = Array(repeating: [], count: n) }
+  func set(_ r: Int, _ v: [Float]) { lock.lock(); values[r] = v; lock.unlock() }
+  var all: [[Float]] { lock.lock(); defer { lock.unlock() }; return values }
+}
