@@ -41,3 +41,25 @@ bench: build
 
 clean:
 	rm -rf .build
+
+# Input-pipeline throughput: our train and eval preprocessing (1 thread and all threads) beside
+# ../shared/baselines/jpeg_pipeline.py (Pillow) on the same ~500×375 photo-like JPEGs, which that
+# script writes with --save-dir (without Pillow, `dataset bench` writes synthetic ones and skips it).
+BENCH_JPEGS   ?= /tmp/mnv2-bench-jpegs
+DATA_BASELINE ?= ../shared/baselines/jpeg_pipeline.py
+.PHONY: bench-data proto
+bench-data: deps
+	$(SWIFT) build $(SWIFT_FLAGS) --product dataset
+	@if [ ! -d $(BENCH_JPEGS) ] && $(BENCH_PY) -c "import PIL, numpy" 2>/dev/null; then \
+	  echo "writing test JPEGs with $(DATA_BASELINE) --save-dir $(BENCH_JPEGS)"; \
+	  $(BENCH_PY) $(DATA_BASELINE) --save-dir $(BENCH_JPEGS) --passes 1 --warmup 1 > /dev/null; fi
+	$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path)/dataset bench --dir $(BENCH_JPEGS) \
+	  --python $(BENCH_PY) --baseline $(DATA_BASELINE)
+
+# Regenerates the committed Swift code of tf.train.Example from Sources/DataPipeline/Proto
+# (needs protoc and protoc-gen-swift 1.39.0 from apple/swift-protobuf; builds and tests never do).
+PROTOC_GEN_SWIFT ?= $(shell command -v protoc-gen-swift)
+proto:
+	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Public \
+	  --swift_out=Sources/DataPipeline/Generated -I Sources/DataPipeline/Proto \
+	  Sources/DataPipeline/Proto/feature.proto Sources/DataPipeline/Proto/example.proto

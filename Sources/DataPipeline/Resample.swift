@@ -21,7 +21,8 @@ public struct ColorDistortion: Equatable, Sendable {
     r += brightnessDelta; g += brightnessDelta; b += brightnessDelta
     let mx = max(r, max(g, b)), mn = min(r, min(g, b))
     guard mx > mn else { return }
-    let f = mx > 0 ? min(saturation, mx / (mx - mn)) : 0
+    // f = min(s, mx / (mx − mn)) without a division in the common unclipped case.
+    let f = mx <= 0 ? 0 : saturation * (mx - mn) <= mx ? saturation : mx / (mx - mn)
     r = mx - (mx - r) * f
     g = mx - (mx - g) * f
     b = mx - (mx - b) * f
@@ -63,43 +64,53 @@ struct Taps {
   }
 }
 
-/// Writes `outHeight × outWidth × 3` floats in [−1, 1] to `dst`.
+/// Writes `outHeight × outWidth × 3` floats in [−1, 1] to `dst`. Separable: each output row
+/// first blends its two source rows over the columns the row's taps touch (a contiguous,
+/// vectorizable u8 → f32 loop), then blends two columns per output pixel and applies colour
+/// and normalization. Same result as TF's horizontal-then-vertical order up to float rounding.
 public func resampleNormalize(src: UnsafePointer<UInt8>, srcWidth: Int, srcHeight: Int, region: Region,
                               dst: UnsafeMutablePointer<Float>, outWidth: Int, outHeight: Int,
                               flip: Bool, color: ColorDistortion?) {
   let cols = Taps(start: region.x, length: region.width, output: outWidth, limit: srcWidth, flip: flip)
   let rows = Taps(start: region.y, length: region.height, output: outHeight, limit: srcHeight)
   let stride = srcWidth * 3
-  cols.lo.withUnsafeBufferPointer { x0s in
-  cols.hi.withUnsafeBufferPointer { x1s in
+  let c0 = min(cols.lo.min() ?? 0, cols.hi.min() ?? 0), c1 = max(cols.lo.max() ?? 0, cols.hi.max() ?? 0)
+  let span = (c1 - c0 + 1) * 3
+  let row = UnsafeMutablePointer<Float>.allocate(capacity: span)
+  defer { row.deallocate() }
+  // Tap offsets into `row`, in floats.
+  let a = cols.lo.map { ($0 - c0) * 3 }, b = cols.hi.map { ($0 - c0) * 3 }
+  a.withUnsafeBufferPointer { a in
+  b.withUnsafeBufferPointer { b in
   cols.frac.withUnsafeBufferPointer { fxs in
     for oy in 0..<outHeight {
-      let top = src + rows.lo[oy] * stride
-      let bottom = src + rows.hi[oy] * stride
+      let top = src + rows.lo[oy] * stride + c0 * 3
+      let bottom = src + rows.hi[oy] * stride + c0 * 3
       let fy = rows.frac[oy]
-      var out = dst + oy * outWidth * 3
-      @inline(__always) func sample(_ ox: Int, _ c: Int) -> Float {
-        let a = x0s[ox] * 3 + c, b = x1s[ox] * 3 + c, fx = fxs[ox]
-        let t0 = Float(top[a]), t1 = Float(top[b]), b0 = Float(bottom[a]), b1 = Float(bottom[b])
-        let t = t0 + (t1 - t0) * fx
-        let u = b0 + (b1 - b0) * fx
-        return t + (u - t) * fy
+      for i in 0..<span {
+        let t = Float(top[i])
+        row[i] = t + (Float(bottom[i]) - t) * fy
       }
+      var out = dst + oy * outWidth * 3
       if let color = color {
         for ox in 0..<outWidth {
-          var r = sample(ox, 0) * (1 / 255), g = sample(ox, 1) * (1 / 255), b = sample(ox, 2) * (1 / 255)
-          color.apply(&r, &g, &b)
+          let p = row + a[ox], q = row + b[ox], fx = fxs[ox]
+          var r = (p[0] + (q[0] - p[0]) * fx) * (1 / 255)
+          var g = (p[1] + (q[1] - p[1]) * fx) * (1 / 255)
+          var bl = (p[2] + (q[2] - p[2]) * fx) * (1 / 255)
+          color.apply(&r, &g, &bl)
           out[0] = min(max(r, 0), 1) * 2 - 1
           out[1] = min(max(g, 0), 1) * 2 - 1
-          out[2] = min(max(b, 0), 1) * 2 - 1
+          out[2] = min(max(bl, 0), 1) * 2 - 1
           out += 3
         }
       } else {
         // Bilinear values stay in [0, 255]: no clip needed.
         for ox in 0..<outWidth {
-          out[0] = sample(ox, 0) * (2 / 255) - 1
-          out[1] = sample(ox, 1) * (2 / 255) - 1
-          out[2] = sample(ox, 2) * (2 / 255) - 1
+          let p = row + a[ox], q = row + b[ox], fx = fxs[ox]
+          out[0] = (p[0] + (q[0] - p[0]) * fx) * (2 / 255) - 1
+          out[1] = (p[1] + (q[1] - p[1]) * fx) * (2 / 255) - 1
+          out[2] = (p[2] + (q[2] - p[2]) * fx) * (2 / 255) - 1
           out += 3
         }
       }

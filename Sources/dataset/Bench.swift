@@ -1,0 +1,131 @@
+// `dataset bench`: images/s of our train and eval preprocessing (JPEG bytes in memory →
+// 224×224×3 float32 in [−1, 1]) with 1 thread and all threads, beside the Pillow baseline
+// (../shared/baselines/jpeg_pipeline.py) on the same files, as a ratio per thread.
+import ArgumentParser
+import DataPipeline
+import Dispatch
+import Foundation
+
+struct BenchCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "bench", abstract: "Input-pipeline throughput beside Pillow (make bench-data).")
+
+  @Option(help: "Folder of JPEGs (made by jpeg_pipeline.py --save-dir); generated here if missing.")
+  var dir = "/tmp/mnv2-bench-jpegs"
+  @Option(help: "Timed passes over all images (the median is reported).") var passes = 5
+  @Option(help: "Threads for the all-threads figure (default: all cores).") var threads: Int?
+  @Option(help: "Output side.") var size = 224
+  @Option(help: "Python with Pillow for the baseline.") var python: String?
+  @Option(help: "Path of jpeg_pipeline.py.") var baseline = "../shared/baselines/jpeg_pipeline.py"
+  @Flag(help: "Training without colour distortion (what Pillow's train pipeline does).") var noColor = false
+  @Flag(help: "Decode at full size always (no DCT scaling).") var noDctScaling = false
+
+  mutating func run() throws {
+    let images = try loadOrMake()
+    let all = threads ?? ProcessInfo.processInfo.activeProcessorCount
+    let meanKiB = Double(images.reduce(0) { $0 + $1.count }) / Double(images.count) / 1024
+    print("input: \(images.count) JPEGs from \(dir), mean \(String(format: "%.1f", meanKiB)) KiB; output \(size)×\(size)×3 float32; median of \(passes) passes")
+    var ours = [String: Double]()
+    for (name, training) in [("train", true), ("eval", false)] {
+      for t in Set([1, all]).sorted() {
+        let (rates, scales) = measure(images, training: training, threads: t)
+        let median = rates.sorted()[rates.count / 2]
+        ours["\(name)/\(t)"] = median
+        let note = training && t == 1 ? "  DCT scales: " + scales.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") : ""
+        print(String(format: "ours %-5@ %d thread%@ %8.1f img/s  (%8.1f per thread)  passes: %@%@", name, t, t == 1 ? " " : "s",
+                     median, median / Double(t), rates.map { String(format: "%.0f", $0) }.joined(separator: " "), note))
+      }
+    }
+    guard let py = python, FileManager.default.isExecutableFile(atPath: py),
+          FileManager.default.fileExists(atPath: baseline) else {
+      print("Pillow baseline skipped: need --python (a Python with Pillow, numpy) and \(baseline)")
+      return
+    }
+    let check = Process()
+    check.executableURL = URL(fileURLWithPath: py)
+    check.arguments = ["-c", "import PIL, numpy"]
+    check.standardError = FileHandle.nullDevice
+    try check.run(); check.waitUntilExit()
+    if check.terminationStatus != 0 {
+      print("Pillow baseline skipped: \(py) cannot import PIL and numpy (see ../shared/baselines/README.md)")
+      return
+    }
+    print("running the Pillow baseline (one thread) on the same files ...")
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: py)
+    p.arguments = [baseline, "--dir", dir, "--passes", String(passes)]
+    let out = Pipe()
+    p.standardOutput = out
+    try p.run()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    for line in text.split(separator: "\n") { print("  pillow| " + line) }
+    guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("images_per_s") }) else {
+      print("could not read the baseline's result line")
+      return
+    }
+    var pillow = [String: Double]()
+    let words = line.split(separator: " ").map(String.init)
+    for i in stride(from: 1, to: words.count - 1, by: 2) { pillow[words[i]] = Double(words[i + 1]) }
+    print("per-thread ratios, ours ÷ Pillow (target ≥ 1.5):")
+    for (name, key) in [("train", "train"), ("train", "train_draft"), ("eval", "eval")] {
+      guard let base = pillow[key], base > 0 else { continue }
+      let one = ours["\(name)/1"]!, many = ours["\(name)/\(all)"]! / Double(all)
+      print(String(format: "  %-5@ vs Pillow %-11@ %7.1f img/s: 1 thread %.2f×, %d threads %.2f× per thread", name, key, base,
+                   one / base, all, many / base))
+    }
+  }
+
+  /// Images/s per pass, and the DCT scales used (training, first pass).
+  func measure(_ images: [Data], training: Bool, threads: Int) -> ([Double], [String: Int]) {
+    var options = PreprocessOptions(width: size, height: size, training: training)
+    options.colorDistortion = !noColor
+    options.dctScaling = !noDctScaling
+    let workers = (0..<threads).map { _ in Preprocessor(options: options) }
+    let floats = size * size * 3
+    let outputs = (0..<threads).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: floats) }
+    defer { outputs.forEach { $0.deallocate() } }
+    func pass(_ p: Int, _ list: ArraySlice<Data>) {
+      DispatchQueue.concurrentPerform(iterations: threads) { t in
+        var i = list.startIndex + t
+        while i < list.endIndex {
+          var rng = ExampleRandom(seed: 0, epoch: p, stream: .augment, index: i)
+          _ = try? list[i].withUnsafeBytes { try workers[t].process(jpeg: $0, rng: &rng, into: outputs[t]) }
+          i += threads
+        }
+      }
+    }
+    pass(-1, images.prefix(20 * threads))  // warm-up
+    var rates = [Double]()
+    for p in 0..<passes {
+      let start = DispatchTime.now().uptimeNanoseconds
+      pass(p, images[...])
+      rates.append(Double(images.count) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
+    }
+    var scales = [String: Int]()
+    for w in workers { for (k, v) in w.scaleCounts { scales[k, default: 0] += v } }
+    return (rates, scales)
+  }
+
+  /// The JPEGs in `dir`, or (when there are none) a generated set of 200 smooth 500×375 images.
+  func loadOrMake() throws -> [Data] {
+    let fm = FileManager.default
+    let names = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).sorted()
+      .filter { ["jpg", "jpeg"].contains(($0 as NSString).pathExtension.lowercased()) }
+    if !names.isEmpty {
+      return try names.map { try Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent($0))) }
+    }
+    print("note: no JPEGs in \(dir); writing 200 smooth synthetic 500×375 JPEGs there (photos from jpeg_pipeline.py --save-dir are more realistic)")
+    try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    var o = SyntheticOptions()
+    o.width = 500; o.height = 375; o.quality = 90
+    let codec = JPEGCodec()
+    return try (0..<200).map { i in
+      let px = Synthetic.image(index: i, options: o).pixels
+      let data = try px.withUnsafeBytes { try codec.compress($0, width: 500, height: 375, input: .rgb, quality: 90,
+                                                             subsampling: 2 /* TJSAMP_420 */) }
+      try data.write(to: URL(fileURLWithPath: (dir as NSString).appendingPathComponent(String(format: "img%04d.jpg", i))))
+      return data
+    }
+  }
+}
