@@ -92,7 +92,8 @@ let distributedTargets: [Target] = [
 let package = Package(
   name: "MobileNetV2Trainer",
   platforms: [.macOS(.v13)],
-  products: ["Kernels", "MobileNet", "Checkpoint", "Training"].map { .library(name: $0, targets: [$0]) },
+  products: ["Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs"]
+    .map { .library(name: $0, targets: [$0]) },
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),

@@ -28,6 +28,8 @@ public struct LoaderConfig: Sendable {
   public var prefetchBatches = 2
   public var centralFraction = 0.875
   public var colorDistortion = true
+  /// The training crop's sample_distorted_bounding_box parameters (slim's defaults).
+  public var crop = DistortedCropOptions()
   /// Skip records whose CRC or Example is bad (counted and warned) instead of stopping.
   public var skipCorruptRecords = false
   /// Training shuffle-buffer size in records (TFRecord layouts; image folders shuffle fully).
@@ -49,6 +51,7 @@ public struct LoaderConfig: Sendable {
     var o = PreprocessOptions(width: imageSize, height: imageSize, training: training)
     o.centralFraction = centralFraction
     o.colorDistortion = colorDistortion
+    o.crop = crop
     o.dctScaling = dctScaling
     return o
   }

@@ -76,6 +76,10 @@ public struct TrainFlags: ParsableArguments {
   public var threads: Int?
   @Flag(name: .customLong("no-color-distortion"), help: "Turn off brightness/saturation distortion.")
   public var noColorDistortion = false
+  @Option(name: .seed("min-object-covered"), help: "Training crop: smallest fraction of the image a crop covers (slim: 0.1).")
+  public var minObjectCovered: Float = 0.1
+  @Option(name: .seed("min-crop-area"), help: "Training crop: smallest crop area as a fraction of the image (slim: 0.05).")
+  public var minCropArea: Float = 0.05
   @Flag(name: .customLong("no-overlap"), help: "Allreduce after backward instead of overlapping with it.")
   public var noOverlap = false
   @Flag(name: .customLong("fp16-allreduce"), help: "Send gradients as fp16 on the wire.")
@@ -97,6 +101,8 @@ public struct TrainFlags: ParsableArguments {
       throw ValidationError("--preprocessing-name \(preprocessingName): only TF-slim inception preprocessing is provided (\(Self.preprocessingNames.joined(separator: ", ")))")
     }
     if batchSize < 1 { throw ValidationError("--batch-size must be positive") }
+    if !(minCropArea > 0 && minCropArea <= 1) { throw ValidationError("--min-crop-area must be in (0, 1]") }
+    if !(minObjectCovered >= 0 && minObjectCovered <= 1) { throw ValidationError("--min-object-covered must be in [0, 1]") }
     if !(batchNormDecay > 0 && batchNormDecay < 1) { throw ValidationError("--batch-norm-decay must be in (0, 1)") }
   }
 

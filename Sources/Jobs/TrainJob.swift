@@ -27,6 +27,8 @@ public enum TrainJob {
     lc.numClasses = flags.numClasses
     lc.colorDistortion = !flags.noColorDistortion
     lc.skipCorruptRecords = flags.skipCorruptRecords
+    lc.crop.minObjectCovered = flags.minObjectCovered
+    lc.crop.areaRange = flags.minCropArea...1.0
     // Data errors (missing directory, empty split, labels out of range) stop here, before any socket.
     let loader = try DataLoader(lc)
 
