@@ -42,6 +42,26 @@ bench: build
 clean:
 	rm -rf .build
 
+# Allreduce bandwidth at 2 and 8 ranks (ZeroMQ ring through launch/worker, free loopback ports),
+# then ../shared/baselines/gloo_allreduce.py for the same sizes when $(BENCH_PY) has torch.
+# busbw = algbw·2(n−1)/n; medians of the slowest rank per op.
+ALLREDUCE_SIZES ?= 64K,256K,1M,4M,16M,64M
+BASELINES       ?= ../shared/baselines
+.PHONY: bench-allreduce
+bench-allreduce: deps
+	$(SWIFT) build $(SWIFT_FLAGS) --product launch
+	$(SWIFT) build $(SWIFT_FLAGS) --product worker
+	@bin=$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path); logs=$$(mktemp -d); status=0; \
+	for n in 2 8; do \
+	  echo "== ours: $$n ranks, ZeroMQ ring on 127.0.0.1"; \
+	  $$bin/launch --local-ranks $$n --base-port 0 --log-dir $$logs/$$n -- --bench --sizes $(ALLREDUCE_SIZES) \
+	    | grep -v -e '^launch:' -e '^worker pid' || status=1; \
+	  if $(BENCH_PY) -c "import torch" 2>/dev/null; then \
+	    echo "== baseline: torch.distributed gloo, $$n ranks"; \
+	    $(BENCH_PY) $(BASELINES)/gloo_allreduce.py --nprocs $$n --sizes $(ALLREDUCE_SIZES) | tail -n +2 || status=1; \
+	  else echo "baseline skipped: $(BENCH_PY) cannot import torch (see $(BASELINES)/README.md)"; fi; \
+	done; rm -rf $$logs; exit $$status
+
 # Input-pipeline throughput: our train and eval preprocessing (1 thread and all threads) beside
 # ../shared/baselines/jpeg_pipeline.py (Pillow) on the same ~500×375 photo-like JPEGs, which that
 # script writes with --save-dir (without Pillow, `dataset bench` writes synthetic ones and skips it).

@@ -43,6 +43,8 @@ public final class Launcher {
   public static let defaultGracePeriod = 5.0
   /// Supervision tick: how often exits are checked while no output arrives.
   static let tickMilliseconds: Int32 = 100
+  /// Seconds of failures collected after the first one, to find the root cause among them.
+  static let rootCauseWindow = 0.5
   /// Lines of a failed rank's log printed as the root cause.
   public static let tailLines = 20
   /// Console forwarding: other ranks' lines containing one of these (case-insensitive).
@@ -147,9 +149,16 @@ public final class Launcher {
         stop(workers, reason: "signal \(sig)")
         return .interrupted(sig)
       }
-      let newlyFailed = workers.filter { $0.status.map { $0 != 0 } ?? false }
-      if !newlyFailed.isEmpty {
-        failures = newlyFailed
+      if workers.contains(where: { $0.status.map { $0 != 0 } ?? false }) {
+        // A dead rank's neighbours notice its closed sockets while the kernel is still tearing
+        // it down, so they may exit first: collect the failures of a short window before
+        // naming the root cause (and before stopping anyone).
+        let settle = Date(timeIntervalSinceNow: Self.rootCauseWindow)
+        while Date() < settle && workers.contains(where: { $0.status == nil }) {
+          pump(workers, milliseconds: 20)
+          reap(workers)
+        }
+        failures = workers.filter { $0.status.map { $0 != 0 } ?? false }
         break
       }
     }

@@ -82,6 +82,11 @@ public struct WorkerContext: Sendable {
     let me = table.devices[rank]
     let local = table.devices(onServer: me.serverID)
     let localWorldSize = try int(.localWorldSize) ?? local.count
+    if value(.security) == nil {
+      // Default: PLAIN on loopback (only root could see the traffic, and root can read the secret
+      // from any process anyway); CURVE's encryption wherever traffic leaves the host.
+      options.security = table.devices.allSatisfy { LocalAddress.isLoopback($0.address) } ? .plain : .curve
+    }
     if table.worldSize > 1 && secret == nil {
       throw RankTableError("no job secret: start workers with launch, or set \(ContractKey.jobSecretFile.rawValue) "
                            + "to a 0600 file holding 64 hex digits")

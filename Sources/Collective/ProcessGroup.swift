@@ -140,6 +140,10 @@ public final class ProcessGroup: @unchecked Sendable {
       if let ring, !((error as? CollectiveError).map { if case .aborted = $0 { return true } else { return false } } ?? false) {
         ring.transport.abort("\(ring.transport.describe(rank: rank)): \(error)")
       }
+      // The group is dead; closing also releases any zero-copy reference to the caller's buffer
+      // before the caller sees the error (and perhaps frees the buffer).
+      isClosed = true
+      ring?.transport.close()
       throw error
     }
   }

@@ -34,7 +34,14 @@ struct Ring {
     }
   }
 
+  /// Native elements go zero-copy (the schedule never rewrites a segment before the ring has
+  /// consumed it, and every collective flushes before returning); fp16 is encoded into a copy.
   private func sendSegment<T: RingElement>(_ p: UnsafeMutablePointer<T>, _ seg: Range<Int>, wire: FloatWire, tag: UInt32) throws {
+    if wire == .float32 || T.self != Float.self {
+      try transport.send(tag: tag, referencing: UnsafeRawBufferPointer(start: p + seg.lowerBound,
+                                                                       count: seg.count * MemoryLayout<T>.stride))
+      return
+    }
     try transport.send(tag: tag, byteCount: seg.count * wire.bytesPerElement(for: T.self)) { dst in
       encode(p + seg.lowerBound, count: seg.count, wire: wire, into: dst.baseAddress!)
     }
@@ -75,6 +82,7 @@ struct Ring {
         if s < n - 2 { try sendSegment(p, seg, wire: wire, tag: tag) }
       }
     }
+    try transport.flush()
   }
 
   /// Copies root's buffer to every rank, pipelined along the ring (root → root+1 → …).
@@ -91,6 +99,7 @@ struct Ring {
       }
       if !isLast { try sendSegment(p, seg, wire: .float32, tag: tag) }
     }
+    try transport.flush()
   }
 
   /// Every rank's bytes, in rank order. Small messages (metadata), one message per block.

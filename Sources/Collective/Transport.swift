@@ -19,6 +19,10 @@ public protocol RingTransport: AnyObject {
   /// Sends one message whose payload `fill` writes (exactly `byteCount` bytes) to the next rank.
   /// May return before the peer has it; order is preserved.
   func send(tag: UInt32, byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws
+  /// Sends `bytes` without copying them: they must stay unchanged until `flush()` returned.
+  func send(tag: UInt32, referencing bytes: UnsafeRawBufferPointer) throws
+  /// Waits until the transport no longer refers to memory passed to `send(tag:referencing:)`.
+  func flush() throws
   /// Receives the next message from the previous rank, checks its tag and hands the payload to
   /// `consume` (valid only during the call). An abort message from the ring throws `.aborted`.
   func receive(tag: UInt32, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws

@@ -73,6 +73,8 @@ final class ZMQTransport: RingTransport {
   private var rightRefusals = 0
   private var rightRefusedUs: Bool { outboundCounts.live <= 0 && rightRefusals >= Self.refusalsBeforeGivingUp }
   private let log: (String) -> Void
+  /// Zero-copy sends whose memory libzmq has not released yet.
+  private let releases = ReleaseCounter()
   private var sent: UInt64 = 0
   private var received: UInt64 = 0
   private var timeout: Double
@@ -232,24 +234,76 @@ final class ZMQTransport: RingTransport {
 
   func setTimeout(_ seconds: Double, phase: String) { timeout = seconds; self.phase = phase }
 
+  // Messages are two frames: the header, then the payload. The payload frame of a segment refers
+  // to the caller's buffer (zero-copy, released through `releases`), or is a fresh copy.
+
   func send(tag: UInt32, byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws {
     try post(.data, tag: tag, byteCount: byteCount, fill)
   }
 
+  func send(tag: UInt32, referencing bytes: UnsafeRawBufferPointer) throws {
+    var payload = zmq_msg_t()
+    if bytes.isEmpty {
+      zmq_msg_init(&payload)
+    } else {
+      releases.add()
+      let hint = Unmanaged.passUnretained(releases).toOpaque()
+      let rc = zmq_msg_init_data(&payload, UnsafeMutableRawPointer(mutating: bytes.baseAddress), bytes.count,
+                                 { _, hint in Unmanaged<ReleaseCounter>.fromOpaque(hint!).takeUnretainedValue().release() }, hint)
+      guard rc == 0 else {
+        releases.release()
+        throw CollectiveError.transport("zmq_msg_init_data: \(zmqError())")
+      }
+    }
+    try transmit(.data, tag: tag, payload: &payload)
+  }
+
+  func flush() throws {
+    guard releases.wait(seconds: timeout) else {
+      throw CollectiveError.peerSilent(peer: describe(rank: right), seconds: timeout, phase: "\(phase) (sends not taken)")
+    }
+  }
+
   private func post(_ kind: WireKind, tag: UInt32, byteCount: Int,
                     _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws {
-    guard let push = outbound else { throw CollectiveError.invalidArgument("transport closed") }
-    try drainMonitors()
-    if rightLost || rightRefusedUs { throw rightFailure() }
-    var msg = zmq_msg_t()
-    guard zmq_msg_init_size(&msg, WireHeader.byteCount + byteCount) == 0 else {
+    var payload = zmq_msg_t()
+    guard zmq_msg_init_size(&payload, byteCount) == 0 else {
       throw CollectiveError.transport("cannot allocate a \(byteCount)-byte message: \(zmqError())")
     }
-    let base = zmq_msg_data(&msg)!
-    WireHeader(kind: kind.rawValue, tag: tag, index: sent).write(to: base)
-    fill(UnsafeMutableRawBufferPointer(start: base + WireHeader.byteCount, count: byteCount))
+    if byteCount > 0 { fill(UnsafeMutableRawBufferPointer(start: zmq_msg_data(&payload), count: byteCount)) }
+    try transmit(kind, tag: tag, payload: &payload)
+  }
+
+  /// Sends the header frame and `payload` (which it consumes, also on error).
+  private func transmit(_ kind: WireKind, tag: UInt32, payload: inout zmq_msg_t) throws {
+    guard let push = outbound else {
+      zmq_msg_close(&payload)
+      throw CollectiveError.invalidArgument("transport closed")
+    }
+    do {
+      try drainMonitors()
+      if rightLost || rightRefusedUs { throw rightFailure() }
+    } catch {
+      zmq_msg_close(&payload)
+      throw error
+    }
+    var head = zmq_msg_t()
+    zmq_msg_init_size(&head, WireHeader.byteCount)
+    WireHeader(kind: kind.rawValue, tag: tag, index: sent).write(to: zmq_msg_data(&head)!)
+    do {
+      try sendFrame(&head, on: push, more: true)
+    } catch {
+      zmq_msg_close(&payload)
+      throw error
+    }
+    try sendFrame(&payload, on: push, more: false)
+    sent += 1
+  }
+
+  /// Queues one frame (libzmq owns it afterwards); on error the frame is closed.
+  private func sendFrame(_ msg: inout zmq_msg_t, on push: UnsafeMutableRawPointer, more: Bool) throws {
     let deadline = Date(timeIntervalSinceNow: timeout)
-    while zmq_msg_send(&msg, push, ZMQ_DONTWAIT) < 0 {
+    while zmq_msg_send(&msg, push, ZMQ_DONTWAIT | (more ? ZMQ_SNDMORE : 0)) < 0 {
       let code = zmq_errno()
       guard code == EAGAIN || code == EINTR else {
         zmq_msg_close(&msg)
@@ -263,16 +317,16 @@ final class ZMQTransport: RingTransport {
         throw error
       }
     }
-    sent += 1
   }
 
   func receive(tag: UInt32, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws {
     guard let pull = inbound else { throw CollectiveError.invalidArgument("transport closed") }
-    var msg = zmq_msg_t()
+    var head = zmq_msg_t(), msg = zmq_msg_t()
+    zmq_msg_init(&head)
     zmq_msg_init(&msg)
-    defer { zmq_msg_close(&msg) }
+    defer { zmq_msg_close(&head); zmq_msg_close(&msg) }
     let deadline = Date(timeIntervalSinceNow: timeout)
-    while zmq_msg_recv(&msg, pull, ZMQ_DONTWAIT) < 0 {
+    while zmq_msg_recv(&head, pull, ZMQ_DONTWAIT) < 0 {
       let code = zmq_errno()
       guard code == EAGAIN || code == EINTR else {
         throw CollectiveError.transport("receive from \(describe(rank: left)) failed: \(zmqError(code))")
@@ -280,17 +334,20 @@ final class ZMQTransport: RingTransport {
       try drainMonitors()
       if leftLost {
         // Data that arrived before the disconnect is still queued: take it first.
-        if zmq_msg_recv(&msg, pull, ZMQ_DONTWAIT) >= 0 { break }
+        if zmq_msg_recv(&head, pull, ZMQ_DONTWAIT) >= 0 { break }
         throw CollectiveError.peerLost(peer: describe(rank: left), detail: "the connection closed (the process exited, was killed, or stopped answering heartbeats)")
       }
       if rightRefusedUs { throw rightFailure() }
       try wait(for: pull, events: Int16(ZMQ_POLLIN), until: deadline)
     }
-    let payload = UnsafeRawBufferPointer(start: zmq_msg_data(&msg), count: zmq_msg_size(&msg))
-    let header = WireHeader.read(payload)
+    // Multipart messages arrive whole: the payload frame is already here.
+    guard zmq_msg_more(&head) != 0, zmq_msg_recv(&msg, pull, ZMQ_DONTWAIT) >= 0 else {
+      throw CollectiveError.protocolViolation("a message from \(describe(rank: left)) has no payload frame")
+    }
+    let header = WireHeader.read(UnsafeRawBufferPointer(start: zmq_msg_data(&head), count: zmq_msg_size(&head)))
     try validate(header, expectedTag: tag, expectedIndex: received, from: describe(rank: left))
     received += 1
-    let body = UnsafeRawBufferPointer(rebasing: payload[WireHeader.byteCount...])
+    let body = UnsafeRawBufferPointer(start: zmq_msg_data(&msg), count: zmq_msg_size(&msg))
     if header!.kind == WireKind.abort.rawValue {
       let reason = String(decoding: body, as: UTF8.self)
       abort(reason)
@@ -404,6 +461,29 @@ final class ZMQTransport: RingTransport {
   }
 
   deinit { close() }
+}
+
+/// Counts zero-copy messages in flight; libzmq's I/O thread calls `release` when done with one.
+final class ReleaseCounter: @unchecked Sendable {
+  private let cond = NSCondition()
+  private var outstanding = 0
+
+  func add() { cond.lock(); outstanding += 1; cond.unlock() }
+
+  func release() {
+    cond.lock()
+    outstanding -= 1
+    if outstanding == 0 { cond.broadcast() }
+    cond.unlock()
+  }
+
+  /// True once nothing is outstanding; false if `seconds` passed first.
+  func wait(seconds: Double) -> Bool {
+    let deadline = Date(timeIntervalSinceNow: seconds)
+    cond.lock(); defer { cond.unlock() }
+    while outstanding > 0 { if !cond.wait(until: deadline) { return outstanding == 0 } }
+    return true
+  }
 }
 
 /// Handshake outcomes and disconnections of one socket (see ZMQTransport's bookkeeping note).

@@ -21,7 +21,7 @@ struct Launch: ParsableCommand {
   var maxRestarts = 0
   @Option(help: "Log directory (default result/<N>p); rank r logs to <dir>/<r>/worker.log.")
   var logDir: String?
-  @Option(help: "Port of rank r when the table has no device_port: base + r.")
+  @Option(help: "Port of rank r when the table has no device_port: base + r (with --local-ranks, 0 = free ports).")
   var basePort = RankTable.defaultBasePort
   @Option(help: "The worker executable (default: `worker` next to launch).")
   var worker: String?
@@ -35,7 +35,7 @@ struct Launch: ParsableCommand {
   var connectTimeout: Double?
   @Option(help: "Seconds a collective waits for a neighbour once running (default \(Int(GroupOptions.defaultRunningTimeout))).")
   var runningTimeout: Double?
-  @Option(help: "curve (encrypted, default) or plain (password only; trusted networks).")
+  @Option(help: "curve (encrypted) or plain (password only); default: plain if every device address is loopback, else curve.")
   var security: String?
   @Option(help: "Seconds between SIGTERM and SIGKILL when stopping workers.")
   var gracePeriod = Launcher.defaultGracePeriod
@@ -54,6 +54,11 @@ struct Launch: ParsableCommand {
     var tablePath: String
     let table: RankTable
     if let n = localRanks {
+      var basePort = self.basePort
+      if basePort == 0 {
+        guard let free = LoopbackPorts.findFree(count: n) else { throw ValidationError("no \(n) free consecutive ports on 127.0.0.1") }
+        basePort = free
+      }
       let dir = logDir ?? defaultLogDir(worldSize: n)
       try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
       tablePath = "\(dir)/rank_table.json"

@@ -27,6 +27,8 @@ struct Worker: ParsableCommand {
   var sizes = "64K,1M,4M,16M,64M"
   @Flag(help: "Benchmark with fp16 wire compression.")
   var fp16 = false
+  @Option(help: "Ring segment size in bytes (default \(GroupOptions.defaultSegmentBytes); tuning).")
+  var segmentBytes: Int?
   @Option(help: "Extra text in the model signature (tests: a mismatching model).")
   var signatureSalt = ""
   @Option(help: "Seconds to wait for the ring to form (default \(Int(GroupOptions.defaultConnectTimeout)), or MNV2_CONNECT_TIMEOUT).")
@@ -37,7 +39,7 @@ struct Worker: ParsableCommand {
   var fault: String?
   @Option(help: "Rank that injects the fault.")
   var faultRank = 0
-  @Option(help: "Seconds after start at which the fault happens.")
+  @Option(help: "Seconds after the self-test at which the fault happens.")
   var faultAfter = 1.0
   @Option(help: "Inject the fault only in this launch restart (MNV2_RESTART_COUNT).")
   var faultRestart = 0
@@ -53,11 +55,11 @@ struct Worker: ParsableCommand {
     say("worker pid \(getpid()) rank \(ctx.rank)/\(ctx.worldSize) device \(ctx.deviceID) local \(ctx.localRank)/\(ctx.localWorldSize) "
         + "threads \(ctx.threads) job \(ctx.jobID) restart \(ctx.restartCount)")
     if ctx.worldSize == 1, let r = rank, r != 0 { say("note: no rank table, so running alone as rank 0 of 1 (--rank \(r) ignored)") }
-    if let fault, ctx.rank == faultRank, ctx.restartCount == faultRestart { scheduleFault(fault) }
 
     var options = ctx.groupOptions
     if let t = connectTimeout { options.connectTimeout = t }
     if let t = runningTimeout { options.runningTimeout = t }
+    if let b = segmentBytes { options.segmentBytes = b }
     let counts = self.counts.split(separator: ",").compactMap { Int($0) }
     let signature: ModelSignature = [("selftest/buffer\(signatureSalt)", counts.max() ?? 0)]
     do {
@@ -68,6 +70,8 @@ struct Worker: ParsableCommand {
         try CollectiveSelfTest.benchmark(group, sizes: sizes, fp16: fp16) { if group.rank == 0 { say($0) } }
       } else {
         try CollectiveSelfTest.run(group, counts: counts, log: say)
+        // Faults start once the group runs, so that they hit the allreduce loop.
+        if let fault, ctx.rank == faultRank, ctx.restartCount == faultRestart { scheduleFault(fault) }
         if loopSeconds > 0 { try CollectiveSelfTest.loop(group, count: loopCount, seconds: loopSeconds, log: say) }
       }
     } catch let e as CollectiveError {

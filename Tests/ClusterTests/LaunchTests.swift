@@ -56,7 +56,7 @@ final class LaunchTests: XCTestCase {
   func testKilledRankStopsEveryoneAndIsNamedAsTheRootCause() throws {
     let base = try XCTUnwrap(LoopbackPorts.findFree(count: 4))
     let r = try runProcess(launch, ["--local-ranks", "4", "--base-port", "\(base)", "--log-dir", logDir] + Self.timeoutFlags
-                    + ["--", "--counts", "1000", "--loop-seconds", "60", "--fault", "kill", "--fault-rank", "2", "--fault-after", "1.5"],
+                    + ["--", "--counts", "1000", "--loop-seconds", "60", "--fault", "kill", "--fault-rank", "2", "--fault-after", "0.5"],
                     timeout: 60)
     XCTAssertNotEqual(r.status, 0)
     XCTAssertLessThan(r.seconds, 15, "launch must stop the job within seconds")
@@ -71,7 +71,7 @@ final class LaunchTests: XCTestCase {
   func testStoppedRankIsNamedByEveryRank() throws {
     let base = try XCTUnwrap(LoopbackPorts.findFree(count: 3))
     let r = try runProcess(launch, ["--local-ranks", "3", "--base-port", "\(base)", "--log-dir", logDir] + Self.timeoutFlags
-                    + ["--", "--counts", "1000", "--loop-seconds", "60", "--fault", "stop", "--fault-rank", "1", "--fault-after", "1.5"],
+                    + ["--", "--counts", "1000", "--loop-seconds", "60", "--fault", "stop", "--fault-rank", "1", "--fault-after", "0.5"],
                     timeout: 60)
     XCTAssertNotEqual(r.status, 0)
     XCTAssertLessThan(r.seconds, 20)

@@ -63,9 +63,7 @@ final class ZMQTransportTests: XCTestCase {
     for security in [SecurityMode.curve, .plain] {
       let endpoints = try loopbackEndpoints(2)
       let secret = JobSecret.generate()
-      let ctx = zmq_ctx_new()!
-      var rogues: [UnsafeMutableRawPointer] = []
-      var rogueMonitors: [UnsafeMutableRawPointer] = []
+      let rogue = RogueSockets()
       let refused = ResultBox(2)
       let bad = ResultBox(2)
       let errors = runRanks(2) { r in
@@ -75,7 +73,7 @@ final class ZMQTransportTests: XCTestCase {
         if r == 0 {
           // Rogues, once the ring exists: the same wire header a real rank would send.
           for mechanism in ["null", "curve", "plain"] {
-            let s = zmq_socket(ctx, ZMQ_PUSH)!
+            let s = zmq_socket(rogue.context, ZMQ_PUSH)!
             var zero: Int32 = 0
             zmq_setsockopt(s, ZMQ_LINGER, &zero, 4)
             if mechanism == "curve" {
@@ -90,10 +88,10 @@ final class ZMQTransportTests: XCTestCase {
               zmq_setsockopt(s, ZMQ_PLAIN_PASSWORD, "guess", 5)
             }
             zmq_socket_monitor(s, "inproc://rogue.\(mechanism)", ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
-            let m = zmq_socket(ctx, ZMQ_PAIR)!
+            let m = zmq_socket(rogue.context, ZMQ_PAIR)!
             zmq_connect(m, "inproc://rogue.\(mechanism)")
             XCTAssertEqual(zmq_connect(s, "tcp://\(endpoints[0])"), 0)
-            rogues.append(s); rogueMonitors.append(m)
+            rogue.sockets.append(s); rogue.monitors.append(m)
             var junk = [UInt8](repeating: 0, count: 16 + 400)
             for i in 0..<16 { junk[i] = UInt8(i) }
             _ = zmq_send(s, &junk, junk.count, ZMQ_DONTWAIT)
@@ -111,15 +109,22 @@ final class ZMQTransportTests: XCTestCase {
         }
       }
       XCTAssertEqual((errors + bad.all + refused.all).compactMap { $0 }.map(message), [String](), "\(security)")
-      for m in rogueMonitors {  // no rogue ever completed a handshake
+      for m in rogue.monitors {  // no rogue ever completed a handshake
         var msg = zmq_msg_t()
         zmq_msg_init(&msg)
         XCTAssertEqual(zmq_msg_recv(&msg, m, ZMQ_DONTWAIT), -1, "a rogue completed a handshake (\(security))")
         zmq_msg_close(&msg)
       }
-      for s in rogues { zmq_socket_monitor(s, nil, 0); zmq_close(s) }
-      for m in rogueMonitors { zmq_close(m) }
-      zmq_ctx_term(ctx)
+      for s in rogue.sockets { zmq_socket_monitor(s, nil, 0); zmq_close(s) }
+      for m in rogue.monitors { zmq_close(m) }
+      zmq_ctx_term(rogue.context)
     }
   }
+}
+
+/// The rogue's sockets, created on rank 0's thread and closed by the test afterwards.
+final class RogueSockets: @unchecked Sendable {
+  let context = zmq_ctx_new()!
+  var sockets: [UnsafeMutableRawPointer] = []
+  var monitors: [UnsafeMutableRawPointer] = []
 }
