@@ -20,7 +20,12 @@ struct BenchCommand: ParsableCommand {
   @Flag(help: "Training without colour distortion (what Pillow's train pipeline does).") var noColor = false
   @Flag(help: "Decode at full size always (no DCT scaling).") var noDctScaling = false
 
+  @Option(help: "Instead: time one training epoch of the DataLoader over this dataset directory.")
+  var loaderDir: String?
+  @Option(help: "With --loader-dir: batch size.") var batchSize = 64
+
   mutating func run() throws {
+    if let d = loaderDir { return try benchLoader(d) }
     let images = try loadOrMake()
     let all = threads ?? ProcessInfo.processInfo.activeProcessorCount
     let meanKiB = Double(images.reduce(0) { $0 + $1.count }) / Double(images.count) / 1024
@@ -72,6 +77,28 @@ struct BenchCommand: ParsableCommand {
       if let m = oursAll[name] { line += String(format: ", %d threads %.2f× per thread", all, m / Double(all) / base) }
       print(line)
     }
+  }
+
+  /// Images/s of the whole loader (read, parse, decode, preprocess, batch) for one epoch.
+  func benchLoader(_ directory: String) throws {
+    var c = LoaderConfig(datasetDir: directory, split: "train", batchSize: batchSize, imageSize: size, training: true)
+    c.decodeThreads = threads
+    c.numClasses = Int(Int32.max)
+    let loader = try DataLoader(c)
+    let images = UnsafeMutablePointer<Float>.allocate(capacity: batchSize * size * size * 3)
+    let labels = UnsafeMutablePointer<Int32>.allocate(capacity: batchSize)
+    defer { images.deallocate(); labels.deallocate() }
+    loader.start(epoch: 0)
+    let start = DispatchTime.now().uptimeNanoseconds
+    var n = 0
+    while true {
+      let got = try loader.next(images: images, labels: labels)
+      if got == 0 { break }
+      n += got
+    }
+    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    print(String(format: "loader: %d examples in %.2f s = %.1f img/s with %d decode threads (%@ sharding, %dx%d output)",
+                 n, seconds, Double(n) / seconds, loader.decodeThreads, loader.shardingMode.rawValue, size, size))
   }
 
   func baselineAvailable() -> Bool {
