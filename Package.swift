@@ -83,7 +83,7 @@ let distributedTargets: [Target] = [
     "Cluster", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "worker", dependencies: [
-    "Cluster", "Collective", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Cluster", "Collective", "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .testTarget(name: "CollectiveTests", dependencies: ["Collective", "CZMQ"], swiftSettings: fastFlags),
   .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collective"], swiftSettings: fastFlags),

@@ -1,11 +1,12 @@
 // `worker`: one rank of a job. Reads its place from the contract `launch` wrote (or --rank and
-// --rank-table), joins the group (no sockets when alone) and, until the training loop of the
-// training issue is plugged in here, runs the collective self-test or the allreduce benchmark.
+// --rank-table), joins the group (no sockets when alone) and trains (the flags after `launch ... --`),
+// or with --self-test / --bench runs the collective self-test or the allreduce benchmark.
 
 import ArgumentParser
 import Cluster
 import Collective
 import Foundation
+import Jobs
 
 struct Worker: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -21,7 +22,9 @@ struct Worker: ParsableCommand {
   var loopCount = 100_000
   @Option(help: "Seconds of repeated allreduces after the self-test (for fault-injection tests).")
   var loopSeconds = 0.0
-  @Flag(help: "Run the allreduce benchmark instead of the self-test.")
+  @Flag(help: "Run the collective self-test instead of training.")
+  var selfTest = false
+  @Flag(help: "Run the allreduce benchmark instead of training.")
   var bench = false
   @Option(help: "Benchmark sizes in bytes (K/M binary units).")
   var sizes = "64K,1M,4M,16M,64M"
@@ -43,6 +46,8 @@ struct Worker: ParsableCommand {
   var faultAfter = 1.0
   @Option(help: "Inject the fault only in this launch restart (MNV2_RESTART_COUNT).")
   var faultRestart = 0
+  @OptionGroup(title: "Training (the seed's flags; each also in snake_case)")
+  var train: TrainFlags
 
   func run() throws {
     WorkerLifetime.bindToLauncher()
@@ -60,6 +65,16 @@ struct Worker: ParsableCommand {
     if let t = connectTimeout { options.connectTimeout = t }
     if let t = runningTimeout { options.runningTimeout = t }
     if let b = segmentBytes { options.segmentBytes = b }
+    if !selfTest && !bench {
+      do {
+        try TrainJob.run(flags: train, context: ctx, groupOptions: options)
+      } catch let e as CollectiveError {
+        fail("rank \(ctx.rank): \(e)", code: e.isCausedByPeer ? peerFailureExitCode : 1)
+      } catch {
+        fail("rank \(ctx.rank): \(error)", code: 1)
+      }
+      return
+    }
     let counts = self.counts.split(separator: ",").compactMap { Int($0) }
     let signature: ModelSignature = [("selftest/buffer\(signatureSalt)", counts.max() ?? 0)]
     do {

@@ -51,7 +51,7 @@ final class SmokeTrainingTests: XCTestCase {
   func testTwoRankTrainingResumeAndEvaluate() throws {
     var synth = SyntheticOptions()
     synth.classes = 4
-    synth.examples = 192
+    synth.examples = 512
     synth.width = 40
     synth.height = 40
     try Synthetic.write(to: "\(dir!)/data", split: "train", shards: 2, options: synth)
@@ -64,12 +64,12 @@ final class SmokeTrainingTests: XCTestCase {
       try run("launch", ["--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)",
                          "--log-dir", "\(dir!)/logs", "--connect-timeout", "60", "--running-timeout", "60", "--",
                          "--dataset-dir", "\(dir!)/data", "--model_name", "mobilenet_v2_035", "--num_classes", "4",
-                         "--image-size", "32", "--batch-size", "8", "--max-train-steps", "\(steps)",
-                         "--learning-rate", "0.02", "--learning-rate-decay-type", "fixed", "--batch-norm-decay", "0.9",
-                         "--train-dir", "\(dir!)/train", "--save-checkpoints-steps", "8", "--log-every-n-steps", "4",
+                         "--image-size", "32", "--batch-size", "16", "--max-train-steps", "\(steps)",
+                         "--learning-rate", "0.01", "--learning-rate-decay-type", "fixed", "--batch-norm-decay", "0.9",
+                         "--train-dir", "\(dir!)/train", "--save-checkpoints-steps", "15", "--log-every-n-steps", "10",
                          "--decode-threads", "1", "--iterations_per_loop", "10"])
     }
-    let (status, out) = try train(steps: 16)
+    let (status, out) = try train(steps: 30)
     XCTAssertEqual(status, 0, out)
     XCTAssertTrue(out.contains("step:"), "rank 0's log lines reach the console:\n\(out)")
     XCTAssertTrue(out.contains("iterations_per_loop is accepted"), out)
@@ -81,26 +81,26 @@ final class SmokeTrainingTests: XCTestCase {
     XCTAssertTrue(log0.contains("saved checkpoint"))
     XCTAssertFalse(log1.contains("saved checkpoint"))
     let ckpts = try FileManager.default.contentsOfDirectory(atPath: "\(dir!)/train").filter { $0.hasSuffix(".safetensors") }.sorted()
-    XCTAssertEqual(ckpts, ["model.ckpt-16.safetensors", "model.ckpt-8.safetensors"])
+    XCTAssertEqual(ckpts, ["model.ckpt-15.safetensors", "model.ckpt-30.safetensors"])
 
     // Loss falls: the first logged window against the last.
     let metrics = try String(contentsOfFile: "\(dir!)/train/metrics.jsonl", encoding: .utf8)
       .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
     let losses = metrics.map { $0["loss"] as! Double }
-    XCTAssertEqual(metrics.count, 4)
+    XCTAssertEqual(metrics.count, 3)
     XCTAssertLessThan(losses.last!, losses.first!, "loss did not fall: \(losses)")
 
-    // Resume from step 16 to 24.
-    let (status2, out2) = try train(steps: 24)
+    // Resume from step 30 to 40.
+    let (status2, out2) = try train(steps: 40)
     XCTAssertEqual(status2, 0, out2)
-    XCTAssertTrue(out2.contains("resumed from") && out2.contains("model.ckpt-16.safetensors"), out2)
-    XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir!)/train/model.ckpt-24.safetensors"))
+    XCTAssertTrue(out2.contains("resumed from") && out2.contains("model.ckpt-30.safetensors"), out2)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir!)/train/model.ckpt-40.safetensors"))
 
     // Evaluate reads the result: settings from the checkpoint's metadata.
     let (status3, out3) = try run("evaluate", ["--checkpoint-path", "\(dir!)/train", "--dataset-dir", "\(dir!)/data",
                                                "--batch-size", "16", "--threads", "1"])
     XCTAssertEqual(status3, 0, out3)
-    XCTAssertTrue(out3.contains("model.ckpt-24.safetensors step=24 top1="), out3)
+    XCTAssertTrue(out3.contains("model.ckpt-40.safetensors step=40 top1="), out3)
     XCTAssertTrue(out3.contains("images=48"), out3)
   }
 }
