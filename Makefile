@@ -10,7 +10,7 @@ DEB_PACKAGES = libturbojpeg0-dev libzmq3-dev libopenblas-dev pkg-config
 PY_PACKAGES  = numpy safetensors
 BENCH_PY    ?= $(HOME)/bench-venv/bin/python
 
-.PHONY: all deps build test bench clean
+.PHONY: all deps build test bench clean demo
 
 all: build
 
@@ -83,3 +83,25 @@ proto:
 	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Public \
 	  --swift_out=Sources/DataPipeline/Generated -I Sources/DataPipeline/Proto \
 	  Sources/DataPipeline/Proto/feature.proto Sources/DataPipeline/Proto/example.proto
+
+# The main job on a built-in default: Fashion-MNIST (Debian's dataset-fashion-mnist, 70,000 real
+# images) converted to TF-slim TFRecords, 2 ranks on loopback through launch, then evaluate.
+DEMO_DIR    ?= result/demo
+DEMO_EPOCHS ?= 5
+FASHION_MNIST = /usr/share/datasets/fashion-mnist
+
+demo: deps
+	@dpkg-query -W -f='$${Status}' dataset-fashion-mnist 2>/dev/null | grep -q "install ok installed" || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+	$(SWIFT) build -c release
+	@test -f $(DEMO_DIR)/data/validation-00000-of-00002 || \
+	  .build/release/dataset convert --format fashion-mnist --input $(FASHION_MNIST) --output $(DEMO_DIR)/data --resize 32
+	rm -rf $(DEMO_DIR)/train $(DEMO_DIR)/logs
+	.build/release/launch --rank-table rank_table/2p.json --log-dir $(DEMO_DIR)/logs -- \
+	  --dataset-dir $(DEMO_DIR)/data --model-name mobilenet_v2_035 --num-classes 10 --image-size 32 \
+	  --batch-size 64 --max-epoch $(DEMO_EPOCHS) --learning-rate 0.03 --warmup-epochs 0.3 \
+	  --batch-norm-decay 0.9 --min-crop-area 1 --min-object-covered 1 --no-color-distortion \
+	  --log-every-n-steps 100 --train-dir $(DEMO_DIR)/train
+	.build/release/evaluate --checkpoint-path $(DEMO_DIR)/train --dataset-dir $(DEMO_DIR)/data \
+	  --split validation --central-fraction 1.0 --batch-size 500
