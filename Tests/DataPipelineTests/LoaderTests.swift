@@ -91,6 +91,13 @@ final class LoaderTests: XCTestCase {
     let resumed = try epoch(four, 2, skip: 3)
     XCTAssertEqual(resumed.floats, Array(one.floats[3...]))
     XCTAssertEqual(resumed.labels, Array(one.labels[3...]))
+    // Restarting while decode threads are busy ahead discards their work cleanly.
+    var images = [Float](repeating: 0, count: 4 * 8 * 8 * 3), labels = [Int32](repeating: 0, count: 4)
+    four.start(epoch: 5)
+    XCTAssertEqual(try four.next(images: &images, labels: &labels), 4)
+    XCTAssertEqual(try epoch(four, 2, skip: 1).floats, Array(one.floats[1...]))
+    // Skipping past the end gives an empty epoch.
+    XCTAssertTrue(try epoch(four, 2, skip: 99).floats.isEmpty)
   }
 
   func testImageFolderLayouts() throws {
