@@ -42,7 +42,7 @@ struct Worker: ParsableCommand {
   var fault: String?
   @Option(help: "Rank that injects the fault.")
   var faultRank = 0
-  @Option(help: "Seconds after the self-test at which the fault happens.")
+  @Option(help: "Seconds after the self-test (or after the start of training) at which the fault happens.")
   var faultAfter = 1.0
   @Option(help: "Inject the fault only in this launch restart (MNV2_RESTART_COUNT).")
   var faultRestart = 0
@@ -66,6 +66,7 @@ struct Worker: ParsableCommand {
     if let t = runningTimeout { options.runningTimeout = t }
     if let b = segmentBytes { options.segmentBytes = b }
     if !selfTest && !bench {
+      if let fault, ctx.rank == faultRank, ctx.restartCount == faultRestart { scheduleFault(fault) }
       do {
         try TrainJob.run(flags: train, context: ctx, groupOptions: options)
       } catch let e as CollectiveError {

@@ -103,4 +103,30 @@ final class SmokeTrainingTests: XCTestCase {
     XCTAssertTrue(out3.contains("model.ckpt-40.safetensors step=40 top1="), out3)
     XCTAssertTrue(out3.contains("images=48"), out3)
   }
+
+  /// launch --max-restarts: a worker killed mid-run restarts the whole group, which resumes from the
+  /// newest checkpoint and finishes.
+  func testKilledWorkerRestartsTheGroupWhichResumes() throws {
+    var synth = SyntheticOptions()
+    synth.classes = 3
+    synth.examples = 256
+    synth.width = 32
+    synth.height = 32
+    try Synthetic.write(to: "\(dir!)/data", split: "train", shards: 2, options: synth)
+    let port = 40_000 + Int(getpid() % 20_000)
+    let (status, out) = try run("launch", [
+      "--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)", "--log-dir", "\(dir!)/logs",
+      "--max-restarts", "1", "--connect-timeout", "60", "--running-timeout", "10", "--",
+      "--dataset-dir", "\(dir!)/data", "--model-name", "mobilenet_v2_035", "--num-classes", "3", "--image-size", "32",
+      "--batch-size", "8", "--max-train-steps", "600", "--learning-rate", "0.01", "--save-checkpoints-steps", "20",
+      "--train-dir", "\(dir!)/train", "--log-every-n-steps", "50", "--decode-threads", "1",
+      "--fault", "kill", "--fault-rank", "1", "--fault-after", "1.5", "--fault-restart", "0",
+    ])
+    XCTAssertEqual(status, 0, out)
+    XCTAssertTrue(out.contains("restarting the group (restart 1 of 1)"), out)
+    XCTAssertTrue(out.contains("rank 1") && out.contains("killed by signal 9"), out)
+    let log0 = try String(contentsOfFile: "\(dir!)/logs/0/worker.log", encoding: .utf8)
+    XCTAssertTrue(log0.contains("resumed from"), log0)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir!)/train/model.ckpt-600.safetensors"))
+  }
 }
