@@ -102,6 +102,28 @@ final class SmokeTrainingTests: XCTestCase {
     XCTAssertEqual(status3, 0, out3)
     XCTAssertTrue(out3.contains("model.ckpt-40.safetensors step=40 top1="), out3)
     XCTAssertTrue(out3.contains("images=48"), out3)
+
+    // predict: top classes of JPEG files, with class names from labels.txt beside the checkpoint.
+    try "0:circle\n1:square\n2:stripes\n3:ring\n".write(toFile: "\(dir!)/train/labels.txt", atomically: true, encoding: .utf8)
+    var paths: [String] = []
+    for i in 0..<2 {
+      let (pixels, _) = Synthetic.image(index: i, options: synth)
+      let jpeg = try pixels.withUnsafeBytes { try JPEGCodec().compress($0, width: synth.width, height: synth.height, input: .rgb) }
+      let p = "\(dir!)/img\(i).jpg"
+      try jpeg.write(to: URL(fileURLWithPath: p))
+      paths.append(p)
+    }
+    let (status4, out4) = try run("predict", ["--checkpoint-path", "\(dir!)/train", "--top-k", "3"] + paths)
+    XCTAssertEqual(status4, 0, out4)
+    XCTAssertTrue(out4.contains("img0.jpg:") && out4.contains("img1.jpg:"), out4)
+    let probLines = out4.split(separator: "\n").filter { $0.contains("%") }
+    XCTAssertEqual(probLines.count, 6, out4)
+    XCTAssertTrue(probLines.allSatisfy { l in ["circle", "square", "stripes", "ring"].contains { l.hasSuffix($0) } }, out4)
+    // A file that is not a JPEG is a one-line error naming it.
+    try Data("not a jpeg".utf8).write(to: URL(fileURLWithPath: "\(dir!)/bad.jpg"))
+    let (status5, out5) = try run("predict", ["--checkpoint-path", "\(dir!)/train", "\(dir!)/bad.jpg"])
+    XCTAssertNotEqual(status5, 0)
+    XCTAssertTrue(out5.contains("bad.jpg") && out5.contains("error"), out5)
   }
 
   /// launch --max-restarts: a worker killed mid-run restarts the whole group, which resumes from the
