@@ -33,7 +33,7 @@ build: deps
 
 test: deps
 	$(SWIFT) build $(SWIFT_FLAGS) --build-tests
-	$(SWIFT) test $(SWIFT_FLAGS) --skip-build
+	$(SWIFT) test $(SWIFT_FLAGS) --skip-build --disable-swift-testing
 
 # Training-step throughput beside PyTorch (../shared/baselines/torch_train_step.py --channels-last).
 bench: build
