@@ -209,6 +209,7 @@ public final class Launcher {
     ]
     for (k, v) in contract.merging(plan.extraEnvironment, uniquingKeysWith: { $1 }) { env[k.rawValue] = v }
     for name in computeThreadVariables { env[name] = String(threads) }
+    for (k, v) in computeLibraryDefaults where env[k] == nil { env[k] = v }
     return env
   }
 

@@ -1,6 +1,7 @@
 // Training-step throughput (forward + backward + momentum update, synthetic input) beside
 // ../shared/baselines/torch_train_step.py --channels-last with the same settings.
 import ArgumentParser
+import Cluster
 import Foundation
 import Kernels
 import MobileNet
@@ -95,6 +96,10 @@ struct TrainBench: ParsableCommand {
       p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     }
     p.arguments = exe.contains("/") ? args : [exe] + args
+    // As launch does for workers (the libraries read these when they load).
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in computeLibraryDefaults where env[k] == nil { env[k] = v }
+    p.environment = env
     let pipe = Pipe()
     p.standardOutput = pipe
     p.standardError = pipe
