@@ -198,6 +198,8 @@ public final class Trainer {
                              trainAccuracy: sums[2] / sums[3])
         log.info(rec.logLine)
         try metrics?.append(rec)
+        // Data parallelism must keep the weights bit-identical: check at every logged step.
+        try verifyIdenticalWeights()
         window = (0, 0, 0, 0, 0)
         windowStart = DispatchTime.now().uptimeNanoseconds
       }
