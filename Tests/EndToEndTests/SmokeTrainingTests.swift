@@ -48,13 +48,20 @@ final class SmokeTrainingTests: XCTestCase {
     return (p.terminationStatus, (try? String(contentsOf: out, encoding: .utf8)) ?? "")
   }
 
-  func testTwoRankTrainingResumeAndEvaluate() throws {
+  /// A learnable synthetic `train` split in 2 TFRecord shards under `dir/data`; returns its options.
+  @discardableResult
+  func writeSyntheticTrainSplit(classes: Int, examples: Int, side: Int) throws -> SyntheticOptions {
     var synth = SyntheticOptions()
-    synth.classes = 4
-    synth.examples = 512
-    synth.width = 40
-    synth.height = 40
+    synth.classes = classes
+    synth.examples = examples
+    synth.width = side
+    synth.height = side
     try Synthetic.write(to: "\(dir!)/data", split: "train", shards: 2, options: synth)
+    return synth
+  }
+
+  func testTwoRankTrainingResumeAndEvaluate() throws {
+    var synth = try writeSyntheticTrainSplit(classes: 4, examples: 512, side: 40)
     synth.examples = 48
     synth.seed = 99
     try Synthetic.write(to: "\(dir!)/data", split: "validation", shards: 1, options: synth)
@@ -129,12 +136,7 @@ final class SmokeTrainingTests: XCTestCase {
   /// launch --max-restarts: a worker killed mid-run restarts the whole group, which resumes from the
   /// newest checkpoint and finishes.
   func testKilledWorkerRestartsTheGroupWhichResumes() throws {
-    var synth = SyntheticOptions()
-    synth.classes = 3
-    synth.examples = 256
-    synth.width = 32
-    synth.height = 32
-    try Synthetic.write(to: "\(dir!)/data", split: "train", shards: 2, options: synth)
+    try writeSyntheticTrainSplit(classes: 3, examples: 256, side: 32)
     let port = 40_000 + Int(getpid() % 20_000)
     let (status, out) = try run("launch", [
       "--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)", "--log-dir", "\(dir!)/logs",
