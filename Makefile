@@ -42,6 +42,16 @@ bench: build
 clean:
 	rm -rf .build
 
+# End-to-end scaling: whole training runs through launch (TFRecords, JPEG decode, training step,
+# overlapped ring allreduce) on the same global batch as 1 rank x 2 threads, 2 ranks x 1 thread and
+# 8 ranks x 1 thread; targets: 2x1 >= 90% and 8x1 >= 75% of 1x2's images/s.
+.PHONY: bench-scaling
+bench-scaling: deps
+	$(SWIFT) build $(SWIFT_FLAGS) --product bench
+	$(SWIFT) build $(SWIFT_FLAGS) --product launch
+	$(SWIFT) build $(SWIFT_FLAGS) --product worker
+	$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path)/bench scaling
+
 # Allreduce bandwidth at 2 and 8 ranks (ZeroMQ ring through launch/worker, free loopback ports),
 # then ../shared/baselines/gloo_allreduce.py for the same sizes when $(BENCH_PY) has torch.
 # busbw = algbw·2(n−1)/n; medians of the slowest rank per op.

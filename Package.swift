@@ -30,7 +30,7 @@ let coreTargets: [Target] = [
   // Optimizer, learning-rate schedules, weight averaging, the training loop and evaluation.
   .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint"], swiftSettings: fastFlags),
   .executableTarget(name: "bench", dependencies: [
-    "Training", "MobileNet", "Kernels", "Cluster",
+    "Training", "MobileNet", "Kernels", "Cluster", "DataPipeline",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   // The jobs behind the executables: flags, wiring of data, process group and training loop.

@@ -5,5 +5,5 @@ import ArgumentParser
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmarks, each printed beside its baseline as a ratio.",
-    subcommands: [TrainBench.self, TrainOne.self])
+    subcommands: [TrainBench.self, TrainOne.self, ScalingBench.self])
 }
