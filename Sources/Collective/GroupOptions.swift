@@ -6,6 +6,7 @@ public struct GroupOptions: Sendable {
   public static let defaultConnectTimeout = 300.0
   public static let defaultRunningTimeout = 120.0
   public static let defaultSegmentBytes = 256 << 10
+  public static let defaultMaxSegmentBytes = 1 << 20
 
   /// Seconds to wait for the ring to form (neighbours starting, binding, handshaking). Long,
   /// because on several servers workers start minutes apart (image pulls, slow file systems).
@@ -14,9 +15,12 @@ public struct GroupOptions: Sendable {
   /// heartbeat timeout of a connection. Bounds how long a dead or stopped peer can stall the job;
   /// must exceed the longest imbalance between ranks (a rank-0 checkpoint write, a slow step).
   public var runningTimeout = GroupOptions.defaultRunningTimeout
-  /// Bytes per message of the pipelined ring. 256 KiB amortizes per-message costs and keeps a
-  /// segment in L2 while it is summed; tests use a few bytes to exercise the segment paths.
+  /// Smallest bytes per message of the pipelined ring. 256 KiB amortizes per-message costs and
+  /// keeps a segment in L2 while it is summed; tests use a few bytes to exercise the segment paths.
   public var segmentBytes = GroupOptions.defaultSegmentBytes
+  /// Largest bytes per message: large buffers are cut into ~32 segments per chunk up to this size
+  /// (fewer, larger messages measured faster from 16 MiB up; see Ring.segmentLength).
+  public var maxSegmentBytes = GroupOptions.defaultMaxSegmentBytes
   /// How ranks authenticate each other (see SecurityMode).
   public var security: SecurityMode = .curve
   /// Where warnings (refused connections) go; stderr by default.

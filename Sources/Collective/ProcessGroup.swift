@@ -59,7 +59,8 @@ public final class ProcessGroup: @unchecked Sendable {
   /// Forms a group over any transport (the in-process one in tests): handshake, then ready.
   public static func join(transport: RingTransport, jobID: String, address: String = "",
                           modelSignature: ModelSignature, options: GroupOptions) throws -> ProcessGroup {
-    let ring = Ring(transport: transport, segmentElements: max(1, options.segmentBytes / MemoryLayout<Float>.stride))
+    let ring = Ring(transport: transport, minSegmentElements: max(1, options.segmentBytes / MemoryLayout<Float>.stride),
+                    maxSegmentElements: max(1, options.maxSegmentBytes / MemoryLayout<Float>.stride))
     let group = ProcessGroup(rank: transport.rank, size: transport.size, ring: ring, runningTimeout: options.runningTimeout)
     transport.setTimeout(options.connectTimeout, phase: "the handshake")
     let hello = Hello(jobID: jobID, worldSize: transport.size, rank: transport.rank,

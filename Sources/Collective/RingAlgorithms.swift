@@ -12,8 +12,12 @@
 
 struct Ring {
   let transport: RingTransport
-  /// Elements per message; a few hundred KiB keeps the pipeline full without large messages.
-  let segmentElements: Int
+  /// Smallest and largest elements per message (see `segmentLength(count:)`).
+  let minSegmentElements: Int
+  let maxSegmentElements: Int
+  /// Segments per chunk the ring aims for: enough to keep both neighbours busy while a segment
+  /// is summed, few enough that per-message costs (syscalls, allocation) stay small.
+  static let segmentsPerChunk = 32
 
   var rank: Int { transport.rank }
   var size: Int { transport.size }
@@ -24,11 +28,21 @@ struct Ring {
     return (c * count / size)..<((c + 1) * count / size)
   }
 
-  /// Calls `body` with each segment of `range`.
-  func forEachSegment(_ range: Range<Int>, _ body: (Range<Int>) throws -> Void) rethrows {
+  /// Elements per message for a `count`-element collective: a chunk cut into about
+  /// `segmentsPerChunk` pieces, within [min, max]. Small buffers keep small segments (the ring
+  /// streams sooner); large ones get larger messages (measured at 64 MiB on 2 ranks: 1 MiB
+  /// segments 0.98–1.05 GB/s busbw, 256 KiB 0.78–0.90). A function of count and size only, so
+  /// every rank cuts the same segments.
+  func segmentLength(count: Int) -> Int {
+    let wanted = count / size / Self.segmentsPerChunk
+    return max(minSegmentElements, min(max(minSegmentElements, maxSegmentElements), wanted))
+  }
+
+  /// Calls `body` with each segment of `range`, segments of `length` elements.
+  func forEachSegment(_ range: Range<Int>, length: Int, _ body: (Range<Int>) throws -> Void) rethrows {
     var start = range.lowerBound
     while start < range.upperBound {
-      let end = min(range.upperBound, start + segmentElements)
+      let end = min(range.upperBound, start + length)
       try body(start..<end)
       start = end
     }
@@ -62,10 +76,11 @@ struct Ring {
     let n = size, r = rank
     if n == 1 { finalize(p, count: count, scale: scale, wire: .float32); return }  // no wire, no rounding
     let bpe = wire.bytesPerElement(for: T.self)
+    let length = segmentLength(count: count)
     // Step 0 of reduce-scatter: our own chunk r, as it is.
-    try forEachSegment(chunk(r, of: count)) { try sendSegment(p, $0, wire: wire, tag: tag) }
+    try forEachSegment(chunk(r, of: count), length: length) { try sendSegment(p, $0, wire: wire, tag: tag) }
     for s in 0..<(n - 1) {
-      try forEachSegment(chunk(r - s - 1, of: count)) { seg in
+      try forEachSegment(chunk(r - s - 1, of: count), length: length) { seg in
         try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
           accumulate(p + seg.lowerBound, count: seg.count, wire: wire, from: src)
         }
@@ -75,7 +90,7 @@ struct Ring {
       }
     }
     for s in 0..<(n - 1) {
-      try forEachSegment(chunk(r - s, of: count)) { seg in
+      try forEachSegment(chunk(r - s, of: count), length: length) { seg in
         try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
           decode(p + seg.lowerBound, count: seg.count, wire: wire, from: src)
         }
@@ -91,7 +106,7 @@ struct Ring {
     if n == 1 { return }
     let isLast = (rank + 1) % n == root
     let bpe = MemoryLayout<T>.stride
-    try forEachSegment(0..<count) { seg in
+    try forEachSegment(0..<count, length: segmentLength(count: count)) { seg in
       if rank != root {
         try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
           decode(p + seg.lowerBound, count: seg.count, wire: .float32, from: src)

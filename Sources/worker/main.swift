@@ -30,8 +30,10 @@ struct Worker: ParsableCommand {
   var sizes = "64K,1M,4M,16M,64M"
   @Flag(help: "Benchmark with fp16 wire compression.")
   var fp16 = false
-  @Option(help: "Ring segment size in bytes (default \(GroupOptions.defaultSegmentBytes); tuning).")
+  @Option(help: "Smallest ring segment in bytes (default \(GroupOptions.defaultSegmentBytes); tuning).")
   var segmentBytes: Int?
+  @Option(help: "Largest ring segment in bytes (default \(GroupOptions.defaultMaxSegmentBytes); tuning).")
+  var maxSegmentBytes: Int?
   @Option(help: "Extra text in the model signature (tests: a mismatching model).")
   var signatureSalt = ""
   @Option(help: "Seconds to wait for the ring to form (default \(Int(GroupOptions.defaultConnectTimeout)), or MNV2_CONNECT_TIMEOUT).")
@@ -65,6 +67,7 @@ struct Worker: ParsableCommand {
     if let t = connectTimeout { options.connectTimeout = t }
     if let t = runningTimeout { options.runningTimeout = t }
     if let b = segmentBytes { options.segmentBytes = b }
+    if let b = maxSegmentBytes { options.maxSegmentBytes = b }
     if !selfTest && !bench {
       if let fault, ctx.rank == faultRank, ctx.restartCount == faultRestart { scheduleFault(fault) }
       do {

@@ -35,6 +35,7 @@ final class ResultBox: @unchecked Sendable {
 func inProcessGroups(_ n: Int, segmentBytes: Int = 4096, timeout: Double = 20) -> (InProcessFabric, GroupOptions) {
   var options = GroupOptions()
   options.segmentBytes = segmentBytes
+  options.maxSegmentBytes = segmentBytes  // exactly this size: the tests choose how many segments
   options.connectTimeout = timeout
   options.runningTimeout = timeout
   return (InProcessFabric(size: n), options)

@@ -90,6 +90,39 @@ final class RingAllreduceTests: XCTestCase {
     }
   }
 
+  /// Segments grow with the buffer (about 32 per chunk) between the smallest and largest size,
+  /// and every rank cuts the same ones: observed as the payload sizes rank 0 sends.
+  func testSegmentsGrowWithBufferBetweenMinAndMax() {
+    let n = 2
+    // (count, expected largest payload): 100 → floor (4 floats); 3,000 → 3000/2/32 = 46 floats;
+    // 50,000 → 781 floats, capped at 100 floats (400 bytes).
+    for (count, expectedBytes) in [(100, 16), (3_000, 46 * 4), (50_000, 400)] {
+      let fabric = InProcessFabric(size: n)
+      let options = { () -> GroupOptions in
+        var o = inProcessGroups(n).1
+        o.segmentBytes = 16
+        o.maxSegmentBytes = 400
+        return o
+      }()
+      let payloads = PayloadLog()
+      let wrong = ResultBox(n)
+      let errors = runRanks(n) { r in
+        let inner = fabric.transport(rank: r)
+        let transport: RingTransport = r == 0 ? RecordingTransport(inner, log: payloads) : inner
+        let g = try ProcessGroup.join(transport: transport, jobID: "t", modelSignature: testSignature, options: options)
+        if r == 0 { payloads.reset() }  // forget the handshake's messages
+        var buf = [Float](repeating: Float(r + 1), count: count)
+        try g.allreduceSum(&buf, count: count)
+        if let i = buf.firstIndex(where: { $0 != 3 }) {
+          wrong.set(r, CollectiveSelfTest.Failure(description: "count=\(count) rank \(r): element \(i) = \(buf[i])"))
+        }
+      }
+      XCTAssertEqual((errors + wrong.all).compactMap { $0 }.map(message), [String](), "count=\(count)")
+      XCTAssertEqual(payloads.sizes.max(), expectedBytes, "count=\(count): largest segment")
+      XCTAssertEqual(payloads.sizes.reduce(0, +), count * 4, "count=\(count): rank 0 sends both chunks once in a 2-rank ring \(payloads.sizes)")
+    }
+  }
+
   func testDoubleSumIsExactForCounts() {
     let n = 6
     let (fabric, options) = inProcessGroups(n)
@@ -110,4 +143,36 @@ final class OutputBox: @unchecked Sendable {
   init(_ n: Int) { values = Array(repeating: [], count: n) }
   func set(_ r: Int, _ v: [Float]) { lock.lock(); values[r] = v; lock.unlock() }
   var all: [[Float]] { lock.lock(); defer { lock.unlock() }; return values }
+}
+
+/// Payload sizes a wrapped transport sent.
+final class PayloadLog: @unchecked Sendable {
+  private let lock = NSLock()
+  private var values: [Int] = []
+  func add(_ n: Int) { lock.lock(); values.append(n); lock.unlock() }
+  func reset() { lock.lock(); values = []; lock.unlock() }
+  var sizes: [Int] { lock.lock(); defer { lock.unlock() }; return values }
+}
+
+/// Forwards to another transport and records the size of every data payload it sends.
+final class RecordingTransport: RingTransport {
+  let inner: RingTransport
+  let log: PayloadLog
+  init(_ inner: RingTransport, log: PayloadLog) { self.inner = inner; self.log = log }
+  var rank: Int { inner.rank }
+  var size: Int { inner.size }
+  func describe(rank: Int) -> String { inner.describe(rank: rank) }
+  func send(tag: UInt32, byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws {
+    log.add(byteCount)
+    try inner.send(tag: tag, byteCount: byteCount, fill)
+  }
+  func send(tag: UInt32, referencing bytes: UnsafeRawBufferPointer) throws {
+    log.add(bytes.count)
+    try inner.send(tag: tag, referencing: bytes)
+  }
+  func flush() throws { try inner.flush() }
+  func receive(tag: UInt32, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws { try inner.receive(tag: tag, consume) }
+  func setTimeout(_ seconds: Double, phase: String) { inner.setTimeout(seconds, phase: phase) }
+  func abort(_ reason: String) { inner.abort(reason) }
+  func close() { inner.close() }
 }
