@@ -66,6 +66,18 @@ struct BenchCommand: ParsableCommand {
     for key in ["decode", "train", "train_draft", "eval"] where pillow[key] != nil {
       print(String(format: "pillow %-11@ 1 thread   %7.1f img/s   passes: %@", key, median(pillow[key]!), list(pillow[key]!)))
     }
+    // Pillow on all cores: as many single-threaded processes at once (what a PyTorch DataLoader
+    // with that many workers does); the fair partner of our all-threads figure.
+    var pillowAll = [String: [Double]]()
+    if all > 1 {
+      for _ in 0..<passes {
+        for (k, v) in runPillow(processes: all) { pillowAll[k, default: []].append(v) }
+      }
+      for key in ["train", "train_draft", "eval"] where pillowAll[key] != nil {
+        print(String(format: "pillow %-11@ %d processes %6.1f img/s (%.1f per process)   passes: %@", key, all,
+                     median(pillowAll[key]!), median(pillowAll[key]!) / Double(all), list(pillowAll[key]!)))
+      }
+    }
     print("per-thread ratios, ours ÷ Pillow (target ≥ 1.5):")
     for (name, key) in [("train", "train"), ("train", "train_draft"), ("eval", "eval")] {
       guard let base = pillow[key].map(median), base > 0 else { continue }
@@ -74,7 +86,12 @@ struct BenchCommand: ParsableCommand {
       let paired = zip(ours1[name]!, pillow[key]!).map { $0 / $1 }
       var line = String(format: "  %-5@ vs Pillow %-11@: 1 thread %.2f× (median of per-round ratios %.2f×)", name, key,
                         median(ours1[name]!) / base, median(paired))
-      if let m = oursAll[name] { line += String(format: ", %d threads %.2f× per thread", all, m / Double(all) / base) }
+      if let m = oursAll[name] {
+        line += String(format: "; %d threads %.2f× Pillow's 1 thread", all, m / Double(all) / base)
+        if let both = pillowAll[key].map(median), both > 0 {
+          line += String(format: ", %.2f× Pillow's %d processes", m / both, all)
+        }
+      }
       print(line)
     }
   }
@@ -115,14 +132,37 @@ struct BenchCommand: ParsableCommand {
 
   /// One pass of each Pillow pipeline: its `images_per_s` line as a dictionary.
   func runPillow() -> [String: Double]? {
+    let p = pillowProcess()
+    guard (try? p.process.run()) != nil else { return nil }
+    let text = String(decoding: p.output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.process.waitUntilExit()
+    return parsePillow(text)
+  }
+
+  /// `processes` Pillow runs started together; per pipeline the sum of their images/s.
+  func runPillow(processes: Int) -> [String: Double] {
+    let runs = (0..<processes).map { _ in pillowProcess() }
+    let started = runs.filter { (try? $0.process.run()) != nil }
+    // Read one after another: each prints a few lines, far below a pipe's buffer, so none blocks.
+    let outputs = started.map { String(decoding: $0.output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
+    started.forEach { $0.process.waitUntilExit() }
+    let parsed = outputs.compactMap(parsePillow)
+    guard parsed.count == processes else { return [:] }
+    var total = [String: Double]()
+    for r in parsed { for (k, v) in r { total[k, default: 0] += v } }
+    return total
+  }
+
+  private func pillowProcess() -> (process: Process, output: Pipe) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: python!)
     p.arguments = [baseline, "--dir", dir, "--passes", "1", "--warmup", "10"]
     let out = Pipe()
     p.standardOutput = out
-    guard (try? p.run()) != nil else { return nil }
-    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
+    return (p, out)
+  }
+
+  private func parsePillow(_ text: String) -> [String: Double]? {
     var result = [String: Double]()
     for line in text.split(separator: "\n") {
       let words = line.split(separator: " ").map(String.init)
