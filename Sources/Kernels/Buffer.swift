@@ -59,8 +59,15 @@ public final class Scratch {
 
   /// A zeroed region of at least `count` floats, valid until the next call.
   public func zeroed(_ count: Int) -> UnsafeMutablePointer<Float> {
+    let p = uninitialized(count)
+    p.update(repeating: 0, count: count)
+    return p
+  }
+
+  /// A region of at least `count` floats with stale contents (for callers that write all of it),
+  /// valid until the next call.
+  public func uninitialized(_ count: Int) -> UnsafeMutablePointer<Float> {
     if buffer.count < count { buffer = FloatBuffer(count: count) }
-    buffer.base.update(repeating: 0, count: count)
     return buffer.base
   }
 }

@@ -241,7 +241,7 @@ public final class MobileNetV2 {
     let z = act.z[i], a = act.a[i]
     switch l.op {
     case .conv(let k):
-      Profile.time(.stemConv) { conv2dForward(y: z, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k)) }
+      Profile.time(.stemConv) { conv2dForward(y: z, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k), scratch: scratch) }
     case .pointwise:
       Profile.time(.pointwise) {
         pointwiseForward(y: z, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,

@@ -21,7 +21,7 @@ final class ConvTests: XCTestCase {
     let w = FloatBuffer(count: 9)
     for i in 0..<9 { w[i] = 1 }
     let y = FloatBuffer(count: 4)
-    conv2dForward(y: y.base, x: x.base, w: w.base, s)
+    conv2dForward(y: y.base, x: x.base, w: w.base, s, scratch: Scratch())
     // rows 0..2, cols 0..2 of 0..15 = 0+1+2+4+5+6+8+9+10
     XCTAssertEqual(y[0], 45)
     // rows 2..3, cols 2..3 = 10+11+14+15
@@ -41,7 +41,7 @@ final class ConvTests: XCTestCase {
       let x = randomBuffer(s.inputCount, seed: 1 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 2)
       let dy = randomBuffer(s.outputCount, seed: 3)
       let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
-      conv2dForward(y: y.base, x: x.base, w: w.base, s)
+      conv2dForward(y: y.base, x: x.base, w: w.base, s, scratch: Scratch())
       conv2dForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
       assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, "conv forward \(s)")
       let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
@@ -54,6 +54,30 @@ final class ConvTests: XCTestCase {
     }
   }
 
+  /// The stem as the model runs it: no input gradient, dw accumulated, a scratch reused across
+  /// calls of different sizes (stale contents must not leak into the patches).
+  func testStemWithoutInputGradientAndReusedScratch() {
+    Compute.setThreads(2)
+    defer { Compute.setThreads(1) }
+    let scratch = Scratch()
+    _ = scratch.uninitialized(1 << 16).update(repeating: .nan, count: 1 << 16)
+    for s in [ConvShape(batch: 2, height: 32, width: 32, inChannels: 3, outChannels: 16, kernel: 3, stride: 2),
+              ConvShape(batch: 1, height: 15, width: 17, inChannels: 3, outChannels: 8, kernel: 3, stride: 2)] {
+      let x = randomBuffer(s.inputCount, seed: 11), w = randomBuffer(s.weightCount, seed: 12)
+      let dy = randomBuffer(s.outputCount, seed: 13)
+      let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
+      conv2dForward(y: y.base, x: x.base, w: w.base, s, scratch: scratch)
+      conv2dForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
+      assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, "stem forward \(s)")
+      let dw = FloatBuffer(count: s.weightCount), dwRef = FloatBuffer(count: s.weightCount)
+      conv2dBackward(dx: nil, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: scratch)
+      conv2dBackward(dx: nil, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: scratch)  // accumulates
+      conv2dBackwardNaive(dx: nil, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+      conv2dBackwardNaive(dx: nil, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+      assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "stem dw \(s)")
+    }
+  }
+
   func testGradientsByFiniteDifferences() {
     for s in shapes {
       let x = randomBuffer(s.inputCount, seed: 5), w = randomBuffer(s.weightCount, seed: 6)
@@ -61,7 +85,7 @@ final class ConvTests: XCTestCase {
       let dx = FloatBuffer(count: s.inputCount), dw = FloatBuffer(count: s.weightCount)
       conv2dBackward(dx: dx.base, dw: dw.base, dy: r.base, x: x.base, w: w.base, s, scratch: Scratch())
       let y = FloatBuffer(count: s.outputCount)
-      let f = { () -> Double in conv2dForward(y: y.base, x: x.base, w: w.base, s); return dot(r, y.base) }
+      let f = { () -> Double in conv2dForward(y: y.base, x: x.base, w: w.base, s, scratch: Scratch()); return dot(r, y.base) }
       checkGradient(x, analytic: dx, "conv dx", f: f)
       checkGradient(w, analytic: dw, "conv dw", f: f)
     }
