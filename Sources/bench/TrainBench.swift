@@ -19,6 +19,8 @@ struct TrainBench: ParsableCommand {
   var steps = 6
   @Option(help: "Untimed warm-up steps.")
   var warmup = 2
+  @Option(help: "Rounds, each one run of ours then one of PyTorch (the machine's noise hits both alike); medians.")
+  var rounds = 3
   @Option(help: "Python with torch + torchvision for the baseline; empty to skip it.")
   var python = "\(NSHomeDirectory())/bench-venv/bin/python"
   @Option(help: "The baseline script.")
@@ -26,27 +28,42 @@ struct TrainBench: ParsableCommand {
 
   func run() throws {
     Compute.setThreads(threads)
-    print("threads=\(threads) steps=\(steps) (median) warmup=\(warmup)")
-    print("config                          ours img/s   ours RSS MiB   torch img/s   torch RSS MiB   ratio")
+    print("threads=\(threads) steps=\(steps) (median) warmup=\(warmup) rounds=\(rounds) (ours then PyTorch; medians over rounds)")
+    print("config                          ours img/s   ours RSS MiB   torch img/s   torch RSS MiB   ratio   per-round ratios")
     for spec in configs.split(separator: ",") {
       let parts = spec.split(separator: ":").map(String.init)
       guard parts.count == 4, let size = Int(parts[1]), let batch = Int(parts[2]), let classes = Int(parts[3]) else {
         throw ValidationError("bad config '\(spec)', expected model:imageSize:batch:classes")
       }
       let config = try ModelConfig(modelName: parts[0], numClasses: classes, imageSize: size)
-      let ours = try runChild(["bench", "train-one", "--model", parts[0], "--size", "\(size)", "--batch", "\(batch)",
-                               "--classes", "\(classes)", "--threads", "\(threads)", "--steps", "\(steps)",
-                               "--warmup", "\(warmup)"])
-      let torch = try runBaseline(config: config, batch: batch)
+      var oursRuns: [Measure] = [], torchRuns: [Measure] = []
+      for _ in 0..<max(1, rounds) {
+        oursRuns.append(try runChild(["bench", "train-one", "--model", parts[0], "--size", "\(size)", "--batch", "\(batch)",
+                                      "--classes", "\(classes)", "--threads", "\(threads)", "--steps", "\(steps)",
+                                      "--warmup", "\(warmup)"]))
+        if let t = try runBaseline(config: config, batch: batch) { torchRuns.append(t) }
+      }
+      let ours = Measure.median(oursRuns)
+      let torch = torchRuns.count == oursRuns.count ? Measure.median(torchRuns) : nil
       let label = "\(parts[0]) \(size)² b\(batch) k\(classes)".padding(toLength: 30, withPad: " ", startingAt: 0)
       let ratio = torch.map { String(format: "%.2fx", ours.ips / $0.ips) } ?? "n/a"
+      let perRound = torch == nil ? "" : zip(oursRuns, torchRuns).map { String(format: "%.2f", $0.ips / $1.ips) }
+        .joined(separator: " ")
       let tIps = torch.map { String(format: "%11.1f", $0.ips) } ?? "    skipped"
       let tRss = torch.map { String(format: "%15.0f", $0.rssMiB) } ?? "        skipped"
-      print("\(label)  \(String(format: "%11.1f", ours.ips))   \(String(format: "%12.0f", ours.rssMiB))   \(tIps)   \(tRss)   \(ratio)")
+      print("\(label)  \(String(format: "%11.1f", ours.ips))   \(String(format: "%12.0f", ours.rssMiB))   \(tIps)   \(tRss)   \(ratio)   \(perRound)")
     }
   }
 
-  struct Measure { var ips: Double; var rssMiB: Double }
+  struct Measure {
+    var ips: Double
+    var rssMiB: Double
+    /// Median images/s and median peak RSS of several runs.
+    static func median(_ runs: [Measure]) -> Measure {
+      func mid(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
+      return Measure(ips: mid(runs.map(\.ips)), rssMiB: mid(runs.map(\.rssMiB)))
+    }
+  }
 
   /// Runs ourselves in a child process so each configuration's peak RSS is measured alone.
   func runChild(_ args: [String]) throws -> Measure {
