@@ -33,8 +33,8 @@ public enum TrainJob {
     let loader = try DataLoader(lc)
 
     // The model signature every rank must agree on: tensor names and sizes.
-    let signatureModel = MobileNetV2(config: options.model)
-    let signature: ModelSignature = signatureModel.trainable.specs.map { ($0.name, $0.count) }
+    let model = Trainer.makeModel(options)
+    let signature: ModelSignature = model.trainable.specs.map { ($0.name, $0.count) }
     let group = try ProcessGroup.join(ctx, modelSignature: signature, options: groupOptions)
     defer { group.close() }
     if ctx.restartCount > 0 { log.info("restart \(ctx.restartCount): resuming from the newest checkpoint in \(options.trainDir)") }
@@ -42,7 +42,7 @@ public enum TrainJob {
     options.trainDir = (options.trainDir as NSString).standardizingPath
     let comm = GroupCommunicator(group, overlap: !flags.noOverlap, fp16: flags.fp16Allreduce,
                                  bucketBytes: Int(flags.fusionMiB * 1024 * 1024))
-    let trainer = Trainer(options: options, data: LoaderSource(loader), comm: comm, log: log)
+    let trainer = Trainer(options: options, data: LoaderSource(loader), comm: comm, log: log, model: model)
     let s = try trainer.run()
     log.info("done: global step \(s.globalStep), last loss \(String(format: "%.4f", s.lastLoss)), weights identical on all \(ctx.worldSize) ranks (checksum \(String(s.checksum, radix: 16)))")
   }

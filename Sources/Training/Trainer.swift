@@ -63,17 +63,28 @@ public final class Trainer {
 
   public static let metricsFile = "metrics.jsonl"
 
-  public init(options: TrainerOptions, data: BatchSource, comm: Communicator, log: TrainLog) {
+  /// `model` is the one `makeModel(options)` builds; pass it when the caller needed it before the
+  /// group existed (its signature goes into the handshake), so the weights are allocated once.
+  public init(options: TrainerOptions, data: BatchSource, comm: Communicator, log: TrainLog,
+              model prebuilt: MobileNetV2? = nil) {
     self.options = options
     self.data = data
     self.comm = comm
     self.log = log
-    let net = MobileNetV2(config: options.model, seed: options.seed)
+    let net = prebuilt ?? Self.makeModel(options)
+    precondition(net.config == options.model, "the model passed to Trainer is not the one its options describe")
     net.batchNormDecay = options.batchNormDecay
     model = net
     optimizer = Optimizer(kind: options.optimizer, parameterCount: net.parameterCount, momentum: options.momentum)
     average = options.movingAverageDecay.map { WeightAverage(model: net, decay: $0) }
     dir = CheckpointDirectory(options.trainDir)
+  }
+
+  /// The model a run of `options` trains, freshly initialised from `options.seed`.
+  public static func makeModel(_ options: TrainerOptions) -> MobileNetV2 {
+    let net = MobileNetV2(config: options.model, seed: options.seed)
+    net.batchNormDecay = options.batchNormDecay
+    return net
   }
 
   /// Slabs saved with every checkpoint beyond the model's own: momentum and the weight averages.
