@@ -33,8 +33,7 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
   guard rows > 0 else { return }
   let patches = scratch.uninitialized(rows * depth)
   im2col(patches, x, s)
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(s.outChannels), Int32(depth),
-              1, patches, Int32(depth), w, Int32(s.outChannels), 0, y, Int32(s.outChannels))
+  gemmRows(c: y, a: patches, b: w, rows: rows, k: depth, n: s.outChannels, transposeB: false)
 }
 
 /// Every MobileNetV2 stem (16, 32 or 48 output channels): one SIMD16 accumulator per 16 output
@@ -77,19 +76,17 @@ public func conv2dBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePo
                            dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                            _ s: ConvShape, scratch: Scratch) {
   let rows = s.batch * s.outHeight * s.outWidth, depth = s.kernel * s.kernel * s.inChannels
-  let Co = Int32(s.outChannels)
   guard rows > 0 else {
     dx?.update(repeating: 0, count: s.inputCount)
     return
   }
-  let patches = scratch.uninitialized(rows * depth)
+  let region = scratch.uninitialized(rows * depth + gemmPartialsCount(rows: rows, m: depth, n: s.outChannels))
+  let patches = region
   im2col(patches, x, s)
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(depth), Co, Int32(rows),
-              1, patches, Int32(depth), dy, Co, 1, dw, Co)
+  gemmTransposedRows(c: dw, a: patches, b: dy, rows: rows, m: depth, n: s.outChannels, partials: region + rows * depth)
   guard let dx else { return }
   let dPatches = patches  // the patches are consumed
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(depth), Co,
-              1, dy, Co, w, Co, 0, dPatches, Int32(depth))
+  gemmRows(c: dPatches, a: dy, b: w, rows: rows, k: s.outChannels, n: depth, transposeB: true)
   col2im(dx, dPatches, s)
 }
 

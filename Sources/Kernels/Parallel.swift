@@ -7,9 +7,11 @@ public enum Compute {
   /// cores ÷ local workers); 1 until set so tests and libraries are deterministic by default.
   public private(set) static var threads = 1
 
+  /// BLAS itself stays single-threaded: our GEMM wrappers split rows across our threads (see
+  /// Pointwise.swift), which avoids waking OpenBLAS's own pool on every call.
   public static func setThreads(_ n: Int) {
     threads = max(1, n)
-    openblas_set_num_threads(Int32(threads))
+    openblas_set_num_threads(1)
   }
 }
 

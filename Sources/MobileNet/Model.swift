@@ -349,7 +349,7 @@ public final class MobileNetV2 {
     case .pointwise:
       Profile.time(.pointwise, backward: true) {
         pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
-                          inChannels: l.inChannels, outChannels: l.outChannels)
+                          inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch)
       }
     case .depthwise(let k):
       Profile.time(.depthwise, backward: true) {

@@ -3,20 +3,31 @@ import Kernels
 import XCTest
 
 final class PointwiseTests: XCTestCase {
+  /// Rows split over 1, 2 and 3 threads (our threads, each a single-threaded BLAS call; dw summed
+  /// from per-thread partials) must match the naive loops, including uneven splits.
   func testGemmMatchesNaive() {
-    for (m, ci, co) in [(1, 1, 1), (37, 16, 96), (200, 24, 8), (5, 320, 64)] {
+    for threads in [1, 2, 3] {
+      Compute.setThreads(threads)
+      defer { Compute.setThreads(1) }
+      checkGemmShapes("threads \(threads)")
+    }
+  }
+
+  func checkGemmShapes(_ label: String) {
+    for (m, ci, co) in [(1, 1, 1), (37, 16, 96), (200, 24, 8), (5, 320, 64), (1001, 24, 144), (130, 96, 16)] {
       let x = randomBuffer(m * ci, seed: 1), w = randomBuffer(ci * co, seed: 2), dy = randomBuffer(m * co, seed: 3)
       let y = FloatBuffer(count: m * co), yRef = FloatBuffer(count: m * co)
       pointwiseForward(y: y.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
       pointwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
-      assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, "1x1 forward \(m)x\(ci)x\(co)")
+      assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, "1x1 forward \(m)x\(ci)x\(co) \(label)")
       let dx = FloatBuffer(count: m * ci), dxRef = FloatBuffer(count: m * ci)
       let dw = randomBuffer(ci * co, seed: 4), dwRef = FloatBuffer(count: ci * co)
       dwRef.copy(from: dw.array)
-      pointwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+      pointwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co,
+                        scratch: Scratch())
       pointwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
-      assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, "1x1 dx")
-      assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "1x1 dw")
+      assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, "1x1 dx \(m)x\(ci)x\(co) \(label)")
+      assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "1x1 dw \(m)x\(ci)x\(co) \(label)")
     }
   }
 
@@ -24,7 +35,8 @@ final class PointwiseTests: XCTestCase {
     let (m, ci, co) = (12, 6, 5)
     let x = randomBuffer(m * ci, seed: 8), w = randomBuffer(ci * co, seed: 9), r = randomBuffer(m * co, seed: 10)
     let dx = FloatBuffer(count: m * ci), dw = FloatBuffer(count: ci * co)
-    pointwiseBackward(dx: dx.base, dw: dw.base, dy: r.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+    pointwiseBackward(dx: dx.base, dw: dw.base, dy: r.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co,
+                      scratch: Scratch())
     let y = FloatBuffer(count: m * co)
     let f = { () -> Double in
       pointwiseForward(y: y.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co); return dot(r, y.base)
