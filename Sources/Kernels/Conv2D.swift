@@ -20,6 +20,9 @@ public struct ConvShape: Equatable {
   public var inputCount: Int { batch * height * width * inChannels }
   public var outputCount: Int { batch * outHeight * outWidth * outChannels }
   public var weightCount: Int { kernel * kernel * inChannels * outChannels }
+  var window: SameWindow {
+    SameWindow(kernel: kernel, stride: stride, padTop: padTop, padLeft: padLeft, height: height, width: width)
+  }
 }
 
 /// y[N,Ho,Wo,Co] = conv(x[N,H,W,Ci], w[K,K,Ci,Co]), as im2col then one GEMM:
@@ -42,8 +45,8 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
 /// writing and reading the patch matrix).
 func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                            _ s: ConvShape) {
-  let (H, W, Ci, Co, K, S) = (s.height, s.width, s.inChannels, s.outChannels, s.kernel, s.stride)
-  let (Ho, Wo, pt, pl) = (s.outHeight, s.outWidth, s.padTop, s.padLeft)
+  let (H, W, Ci, Co) = (s.height, s.width, s.inChannels, s.outChannels)
+  let (Ho, Wo, window) = (s.outHeight, s.outWidth, s.window)
   parallelChunks(s.batch * Ho) { _, rows in
     for row in rows {
       let n = row / Ho, oy = row % Ho
@@ -51,16 +54,10 @@ func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
         let out = y + (row * Wo + ox) * Co
         for cb in stride(from: 0, to: Co, by: 16) {
           var acc = SIMD16<Float>()
-          for ky in 0..<K {
-            let iy = oy * S - pt + ky
-            if iy < 0 || iy >= H { continue }
-            for kx in 0..<K {
-              let ix = ox * S - pl + kx
-              if ix < 0 || ix >= W { continue }
-              let xin = x + ((n * H + iy) * W + ix) * Ci
-              let wk = w + (ky * K + kx) * Ci * Co + cb
-              for ci in 0..<Ci { acc = acc.addingProduct(SIMD16(repeating: xin[ci]), load16(wk + ci * Co)) }
-            }
+          window.forEachTap(oy: oy, ox: ox) { tap, iy, ix in
+            let xin = x + ((n * H + iy) * W + ix) * Ci
+            let wk = w + tap * Ci * Co + cb
+            for ci in 0..<Ci { acc = acc.addingProduct(SIMD16(repeating: xin[ci]), load16(wk + ci * Co)) }
           }
           store16(acc, out + cb)
         }
@@ -128,25 +125,18 @@ func im2col(_ patches: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _
 /// dx = Σ over output pixels of their patch gradients, scattered back to the window they came
 /// from (windows overlap, so images go to threads and each image is summed by one thread).
 func col2im(_ dx: UnsafeMutablePointer<Float>, _ dPatches: UnsafePointer<Float>, _ s: ConvShape) {
-  let (H, W, Ci, K, S) = (s.height, s.width, s.inChannels, s.kernel, s.stride)
-  let (Ho, Wo, pt, pl) = (s.outHeight, s.outWidth, s.padTop, s.padLeft)
+  let (H, W, Ci, K) = (s.height, s.width, s.inChannels, s.kernel)
+  let (Ho, Wo, window) = (s.outHeight, s.outWidth, s.window)
   let depth = K * K * Ci
   parallelChunks(s.batch) { _, images in
     for n in images {
       (dx + n * H * W * Ci).update(repeating: 0, count: H * W * Ci)
       for oy in 0..<Ho {
         for ox in 0..<Wo {
-          var p = dPatches + ((n * Ho + oy) * Wo + ox) * depth
-          for ky in 0..<K {
-            let iy = oy * S - pt + ky
-            for kx in 0..<K {
-              let ix = ox * S - pl + kx
-              if iy >= 0 && iy < H && ix >= 0 && ix < W {
-                let d = dx + ((n * H + iy) * W + ix) * Ci
-                for c in 0..<Ci { d[c] += p[c] }
-              }
-              p += Ci
-            }
+          let p = dPatches + ((n * Ho + oy) * Wo + ox) * depth
+          window.forEachTap(oy: oy, ox: ox) { tap, iy, ix in
+            let d = dx + ((n * H + iy) * W + ix) * Ci, g = p + tap * Ci
+            for c in 0..<Ci { d[c] += g[c] }
           }
         }
       }

@@ -19,6 +19,9 @@ public struct DepthwiseShape: Equatable {
   public var inputCount: Int { batch * height * width * channels }
   public var outputCount: Int { batch * outHeight * outWidth * channels }
   public var weightCount: Int { kernel * kernel * channels }
+  var window: SameWindow {
+    SameWindow(kernel: kernel, stride: stride, padTop: padTop, padLeft: padLeft, height: height, width: width)
+  }
 }
 
 /// out[c] = Σ_taps a[tap][c] · b[tap][c] over `tapCount` (aOffset, bOffset) pairs, channels vectorised.
@@ -49,8 +52,8 @@ private func multiplyAccumulateTaps(out: UnsafeMutablePointer<Float>, a: UnsafeP
 /// y[N,Ho,Wo,C] = depthwise(x[N,H,W,C], w[K,K,C]).
 public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                              _ s: DepthwiseShape) {
-  let (H, W, C, K, S) = (s.height, s.width, s.channels, s.kernel, s.stride)
-  let (Ho, Wo, pt, pl) = (s.outHeight, s.outWidth, s.padTop, s.padLeft)
+  let (H, W, C, K) = (s.height, s.width, s.channels, s.kernel)
+  let (Ho, Wo, window) = (s.outHeight, s.outWidth, s.window)
   parallelChunks(s.batch * Ho) { _, rows in
     withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * K * K) { tapBuf in
       let taps = tapBuf.baseAddress!
@@ -58,16 +61,10 @@ public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
         let n = row / Ho, oy = row % Ho
         for ox in 0..<Wo {
           var count = 0
-          for ky in 0..<K {
-            let iy = oy * S - pt + ky
-            if iy < 0 || iy >= H { continue }
-            for kx in 0..<K {
-              let ix = ox * S - pl + kx
-              if ix < 0 || ix >= W { continue }
-              taps[2 * count] = ((n * H + iy) * W + ix) * C
-              taps[2 * count + 1] = (ky * K + kx) * C
-              count += 1
-            }
+          window.forEachTap(oy: oy, ox: ox) { tap, iy, ix in
+            taps[2 * count] = ((n * H + iy) * W + ix) * C
+            taps[2 * count + 1] = tap * C
+            count += 1
           }
           multiplyAccumulateTaps(out: y + ((n * Ho + oy) * Wo + ox) * C, a: x, b: w,
                                  taps: taps, tapCount: count, channels: C)
@@ -82,7 +79,7 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
                               dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                               _ s: DepthwiseShape, scratch: Scratch) {
   let (H, W, C, K, S) = (s.height, s.width, s.channels, s.kernel, s.stride)
-  let (Ho, Wo, pt, pl) = (s.outHeight, s.outWidth, s.padTop, s.padLeft)
+  let (Ho, Wo, pt, pl, window) = (s.outHeight, s.outWidth, s.padTop, s.padLeft, s.window)
   if let dx {
     // Gather: input pixel (iy, ix) is read by output (oy, ox) through tap (ky, kx) when
     // oy·S − pt + ky = iy, i.e. oy = (iy + pt − ky) / S exactly.
@@ -120,23 +117,17 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
       let n = row / Ho, oy = row % Ho
       for ox in 0..<Wo {
         let g = dy + ((n * Ho + oy) * Wo + ox) * C
-        for ky in 0..<K {
-          let iy = oy * S - pt + ky
-          if iy < 0 || iy >= H { continue }
-          for kx in 0..<K {
-            let ix = ox * S - pl + kx
-            if ix < 0 || ix >= W { continue }
-            let xin = x + ((n * H + iy) * W + ix) * C
-            let pk = p + (ky * K + kx) * C
-            var c = 0
-            while c + 16 <= C {
-              store16(load16(pk + c) + load16(xin + c) * load16(g + c), pk + c)
-              c += 16
-            }
-            while c < C {
-              pk[c] += xin[c] * g[c]
-              c += 1
-            }
+        window.forEachTap(oy: oy, ox: ox) { tap, iy, ix in
+          let xin = x + ((n * H + iy) * W + ix) * C
+          let pk = p + tap * C
+          var c = 0
+          while c + 16 <= C {
+            store16(load16(pk + c) + load16(xin + c) * load16(g + c), pk + c)
+            c += 16
+          }
+          while c < C {
+            pk[c] += xin[c] * g[c]
+            c += 1
           }
         }
       }

@@ -10,3 +10,24 @@ public enum SamePadding {
     return max((out - 1) * stride + kernel - input, 0) / 2
   }
 }
+
+/// The K×K input window of an output pixel under SAME padding, clipped to the H×W input: the one
+/// tap loop that the stem and depthwise kernels share.
+struct SameWindow {
+  let kernel, stride, padTop, padLeft, height, width: Int
+
+  /// Calls `body(tap, iy, ix)` for every tap (ky·K + kx) of output pixel (oy, ox) that falls
+  /// inside the input, in row-major tap order.
+  @inline(__always)
+  func forEachTap(oy: Int, ox: Int, _ body: (_ tap: Int, _ iy: Int, _ ix: Int) -> Void) {
+    for ky in 0..<kernel {
+      let iy = oy * stride - padTop + ky
+      if iy < 0 || iy >= height { continue }
+      for kx in 0..<kernel {
+        let ix = ox * stride - padLeft + kx
+        if ix < 0 || ix >= width { continue }
+        body(ky * kernel + kx, iy, ix)
+      }
+    }
+  }
+}
