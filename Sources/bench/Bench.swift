@@ -1,9 +1,30 @@
 // `bench`: throughput benchmarks printed beside their baselines (see docs/performance.md).
 import ArgumentParser
+import MobileNet
 
 @main
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmarks, each printed beside its baseline as a ratio.",
     subcommands: [TrainBench.self, TrainOne.self, ScalingBench.self])
+}
+
+/// One benchmark configuration, written model:imageSize:batch:classes.
+struct BenchConfig {
+  var model: String
+  var size: Int
+  var batch: Int
+  var classes: Int
+
+  /// Parses a comma-separated list; also checks each names a valid model.
+  static func parseList(_ list: String) throws -> [BenchConfig] {
+    try list.split(separator: ",").map { spec in
+      let parts = spec.split(separator: ":").map(String.init)
+      guard parts.count == 4, let size = Int(parts[1]), let batch = Int(parts[2]), let classes = Int(parts[3]) else {
+        throw ValidationError("bad config '\(spec)', expected model:imageSize:batch:classes")
+      }
+      _ = try ModelConfig(modelName: parts[0], numClasses: classes, imageSize: size)
+      return BenchConfig(model: parts[0], size: size, batch: batch, classes: classes)
+    }
+  }
 }

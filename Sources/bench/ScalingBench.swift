@@ -35,6 +35,7 @@ struct ScalingBench: ParsableCommand {
       return (p[0], p[1])
     }
     let steps = (warmupWindows + windows) * windowSteps
+    let list = try BenchConfig.parseList(configs)  // bad input fails before any output
     let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     let launch = bin.appendingPathComponent("launch").path
     guard FileManager.default.isExecutableFile(atPath: launch) else {
@@ -43,20 +44,17 @@ struct ScalingBench: ParsableCommand {
     print("whole runs through launch on 127.0.0.1: \(steps) steps each, images/s = median of \(windows) windows of "
           + "\(windowSteps) steps after \(warmupWindows) warm-up window(s); synthetic \(sizes[0])×\(sizes[1]) JPEG TFRecords")
     print("config                        layout   batch/rank   img/s   vs \(plan[0].ranks)x\(plan[0].threads)")
-    for spec in configs.split(separator: ",") {
-      let parts = spec.split(separator: ":").map(String.init)
-      guard parts.count == 4, let size = Int(parts[1]), let batch = Int(parts[2]), let classes = Int(parts[3]) else {
-        throw ValidationError("bad config '\(spec)', expected model:imageSize:globalBatch:classes")
-      }
+    for c in list {
+      let (size, batch, classes) = (c.size, c.batch, c.classes)  // batch: the global batch
       // One epoch covers the whole run, so no run pays an epoch restart the others do not.
       let data = try dataset(examples: steps * batch, width: sizes[0], height: sizes[1])
       var reference: Double?
       for (ranks, threads) in plan {
         guard batch % ranks == 0 else { throw ValidationError("global batch \(batch) is not divisible by \(ranks) ranks") }
-        let ips = try runJob(launch: launch, data: data, model: parts[0], size: size, classes: classes,
+        let ips = try runJob(launch: launch, data: data, model: c.model, size: size, classes: classes,
                              ranks: ranks, threads: threads, batchPerRank: batch / ranks, steps: steps)
         if reference == nil { reference = ips }
-        let label = "\(parts[0]) \(size)² b\(batch)".padding(toLength: 28, withPad: " ", startingAt: 0)
+        let label = "\(c.model) \(size)² b\(batch)".padding(toLength: 28, withPad: " ", startingAt: 0)
         print("\(label)  \("\(ranks)x\(threads)".padding(toLength: 6, withPad: " ", startingAt: 0))"
               + "\(String(format: "%11d", batch / ranks))  \(String(format: "%6.1f", ips))   "
               + String(format: "%5.1f%%", 100 * ips / reference!))

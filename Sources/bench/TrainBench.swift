@@ -28,24 +28,22 @@ struct TrainBench: ParsableCommand {
 
   func run() throws {
     Compute.setThreads(threads)
+    let list = try BenchConfig.parseList(configs)  // bad input fails before any output
     print("threads=\(threads) steps=\(steps) (median) warmup=\(warmup) rounds=\(rounds) (ours then PyTorch; medians over rounds)")
     print("config                          ours img/s   ours RSS MiB   torch img/s   torch RSS MiB   ratio   per-round ratios")
-    for spec in configs.split(separator: ",") {
-      let parts = spec.split(separator: ":").map(String.init)
-      guard parts.count == 4, let size = Int(parts[1]), let batch = Int(parts[2]), let classes = Int(parts[3]) else {
-        throw ValidationError("bad config '\(spec)', expected model:imageSize:batch:classes")
-      }
-      let config = try ModelConfig(modelName: parts[0], numClasses: classes, imageSize: size)
+    for c in list {
+      let (size, batch, classes) = (c.size, c.batch, c.classes)
+      let config = try ModelConfig(modelName: c.model, numClasses: classes, imageSize: size)
       var oursRuns: [Measure] = [], torchRuns: [Measure] = []
       for _ in 0..<max(1, rounds) {
-        oursRuns.append(try runChild(["bench", "train-one", "--model", parts[0], "--size", "\(size)", "--batch", "\(batch)",
+        oursRuns.append(try runChild(["bench", "train-one", "--model", c.model, "--size", "\(size)", "--batch", "\(batch)",
                                       "--classes", "\(classes)", "--threads", "\(threads)", "--steps", "\(steps)",
                                       "--warmup", "\(warmup)"]))
         if let t = try runBaseline(config: config, batch: batch) { torchRuns.append(t) }
       }
       let ours = Measure.median(oursRuns)
       let torch = torchRuns.count == oursRuns.count ? Measure.median(torchRuns) : nil
-      let label = "\(parts[0]) \(size)² b\(batch) k\(classes)".padding(toLength: 30, withPad: " ", startingAt: 0)
+      let label = "\(c.model) \(size)² b\(batch) k\(classes)".padding(toLength: 30, withPad: " ", startingAt: 0)
       let ratio = torch.map { String(format: "%.2fx", ours.ips / $0.ips) } ?? "n/a"
       let perRound = torch == nil ? "" : zip(oursRuns, torchRuns).map { String(format: "%.2f", $0.ips / $1.ips) }
         .joined(separator: " ")
