@@ -1,8 +1,8 @@
 // Collective algorithms over a RingTransport (gloo's algorithms layer).
 //
 // Chunks vs segments: the buffer is cut into `size` chunks (chunk c = elements
-// [c·count/size, (c+1)·count/size)), one per rank; each chunk travels as segments of at most
-// `segmentElements`, so that a rank reduces segment k while segment k+1 is on the wire.
+// [c·count/size, (c+1)·count/size)), one per rank; each chunk travels as segments of
+// `segmentLength(count:)` elements, so that a rank reduces segment k while segment k+1 is on the wire.
 //
 // Ring allreduce = reduce-scatter then all-gather. In reduce-scatter step s, rank r sends chunk
 // r−s and receives (and adds into) chunk r−s−1; the chunk it just reduced is the one it sends in

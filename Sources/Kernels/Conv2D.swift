@@ -1,8 +1,9 @@
 // Regular K×K convolution, NHWC, TF `SAME` padding, no bias. MobileNetV2 uses it once: the
 // 3×3 stride-2 stem (3 → 32 channels). Weights are TF's HWIO layout [K, K, Cin, Cout].
 //
-// The fast path is im2col + GEMM (BLAS); the naive path is the textbook loop nest used as the
-// test reference.
+// Fast paths: a direct forward with SIMD16 register accumulators when the output channels are a
+// multiple of 16, else im2col + GEMM; the backward is im2col + GEMM. The naive path is the
+// textbook loop nest used as the test reference.
 import CBLAS
 
 /// Shape of a convolution: batch, input size, channels, kernel and stride.
@@ -25,10 +26,8 @@ public struct ConvShape: Equatable {
   }
 }
 
-/// y[N,Ho,Wo,Co] = conv(x[N,H,W,Ci], w[K,K,Ci,Co]), as im2col then one GEMM:
-/// patches[N·Ho·Wo, K·K·Ci] · w[K·K·Ci, Co]. The stem has K·K·Ci = 27 and few output channels, so
-/// a direct loop nest does one short SIMD update per tap (measured 3.6 GFLOP/s); the GEMM runs the
-/// same products in BLAS's register-blocked kernels. The patch matrix lives in `scratch`.
+/// y[N,Ho,Wo,Co] = conv(x[N,H,W,Ci], w[K,K,Ci,Co]): direct (below) when Co is a multiple of 16,
+/// else im2col then one GEMM, patches[N·Ho·Wo, K·K·Ci] · w[K·K·Ci, Co], the patches in `scratch`.
 public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                           _ s: ConvShape, scratch: Scratch) {
   if s.outChannels % 16 == 0 { return conv2dForwardDirect16(y: y, x: x, w: w, s) }
@@ -39,7 +38,8 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
   gemmRows(c: y, a: patches, b: w, rows: rows, k: depth, n: s.outChannels, transposeB: false)
 }
 
-/// Every MobileNetV2 stem (16, 32 or 48 output channels): one SIMD16 accumulator per 16 output
+/// The stems of mobilenet_v2_035/_050 (16), _100 (32) and _140 (48) output channels (_075 has 24 and
+/// _130 40, which take the GEMM path): one SIMD16 accumulator per 16 output
 /// channels stays in registers across all K·K·Ci taps, so each tap is one broadcast FMA and the
 /// output is written once (3× faster than im2col + GEMM on the 0.35/96 stem, which is bound by
 /// writing and reading the patch matrix).

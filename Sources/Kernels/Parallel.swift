@@ -1,9 +1,10 @@
-// Thread control for the kernels: one setting for our own loops and for OpenBLAS.
+// Thread control for the kernels: our own loops take `Compute.threads`; OpenBLAS runs single-threaded
+// inside them (see Pointwise.swift).
 import CBLAS
 import Dispatch
 
 public enum Compute {
-  /// Threads used by our kernels and by BLAS. Set once at start-up (launch hands each worker
+  /// Threads used by our kernels (and so by the row-split GEMMs). Set once at start-up (launch hands each worker
   /// cores ÷ local workers); 1 until set so tests and libraries are deterministic by default.
   public private(set) static var threads = 1
 
@@ -11,8 +12,12 @@ public enum Compute {
   /// Pointwise.swift), which avoids waking OpenBLAS's own pool on every call.
   public static func setThreads(_ n: Int) {
     threads = max(1, n)
-    openblas_set_num_threads(1)
+    _ = blasSingleThreaded
   }
+
+  /// OpenBLAS single-threaded, once per process: the GEMM wrappers touch it before every call, so
+  /// code that never calls setThreads gets it too.
+  static let blasSingleThreaded: Void = openblas_set_num_threads(1)
 }
 
 /// Splits `0..<count` into at most `Compute.threads` contiguous chunks and runs `body(chunkIndex, range)`

@@ -30,6 +30,7 @@ let gemmMinRowsPerThread = 64
 func gemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
               rows: Int, k: Int, n: Int, transposeB: Bool) {
   guard rows > 0 else { return }
+  _ = Compute.blasSingleThreaded
   parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { _, r in
     cblas_sgemm(CblasRowMajor, CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans, Int32(r.count), Int32(n), Int32(k),
                 1, a + r.lowerBound * k, Int32(k), b, Int32(transposeB ? k : n), 0, c + r.lowerBound * n, Int32(n))
@@ -46,6 +47,7 @@ func gemmPartialsCount(rows: Int, m: Int, n: Int) -> Int {
 func gemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                         rows: Int, m: Int, n: Int, partials: UnsafeMutablePointer<Float>) {
   guard rows > 0 else { return }
+  _ = Compute.blasSingleThreaded
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
     let out = chunk == 0 ? c : partials + (chunk - 1) * m * n
@@ -63,6 +65,7 @@ public func denseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>
                          b: UnsafePointer<Float>, rows: Int, inChannels: Int, outChannels: Int) {
   for r in 0..<rows { (y + r * outChannels).update(from: b, count: outChannels) }
   guard rows > 0 else { return }
+  _ = Compute.blasSingleThreaded
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(outChannels), Int32(inChannels),
               1, x, Int32(inChannels), w, Int32(outChannels), 1, y, Int32(outChannels))
 }
@@ -70,13 +73,13 @@ public func denseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>
 /// dw += xᵀ·dy; db += Σrows dy; dx (if given) = dy·wᵀ.
 public func denseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
                           db: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                          w: UnsafePointer<Float>, rows: Int, inChannels: Int, outChannels: Int) {
+                          w: UnsafePointer<Float>, rows: Int, inChannels: Int, outChannels: Int, scratch: Scratch) {
   for r in 0..<rows {
     let g = dy + r * outChannels
     for k in 0..<outChannels { db[k] += g[k] }
   }
   pointwiseBackward(dx: dx, dw: dw, dy: dy, x: x, w: w, rows: rows, inChannels: inChannels, outChannels: outChannels,
-                    scratch: Scratch())
+                    scratch: scratch)
 }
 
 // MARK: - Naive reference

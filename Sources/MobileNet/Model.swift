@@ -288,7 +288,8 @@ public final class MobileNetV2 {
     let last = layers[lastConvIndex]
     // Head: logits → dropout → pool.
     denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases), dy: act.dLogits,
-                  x: act.features, w: w(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses)
+                  x: act.features, w: w(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses,
+                  scratch: scratch)
     if act.features == UnsafePointer(act.dropped) {
       dropoutBackward(dx: act.dPooled, dy: act.dPooled, mask: act.dropoutMask, count: batch * C)
     }

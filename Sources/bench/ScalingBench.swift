@@ -34,6 +34,10 @@ struct ScalingBench: ParsableCommand {
       guard p.count == 2, p[0] >= 1, p[1] >= 1 else { throw ValidationError("bad layout '\(spec)', expected RANKSxTHREADS") }
       return (p[0], p[1])
     }
+    guard !plan.isEmpty else { throw ValidationError("--layouts is empty") }
+    guard windows >= 1, windowSteps >= 1, warmupWindows >= 0 else {
+      throw ValidationError("--windows and --window-steps must be at least 1, --warmup-windows at least 0")
+    }
     let steps = (warmupWindows + windows) * windowSteps
     let list = try BenchConfig.parseList(configs)  // bad input fails before any output
     let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -47,7 +51,8 @@ struct ScalingBench: ParsableCommand {
     for c in list {
       let (size, batch, classes) = (c.size, c.batch, c.classes)  // batch: the global batch
       // One epoch covers the whole run, so no run pays an epoch restart the others do not.
-      let data = try dataset(examples: steps * batch, width: sizes[0], height: sizes[1])
+      let data = try dataset(examples: steps * batch, classes: min(classes, Self.syntheticClasses),
+                             width: sizes[0], height: sizes[1])
       var reference: Double?
       for (ranks, threads) in plan {
         guard batch % ranks == 0 else { throw ValidationError("global batch \(batch) is not divisible by \(ranks) ranks") }
@@ -63,13 +68,17 @@ struct ScalingBench: ParsableCommand {
   }
 
   /// A directory of synthetic training TFRecords with at least `examples` examples.
-  func dataset(examples: Int, width: Int, height: Int) throws -> String {
-    let dir = "\(dataDir)/\(width)x\(height)-\(examples)"
+  /// Classes of the synthetic images (labels 0…9; fewer when the model has fewer).
+  static let syntheticClasses = 10
+
+  func dataset(examples: Int, classes: Int, width: Int, height: Int) throws -> String {
+    let dir = "\(dataDir)/\(width)x\(height)-\(examples)-k\(classes)"
     let marker = "\(dir)/.complete"
     if FileManager.default.fileExists(atPath: marker) { return dir }
     try? FileManager.default.removeItem(atPath: dir)
     var o = SyntheticOptions()
     o.examples = examples
+    o.classes = classes
     o.width = width
     o.height = height
     o.seed = 1

@@ -123,6 +123,39 @@ final class RingAllreduceTests: XCTestCase {
     }
   }
 
+  /// Adaptive segments (between 16 and 400 bytes) with ranks that do not divide the count:
+  /// sums and broadcasts stay exact.
+  func testAdaptiveSegmentsWithUnevenChunks() {
+    for n in [3, 5] {
+      for count in [1001, 40_009] {
+        let fabric = InProcessFabric(size: n)
+        let options = { () -> GroupOptions in
+          var o = inProcessGroups(n).1
+          o.segmentBytes = 16
+          o.maxSegmentBytes = 400
+          return o
+        }()
+        let wrong = ResultBox(n)
+        let errors = runRanks(n) { r in
+          let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+          var buf = (0..<count).map { Float(r + $0 % 7) }
+          try g.allreduceSum(&buf, count: count)
+          let sumOfRanks = n * (n - 1) / 2
+          if let i = (0..<count).first(where: { buf[$0] != Float(sumOfRanks + n * ($0 % 7)) }) {
+            wrong.set(r, CollectiveSelfTest.Failure(description: "n=\(n) count=\(count) rank \(r): sum [\(i)] = \(buf[i])"))
+            return
+          }
+          var b = (0..<count).map { Float(r == 1 ? $0 : -1) }
+          try g.broadcast(&b, count: count, root: 1)
+          if let i = (0..<count).first(where: { b[$0] != Float($0) }) {
+            wrong.set(r, CollectiveSelfTest.Failure(description: "n=\(n) count=\(count) rank \(r): broadcast [\(i)] = \(b[i])"))
+          }
+        }
+        XCTAssertEqual((errors + wrong.all).compactMap { $0 }.map(message), [String](), "n=\(n) count=\(count)")
+      }
+    }
+  }
+
   func testDoubleSumIsExactForCounts() {
     let n = 6
     let (fabric, options) = inProcessGroups(n)

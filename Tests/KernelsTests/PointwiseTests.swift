@@ -14,6 +14,9 @@ final class PointwiseTests: XCTestCase {
   }
 
   func checkGemmShapes(_ label: String) {
+    // One scratch for all shapes, full of NaN first: partial sums must never read stale contents.
+    let scratch = Scratch()
+    scratch.uninitialized(1 << 20).update(repeating: .nan, count: 1 << 20)
     for (m, ci, co) in [(1, 1, 1), (37, 16, 96), (200, 24, 8), (5, 320, 64), (1001, 24, 144), (130, 96, 16)] {
       let x = randomBuffer(m * ci, seed: 1), w = randomBuffer(ci * co, seed: 2), dy = randomBuffer(m * co, seed: 3)
       let y = FloatBuffer(count: m * co), yRef = FloatBuffer(count: m * co)
@@ -24,7 +27,7 @@ final class PointwiseTests: XCTestCase {
       let dw = randomBuffer(ci * co, seed: 4), dwRef = FloatBuffer(count: ci * co)
       dwRef.copy(from: dw.array)
       pointwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co,
-                        scratch: Scratch())
+                        scratch: scratch)
       pointwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
       assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, "1x1 dx \(m)x\(ci)x\(co) \(label)")
       assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "1x1 dw \(m)x\(ci)x\(co) \(label)")
@@ -57,7 +60,8 @@ final class PointwiseTests: XCTestCase {
       XCTAssertEqual(Double(y[i * k + j]), s, accuracy: 1e-4)
     } }
     let dx = FloatBuffer(count: n * c), dw = FloatBuffer(count: c * k), db = FloatBuffer(count: k)
-    denseBackward(dx: dx.base, dw: dw.base, db: db.base, dy: r.base, x: x.base, w: w.base, rows: n, inChannels: c, outChannels: k)
+    denseBackward(dx: dx.base, dw: dw.base, db: db.base, dy: r.base, x: x.base, w: w.base, rows: n, inChannels: c, outChannels: k,
+                  scratch: Scratch())
     let f = { () -> Double in
       denseForward(y: y.base, x: x.base, w: w.base, b: b.base, rows: n, inChannels: c, outChannels: k); return dot(r, y.base)
     }
