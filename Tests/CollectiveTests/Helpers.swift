@@ -31,11 +31,13 @@ final class ResultBox: @unchecked Sendable {
   var all: [Error?] { lock.lock(); defer { lock.unlock() }; return errors }
 }
 
-/// In-process groups of `n` ranks; `segmentBytes` small to exercise the segment paths.
-func inProcessGroups(_ n: Int, segmentBytes: Int = 4096, timeout: Double = 20) -> (InProcessFabric, GroupOptions) {
+/// In-process groups of `n` ranks; `segmentBytes` small to exercise the segment paths. Segments
+/// are exactly that size (the tests choose how many) unless `maxSegmentBytes` lets them grow.
+func inProcessGroups(_ n: Int, segmentBytes: Int = 4096, maxSegmentBytes: Int? = nil,
+                     timeout: Double = 20) -> (InProcessFabric, GroupOptions) {
   var options = GroupOptions()
   options.segmentBytes = segmentBytes
-  options.maxSegmentBytes = segmentBytes  // exactly this size: the tests choose how many segments
+  options.maxSegmentBytes = maxSegmentBytes ?? segmentBytes
   options.connectTimeout = timeout
   options.runningTimeout = timeout
   return (InProcessFabric(size: n), options)

@@ -97,13 +97,7 @@ final class RingAllreduceTests: XCTestCase {
     // (count, expected largest payload): 100 → floor (4 floats); 3,000 → 3000/2/32 = 46 floats;
     // 50,000 → 781 floats, capped at 100 floats (400 bytes).
     for (count, expectedBytes) in [(100, 16), (3_000, 46 * 4), (50_000, 400)] {
-      let fabric = InProcessFabric(size: n)
-      let options = { () -> GroupOptions in
-        var o = inProcessGroups(n).1
-        o.segmentBytes = 16
-        o.maxSegmentBytes = 400
-        return o
-      }()
+      let (fabric, options) = inProcessGroups(n, segmentBytes: 16, maxSegmentBytes: 400)
       let payloads = PayloadLog()
       let wrong = ResultBox(n)
       let errors = runRanks(n) { r in
@@ -128,13 +122,7 @@ final class RingAllreduceTests: XCTestCase {
   func testAdaptiveSegmentsWithUnevenChunks() {
     for n in [3, 5] {
       for count in [1001, 40_009] {
-        let fabric = InProcessFabric(size: n)
-        let options = { () -> GroupOptions in
-          var o = inProcessGroups(n).1
-          o.segmentBytes = 16
-          o.maxSegmentBytes = 400
-          return o
-        }()
+        let (fabric, options) = inProcessGroups(n, segmentBytes: 16, maxSegmentBytes: 400)
         let wrong = ResultBox(n)
         let errors = runRanks(n) { r in
           let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
