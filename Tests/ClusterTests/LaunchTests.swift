@@ -53,11 +53,20 @@ final class LaunchTests: XCTestCase {
     assertNoneAlive(workerPIDs(in: allLogs(dir)))
   }
 
+  /// `launch` of `ranks` local workers looping allreduces after the self-test, where `faultRank`
+  /// injects `fault` (kill, stop or fail) 0.5 s in; returns the base port and launch's result.
+  func runFaultyLoop(ranks: Int, fault: String, faultRank: Int, loopSeconds: Int = 60, launchFlags: [String] = [],
+                     workerFlags: [String] = [], timeout: Double = 60) throws -> (base: Int, result: RunResult) {
+    let base = try XCTUnwrap(LoopbackPorts.findFree(count: ranks))
+    let r = try runProcess(launch, ["--local-ranks", "\(ranks)", "--base-port", "\(base)", "--log-dir", logDir] + launchFlags
+                    + Self.timeoutFlags + ["--", "--self-test", "--counts", "1000", "--loop-seconds", "\(loopSeconds)",
+                                           "--fault", fault, "--fault-rank", "\(faultRank)", "--fault-after", "0.5"] + workerFlags,
+                    timeout: timeout)
+    return (base, r)
+  }
+
   func testKilledRankStopsEveryoneAndIsNamedAsTheRootCause() throws {
-    let base = try XCTUnwrap(LoopbackPorts.findFree(count: 4))
-    let r = try runProcess(launch, ["--local-ranks", "4", "--base-port", "\(base)", "--log-dir", logDir] + Self.timeoutFlags
-                    + ["--", "--self-test", "--counts", "1000", "--loop-seconds", "60", "--fault", "kill", "--fault-rank", "2", "--fault-after", "0.5"],
-                    timeout: 60)
+    let (base, r) = try runFaultyLoop(ranks: 4, fault: "kill", faultRank: 2)
     XCTAssertNotEqual(r.status, 0)
     XCTAssertLessThan(r.seconds, 15, "launch must stop the job within seconds")
     XCTAssertTrue(r.output.contains("launch: rank 2 (device 2, 127.0.0.1:\(base + 2)) failed first: was killed by signal 9"), r.output)
@@ -69,10 +78,7 @@ final class LaunchTests: XCTestCase {
   /// A stopped (SIGSTOP) rank answers nothing, not even heartbeats: its neighbours drop it and
   /// every rank's error names it; launch kills it (SIGKILL after the grace period).
   func testStoppedRankIsNamedByEveryRank() throws {
-    let base = try XCTUnwrap(LoopbackPorts.findFree(count: 3))
-    let r = try runProcess(launch, ["--local-ranks", "3", "--base-port", "\(base)", "--log-dir", logDir] + Self.timeoutFlags
-                    + ["--", "--self-test", "--counts", "1000", "--loop-seconds", "60", "--fault", "stop", "--fault-rank", "1", "--fault-after", "0.5"],
-                    timeout: 60)
+    let (base, r) = try runFaultyLoop(ranks: 3, fault: "stop", faultRank: 1)
     XCTAssertNotEqual(r.status, 0)
     XCTAssertLessThan(r.seconds, 20)
     for rank in [0, 2] {
@@ -83,10 +89,8 @@ final class LaunchTests: XCTestCase {
   }
 
   func testMaxRestartsRestartsTheWholeGroup() throws {
-    let base = try XCTUnwrap(LoopbackPorts.findFree(count: 2))
-    let r = try runProcess(launch, ["--local-ranks", "2", "--base-port", "\(base)", "--log-dir", logDir, "--max-restarts", "2"]
-                    + Self.timeoutFlags + ["--", "--self-test", "--counts", "1000", "--loop-seconds", "3", "--fault", "fail",
-                                           "--fault-rank", "1", "--fault-after", "0.5", "--fault-restart", "0"], timeout: 90)
+    let (base, r) = try runFaultyLoop(ranks: 2, fault: "fail", faultRank: 1, loopSeconds: 3,
+                                      launchFlags: ["--max-restarts", "2"], workerFlags: ["--fault-restart", "0"], timeout: 90)
     XCTAssertEqual(r.status, 0, r.output)
     XCTAssertTrue(r.output.contains("launch: rank 1 (device 1, 127.0.0.1:\(base + 1)) failed first: exited with status 1"), r.output)
     XCTAssertTrue(r.output.contains("launch: restarting the group (restart 1 of 2)"), r.output)
