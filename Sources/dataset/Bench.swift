@@ -132,14 +132,11 @@ struct BenchCommand: ParsableCommand {
 
   /// One pass of each Pillow pipeline: its `images_per_s` line as a dictionary.
   func runPillow() -> [String: Double]? {
-    let p = pillowProcess()
-    guard (try? p.process.run()) != nil else { return nil }
-    let text = String(decoding: p.output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.process.waitUntilExit()
-    return parsePillow(text)
+    let result = runPillow(processes: 1)
+    return result.isEmpty ? nil : result
   }
 
-  /// `processes` Pillow runs started together; per pipeline the sum of their images/s.
+  /// `processes` Pillow runs started together; per pipeline the sum of their images/s (empty if any failed).
   func runPillow(processes: Int) -> [String: Double] {
     let runs = (0..<processes).map { _ in pillowProcess() }
     let started = runs.filter { (try? $0.process.run()) != nil }
