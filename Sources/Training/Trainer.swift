@@ -72,8 +72,8 @@ public final class Trainer {
     self.comm = comm
     self.log = log
     let net = prebuilt ?? Self.makeModel(options)
-    precondition(net.config == options.model, "the model passed to Trainer is not the one its options describe")
-    net.batchNormDecay = options.batchNormDecay
+    precondition(net.config == options.model && net.batchNormDecay == options.batchNormDecay,
+                 "the model passed to Trainer is not the one its options describe (use Trainer.makeModel)")
     model = net
     optimizer = Optimizer(kind: options.optimizer, parameterCount: net.parameterCount, momentum: options.momentum)
     average = options.movingAverageDecay.map { WeightAverage(model: net, decay: $0) }
