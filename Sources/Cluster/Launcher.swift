@@ -45,6 +45,10 @@ public final class Launcher {
   static let tickMilliseconds: Int32 = 100
   /// Seconds of failures collected after the first one, to find the root cause among them.
   static let rootCauseWindow = 0.5
+  /// While every failure so far is caused by a peer, launch waits up to this long (from the first
+  /// failure) for the other ranks to report too before stopping them: their error lines name the
+  /// rank that hung or vanished, which is the root cause, and belong in their logs.
+  static let peerFailureWindow = 5.0
   /// Lines of a failed rank's log printed as the root cause.
   public static let tailLines = 20
   /// Console forwarding: other ranks' lines containing one of these (case-insensitive).
@@ -61,19 +65,26 @@ public final class Launcher {
   /// Chooses the server this launch runs: the requested one, or the only server whose devices
   /// are all on this host.
   public static func selectServer(table: RankTable, requested: String?) throws -> String {
+    let interfaces = LocalAddress.interfaceAddresses()
     if let id = requested {
       guard table.serverIDs.contains(id) else {
         throw RankTableError("--server-id \(id) is not in the rank table (servers: \(table.serverIDs.joined(separator: ", ")))")
       }
+      if let d = table.devices(onServer: id).first(where: { !LocalAddress.isLocal($0.address, interfaces: interfaces) }) {
+        throw RankTableError("\(d.path).device_ip: \"\(d.address)\" (rank \(d.rank) of server \(id)) is not an address of this host")
+      }
       return id
     }
-    let interfaces = LocalAddress.interfaceAddresses()
     let local = table.serverIDs.filter { id in
       table.devices(onServer: id).allSatisfy { LocalAddress.isLocal($0.address, interfaces: interfaces) }
     }
     switch local.count {
     case 1: return local[0]
-    case 0: throw RankTableError("no server of the rank table has its device addresses on this host; pass --server-id")
+    case 0:
+      // Name the first address that is not local, with its place in the table.
+      let d = table.devices.first { !LocalAddress.isLocal($0.address, interfaces: interfaces) }!
+      throw RankTableError("no server of the rank table has all its device addresses on this host: \(d.path).device_ip "
+                           + "\"\(d.address)\" (rank \(d.rank), server_id \(d.serverID)) is not one of them; fix the table or pass --server-id")
     default:
       throw RankTableError("servers \(local.joined(separator: ", ")) all have local addresses (a loopback simulation?); "
                            + "start one launch per server with --server-id")
@@ -102,6 +113,7 @@ public final class Launcher {
           say("restarting the group (restart \(attempt) of \(plan.maxRestarts))")
           continue
         }
+        say(plan.maxRestarts > 0 ? "giving up after \(plan.maxRestarts) restarts" : "giving up")
         return 1
       }
     }
@@ -154,7 +166,9 @@ public final class Launcher {
         // it down, so they may exit first: collect the failures of a short window before
         // naming the root cause (and before stopping anyone).
         let settle = Date(timeIntervalSinceNow: Self.rootCauseWindow)
-        while Date() < settle && workers.contains(where: { $0.status == nil }) {
+        let peerDeadline = Date(timeIntervalSinceNow: Self.peerFailureWindow)
+        while workers.contains(where: { $0.status == nil }) && Date() < peerDeadline {
+          if Date() >= settle && !waitingForPeerReports(workers) { break }
           pump(workers, milliseconds: 20)
           reap(workers)
         }
@@ -167,29 +181,81 @@ public final class Launcher {
       closeLogs(workers)
       return .succeeded
     }
+    // Decided before stopping: a stopped (hung) rank is still in state T now.
+    let cause = rootCause(failures, workers: workers)
     stop(workers, reason: "rank failure")
-    report(rootCause(failures), failedCount: failures.count, total: workers.count)
+    report(cause)
     closeLogs(workers)
     return .failed
   }
 
-  /// The root cause among the first failures: a rank that failed for its own reasons before
-  /// ranks that failed because of a peer (exit status peerFailureExitCode), then the lowest rank.
-  private func rootCause(_ failures: [Worker]) -> Worker {
-    let own = failures.filter { !(exited($0.status!) && exitCode($0.status!) == peerFailureExitCode) }
-    return (own.isEmpty ? failures : own).min { $0.device.rank < $1.device.rank }!
+  private func isPeerFailure(_ w: Worker) -> Bool {
+    guard let st = w.status else { return false }
+    return exited(st) && exitCode(st) == peerFailureExitCode
   }
 
-  private func report(_ w: Worker, failedCount: Int, total: Int) {
+  /// The rank a peer-caused failure names in its last error line.
+  private func blamed(_ w: Worker) -> Int? {
+    w.tail.last { $0.contains("error:") }.flatMap(blamedRank(inErrorLine:))
+  }
+
+  /// True while every failure is caused by a peer and a worker that nobody named (and that is not
+  /// stopped) still runs: it is about to fail with its own report.
+  private func waitingForPeerReports(_ workers: [Worker]) -> Bool {
+    let failed = workers.filter { $0.status.map { $0 != 0 } ?? false }
+    guard failed.allSatisfy(isPeerFailure) else { return false }
+    let named = Set(failed.compactMap(blamed))
+    return workers.contains { $0.status == nil && !named.contains($0.device.rank) && !isStopped($0.pid) }
+  }
+
+  private struct RootCause {
+    var rank: Int
+    var worker: Worker?
+    var how: String
+  }
+
+  /// The root cause: a rank that failed for its own reasons (lowest first); else the rank the
+  /// peer-caused failures name most (a rank that hung, was stopped or vanished; it may still be
+  /// running, or be on another server); else a worker in the stopped state; else the lowest rank.
+  private func rootCause(_ failures: [Worker], workers: [Worker]) -> RootCause {
+    let own = failures.filter { !isPeerFailure($0) }
+    if let w = own.min(by: { $0.device.rank < $1.device.rank }) { return RootCause(rank: w.device.rank, worker: w, how: describeExit(w)) }
+    var votes: [Int: [Int]] = [:]
+    for w in failures { if let r = blamed(w) { votes[r, default: []].append(w.device.rank) } }
+    let stopped = workers.filter { $0.status == nil && isStopped($0.pid) }
+    if let (rank, namers) = votes.max(by: { ($0.value.count, -$0.key) < ($1.value.count, -$1.key) }) {
+      let by = "named by rank\(namers.count > 1 ? "s" : "") \(namers.sorted().map(String.init).joined(separator: ", "))"
+      let w = workers.first { $0.device.rank == rank }
+      let how: String
+      switch w {
+      case nil: how = "stopped answering (on another server); \(by)"
+      case let w? where w.status == nil:
+        how = (isStopped(w.pid) ? "stopped (SIGSTOP or a debugger: process state T)" : "hung (still running, not answering)") + "; \(by)"
+      case let w?: how = "\(describeExit(w)); \(by)"
+      }
+      return RootCause(rank: rank, worker: w, how: how)
+    }
+    if let w = stopped.min(by: { $0.device.rank < $1.device.rank }) {
+      return RootCause(rank: w.device.rank, worker: w, how: "stopped (SIGSTOP or a debugger: process state T)")
+    }
+    let w = failures.min { $0.device.rank < $1.device.rank }!
+    return RootCause(rank: w.device.rank, worker: w, how: describeExit(w))
+  }
+
+  private func describeExit(_ w: Worker) -> String {
     let st = w.status!
-    let how = exited(st) ? "exited with status \(exitCode(st))" + (exitCode(st) == peerFailureExitCode ? " (failed because of another rank)" : "")
-                         : "was killed by signal \(termSignal(st))"
-    say("rank \(w.device.rank) (device \(w.device.deviceID), \(w.device.address):\(w.device.port)) failed first: \(how)")
-    if !w.tail.isEmpty {
+    return exited(st) ? "exited with status \(exitCode(st))" + (exitCode(st) == peerFailureExitCode ? " (failed because of another rank)" : "")
+                      : "was killed by signal \(termSignal(st))"
+  }
+
+  private func report(_ cause: RootCause) {
+    let where_ = plan.table.devices.first { $0.rank == cause.rank }.map { "device \($0.deviceID), \($0.address):\($0.port)" } ?? "?"
+    say("rank \(cause.rank) (\(where_)) failed first: \(cause.how)")
+    if let w = cause.worker, !w.tail.isEmpty {
       say("last \(w.tail.count) lines of \(logPath(w.device.rank)):")
       for line in w.tail { console("  [rank \(w.device.rank)] \(line)") }
     }
-    say("stopped the other workers of this server; giving up")
+    say("stopped the other workers of this server")
   }
 
   // MARK: Processes
@@ -311,7 +377,8 @@ public final class Launcher {
   private func stop(_ workers: [Worker], reason: String?) {
     reap(workers)
     let live = workers.filter { $0.status == nil && $0.pid > 0 }
-    for w in live { kill(-w.pid, SIGTERM) }
+    // SIGCONT after SIGTERM: a stopped worker acts on the SIGTERM at once instead of waiting for SIGKILL.
+    for w in live { kill(-w.pid, SIGTERM); kill(-w.pid, SIGCONT) }
     let deadline = Date(timeIntervalSinceNow: plan.gracePeriod)
     while workers.contains(where: { $0.status == nil && $0.pid > 0 }) {
       if Date() > deadline {
@@ -335,3 +402,39 @@ public final class Launcher {
 func exited(_ status: Int32) -> Bool { status & 0x7f == 0 }
 func exitCode(_ status: Int32) -> Int32 { (status >> 8) & 0xff }
 func termSignal(_ status: Int32) -> Int32 { status & 0x7f }
+
+/// The rank a peer-caused failure blames, from its error line: the innermost
+/// `lost connection to rank N (` or `rank N (…) sent nothing for` (an abort notice relayed around
+/// the ring quotes the rank that failed first, which quotes the rank it lost).
+public func blamedRank(inErrorLine line: String) -> Int? {
+  var best: (position: String.Index, rank: Int)?
+  func consider(_ position: String.Index, _ rank: Int?) {
+    guard let rank else { return }
+    if best == nil || position > best!.position { best = (position, rank) }
+  }
+  func leadingInt(_ s: Substring) -> Int? { Int(s.prefix { $0.isNumber }) }
+  var search = line.startIndex..<line.endIndex
+  while let r = line.range(of: "lost connection to rank ", range: search) {
+    consider(r.lowerBound, leadingInt(line[r.upperBound...]))
+    search = r.upperBound..<line.endIndex
+  }
+  search = line.startIndex..<line.endIndex
+  while let r = line.range(of: " sent nothing for ", range: search) {
+    // "rank N (address) sent nothing for": the last "rank " before it.
+    if let k = line.range(of: "rank ", options: .backwards, range: line.startIndex..<r.lowerBound) {
+      consider(k.lowerBound, leadingInt(line[k.upperBound...]))
+    }
+    search = r.upperBound..<line.endIndex
+  }
+  return best?.rank
+}
+
+/// The state letter of /proc/<pid>/stat (R running, S sleeping, T stopped, Z zombie…), nil if unknown.
+func processState(_ pid: pid_t) -> Character? {
+  guard pid > 0, let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = text.lastIndex(of: ")") else { return nil }
+  return text[text.index(after: close)...].first { $0 != " " }
+}
+
+/// Stopped by a signal (T) or by a debugger (t).
+func isStopped(_ pid: pid_t) -> Bool { processState(pid).map { $0 == "T" || $0 == "t" } ?? false }

@@ -14,6 +14,8 @@ public struct Device: Equatable, Sendable {
   /// The server (host) the device belongs to, as the table names it.
   public var serverID: String
   public var podName: String?
+  /// Where the table lists it, e.g. `group_list[0].instance_list[1].devices[0]` (for errors).
+  public var path: String = ""
 }
 
 public struct RankTableError: Error, CustomStringConvertible, Equatable {
@@ -63,7 +65,7 @@ public struct RankTable: Equatable, Sendable {
     } catch let e as RankTableError {
       throw e
     } catch {
-      throw RankTableError("not valid JSON: \(error.localizedDescription)")
+      throw RankTableError("not valid JSON: \(jsonErrorLocation(error, in: data))")
     }
     let status = try string(root, "status", at: "")
     guard status == "completed" else { throw RankTableError("status: expected \"completed\", got \"\(status)\"") }
@@ -166,10 +168,11 @@ public struct RankTable: Equatable, Sendable {
     let id = try number(dev, "device_id", at: path)
     let ip = try string(dev, "device_ip", at: path)
     guard isIPv4(ip) else { throw RankTableError("\(path).device_ip: \"\(ip)\" is not an IPv4 address") }
+    if let problem = unusableAddress(ip) { throw RankTableError("\(path).device_ip: \"\(ip)\" \(problem)") }
     var port = basePort + rank
     if dev["device_port"] != nil { port = try number(dev, "device_port", at: path) }
     guard (1...65535).contains(port) else { throw RankTableError("\(path): port \(port) is outside 1...65535") }
-    return Device(rank: rank, deviceID: id, address: ip, port: port, serverID: server, podName: pod)
+    return Device(rank: rank, deviceID: id, address: ip, port: port, serverID: server, podName: pod, path: path)
   }
 
   // MARK: Field access with paths in errors
@@ -242,4 +245,38 @@ public struct RankTable: Equatable, Sendable {
 func isIPv4(_ s: String) -> Bool {
   var addr = in_addr()
   return inet_pton(AF_INET, s, &addr) == 1
+}
+
+/// Why an IPv4 literal cannot be a device's own address, or nil: a rank binds exactly its address.
+func unusableAddress(_ ip: String) -> String? {
+  var addr = in_addr()
+  guard inet_pton(AF_INET, ip, &addr) == 1 else { return "is not an IPv4 address" }
+  let first = UInt32(bigEndian: addr.s_addr) >> 24
+  if first == 0 { return "is the wildcard (this-network) address: give the device's own address (e.g. 127.0.0.1 on one host)" }
+  if first >= 224 && first < 240 { return "is a multicast address: give the device's own address" }
+  if first >= 240 { return "is a reserved or broadcast address: give the device's own address" }
+  return nil
+}
+
+/// "line 3, column 14: …" for a JSONSerialization error (Foundation names a byte offset,
+/// "around character N", or the end of the data); falls back to its description.
+func jsonErrorLocation(_ error: Error, in data: Data) -> String {
+  let debug = ((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String) ?? "\(error)"
+  var offset: Int?
+  if let r = debug.range(of: "around character ") {
+    offset = Int(debug[r.upperBound...].prefix { $0.isNumber })
+  } else if debug.lowercased().contains("end of file") {
+    offset = data.count
+  }
+  guard let at = offset, at <= data.count else { return debug }
+  let bytes = [UInt8](data)
+  var line = 1, lineStart = 0
+  for i in 0..<at where bytes[i] == 0x0A { line += 1; lineStart = i + 1 }
+  let column = at - lineStart + 1
+  let reason = debug.replacingOccurrences(of: #" around character \d+\.?"#, with: "", options: .regularExpression)
+    .trimmingCharacters(in: CharacterSet(charactersIn: ". "))
+  let lineEnd = bytes[lineStart...].firstIndex(of: 0x0A) ?? bytes.count
+  let text = String(decoding: bytes[lineStart..<lineEnd], as: UTF8.self).trimmingCharacters(in: .whitespaces)
+  let excerpt = text.count > 60 ? String(text.prefix(60)) + "…" : text
+  return "line \(line), column \(column): \(reason.lowercased())" + (excerpt.isEmpty ? "" : " (in «\(excerpt)»)")
 }

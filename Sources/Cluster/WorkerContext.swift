@@ -149,8 +149,8 @@ extension ProcessGroup {
     guard ctx.worldSize > 1, let table = ctx.table, let secret = ctx.secret else { return single() }
     let me = table.devices[ctx.rank]
     guard LocalAddress.isLocal(me.address) else {
-      throw RankTableError("rank \(ctx.rank): device_ip \(me.address) (server_id \(me.serverID)) is not an address of this host; "
-                           + "refusing to start (wrong --server-id or rank table?)")
+      throw RankTableError("\(me.path.isEmpty ? "" : me.path + ".")device_ip: \"\(me.address)\" (rank \(ctx.rank), server_id \(me.serverID)) "
+                           + "is not an address of this host; refusing to start (wrong --server-id or rank table?)")
     }
     let spec = GroupSpec(rank: ctx.rank, endpoints: table.devices.map { Endpoint(host: $0.address, port: $0.port) },
                          jobID: ctx.jobID, secret: secret)

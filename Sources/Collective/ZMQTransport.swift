@@ -2,10 +2,12 @@
 // previous rank, a PUSH socket connected to the next rank sends. Sends are asynchronous (libzmq's
 // I/O thread writes while this thread reduces the next segment), which is what pipelines the ring.
 //
-// Liveness: a socket monitor reports connections that completed the security handshake and
-// their disconnection, and ZMTP heartbeats close connections whose peer stopped answering, so a
-// dead or stopped neighbour is reported by name instead of waiting forever. Every wait is bounded
-// by the current timeout.
+// Liveness: a socket monitor reports connections (by file descriptor), their handshakes and their
+// disconnection; ConnectionTracker works out which descriptor is the authenticated neighbour, so
+// only its disconnect counts as a lost rank, while strays (port scanners, HTTP probes, other
+// jobs) are logged with their source address and ignored. ZMTP heartbeats close connections whose
+// peer stopped answering, so a dead or stopped neighbour is reported by name instead of waiting
+// forever. Every wait is bounded by the current timeout.
 
 import CZMQ
 import Foundation
@@ -49,6 +51,8 @@ final class ZMQTransport: RingTransport {
   static let eventHandshakeFailedAuth: UInt16 = 0x4000
   static let eventHandshakeFailedProtocol: UInt16 = 0x2000
   static let eventHandshakeFailedNoDetail: UInt16 = 0x0800
+  static let eventAccepted: UInt16 = 0x0020
+  static let eventConnected: UInt16 = 0x0001
 
   let rank: Int
   let size: Int
@@ -59,20 +63,20 @@ final class ZMQTransport: RingTransport {
   private var inMonitor: UnsafeMutableRawPointer?
   private var outMonitor: UnsafeMutableRawPointer?
   private var zap: ZAPAuthenticator?
-  /// Connection bookkeeping from the monitors. libzmq reports a handshake's success without the
-  /// connection's file descriptor, so connections are counted, not named: every accepted
-  /// connection ends its handshake with exactly one success or failure event (a peer closing
-  /// mid-handshake is a failure), and disconnections beyond the failed ones are authenticated
-  /// connections going away. Only the neighbour holds the secret, so live authenticated
-  /// connections = successes − (disconnections − failures).
-  private var inboundCounts = ConnectionCounts()
-  private var outboundCounts = ConnectionCounts()
-  private var leftLost: Bool { inboundCounts.lost }
-  private var rightLost: Bool { outboundCounts.lost }
+  /// Connection bookkeeping from the monitors, by file descriptor (see ConnectionTracker).
+  private var inboundConnections = ConnectionTracker()
+  private var outboundConnections = ConnectionTracker()
+  private var leftLost: Bool { inboundConnections.lost }
+  private var rightLost: Bool { outboundConnections.lost }
+  /// The descriptor the last message came from (already known to be the neighbour's).
+  private var lastSourceFD: Int32 = -1
   /// Failed handshakes with the next rank since the last success.
   private var rightRefusals = 0
-  private var rightRefusedUs: Bool { outboundCounts.live <= 0 && rightRefusals >= Self.refusalsBeforeGivingUp }
+  private var rightRefusedUs: Bool { !outboundConnections.mayBeAuthenticated && rightRefusals >= Self.refusalsBeforeGivingUp }
   private let log: (String) -> Void
+  /// Stray connections are logged once each, at most a burst per window.
+  private var strayLog = RateLimitedLog()
+  private let clock = Date()
   /// Zero-copy sends whose memory libzmq has not released yet.
   private let releases = ReleaseCounter()
   private var sent: UInt64 = 0
@@ -82,12 +86,11 @@ final class ZMQTransport: RingTransport {
   private var failed = false
   private var closed = false
 
-  /// Connections refused by this rank's ZAP handler (rogue processes).
-  /// (Counted from the monitor: ZAP refusals and handshakes that failed before reaching ZAP,
-  /// such as a different CURVE key or no security at all.)
-  var refusedConnections: Int { inboundCounts.failed }
+  /// Inbound connections that closed without completing the security handshake (rogue
+  /// processes, other jobs, port scanners, HTTP probes); each was logged and ignored.
+  var refusedConnections: Int { inboundConnections.strays }
   /// True once the connection to the next rank completed its security handshake.
-  var isConnectedToNext: Bool { outboundCounts.live > 0 }
+  var isConnectedToNext: Bool { outboundConnections.mayBeAuthenticated }
 
   init(rank: Int, endpoints: [Endpoint], secret: JobSecret, security: SecurityMode,
        timeout: Double, runningTimeout: Double, log: @escaping (String) -> Void) throws {
@@ -134,10 +137,8 @@ final class ZMQTransport: RingTransport {
       throw CollectiveError.transport("cannot decode the job's public key")
     }
     let password = Array(secret.hex.utf8)
-    let myName = describe(rank: rank)
-    zap = try ZAPAuthenticator(context: context, curvePublicKey: publicKey, password: password) { message in
-      log("warning: \(myName): \(message)")
-    }
+    // (Refusals are logged by the monitor, which knows the connection's source address and port.)
+    zap = try ZAPAuthenticator(context: context, curvePublicKey: publicKey, password: password) { _ in }
 
     // Inbound: server side of the security handshake.
     let pull = try makeSocket(ZMQ_PULL, runningTimeout: runningTimeout)
@@ -203,11 +204,15 @@ final class ZMQTransport: RingTransport {
   private func monitor(_ socket: UnsafeMutableRawPointer, name: String) throws -> UnsafeMutableRawPointer {
     let endpoint = "inproc://monitor.\(name)"
     let events = Int32(Self.eventHandshakeSucceeded | Self.eventDisconnected | Self.eventHandshakeFailedAuth
-                       | Self.eventHandshakeFailedProtocol | Self.eventHandshakeFailedNoDetail)
+                       | Self.eventHandshakeFailedProtocol | Self.eventHandshakeFailedNoDetail
+                       | Self.eventAccepted | Self.eventConnected)
     guard zmq_socket_monitor(socket, endpoint, events) == 0, let pair = zmq_socket(context, ZMQ_PAIR) else {
       throw CollectiveError.transport("cannot monitor socket: \(zmqError())")
     }
     try setOption(pair, ZMQ_LINGER, int: 0)
+    // Unbounded: a flood of stray connections while this rank computes must neither drop events
+    // nor block libzmq's I/O thread on a full monitor pipe.
+    try setOption(pair, ZMQ_RCVHWM, int: 0)
     guard zmq_connect(pair, endpoint) == 0 else { throw CollectiveError.transport("cannot monitor socket: \(zmqError())") }
     return pair
   }
@@ -340,6 +345,13 @@ final class ZMQTransport: RingTransport {
       if rightRefusedUs { throw rightFailure() }
       try wait(for: pull, events: Int16(ZMQ_POLLIN), until: deadline)
     }
+    // Only an authenticated connection delivers messages: its descriptor is the neighbour's.
+    let source = zmq_msg_get(&head, ZMQ_SRCFD)
+    if source >= 0 && source != lastSourceFD {
+      try drainMonitors()  // its ACCEPTED and SUCCEEDED events come first
+      report(inboundConnections.delivered(fd: source))
+      lastSourceFD = source
+    }
     // Multipart messages arrive whole: the payload frame is already here.
     guard zmq_msg_more(&head) != 0, zmq_msg_recv(&msg, pull, ZMQ_DONTWAIT) >= 0 else {
       throw CollectiveError.protocolViolation("a message from \(describe(rank: left)) has no payload frame")
@@ -360,6 +372,9 @@ final class ZMQTransport: RingTransport {
   private func wait(for socket: UnsafeMutableRawPointer, events: Int16, until deadline: Date) throws {
     let remaining = deadline.timeIntervalSinceNow
     if remaining <= 0 {
+      // A receive that timed out while the next rank is gone: that loss is the cause (the ring
+      // stalls behind it), not the previous rank, which is waiting for it too.
+      if rightLost { throw rightFailure() }
       let peer = events == Int16(ZMQ_POLLIN) ? left : right
       throw CollectiveError.peerSilent(peer: describe(rank: peer), seconds: timeout, phase: phase)
     }
@@ -378,20 +393,45 @@ final class ZMQTransport: RingTransport {
   /// Reads pending monitor events and updates the neighbours' state.
   private func drainMonitors() throws {
     if let m = inMonitor {
-      while let (event, _) = readEvent(m) {
-        inboundCounts.record(event)
-        if event == Self.eventHandshakeFailedProtocol || event == Self.eventHandshakeFailedNoDetail {
-          // (ZAP refusals were logged by the handler, with the remote address.)
-          log("warning: \(describe(rank: rank)): refused a connection that failed the security handshake "
-              + "(a process without this job's secret, or another job)")
-        }
+      while let (event, value) = readEvent(m) {
+        report(Self.apply(event, value: value, to: &inboundConnections))
       }
     }
     if let m = outMonitor {
-      while let (event, _) = readEvent(m) {
-        outboundCounts.record(event)
+      while let (event, value) = readEvent(m) {
+        _ = Self.apply(event, value: value, to: &outboundConnections)  // (refusals by the next rank: rightRefusals)
         if event == Self.eventHandshakeSucceeded { rightRefusals = 0 }
-        if ConnectionCounts.failures.contains(event) { rightRefusals += 1 }
+        if Self.failureEvents.contains(event) { rightRefusals += 1 }
+      }
+    }
+  }
+
+  static let failureEvents: Set<UInt16> = [eventHandshakeFailedAuth, eventHandshakeFailedProtocol, eventHandshakeFailedNoDetail]
+
+  /// Feeds one monitor event to `tracker`; returns the strays it settled.
+  static func apply(_ event: UInt16, value: UInt32, to tracker: inout ConnectionTracker) -> [ConnectionTracker.Stray] {
+    let fd = Int32(bitPattern: value)
+    switch event {
+    case eventAccepted, eventConnected: tracker.opened(fd: fd, address: peerAddress(fd: fd))
+    case eventHandshakeSucceeded: tracker.handshakeSucceeded()
+    case eventHandshakeFailedAuth: tracker.handshakeFailed(reason: "credentials refused: it does not hold this job's secret")
+    case eventHandshakeFailedProtocol:
+      tracker.handshakeFailed(reason: "ZMTP protocol error 0x\(String(value, radix: 16))"
+                              + (value == 0x1100_0002 ? " (security mechanism mismatch)" : ""))
+    case eventHandshakeFailedNoDetail:
+      tracker.handshakeFailed(reason: "closed or timed out during the handshake (\(String(cString: strerror(Int32(bitPattern: value)))))")
+    case eventDisconnected: return tracker.closed(fd: fd)
+    default: break
+    }
+    return []
+  }
+
+  /// Logs strays (rate-limited): they are ignored, never counted as the neighbour.
+  private func report(_ strays: [ConnectionTracker.Stray]) {
+    for s in strays {
+      let line = "warning: \(describe(rank: rank)): ignored a connection from \(s.address): \(s.reason)"
+      for l in strayLog.admit(line, now: Date().timeIntervalSince(clock)) {
+        log(l.hasPrefix("warning:") ? l : "warning: \(describe(rank: rank)): \(l)")
       }
     }
   }
@@ -452,6 +492,7 @@ final class ZMQTransport: RingTransport {
   func close() {
     guard !closed else { return }
     closed = true
+    if let summary = strayLog.flush() { log("warning: \(describe(rank: rank)): \(summary)") }
     for case let s? in [inbound, outbound] { zmq_socket_monitor(s, nil, 0) }
     for case let s? in [inMonitor, outMonitor, inbound, outbound] { zmq_close(s) }
     inbound = nil; outbound = nil; inMonitor = nil; outMonitor = nil
@@ -484,24 +525,4 @@ final class ReleaseCounter: @unchecked Sendable {
     while outstanding > 0 { if !cond.wait(until: deadline) { return outstanding == 0 } }
     return true
   }
-}
-
-/// Handshake outcomes and disconnections of one socket (see ZMQTransport's bookkeeping note).
-struct ConnectionCounts {
-  static let failures: Set<UInt16> = [ZMQTransport.eventHandshakeFailedAuth, ZMQTransport.eventHandshakeFailedProtocol,
-                                      ZMQTransport.eventHandshakeFailedNoDetail]
-  var succeeded = 0
-  var failed = 0
-  var disconnected = 0
-
-  mutating func record(_ event: UInt16) {
-    if event == ZMQTransport.eventHandshakeSucceeded { succeeded += 1 }
-    if Self.failures.contains(event) { failed += 1 }
-    if event == ZMQTransport.eventDisconnected { disconnected += 1 }
-  }
-
-  /// Authenticated connections currently open.
-  var live: Int { succeeded - max(0, disconnected - failed) }
-  /// An authenticated connection existed and none is left.
-  var lost: Bool { succeeded > 0 && live <= 0 }
 }

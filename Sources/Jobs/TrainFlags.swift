@@ -93,6 +93,7 @@ public struct TrainFlags: ParsableArguments {
 
   /// Checks that make sense only when training (a worker can also run its collective self-test).
   public func checkForTraining() throws {
+    try checkRanges()
     guard datasetDir != nil else { throw ValidationError("--dataset-dir is required") }
     if (maxEpoch == nil) == (maxTrainSteps == nil) {
       throw ValidationError("give exactly one of --max-epoch and --max-train-steps")
@@ -100,10 +101,6 @@ public struct TrainFlags: ParsableArguments {
     guard Self.preprocessingNames.contains(preprocessingName) else {
       throw ValidationError("--preprocessing-name \(preprocessingName): only TF-slim inception preprocessing is provided (\(Self.preprocessingNames.joined(separator: ", ")))")
     }
-    if batchSize < 1 { throw ValidationError("--batch-size must be positive") }
-    if !(minCropArea > 0 && minCropArea <= 1) { throw ValidationError("--min-crop-area must be in (0, 1]") }
-    if !(minObjectCovered >= 0 && minObjectCovered <= 1) { throw ValidationError("--min-object-covered must be in [0, 1]") }
-    if !(batchNormDecay > 0 && batchNormDecay < 1) { throw ValidationError("--batch-norm-decay must be in (0, 1)") }
   }
 
   /// One-line notes for the seed's flags that are accepted and ignored.

@@ -1,4 +1,5 @@
 // One rank's training job: threads, data shard, process group, training loop.
+import Checkpoint
 import Cluster
 import Collective
 import DataPipeline
@@ -15,6 +16,10 @@ public enum TrainJob {
     for note in flags.ignoredNotes { log.info(note) }
     Compute.setThreads(flags.threads ?? ctx.threads)
     var options = try flags.trainerOptions(worldSize: ctx.worldSize)
+    // One job per train dir: rank 0 alone writes it (and holds its lock); other ranks never touch it.
+    let trainDirLock = ctx.rank == 0 ? try TrainDirLock.acquire(dir: (options.trainDir as NSString).standardizingPath) : nil
+    defer { trainDirLock?.release() }
+    if let note = trainDirLock?.note { log.info(note) }
 
     var lc = LoaderConfig(datasetDir: flags.datasetDir!, split: flags.split, batchSize: flags.batchSize,
                           imageSize: flags.imageSize, training: true)

@@ -284,7 +284,9 @@ public struct StepRecord: Codable, Sendable {
 
 final class MetricsWriter {
   let handle: FileHandle
+  let path: String
   init(path: String) throws {
+    self.path = path
     if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
     guard let h = FileHandle(forWritingAtPath: path) else { throw TrainingError("cannot write \(path)") }
     handle = h
@@ -295,7 +297,8 @@ final class MetricsWriter {
     enc.outputFormatting = .sortedKeys
     var d = try enc.encode(r)
     d.append(0x0A)
-    handle.write(d)
+    // (FileHandle.write(_:) traps on ENOSPC; a full disk must be a one-line error naming the file.)
+    do { try handle.write(contentsOf: d) } catch { throw TrainingError("cannot append to \(path): \((error as NSError).localizedDescription)") }
   }
   deinit { try? handle.close() }
 }

@@ -23,7 +23,7 @@ struct Launch: ParsableCommand {
   var logDir: String?
   @Option(help: "Port of rank r when the table has no device_port: base + r (with --local-ranks, 0 = free ports).")
   var basePort = RankTable.defaultBasePort
-  @Option(help: "The worker executable (default: `worker` next to launch).")
+  @Option(help: "The worker executable (default: `worker` next to launch's resolved executable, else on PATH).")
   var worker: String?
   @Option(help: "Job id (default: JOB_ID, else derived from the secret).")
   var jobID: String?
@@ -44,9 +44,23 @@ struct Launch: ParsableCommand {
 
   func validate() throws {
     if (rankTable == nil) == (localRanks == nil) { throw ValidationError("give exactly one of --rank-table and --local-ranks") }
-    if let n = localRanks, n < 1 { throw ValidationError("--local-ranks must be at least 1") }
-    if let s = security, SecurityMode(rawValue: s) == nil { throw ValidationError("--security must be curve or plain") }
-    if maxRestarts < 0 { throw ValidationError("--max-restarts must be ≥ 0") }
+    if let s = security, SecurityMode(rawValue: s) == nil { throw ValidationError("--security \(s): must be curve or plain") }
+    try checkRanges()
+  }
+
+  /// Every numeric flag against its range: one line naming the flag and the value.
+  func checkRanges() throws {
+    func check(_ ok: Bool, _ flag: String, _ value: Any, _ range: String) throws {
+      if !ok { throw ValidationError("--\(flag) \(value) is out of range: must be \(range)") }
+    }
+    if let n = localRanks { try check(n >= 1, "local-ranks", n, "≥ 1") }
+    try check(maxRestarts >= 0, "max-restarts", maxRestarts, "≥ 0")
+    let maxPort = 65535 - max(0, (localRanks ?? 1) - 1)
+    try check((0...maxPort).contains(basePort), "base-port", basePort, "in 0...\(maxPort) (0: free ports, with --local-ranks)")
+    if let t = threads { try check(t >= 1, "threads", t, "≥ 1") }
+    if let t = connectTimeout { try check(t > 0 && t.isFinite, "connect-timeout", t, "> 0 seconds") }
+    if let t = runningTimeout { try check(t > 0 && t.isFinite, "running-timeout", t, "> 0 seconds") }
+    try check(gracePeriod >= 0 && gracePeriod.isFinite, "grace-period", gracePeriod, "≥ 0 seconds")
   }
 
   func run() throws {
@@ -85,8 +99,12 @@ struct Launch: ParsableCommand {
     } else {
       secret = JobSecret.generate()
     }
-    let executable = worker ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-      .appendingPathComponent("worker").path
+    let executable: String
+    do {
+      executable = try WorkerExecutable.locate(explicit: worker)
+    } catch {
+      throw ValidationError("\(error)")
+    }
     var plan = LaunchPlan(table: table, tablePath: tablePath, serverID: server, workerExecutable: executable,
                           workerArguments: workerArguments, logDir: logDir ?? defaultLogDir(worldSize: table.worldSize),
                           jobID: jobID ?? environment[ContractKey.jobID.rawValue] ?? "job-\(secret.fingerprint)", secret: secret)
@@ -102,4 +120,4 @@ struct Launch: ParsableCommand {
   }
 }
 
-Launch.main()
+Launch.main(Arguments.joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst()), stopAtTerminator: true))

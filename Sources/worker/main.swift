@@ -51,8 +51,29 @@ struct Worker: ParsableCommand {
   @OptionGroup(title: "Training (the seed's flags; each also in snake_case)")
   var train: TrainFlags
 
+  static let faults = ["kill", "stop", "fail"]
+
+  /// The worker's own numeric flags against their ranges (training flags: TrainFlags.checkRanges).
+  func checkRanges() throws {
+    func check(_ ok: Bool, _ flag: String, _ value: Any, _ range: String) throws {
+      if !ok { throw ValidationError("--\(flag) \(value) is out of range: must be \(range)") }
+    }
+    if let r = rank { try check(r >= 0, "rank", r, "≥ 0") }
+    try check(loopCount >= 0, "loop-count", loopCount, "≥ 0")
+    try check(loopSeconds >= 0 && loopSeconds.isFinite, "loop-seconds", loopSeconds, "≥ 0")
+    if let b = segmentBytes { try check(b >= 4, "segment-bytes", b, "≥ 4") }
+    if let b = maxSegmentBytes { try check(b >= max(4, segmentBytes ?? 4), "max-segment-bytes", b, "≥ --segment-bytes") }
+    if let t = connectTimeout { try check(t > 0 && t.isFinite, "connect-timeout", t, "> 0 seconds") }
+    if let t = runningTimeout { try check(t > 0 && t.isFinite, "running-timeout", t, "> 0 seconds") }
+    if let f = fault { try check(Self.faults.contains(f), "fault", f, Self.faults.joined(separator: ", ")) }
+    try check(faultRank >= 0, "fault-rank", faultRank, "≥ 0")
+    try check(faultAfter >= 0 && faultAfter.isFinite, "fault-after", faultAfter, "≥ 0 seconds")
+    try check(faultRestart >= 0, "fault-restart", faultRestart, "≥ 0")
+  }
+
   func run() throws {
     WorkerLifetime.bindToLauncher()
+    do { try checkRanges() } catch { fail("\(error)", code: 1) }
     let ctx: WorkerContext
     do {
       ctx = try WorkerContext.fromEnvironment(overrideRank: rank, rankTablePath: rankTable)
@@ -124,4 +145,4 @@ func fail(_ message: String, code: Int32) -> Never {
   exit(code)
 }
 
-Worker.main()
+Worker.main(Arguments.joiningNegativeNumbers(Array(CommandLine.arguments.dropFirst())))
