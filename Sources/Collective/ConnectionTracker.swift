@@ -159,20 +159,22 @@ public struct RateLimitedLog {
   }
 }
 
-/// "address:port" of the peer of a connected TCP socket, or "an unknown address" once it is gone.
-func peerAddress(fd: Int32) -> String {
+/// "address:port" of the peer of a connected TCP socket; nil once it is closed.
+func peerAddress(fd: Int32) -> String? {
   var storage = sockaddr_storage()
   var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
   let ok = withUnsafeMutablePointer(to: &storage) {
     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) == 0 }
   }
-  guard ok, storage.ss_family == sa_family_t(AF_INET) else { return "an unknown address (closed at once)" }
+  guard ok, storage.ss_family == sa_family_t(AF_INET) else { return nil }
   return withUnsafePointer(to: &storage) {
-    $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin -> String in
-      var a = sin.pointee.sin_addr
-      var buf = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-      inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count))
-      return "\(String(cString: buf)):\(UInt16(bigEndian: sin.pointee.sin_port))"
-    }
+    $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { formatAddress($0.pointee.sin_addr, port: UInt16(bigEndian: $0.pointee.sin_port)) }
   }
+}
+
+func formatAddress(_ address: in_addr, port: UInt16) -> String {
+  var a = address
+  var buf = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+  inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count))
+  return "\(String(cString: buf)):\(port)"
 }

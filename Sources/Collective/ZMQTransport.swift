@@ -61,6 +61,8 @@ final class ZMQTransport: RingTransport {
   private var inbound: UnsafeMutableRawPointer?
   private var outbound: UnsafeMutableRawPointer?
   private var inMonitor: UnsafeMutableRawPointer?
+  /// Reads the inbound monitor at once, to catch strays' source addresses (see MonitorRelay).
+  private var inRelay: MonitorRelay?
   private var outMonitor: UnsafeMutableRawPointer?
   private var zap: ZAPAuthenticator?
   /// Connection bookkeeping from the monitors, by file descriptor (see ConnectionTracker).
@@ -151,7 +153,7 @@ final class ZMQTransport: RingTransport {
     case .plain:
       try setOption(pull, ZMQ_PLAIN_SERVER, int: 1)
     }
-    inMonitor = try monitor(pull, name: "in")
+    inMonitor = try monitor(pull, name: "in", relayed: true)
     if zmq_bind(pull, "tcp://\(me.host):\(me.port)") != 0 {
       let code = zmq_errno()
       switch code {
@@ -201,12 +203,18 @@ final class ZMQTransport: RingTransport {
     return s
   }
 
-  private func monitor(_ socket: UnsafeMutableRawPointer, name: String) throws -> UnsafeMutableRawPointer {
+  private func monitor(_ socket: UnsafeMutableRawPointer, name: String, relayed: Bool = false) throws -> UnsafeMutableRawPointer {
     let endpoint = "inproc://monitor.\(name)"
     let events = Int32(Self.eventHandshakeSucceeded | Self.eventDisconnected | Self.eventHandshakeFailedAuth
                        | Self.eventHandshakeFailedProtocol | Self.eventHandshakeFailedNoDetail
                        | Self.eventAccepted | Self.eventConnected)
-    guard zmq_socket_monitor(socket, endpoint, events) == 0, let pair = zmq_socket(context, ZMQ_PAIR) else {
+    guard zmq_socket_monitor(socket, endpoint, events) == 0 else { throw CollectiveError.transport("cannot monitor socket: \(zmqError())") }
+    if relayed {
+      let relay = try MonitorRelay(context: context, monitorEndpoint: endpoint, name: name)
+      inRelay = relay
+      return relay.output
+    }
+    guard let pair = zmq_socket(context, ZMQ_PAIR) else {
       throw CollectiveError.transport("cannot monitor socket: \(zmqError())")
     }
     try setOption(pair, ZMQ_LINGER, int: 0)
@@ -393,12 +401,12 @@ final class ZMQTransport: RingTransport {
   /// Reads pending monitor events and updates the neighbours' state.
   private func drainMonitors() throws {
     if let m = inMonitor {
-      while let (event, value) = readEvent(m) {
-        report(Self.apply(event, value: value, to: &inboundConnections))
+      while let (event, value, address) = readEvent(m) {
+        report(Self.apply(event, value: value, address: address, to: &inboundConnections))
       }
     }
     if let m = outMonitor {
-      while let (event, value) = readEvent(m) {
+      while let (event, value, _) = readEvent(m) {
         _ = Self.apply(event, value: value, to: &outboundConnections)  // (refusals by the next rank: rightRefusals)
         if event == Self.eventHandshakeSucceeded { rightRefusals = 0 }
         if Self.failureEvents.contains(event) { rightRefusals += 1 }
@@ -409,10 +417,10 @@ final class ZMQTransport: RingTransport {
   static let failureEvents: Set<UInt16> = [eventHandshakeFailedAuth, eventHandshakeFailedProtocol, eventHandshakeFailedNoDetail]
 
   /// Feeds one monitor event to `tracker`; returns the strays it settled.
-  static func apply(_ event: UInt16, value: UInt32, to tracker: inout ConnectionTracker) -> [ConnectionTracker.Stray] {
+  static func apply(_ event: UInt16, value: UInt32, address: String = "", to tracker: inout ConnectionTracker) -> [ConnectionTracker.Stray] {
     let fd = Int32(bitPattern: value)
     switch event {
-    case eventAccepted, eventConnected: tracker.opened(fd: fd, address: peerAddress(fd: fd))
+    case eventAccepted, eventConnected: tracker.opened(fd: fd, address: address)
     case eventHandshakeSucceeded: tracker.handshakeSucceeded()
     case eventHandshakeFailedAuth: tracker.handshakeFailed(reason: "credentials refused: it does not hold this job's secret")
     case eventHandshakeFailedProtocol:
@@ -429,7 +437,8 @@ final class ZMQTransport: RingTransport {
   /// Logs strays (rate-limited): they are ignored, never counted as the neighbour.
   private func report(_ strays: [ConnectionTracker.Stray]) {
     for s in strays {
-      let line = "warning: \(describe(rank: rank)): ignored a connection from \(s.address): \(s.reason)"
+      let address = s.address.isEmpty ? "an unknown address (closed before it could be read)" : s.address
+      let line = "warning: \(describe(rank: rank)): ignored a connection from \(address): \(s.reason)"
       for l in strayLog.admit(line, now: Date().timeIntervalSince(clock)) {
         log(l.hasPrefix("warning:") ? l : "warning: \(describe(rank: rank)): \(l)")
       }
@@ -444,8 +453,9 @@ final class ZMQTransport: RingTransport {
     return .peerLost(peer: describe(rank: right), detail: "the connection closed (the process exited, was killed, or stopped answering heartbeats)")
   }
 
-  /// One monitor event (event id, value = file descriptor), or nil when none is pending.
-  private func readEvent(_ monitor: UnsafeMutableRawPointer) -> (UInt16, UInt32)? {
+  /// One monitor event (event id, value = file descriptor, second frame: the relay's source
+  /// address or libzmq's endpoint), or nil when none is pending.
+  private func readEvent(_ monitor: UnsafeMutableRawPointer) -> (UInt16, UInt32, String)? {
     var msg = zmq_msg_t()
     zmq_msg_init(&msg)
     defer { zmq_msg_close(&msg) }
@@ -455,12 +465,16 @@ final class ZMQTransport: RingTransport {
       result = (p.loadUnaligned(as: UInt16.self), p.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
     }
     if getenv("MNV2_DEBUG_EVENTS") != nil { log("debug: rank \(rank) \(monitor == inMonitor ? "in" : "out") event \(String(result?.0 ?? 0, radix: 16)) value \(result?.1 ?? 0)") }
-    while zmq_msg_more(&msg) != 0 {  // second frame: the endpoint
+    var second = ""
+    while zmq_msg_more(&msg) != 0 {
       zmq_msg_close(&msg)
       zmq_msg_init(&msg)
       if zmq_msg_recv(&msg, monitor, ZMQ_DONTWAIT) < 0 { break }
+      if second.isEmpty, let p = zmq_msg_data(&msg) {
+        second = String(decoding: UnsafeRawBufferPointer(start: p, count: zmq_msg_size(&msg)), as: UTF8.self)
+      }
     }
-    return result ?? (0, 0)
+    return (result?.0 ?? 0, result?.1 ?? 0, second)
   }
 
   /// Waits (up to `seconds`) until the next rank accepted our credentials; names it on failure.
@@ -498,6 +512,7 @@ final class ZMQTransport: RingTransport {
     inbound = nil; outbound = nil; inMonitor = nil; outMonitor = nil
     zmq_ctx_shutdown(context)  // wakes the ZAP thread with ETERM
     zap?.waitUntilStopped()
+    inRelay?.waitUntilStopped()
     zmq_ctx_term(context)
   }
 
