@@ -64,7 +64,13 @@ final class RankTableTests: XCTestCase {
        "rank 0 is missing"),
       (#"{"version": "1.0", "server_count": "2", "status": "completed", "server_list": []}"#,
        "server_count: says 2 but server_list has 0"),
-      ("{not json", "not valid JSON"),
+      ("{not json", "not valid JSON: line 1, column 2"),
+      ("{\"status\": \"completed\",\n \"group_list\": [,]}", "not valid JSON: line 2, column 17"),
+      ("{\"status\": \"completed\"", "not valid JSON: line 1, column 23"),
+      (seed(devices: [#"{"device_id": "0", "device_ip": "127.0.0.1"}"#, #"{"device_id": "1", "device_ip": "0.0.0.0"}"#]),
+       #"group_list[0].instance_list[1].devices[0].device_ip: "0.0.0.0" is the wildcard"#),
+      (seed(devices: [#"{"device_id": "0", "device_ip": "224.0.0.1"}"#, #"{"device_id": "1", "device_ip": "127.0.0.2"}"#]),
+       #"group_list[0].instance_list[0].devices[0].device_ip: "224.0.0.1" is a multicast address"#),
     ]
     for (json, expected) in cases {
       XCTAssertThrowsError(try RankTable.parse(Data(json.utf8)), expected) { e in
@@ -83,5 +89,13 @@ final class RankTableTests: XCTestCase {
     XCTAssertThrowsError(try Launcher.selectServer(table: t, requested: "nope"))
     let t8 = try RankTable.load(path: repositoryRoot.appendingPathComponent("rank_table/8p.json").path)
     XCTAssertEqual(try Launcher.selectServer(table: t8, requested: nil), "127.0.0.1")
+    XCTAssertEqual(t8.devices[3].path, "group_list[0].instance_list[3].devices[0]")
+    // 192.0.2.0/24 is TEST-NET-1 (documentation only): never a local address; nothing is dialled.
+    let remote = try RankTable.parse(Data(RankTable.seedSchemaJSON(servers: [("s", ["127.0.0.1", "192.0.2.10"], nil)], podName: "p").utf8))
+    for requested in [nil, "s"] {
+      XCTAssertThrowsError(try Launcher.selectServer(table: remote, requested: requested)) { e in
+        XCTAssertTrue("\(e)".contains(#"group_list[0].instance_list[1].devices[0].device_ip"#) && "\(e)".contains("192.0.2.10"), "\(e)")
+      }
+    }
   }
 }

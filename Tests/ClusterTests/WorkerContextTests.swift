@@ -83,7 +83,7 @@ final class WorkerContextTests: XCTestCase {
     let ctx = try WorkerContext.fromEnvironment(environment: ["RANK_TABLE_FILE": path, "RANK_ID": "1",
                                                               "MNV2_JOB_SECRET": JobSecret.generate().hex])
     XCTAssertThrowsError(try ProcessGroup.join(ctx, modelSignature: [("w", 1)])) { e in
-      XCTAssertTrue("\(e)".contains("rank 1: device_ip 192.0.2.1 (server_id b) is not an address of this host"), "\(e)")
+      XCTAssertTrue("\(e)".contains(#"group_list[0].instance_list[1].devices[0].device_ip: "192.0.2.1" (rank 1, server_id b) is not an address of this host"#), "\(e)")
     }
   }
 }

@@ -60,6 +60,36 @@ final class FlagsTests: XCTestCase {
     XCTAssertThrowsError(try TrainFlags.parse(["--dataset-dir", "/d", "--max-epoch", "1", "--learning-rate-decay-type", "step"]))
   }
 
+  /// Every numeric flag has a range; a value outside it is one line naming the flag and the value.
+  func testOutOfRangeValuesNameTheFlagAndTheValue() throws {
+    let base = ["--dataset-dir", "/d", "--max-train-steps", "5"]
+    XCTAssertNoThrow(try TrainFlags.parse(base).checkForTraining(), "the defaults are valid")
+    let cases: [(String, String)] = [
+      ("--learning-rate=-0.1", "--learning-rate -0.1 is out of range: must be > 0"),
+      ("--learning_rate=inf", "--learning-rate inf is out of range"),
+      ("--momentum=1", "--momentum 1.0 is out of range: must be in [0, 1)"),
+      ("--weight-decay=-1", "--weight-decay -1.0 is out of range: must be ≥ 0"),
+      ("--label-smoothing=1", "--label-smoothing 1.0 is out of range: must be in [0, 1)"),
+      ("--max-epoch=-2", "--max-epoch -2.0 is out of range"),
+      ("--save-checkpoints-steps=0", "--save-checkpoints-steps 0 is out of range"),
+      ("--log-every-n-steps=0", "--log-every-n-steps 0 is out of range"),
+      ("--labels-offset=-1", "--labels-offset -1 is out of range"),
+      ("--batch-norm-decay=1", "--batch-norm-decay 1.0 is out of range"),
+      ("--decode-threads=0", "--decode-threads 0 is out of range"),
+      ("--min-object-covered=2", "--min-object-covered 2.0 is out of range"),
+      ("--min-crop-area=0", "--min-crop-area 0.0 is out of range"),
+      ("--fusion-mib=0", "--fusion-mib 0.0 is out of range"),
+      ("--num-classes=1", "--num-classes 1 is out of range"),
+      ("--image-size=33", "--image-size 33 is out of range"),
+    ]
+    for (flag, expected) in cases {
+      XCTAssertThrowsError(try TrainFlags.parse(base + [flag]).checkForTraining(), flag) { e in
+        XCTAssertTrue("\(e)".contains(expected), "\(flag): got «\(e)»")
+        XCTAssertFalse("\(e)".contains("\n"))
+      }
+    }
+  }
+
   func testEvaluateFlags() throws {
     let f = try EvalFlags.parse(["--checkpoint_path", "/c", "--dataset_dir", "/d", "--no-use-moving-average"])
     XCTAssertEqual(f.split, "validation")
