@@ -16,8 +16,8 @@ final class FaultInjectionTests: XCTestCase {
   nonisolated(unsafe) static var dataDir = ""
   /// Final weight checksum of the undisturbed reference run (computed on first use).
   nonisolated(unsafe) static var referenceChecksum: String?
-  /// Steps of a run: long enough (about 6 s) for faults to land while it trains.
-  static let steps = 300
+  /// Steps of a run: long enough (about 7 s on an idle 2-core machine) for faults to land while it trains.
+  static let steps = 600
 
   var dir: String!
 
@@ -188,12 +188,20 @@ final class FaultInjectionTests: XCTestCase {
 
   // MARK: 3. Killed and stopped workers
 
+  /// Sends `signal` to rank 1 once rank 0 saved the checkpoint of step 50 (mid-run, whatever the
+  /// machine's speed); returns false if the job ended first.
+  func signalRankOneMidRun(_ signal: Int32, job: Job, logDir: String) -> Bool {
+    guard waitFor("model.ckpt-50.safetensors", in: self.log(logDir, rank: 0), timeout: 120),
+          let pid = workerPID(in: log(logDir, rank: 1)), job.isRunning else { return false }
+    return kill(pid, signal) == 0
+  }
+
   /// SIGKILL of rank 1 mid-run with --max-restarts 1: named as the root cause, the group restarts,
   /// resumes from the newest checkpoint and ends with the undisturbed run's weights.
   func testKilledWorkerIsNamedAndTheRestartedGroupEndsWithTheSameWeights() throws {
     let expected = try reference()
-    let (job, base, _) = try startJob(name: "kill", trainDir: "\(dir!)/kill-train", launchFlags: ["--max-restarts", "1"],
-                                      workerFlags: ["--fault", "kill", "--fault-rank", "1", "--fault-after", "4", "--fault-restart", "0"])
+    let (job, base, logDir) = try startJob(name: "kill", trainDir: "\(dir!)/kill-train", launchFlags: ["--max-restarts", "1"])
+    XCTAssertTrue(signalRankOneMidRun(SIGKILL, job: job, logDir: logDir), "the job ended before rank 1 could be killed")
     let r = job.wait(timeout: 240)
     XCTAssertEqual(r.status, 0, r.output)
     let named = r.output.contains("launch: rank 1 (device 1, 127.0.0.1:\(base + 1)) failed first: was killed by signal 9")
@@ -210,8 +218,8 @@ final class FaultInjectionTests: XCTestCase {
   /// SIGSTOP of rank 1: launch names the stopped rank as the root cause, every other rank's error
   /// names it, nothing is left running.
   func testStoppedWorkerIsTheRootCause() throws {
-    let (job, base, logDir) = try startJob(name: "stop", trainDir: "\(dir!)/stop-train", steps: 400,
-                                           workerFlags: ["--fault", "stop", "--fault-rank", "1", "--fault-after", "4"])
+    let (job, base, logDir) = try startJob(name: "stop", trainDir: "\(dir!)/stop-train", steps: 1000)
+    XCTAssertTrue(signalRankOneMidRun(SIGSTOP, job: job, logDir: logDir), "the job ended before rank 1 could be stopped")
     let r = job.wait(timeout: 120)
     let root = "launch: rank 1 (device 1, 127.0.0.1:\(base + 1)) failed first: stopped"
     XCTAssertNotEqual(r.status, 0)
@@ -235,7 +243,8 @@ final class FaultInjectionTests: XCTestCase {
     let train = "\(dir!)/ckpt-train"
     try FileManager.default.createDirectory(atPath: train, withIntermediateDirectories: true)
     let watch = try XCTUnwrap(FileWatch(train), "inotify_init failed")
-    let (job, _, logDir) = try startJob(name: "ckpt", trainDir: train, launchFlags: ["--max-restarts", "1"],
+    let steps = 200
+    let (job, _, logDir) = try startJob(name: "ckpt", trainDir: train, steps: steps, launchFlags: ["--max-restarts", "1"],
                                         workerFlags: ["--moving-average-decay", "0.99"])
     // Skip the first checkpoint (step 10): kill during the second one's write.
     var temporaries = 0, killedMidWrite = false, killed = false
@@ -261,7 +270,7 @@ final class FaultInjectionTests: XCTestCase {
     XCTAssertTrue(r.output.contains("resumed from") && r.output.contains("model.ckpt-10.safetensors"), r.output)
     let names = try FileManager.default.contentsOfDirectory(atPath: train)
     XCTAssertFalse(names.contains { $0.contains(".tmp-") }, "leftover temporary files: \(names)")
-    XCTAssertTrue(names.contains("model.ckpt-\(Self.steps).safetensors"), "\(names)")
+    XCTAssertTrue(names.contains("model.ckpt-\(steps).safetensors"), "\(names)")
     XCTAssertFalse(afterKill.contains("model.ckpt-20.safetensors") && killedMidWrite,
                    "a checkpoint killed mid-write must not appear under its final name: \(afterKill)")
     print("checkpoint kill: rank 0 killed \(killedMidWrite ? "while its temporary file existed (mid-write)" : "just after the write"); directory then: \(afterKill.sorted())")
@@ -377,7 +386,20 @@ final class FaultInjectionTests: XCTestCase {
       XCTAssertTrue(ok, "launch \(flags): \(r.output)")
       if ok { survived += 1 }
     }
-    FaultTable.shared.record("out-of-range flag values", injected: cases.count + launchCases.count, survived: survived)
+    // The worker's own flags (self-test mode: no data, no training flags involved).
+    let workerCases: [([String], String)] = [
+      (["--running-timeout", "-1"], "--running-timeout -1.0 is out of range: must be > 0 seconds"),
+      (["--segment-bytes", "0"], "--segment-bytes 0 is out of range"),
+      (["--fault", "explode"], "--fault explode is out of range: must be kill, stop, fail"),
+    ]
+    for (flags, expected) in workerCases {
+      let r = try runTool(worker.path, ["--self-test"] + flags)
+      let errors = r.output.split(separator: "\n").filter { $0.lowercased().contains("error") }
+      let ok = r.status != 0 && errors.count == 1 && errors[0].contains(expected)
+      XCTAssertTrue(ok, "worker \(flags): \(r.output)")
+      if ok { survived += 1 }
+    }
+    FaultTable.shared.record("out-of-range flag values", injected: cases.count + launchCases.count + workerCases.count, survived: survived)
   }
 
   /// Rank tables with a JSON syntax error, a wildcard address and an address of no local server.
