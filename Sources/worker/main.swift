@@ -65,7 +65,7 @@ struct Worker: ParsableCommand {
     if let b = maxSegmentBytes { try check(b >= max(4, segmentBytes ?? 4), "max-segment-bytes", b, "≥ --segment-bytes") }
     if let t = connectTimeout { try check(t > 0 && t.isFinite, "connect-timeout", t, "> 0 seconds") }
     if let t = runningTimeout { try check(t > 0 && t.isFinite, "running-timeout", t, "> 0 seconds") }
-    if let f = fault { try check(Self.faults.contains(f), "fault", f, Self.faults.joined(separator: ", ")) }
+    if let f = fault { try check(Self.faults.contains(f), "fault", f, "one of " + Self.faults.joined(separator: ", ")) }
     try check(faultRank >= 0, "fault-rank", faultRank, "≥ 0")
     try check(faultAfter >= 0 && faultAfter.isFinite, "fault-after", faultAfter, "≥ 0 seconds")
     try check(faultRestart >= 0, "fault-restart", faultRestart, "≥ 0")

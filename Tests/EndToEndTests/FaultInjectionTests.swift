@@ -390,7 +390,7 @@ final class FaultInjectionTests: XCTestCase {
     let workerCases: [([String], String)] = [
       (["--running-timeout", "-1"], "--running-timeout -1.0 is out of range: must be > 0 seconds"),
       (["--segment-bytes", "0"], "--segment-bytes 0 is out of range"),
-      (["--fault", "explode"], "--fault explode is out of range: must be kill, stop, fail"),
+      (["--fault", "explode"], "--fault explode is out of range: must be one of kill, stop, fail"),
     ]
     for (flags, expected) in workerCases {
       let r = try runTool(worker.path, ["--self-test"] + flags)
