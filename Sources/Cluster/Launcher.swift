@@ -228,7 +228,7 @@ public final class Launcher {
       let w = workers.first { $0.device.rank == rank }
       let how: String
       switch w {
-      case nil: how = "stopped answering (on another server); \(by)"
+      case nil: how = "lost by its peers (it runs on another server: see that server's launch); \(by)"
       case let w? where w.status == nil:
         how = (isStopped(w.pid) ? "stopped (SIGSTOP or a debugger: process state T)" : "hung (still running, not answering)") + "; \(by)"
       case let w?: how = "\(describeExit(w)); \(by)"
@@ -249,8 +249,8 @@ public final class Launcher {
   }
 
   private func report(_ cause: RootCause) {
-    let where_ = plan.table.devices.first { $0.rank == cause.rank }.map { "device \($0.deviceID), \($0.address):\($0.port)" } ?? "?"
-    say("rank \(cause.rank) (\(where_)) failed first: \(cause.how)")
+    let place = plan.table.devices.first { $0.rank == cause.rank }.map { "device \($0.deviceID), \($0.address):\($0.port)" } ?? "?"
+    say("rank \(cause.rank) (\(place)) failed first: \(cause.how)")
     if let w = cause.worker, !w.tail.isEmpty {
       say("last \(w.tail.count) lines of \(logPath(w.device.rank)):")
       for line in w.tail { console("  [rank \(w.device.rank)] \(line)") }
