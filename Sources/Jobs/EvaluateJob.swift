@@ -37,10 +37,7 @@ public struct EvalFlags: ParsableArguments {
   @Option(name: .seed("decode-threads"), help: "JPEG decode threads (default: all cores).")
   public var decodeThreads: Int?
 
-  public func validate() throws {
-    guard centralFraction > 0 && centralFraction <= 1 else { throw ValidationError("--central-fraction must be in (0, 1]") }
-    guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
-  }
+  public func validate() throws { try checkRanges() }
 }
 
 public struct CheckpointScore: Sendable {
@@ -117,6 +114,8 @@ public struct PredictFlags: ParsableArguments {
   public var useMovingAverage: Bool?
   @Argument(help: "JPEG files.")
   public var images: [String]
+
+  public func validate() throws { try checkRanges() }
 }
 
 public enum PredictJob {

@@ -90,6 +90,16 @@ final class FlagsTests: XCTestCase {
     }
   }
 
+  func testEvaluateAndPredictRanges() {
+    XCTAssertThrowsError(try EvalFlags.parse(["--checkpoint-path", "/c", "--dataset-dir", "/d", "--batch-size=0"])) { e in
+      XCTAssertTrue(EvalFlags.message(for: e).contains("--batch-size 0 is out of range: must be ≥ 1"), EvalFlags.message(for: e))
+    }
+    XCTAssertThrowsError(try EvalFlags.parse(["--checkpoint-path", "/c", "--dataset-dir", "/d", "--central-fraction=1.5"]))
+    XCTAssertThrowsError(try PredictFlags.parse(["--checkpoint-path", "/c", "--top-k=0", "a.jpg"])) { e in
+      XCTAssertTrue(PredictFlags.message(for: e).contains("--top-k 0 is out of range"), PredictFlags.message(for: e))
+    }
+  }
+
   func testEvaluateFlags() throws {
     let f = try EvalFlags.parse(["--checkpoint_path", "/c", "--dataset_dir", "/d", "--no-use-moving-average"])
     XCTAssertEqual(f.split, "validation")
