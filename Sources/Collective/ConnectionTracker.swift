@@ -84,7 +84,11 @@ public struct ConnectionTracker {
     if authenticated.contains(fd) { return [] }
     authenticated.insert(fd)
     if handshaking.removeValue(forKey: fd) != nil {
-      unattributedSuccesses = max(0, unattributedSuccesses - 1)
+      if unattributedSuccesses > 0 {
+        unattributedSuccesses -= 1
+      } else {
+        earlySuccesses += 1  // its HANDSHAKE_SUCCEEDED is still queued: absorb it when it comes
+      }
       return settle()
     }
     // Its monitor events are still queued: absorb them when they come.

@@ -69,6 +69,19 @@ final class ConnectionTrackerTests: XCTestCase {
     XCTAssertTrue(t.lost)
   }
 
+  func testMessageBeforeItsSuccessEventIsAbsorbed() {
+    // ACCEPTED was read, HANDSHAKE_SUCCEEDED not yet, when the first message arrived.
+    var t = ConnectionTracker()
+    t.opened(fd: 7, address: neighbour)
+    XCTAssertEqual(t.delivered(fd: 7), [])
+    t.handshakeSucceeded()
+    t.opened(fd: 9, address: stray)
+    XCTAssertEqual(t.closed(fd: 9).count, 1, "a stray afterwards is settled at once, not left ambiguous")
+    XCTAssertFalse(t.lost)
+    _ = t.closed(fd: 7)
+    XCTAssertTrue(t.lost)
+  }
+
   func testRefusedByTheNextRankIsNeverLost() {
     // Outbound to a listener of another job: connected, refused, closed, again and again.
     var t = ConnectionTracker()
