@@ -49,7 +49,9 @@ let coreTargets: [Target] = [
   .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels", "Checkpoint"],
               exclude: ["Reference"], swiftSettings: fastFlags),
   .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet"], swiftSettings: fastFlags),
-  .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels"], swiftSettings: fastFlags),
+  // Ranks as threads over the real ProcessGroup (in-process transport) behind Jobs' GroupCommunicator.
+  .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels", "Collective", "Jobs"],
+              swiftSettings: fastFlags),
   // Runs the built executables (launch, worker, evaluate) end to end.
   .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline"], swiftSettings: fastFlags),
   .testTarget(name: "JobsTests", dependencies: [

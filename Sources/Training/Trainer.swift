@@ -20,10 +20,10 @@ public struct TrainerOptions: Sendable {
   public var warmupEpochs = 5.0
   public var optimizer = OptimizerKind.momentum
   public var momentum: Float = 0.9
-  public var weightDecay: Float = 0.00004
-  public var labelSmoothing: Float = 0.1
+  public var weightDecay = StepHyperparameters.defaultWeightDecay
+  public var labelSmoothing = StepHyperparameters.defaultLabelSmoothing
   /// BN moving-statistics decay (slim's bn_decay).
-  public var batchNormDecay: Float = 0.997
+  public var batchNormDecay = BatchNormDefaults.decay
   public var movingAverageDecay: Double? = nil
   public var trainDir = "result"
   /// nil: one epoch.
@@ -54,8 +54,10 @@ public struct TrainingError: Error, CustomStringConvertible {
 public final class Trainer {
   public let options: TrainerOptions
   public let model: MobileNetV2
-  let optimizer: Optimizer
-  let average: WeightAverage?
+  /// The step every iteration runs; owns the optimizer and the weight averages.
+  let step: TrainStep
+  var optimizer: Optimizer { step.optimizer }
+  var average: WeightAverage? { step.average }
   let data: BatchSource
   let comm: Communicator
   let log: TrainLog
@@ -75,8 +77,10 @@ public final class Trainer {
     precondition(net.config == options.model && net.batchNormDecay == options.batchNormDecay,
                  "the model passed to Trainer is not the one its options describe (use Trainer.makeModel)")
     model = net
-    optimizer = Optimizer(kind: options.optimizer, parameterCount: net.parameterCount, momentum: options.momentum)
-    average = options.movingAverageDecay.map { WeightAverage(model: net, decay: $0) }
+    step = TrainStep(model: net,
+                     optimizer: Optimizer(kind: options.optimizer, parameterCount: net.parameterCount, momentum: options.momentum),
+                     average: options.movingAverageDecay.map { WeightAverage(model: net, decay: $0) },
+                     hyper: StepHyperparameters(labelSmoothing: options.labelSmoothing, weightDecay: options.weightDecay))
     dir = CheckpointDirectory(options.trainDir)
   }
 
@@ -161,7 +165,6 @@ public final class Trainer {
     let images = model.inputBuffer(batch: batch)
     let labels = model.labelBuffer(batch: batch)
     let reducer = comm.gradientReducer(buffer: model.gradients.base, count: model.parameterCount)
-    let hyper = StepHyperparameters(labelSmoothing: o.labelSmoothing, weightDecay: o.weightDecay)
     let metrics = comm.rank == 0 ? try MetricsWriter(path: "\(o.trainDir)/\(Self.metricsFile)") : nil
 
     var window = (loss: 0.0, total: 0.0, correct: 0.0, examples: 0.0, steps: 0)
@@ -181,22 +184,12 @@ public final class Trainer {
       }
       let lr = Float(schedule.rate(at: step))
       var rng = RandomState(seed: o.seed &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(comm.rank) << 48 ^ UInt64(step))
-      model.zeroGradients()
-      model.forward(batch: batch, mode: .training, rng: &rng)
-      let l = model.loss(batch: batch, labelSmoothing: hyper.labelSmoothing)
-      model.backward(batch: batch, onGradientsReady: reducer.ready)
-      try reducer.finish()
-      // Weight decay after averaging: the weights are identical on all ranks, so is its gradient.
-      let reg = Profile.time(.optimizer) { applyWeightDecay(model: model, weightDecay: hyper.weightDecay) }
-      Profile.time(.optimizer) {
-        optimizer.apply(params: model.parameters.base, grads: model.gradients.base, count: model.parameterCount, lr: lr)
-      }
-      average?.update(from: model, step: step)
+      let l = try self.step.run(batch: batch, lr: lr, step: step, rng: &rng, reducer: reducer)
       guard l.loss.isFinite else { throw TrainingError("rank \(comm.rank): loss is \(l.loss) at step \(step); lower --learning-rate") }
       lastLoss = l.loss
       step += 1
 
-      window.loss += Double(l.loss); window.total += Double(l.loss + reg)
+      window.loss += Double(l.loss); window.total += Double(l.totalLoss)
       window.correct += Double(l.correct); window.examples += Double(batch); window.steps += 1
       if step % max(1, o.logEveryNSteps) == 0 || step == totalSteps {
         var sums = [window.loss, window.total, window.correct, window.examples]

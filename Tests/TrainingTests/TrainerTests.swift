@@ -69,65 +69,59 @@ final class TrainerTests: XCTestCase {
   }
 
   func testTwoRanksKeepIdenticalWeightsAndOnlyRankZeroWrites() throws {
-    let group = ThreadGroup(size: 2)
-    var summaries = [TrainSummary?](repeating: nil, count: 2)
-    var errors: [Error] = []
     let lock = NSLock()
+    var summaries = [TrainSummary?](repeating: nil, count: 2)
     var o = try options("two", steps: 4)
     o.seed = 3
     let opts = o
-    DispatchQueue.concurrentPerform(iterations: 2) { r in
-      do {
-        var mine = opts
-        mine.seed = opts.seed + UInt64(r) * 1000  // different seeds: rank 0's broadcast must win
-        let t = Trainer(options: mine, data: MemoryDataset(count: 32, size: 32, classes: 3, batch: 4, rank: r, ranks: 2),
-                        comm: group.member(r), log: MemoryLog())
-        let s = try t.run()
-        lock.lock(); summaries[r] = s; lock.unlock()
-      } catch { lock.lock(); errors.append(error); lock.unlock() }
+    let errors = runInProcessRanks(2) { r, comm in
+      var mine = opts
+      mine.seed = opts.seed + UInt64(r) * 1000  // different seeds: rank 0's broadcast must win
+      let t = Trainer(options: mine, data: MemoryDataset(count: 32, size: 32, classes: 3, batch: 4, rank: r, ranks: 2),
+                      comm: comm, log: MemoryLog())
+      let s = try t.run()
+      lock.lock(); summaries[r] = s; lock.unlock()
     }
-    XCTAssertTrue(errors.isEmpty, "\(errors)")
+    XCTAssertTrue(errors.allSatisfy { $0 == nil }, "\(errors)")
+    XCTAssertNotNil(summaries[0])
     XCTAssertEqual(summaries[0]?.checksum, summaries[1]?.checksum)
     XCTAssertEqual(summaries[0]?.stepsPerEpoch, 32 / (4 * 2))
     XCTAssertEqual(CheckpointDirectory(o.trainDir).checkpoints().map(\.step), [2, 4])
   }
 
   /// Gradient averaging: with BN in inference mode and no dropout, one step on 2 ranks × B equals one
-  /// step on 1 rank × 2B.
+  /// step on 1 rank × 2B. Both sides run the production TrainStep; the 2 ranks reduce through the
+  /// real gradient reducer (small buckets, so several are in flight while backward runs).
   func testTwoRanksTimesBEqualsOneRankTimesTwoB() throws {
     let config = try ModelConfig(modelName: "mobilenet_v2_035", numClasses: 3, imageSize: 32)
     let data = MemoryDataset(count: 8, size: 32, classes: 3, batch: 8)
     try data.start(epoch: 0, skipBatches: 0)
     let mode = ForwardMode(batchNormTraining: false, dropout: false)
     let hyper = StepHyperparameters(labelSmoothing: 0.1, weightDecay: 0.00004)
+    func makeStep(_ m: MobileNetV2) -> TrainStep {
+      let s = TrainStep(model: m, optimizer: Optimizer(kind: .momentum, parameterCount: m.parameterCount), hyper: hyper)
+      s.mode = mode
+      return s
+    }
 
     let single = MobileNetV2(config: config, seed: 1)
     _ = try data.next(images: single.inputBuffer(batch: 8), labels: single.labelBuffer(batch: 8))
     var rng = RandomState(seed: 0)
-    _ = computeGradients(model: single, batch: 8, mode: mode, hyper: hyper, rng: &rng)
-    Optimizer(kind: .momentum, parameterCount: single.parameterCount)
-      .apply(params: single.parameters.base, grads: single.gradients.base, count: single.parameterCount, lr: 0.1)
+    try makeStep(single).run(batch: 8, lr: 0.1, step: 0, rng: &rng)
 
-    let group = ThreadGroup(size: 2)
     let halves = (0..<2).map { _ in MobileNetV2(config: config, seed: 1) }
     let px = 32 * 32 * 3
     for (r, m) in halves.enumerated() {
       m.inputBuffer(batch: 4).update(from: single.inputBuffer(batch: 8) + r * 4 * px, count: 4 * px)
       m.labelBuffer(batch: 4).update(from: single.labelBuffer(batch: 8) + r * 4, count: 4)
     }
-    DispatchQueue.concurrentPerform(iterations: 2) { r in
+    let errors = runInProcessRanks(2, bucketBytes: 16 << 10) { r, comm in
       let m = halves[r]
-      let reducer = group.member(r).gradientReducer(buffer: m.gradients.base, count: m.parameterCount)
       var rng = RandomState(seed: 0)
-      m.zeroGradients()
-      m.forward(batch: 4, mode: mode, rng: &rng)
-      m.loss(batch: 4, labelSmoothing: 0.1)
-      m.backward(batch: 4, onGradientsReady: reducer.ready)
-      try! reducer.finish()
-      applyWeightDecay(model: m, weightDecay: hyper.weightDecay)
-      Optimizer(kind: .momentum, parameterCount: m.parameterCount)
-        .apply(params: m.parameters.base, grads: m.gradients.base, count: m.parameterCount, lr: 0.1)
+      try makeStep(m).run(batch: 4, lr: 0.1, step: 0, rng: &rng,
+                          reducer: comm.gradientReducer(buffer: m.gradients.base, count: m.parameterCount))
     }
+    XCTAssertTrue(errors.allSatisfy { $0 == nil }, "\(errors)")
     XCTAssertEqual(halves[0].parameters.array, halves[1].parameters.array)
     var worst: Float = 0
     for i in 0..<single.parameterCount { worst = max(worst, abs(single.parameters[i] - halves[0].parameters[i])) }
