@@ -21,14 +21,16 @@ let coreTargets: [Target] = [
   // System libraries, found through pkg-config (installed by `make deps`).
   .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
                  providers: [.apt(["libopenblas-dev"])]),
+  // Helpers several libraries share (FNV-1a, stderr lines): one definition each, no dependencies.
+  .target(name: "Common", swiftSettings: fastFlags),
   // Numerical kernels: NHWC float32 forward/backward pairs, each with a naive reference.
-  .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: fastFlags),
+  .target(name: "Kernels", dependencies: ["CBLAS", "Common"], swiftSettings: fastFlags),
   // MobileNetV2 exactly as TF-slim defines it: architecture, parameters, forward/backward.
-  .target(name: "MobileNet", dependencies: ["Kernels"], swiftSettings: fastFlags),
+  .target(name: "MobileNet", dependencies: ["Kernels", "Common"], swiftSettings: fastFlags),
   // safetensors files with TF-slim variable names.
   .target(name: "Checkpoint", dependencies: ["MobileNet"], swiftSettings: fastFlags),
   // Optimizer, learning-rate schedules, weight averaging, the training loop and evaluation.
-  .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint"], swiftSettings: fastFlags),
+  .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint", "Common"], swiftSettings: fastFlags),
   .executableTarget(name: "bench", dependencies: [
     "Training", "MobileNet", "Kernels", "Cluster", "DataPipeline",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -39,10 +41,10 @@ let coreTargets: [Target] = [
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "evaluate", dependencies: [
-    "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Jobs", "Common", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "predict", dependencies: [
-    "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Jobs", "Common", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: fastFlags),
   // Reference/ holds the PyTorch reference fixture and the script that writes it.
@@ -66,7 +68,7 @@ let dataTargets: [Target] = [
   // TFRecords, tf.train.Example (generated code committed; .proto in Proto/), decoding,
   // preprocessing, sharding and the prefetching loader.
   .target(name: "DataPipeline", dependencies: [
-    "CTurboJPEG", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+    "CTurboJPEG", "Common", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
   ], exclude: ["Proto"], swiftSettings: fastFlags),
   .executableTarget(name: "dataset", dependencies: [
     "DataPipeline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -80,7 +82,7 @@ let distributedTargets: [Target] = [
   .systemLibrary(name: "CZMQ", path: "Sources/CZMQ", pkgConfig: "libzmq",
                  providers: [.apt(["libzmq3-dev"])]),
   // Transports (ZeroMQ, in-process), the group context and the collective algorithms.
-  .target(name: "Collective", dependencies: ["CZMQ"], swiftSettings: fastFlags),
+  .target(name: "Collective", dependencies: ["CZMQ", "Common"], swiftSettings: fastFlags),
   // Rank tables, the launcher/worker environment contract, local-address checks, supervision.
   .target(name: "Cluster", dependencies: ["Collective"], swiftSettings: fastFlags),
   .executableTarget(name: "launch", dependencies: [
@@ -96,7 +98,7 @@ let distributedTargets: [Target] = [
 let package = Package(
   name: "MobileNetV2Trainer",
   platforms: [.macOS(.v13)],
-  products: ["Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs"]
+  products: ["Common", "Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs"]
     .map { .library(name: $0, targets: [$0]) },
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -49,5 +49,5 @@ public let computeLibraryDefaults = ["OPENBLAS_THREAD_TIMEOUT": "4"]
 /// failed for its own reasons as the root cause before ranks that exited with this status.
 public let peerFailureExitCode: Int32 = 75
 
-/// Default log directory for a world of `n` ranks, like the seed's scripts.
-public func defaultLogDir(worldSize n: Int) -> String { "result/\(n)p" }
+/// Default train and log directory for a world of `n` ranks, like the seed's scripts (result/8p).
+public func defaultResultDir(worldSize n: Int) -> String { "result/\(n)p" }

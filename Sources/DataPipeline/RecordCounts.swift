@@ -2,6 +2,7 @@
 // record (all CRCs verified, every Example parsed) and cached next to the data as
 // `<split>.count`: JSON keyed by file name, size and mtime, recomputed when any of them change.
 // The scan is what lets a bad label or a corrupt record stop the run before training starts.
+import Common
 import Foundation
 
 /// One file's summary.
@@ -89,6 +90,4 @@ public enum RecordCounts {
 }
 
 /// Warnings go to stderr, one line each, so they reach every rank's log.
-func warn(_ message: String) {
-  FileHandle.standardError.write(Data(("warning: " + message + "\n").utf8))
-}
+func warn(_ message: String) { writeStderr("warning: " + message) }

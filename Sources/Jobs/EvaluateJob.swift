@@ -159,10 +159,9 @@ public enum PredictJob {
       }
       let z = model.forward(batch: 1, mode: .inference, rng: &rng)
       let k = config.numClasses
-      let maxZ = (0..<k).map { Double(z[$0]) }.max()!
-      let exps = (0..<k).map { exp(Double(z[$0]) - maxZ) }
-      let sum = exps.reduce(0, +)
-      let top = (0..<k).sorted { exps[$0] > exps[$1] }.prefix(max(1, f.topK)).map { ($0, exps[$0] / sum) }
+      let lse = logSumExp(z, count: k).value
+      let probabilities = (0..<k).map { exp(Double(z[$0]) - lse) }
+      let top = (0..<k).sorted { probabilities[$0] > probabilities[$1] }.prefix(max(1, f.topK)).map { ($0, probabilities[$0]) }
       log.info("\(image):")
       for (c, p) in top { log.info(String(format: "  %6.2f%%  %d %@", p * 100, c, names[c] ?? "")) }
       results.append(top)

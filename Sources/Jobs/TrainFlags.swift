@@ -1,6 +1,8 @@
 // The training flags: the seed's (kebab-case, each also in its snake_case spelling) plus ours.
 import ArgumentParser
+import Cluster
 import Foundation
+import Kernels
 import MobileNet
 import Training
 
@@ -36,9 +38,9 @@ public struct TrainFlags: ParsableArguments {
   @Option(name: .seed("momentum"), help: "Momentum coefficient.")
   public var momentum: Float = Optimizer.defaultMomentum
   @Option(name: .seed("weight-decay"), help: "L2 weight decay on conv and logits weights (wd·Σw²/2).")
-  public var weightDecay: Float = 0.00004
+  public var weightDecay = StepHyperparameters.defaultWeightDecay
   @Option(name: .seed("label-smoothing"), help: "Label smoothing ε.")
-  public var labelSmoothing: Float = 0.1
+  public var labelSmoothing = StepHyperparameters.defaultLabelSmoothing
   @Option(name: .seed("moving-average-decay"), help: "Keep exponential moving averages of the weights (the seed's scripts use 0.9999).")
   public var movingAverageDecay: Double?
   @Option(name: .seed("train-dir"), help: "Checkpoints and metrics (default result/<N>p/).")
@@ -67,7 +69,7 @@ public struct TrainFlags: ParsableArguments {
 
   // MARK: Ours
   @Option(name: .seed("batch-norm-decay"), help: "Decay of the BN moving statistics (slim: 0.997; short runs want less, e.g. 0.9).")
-  public var batchNormDecay: Float = 0.997
+  public var batchNormDecay = BatchNormDefaults.decay
   @Option(name: .seed("split"), help: "Training split (file-name prefix or subfolder).")
   public var split = "train"
   @Option(name: .seed("decode-threads"), help: "JPEG decode threads per rank (default cores ÷ local ranks).")
@@ -130,7 +132,7 @@ public struct TrainFlags: ParsableArguments {
     o.labelSmoothing = labelSmoothing
     o.movingAverageDecay = movingAverageDecay
     o.batchNormDecay = batchNormDecay
-    o.trainDir = trainDir ?? "result/\(worldSize)p"
+    o.trainDir = trainDir ?? defaultResultDir(worldSize: worldSize)
     o.saveCheckpointsSteps = saveCheckpointsSteps
     o.keepCheckpointMax = keepCheckpointMax
     o.logEveryNSteps = logEveryNSteps

@@ -59,16 +59,10 @@ public enum Evaluator {
         let target = row[label]
         // Rank of the true class: how many logits beat it (ties counted against, as in_top_k).
         var better = 0
-        var maxZ = row[0]
-        for j in 0..<k {
-          if row[j] > target { better += 1 }
-          maxZ = max(maxZ, row[j])
-        }
+        for j in 0..<k where row[j] > target { better += 1 }
         if better == 0 { result.top1 += 1 }
         if better < 5 { result.top5 += 1 }
-        var sum = 0.0
-        for j in 0..<k { sum += exp(Double(row[j] - maxZ)) }
-        result.lossSum += log(sum) + Double(maxZ) - Double(target)
+        result.lossSum += logSumExp(row, count: k).value - Double(target)
       }
       result.examples += n
       progress?(result)

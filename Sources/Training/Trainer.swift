@@ -6,6 +6,7 @@
 // on (seed, epoch, example), dropout on (seed, rank, step). Checkpoints also record the epoch and
 // the batch within it for people reading them.
 import Checkpoint
+import Common
 import Foundation
 import Kernels
 import MobileNet
@@ -246,11 +247,9 @@ public final class Trainer {
   }
 }
 
+/// FNV-1a of a slab's bytes (the cross-rank identity check).
 public func checksum(_ b: FloatBuffer) -> UInt64 {
-  var h: UInt64 = 0xcbf2_9ce4_8422_2325
-  let bytes = UnsafeRawBufferPointer(start: b.base, count: b.count * 4)
-  for byte in bytes { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
-  return h
+  fnv1a(UnsafeRawBufferPointer(start: b.base, count: b.count * MemoryLayout<Float>.stride))
 }
 
 /// One logged step: the seed's console line and one JSON object per line in metrics.jsonl.

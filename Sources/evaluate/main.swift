@@ -1,5 +1,6 @@
 // `evaluate`: top-1/top-5 of one checkpoint, a directory's newest, or all of them (--all).
 import ArgumentParser
+import Common
 import Foundation
 import Jobs
 
@@ -9,7 +10,7 @@ struct Evaluate: ParsableCommand {
   func run() throws {
     do { try EvaluateJob.run(flags) } catch {
       // Runtime failures are one line naming the file or tensor, without the usage text.
-      FileHandle.standardError.write(Data("evaluate: error: \(error)\n".utf8))
+      writeStderr("evaluate: error: \(error)")
       throw ExitCode.failure
     }
   }

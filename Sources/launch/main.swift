@@ -59,7 +59,7 @@ struct Launch: ParsableCommand {
         guard let free = LoopbackPorts.findFree(count: n) else { throw ValidationError("no \(n) free consecutive ports on 127.0.0.1") }
         basePort = free
       }
-      let dir = logDir ?? defaultLogDir(worldSize: n)
+      let dir = logDir ?? defaultResultDir(worldSize: n)
       try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
       tablePath = "\(dir)/rank_table.json"
       let json = RankTable.seedSchemaJSON(servers: [("127.0.0.1", Array(repeating: "127.0.0.1", count: n),
@@ -88,7 +88,7 @@ struct Launch: ParsableCommand {
     let executable = worker ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
       .appendingPathComponent("worker").path
     var plan = LaunchPlan(table: table, tablePath: tablePath, serverID: server, workerExecutable: executable,
-                          workerArguments: workerArguments, logDir: logDir ?? defaultLogDir(worldSize: table.worldSize),
+                          workerArguments: workerArguments, logDir: logDir ?? defaultResultDir(worldSize: table.worldSize),
                           jobID: jobID ?? environment[ContractKey.jobID.rawValue] ?? "job-\(secret.fingerprint)", secret: secret)
     plan.maxRestarts = maxRestarts
     plan.basePort = basePort

@@ -1,5 +1,6 @@
 // `predict`: the top classes of JPEG images under a checkpoint.
 import ArgumentParser
+import Common
 import Foundation
 import Jobs
 
@@ -9,7 +10,7 @@ struct Predict: ParsableCommand {
   func run() throws {
     do { try PredictJob.run(flags) } catch {
       // Runtime failures are one line naming the file or tensor, without the usage text.
-      FileHandle.standardError.write(Data("predict: error: \(error)\n".utf8))
+      writeStderr("predict: error: \(error)")
       throw ExitCode.failure
     }
   }
