@@ -55,7 +55,7 @@ let coreTargets: [Target] = [
   .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels", "Collective", "Jobs"],
               swiftSettings: fastFlags),
   // Runs the built executables (launch, worker, evaluate) end to end.
-  .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline"], swiftSettings: fastFlags),
+  .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline", "Collective"], swiftSettings: fastFlags),
   .testTarget(name: "JobsTests", dependencies: [
     "Jobs", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),

@@ -1,5 +1,6 @@
 // The user's main job through the real executables: `launch` two workers on loopback that train on
 // a synthetic TFRecord dataset, then resume, then `evaluate`. What CI's 2-rank smoke run checks.
+import Collective
 import DataPipeline
 import Foundation
 import XCTest
@@ -66,7 +67,7 @@ final class SmokeTrainingTests: XCTestCase {
     synth.seed = 99
     try Synthetic.write(to: "\(dir!)/data", split: "validation", shards: 1, options: synth)
 
-    let port = 20_000 + Int(getpid() % 20_000)
+    let port = try XCTUnwrap(LoopbackPorts.findFree(count: 2), "no free loopback ports")
     func train(steps: Int) throws -> (Int32, String) {
       try run("launch", ["--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)",
                          "--log-dir", "\(dir!)/logs", "--connect-timeout", "60", "--running-timeout", "60", "--",
@@ -137,7 +138,7 @@ final class SmokeTrainingTests: XCTestCase {
   /// newest checkpoint and finishes.
   func testKilledWorkerRestartsTheGroupWhichResumes() throws {
     try writeSyntheticTrainSplit(classes: 3, examples: 256, side: 32)
-    let port = 40_000 + Int(getpid() % 20_000)
+    let port = try XCTUnwrap(LoopbackPorts.findFree(count: 2), "no free loopback ports")
     let (status, out) = try run("launch", [
       "--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)", "--log-dir", "\(dir!)/logs",
       "--max-restarts", "1", "--connect-timeout", "60", "--running-timeout", "10", "--",
