@@ -86,13 +86,17 @@ bench-data: deps
 	$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path)/dataset bench --dir $(BENCH_JPEGS) \
 	  --python $(BENCH_PY) --baseline $(DATA_BASELINE)
 
-# Regenerates the committed Swift code of tf.train.Example from Sources/DataPipeline/Proto
-# (needs protoc and protoc-gen-swift 1.39.0 from apple/swift-protobuf; builds and tests never do).
+# Regenerates the committed Swift code of tf.train.Example from Sources/DataPipeline/Proto and of
+# the TensorBoard Event/Summary from Sources/Observability/Proto (needs protoc and
+# protoc-gen-swift 1.39.0 from apple/swift-protobuf; builds and tests never do).
 PROTOC_GEN_SWIFT ?= $(shell command -v protoc-gen-swift)
 proto:
 	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Public \
 	  --swift_out=Sources/DataPipeline/Generated -I Sources/DataPipeline/Proto \
 	  Sources/DataPipeline/Proto/feature.proto Sources/DataPipeline/Proto/example.proto
+	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Public \
+	  --swift_out=Sources/Observability/Generated -I Sources/Observability/Proto \
+	  Sources/Observability/Proto/summary.proto Sources/Observability/Proto/event.proto
 
 # The main job on a built-in default: Fashion-MNIST (Debian's dataset-fashion-mnist, 70,000 real
 # images) converted to TF-slim TFRecords, 2 ranks on loopback through launch, then evaluate.
