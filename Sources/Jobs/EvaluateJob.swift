@@ -93,7 +93,7 @@ public enum EvaluateJob {
         lc.decodeThreads = f.decodeThreads
         loader = try DataLoader(lc)
       }
-      let progress = Progress("evaluate \((path as NSString).lastPathComponent)", total: loader!.examplesInSplit,
+      let progress = ProgressReporter("evaluate \((path as NSString).lastPathComponent)", total: loader!.examplesInSplit,
                               unit: .items("images"))
       let r = try Evaluator.evaluate(model: model, data: LoaderSource(loader!), batchSize: f.batchSize) { p in
         progress.update(p.examples, detail: String(format: "top1 so far %.4f", p.top1Accuracy))

@@ -3,7 +3,7 @@
 // that log files stay short and grep-able. Work that ends within `quietSeconds` prints nothing.
 import Foundation
 
-public final class Progress {
+public final class ProgressReporter {
   /// How amounts are printed.
   public enum Unit: Sendable {
     /// A count of things (`records`, `images`, …).
@@ -13,7 +13,7 @@ public final class Progress {
   }
 
   /// Non-terminal output: one line each time another tenth of the total is done.
-  public static let lineFraction = 0.1
+  public static let linesPerTotal = 10
   /// Terminal output: redraws at most this often.
   public static let redrawSeconds = 0.2
   /// Nothing is printed for work that finishes sooner (a cached scan, a tiny test split).
@@ -33,14 +33,14 @@ public final class Progress {
   public private(set) var done = 0
   private var detail = ""
   private var lastDraw = -Double.infinity
-  private var nextLineAt = lineFraction
+  private var nextLine = 1
   private var shown = false
   private var finished = false
 
   /// `total` nil: unknown (counts and rate only). `interactive` defaults to isatty(stderr);
   /// `write` and `clock` are for tests.
   public init(_ label: String, total: Int?, unit: Unit = .items("items"), interactive: Bool? = nil,
-              quietSeconds: Double = Progress.defaultQuietSeconds,
+              quietSeconds: Double = ProgressReporter.defaultQuietSeconds,
               write: ((String) -> Void)? = nil, clock: (() -> Double)? = nil) {
     self.label = label
     self.total = total.map { max(0, $0) }
@@ -69,10 +69,11 @@ public final class Progress {
         draw(elapsed: elapsed)
       }
     } else if let total, total > 0 {
-      let fraction = Double(done) / Double(total)
-      if fraction >= nextLineAt || !shown {
-        // The first line says where we are when the quiet period ends; then one per tenth.
-        while nextLineAt <= fraction { nextLineAt += Self.lineFraction }
+      // The first line says where we are when the quiet period ends, then one per tenth;
+      // the last tenth is finish()'s line.
+      let tenth = min(done, total) * Self.linesPerTotal / total
+      if (tenth >= nextLine || !shown) && tenth < Self.linesPerTotal {
+        nextLine = tenth + 1
         emitLine(elapsed: elapsed)
       }
     } else if now - lastDraw >= Self.unknownTotalLineSeconds {
