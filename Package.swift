@@ -50,7 +50,7 @@ let coreTargets: [Target] = [
   .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet"], swiftSettings: fastFlags),
   .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels"], swiftSettings: fastFlags),
   // Runs the built executables (launch, worker, evaluate) end to end.
-  .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline"], swiftSettings: fastFlags),
+  .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline", "Observability"], swiftSettings: fastFlags),
   .testTarget(name: "JobsTests", dependencies: [
     "Jobs", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),

@@ -82,7 +82,8 @@ final class SummaryObserver: TrainObserver {
 
   func started(atStep step: Int, resumed: Bool) throws {
     let w = try EventFileWriter(directory: directory)
-    if resumed { try w.addSessionStart(step: step) }
+    // TensorBoard drops the steps ≥ the START's step: those after the checkpoint, which replay.
+    if resumed { try w.addSessionStart(step: step + 1) }
     writer = w
   }
 

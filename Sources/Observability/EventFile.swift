@@ -47,8 +47,8 @@ public final class EventFileWriter {
     try append(e)
   }
 
-  /// SessionLog START at `step`: TensorBoard drops what an earlier run logged after `step`
-  /// (a resumed run logs those steps again), as TensorFlow's Estimator does on restore.
+  /// SessionLog START at `step`: TensorBoard drops what earlier files hold at steps ≥ `step`
+  /// (a resumed run logs those steps again), as after TensorFlow's Estimator restores.
   public func addSessionStart(step: Int, wallTime: Date = Date()) throws {
     var e = Tensorflow_Event()
     e.wallTime = wallTime.timeIntervalSince1970
