@@ -52,7 +52,7 @@ let coreTargets: [Target] = [
   // Runs the built executables (launch, worker, evaluate) end to end.
   .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline", "Observability"], swiftSettings: fastFlags),
   .testTarget(name: "JobsTests", dependencies: [
-    "Jobs", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Jobs", "Training", "Telemetry", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
 ]
 
