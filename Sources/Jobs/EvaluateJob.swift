@@ -94,7 +94,7 @@ public enum EvaluateJob {
         loader = try DataLoader(lc)
       }
       let progress = ProgressReporter("evaluate \((path as NSString).lastPathComponent)", total: loader!.examplesInSplit,
-                              unit: .items("images"))
+                                      unit: .items("images"))
       let r = try Evaluator.evaluate(model: model, data: LoaderSource(loader!), batchSize: f.batchSize) { p in
         progress.update(p.examples, detail: String(format: "top1 so far %.4f", p.top1Accuracy))
       }
@@ -102,7 +102,10 @@ public enum EvaluateJob {
       let score = CheckpointScore(path: path, step: ModelCheckpoint.globalStep(of: file), movingAverage: ema, result: r)
       log.info(score.summaryLine)
       scores.append(score)
-      if !f.noSummaries { try summaries.write(score) }
+      if !f.noSummaries {
+        // A score is worth more than its summary: a read-only checkpoint dir only costs the summary.
+        do { try summaries.write(score) } catch { log.warning("\(error) (the score above stands; --no-summaries skips this)") }
+      }
     }
     return scores
   }
