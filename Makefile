@@ -141,3 +141,4 @@ demo: deps
 	  --log-every-n-steps 100 --train-dir $(DEMO_DIR)/train
 	.build/release/evaluate --checkpoint-path $(DEMO_DIR)/train --dataset-dir $(DEMO_DIR)/data \
 	  --split validation --central-fraction 1.0 --batch-size 500
+	.build/release/report --train-dir $(DEMO_DIR)/train --output $(DEMO_DIR)/curves.svg
