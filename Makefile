@@ -86,13 +86,39 @@ bench-data: deps
 	$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path)/dataset bench --dir $(BENCH_JPEGS) \
 	  --python $(BENCH_PY) --baseline $(DATA_BASELINE)
 
-# Regenerates the committed Swift code of tf.train.Example from Sources/DataPipeline/Proto
-# (needs protoc and protoc-gen-swift 1.39.0 from apple/swift-protobuf; builds and tests never do).
+# Regenerates the committed Swift code of tf.train.Example from Sources/DataPipeline/Proto and of
+# the TensorBoard Event/Summary from Sources/Observability/Proto (needs protoc and
+# protoc-gen-swift 1.39.0 from apple/swift-protobuf; builds and tests never do).
 PROTOC_GEN_SWIFT ?= $(shell command -v protoc-gen-swift)
 proto:
 	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Public \
 	  --swift_out=Sources/DataPipeline/Generated -I Sources/DataPipeline/Proto \
 	  Sources/DataPipeline/Proto/feature.proto Sources/DataPipeline/Proto/example.proto
+	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Public \
+	  --swift_out=Sources/Observability/Generated -I Sources/Observability/Proto \
+	  Sources/Observability/Proto/summary.proto Sources/Observability/Proto/event.proto
+
+# Interop checks (CI runs them after `make test`): every Tests/Interop/check_*.py against the
+# built executables, with TensorBoard's own reader among others, in a venv that pip fills.
+# Issue 13 adds check_tensorboard.py (EventAccumulator on our event files).
+INTEROP_VENV        ?= .build/venv
+INTEROP_PY_PACKAGES  = tensorboard numpy
+.PHONY: interop
+interop: deps
+	$(SWIFT) build $(SWIFT_FLAGS)
+	@python3 -c "import ensurepip" 2>/dev/null || { \
+	  echo "installing Debian package python3-venv"; SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; }
+	@test -x $(INTEROP_VENV)/bin/python || python3 -m venv $(INTEROP_VENV)
+	@$(INTEROP_VENV)/bin/python -c "import tensorboard, numpy" 2>/dev/null || { \
+	  echo "installing into $(INTEROP_VENV): $(INTEROP_PY_PACKAGES)"; \
+	  $(INTEROP_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(INTEROP_PY_PACKAGES); }
+	@bin=$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path); status=0; n=0; \
+	for s in Tests/Interop/check_*.py; do \
+	  n=$$((n + 1)); echo "== $$s"; MNV2_BIN=$$bin $(INTEROP_VENV)/bin/python $$s || status=1; \
+	done; \
+	if [ $$n = 0 ]; then echo "no Tests/Interop/check_*.py found"; exit 1; fi; \
+	echo "interop: $$n checks, $$([ $$status = 0 ] && echo all passed || echo FAILED)"; exit $$status
 
 # The main job on a built-in default: Fashion-MNIST (Debian's dataset-fashion-mnist, 70,000 real
 # images) converted to TF-slim TFRecords, 2 ranks on loopback through launch, then evaluate.
@@ -115,3 +141,4 @@ demo: deps
 	  --log-every-n-steps 100 --train-dir $(DEMO_DIR)/train
 	.build/release/evaluate --checkpoint-path $(DEMO_DIR)/train --dataset-dir $(DEMO_DIR)/data \
 	  --split validation --central-fraction 1.0 --batch-size 500
+	.build/release/report --train-dir $(DEMO_DIR)/train --output $(DEMO_DIR)/curves.svg

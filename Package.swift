@@ -30,7 +30,7 @@ let coreTargets: [Target] = [
   // safetensors files with TF-slim variable names.
   .target(name: "Checkpoint", dependencies: ["MobileNet"], swiftSettings: fastFlags),
   // Optimizer, learning-rate schedules, weight averaging, the training loop and evaluation.
-  .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint", "Common"], swiftSettings: fastFlags),
+  .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint", "Common", "Telemetry"], swiftSettings: fastFlags),
   .executableTarget(name: "bench", dependencies: [
     "Training", "MobileNet", "Kernels", "Cluster", "DataPipeline",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -38,6 +38,7 @@ let coreTargets: [Target] = [
   // The jobs behind the executables: flags, wiring of data, process group and training loop.
   .target(name: "Jobs", dependencies: [
     "Training", "Checkpoint", "MobileNet", "Kernels", "DataPipeline", "Collective", "Cluster",
+    "Telemetry", "Observability",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "evaluate", dependencies: [
@@ -55,9 +56,9 @@ let coreTargets: [Target] = [
   .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels", "Collective", "Jobs"],
               swiftSettings: fastFlags),
   // Runs the built executables (launch, worker, evaluate) end to end.
-  .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline", "Collective"], swiftSettings: fastFlags),
+  .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline", "Collective", "Observability"], swiftSettings: fastFlags),
   .testTarget(name: "JobsTests", dependencies: [
-    "Jobs", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Jobs", "Training", "Telemetry", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
 ]
 
@@ -68,7 +69,7 @@ let dataTargets: [Target] = [
   // TFRecords, tf.train.Example (generated code committed; .proto in Proto/), decoding,
   // preprocessing, sharding and the prefetching loader.
   .target(name: "DataPipeline", dependencies: [
-    "CTurboJPEG", "Common", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+    "CTurboJPEG", "Common", "Telemetry", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
   ], exclude: ["Proto"], swiftSettings: fastFlags),
   .executableTarget(name: "dataset", dependencies: [
     "DataPipeline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -82,11 +83,11 @@ let distributedTargets: [Target] = [
   .systemLibrary(name: "CZMQ", path: "Sources/CZMQ", pkgConfig: "libzmq",
                  providers: [.apt(["libzmq3-dev"])]),
   // Transports (ZeroMQ, in-process), the group context and the collective algorithms.
-  .target(name: "Collective", dependencies: ["CZMQ", "Common"], swiftSettings: fastFlags),
+  .target(name: "Collective", dependencies: ["CZMQ", "Common", "Telemetry"], swiftSettings: fastFlags),
   // Rank tables, the launcher/worker environment contract, local-address checks, supervision.
   .target(name: "Cluster", dependencies: ["Collective"], swiftSettings: fastFlags),
   .executableTarget(name: "launch", dependencies: [
-    "Cluster", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Cluster", "Telemetry", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "worker", dependencies: [
     "Cluster", "Collective", "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -95,15 +96,33 @@ let distributedTargets: [Target] = [
   .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collective"], swiftSettings: fastFlags),
 ]
 
+// What users look at besides the log line: progress and the timeline (Telemetry, below every
+// library that does long work), TensorBoard event files and curves (Observability), `report`.
+let observabilityTargets: [Target] = [
+  // Progress bars/lines and the Chrome-trace timeline; Foundation only.
+  .target(name: "Telemetry", swiftSettings: fastFlags),
+  // TensorBoard event files (Event/Summary protos, generated code committed; .proto in Proto/,
+  // TFRecord framing from DataPipeline) and the SVG curves of metrics.jsonl.
+  .target(name: "Observability", dependencies: [
+    "DataPipeline", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], exclude: ["Proto"], swiftSettings: fastFlags),
+  .executableTarget(name: "report", dependencies: [
+    "Observability", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .testTarget(name: "TelemetryTests", dependencies: ["Telemetry"], swiftSettings: fastFlags),
+  .testTarget(name: "ObservabilityTests", dependencies: ["Observability", "DataPipeline"], swiftSettings: fastFlags),
+]
+
 let package = Package(
   name: "MobileNetV2Trainer",
   platforms: [.macOS(.v13)],
-  products: ["Common", "Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs"]
+  products: ["Common", "Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs",
+             "Telemetry", "Observability"]
     .map { .library(name: $0, targets: [$0]) },
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
   ],
-  targets: coreTargets + dataTargets + distributedTargets,
+  targets: coreTargets + dataTargets + distributedTargets + observabilityTargets,
   swiftLanguageModes: [.v5]
 )

@@ -34,6 +34,10 @@ public enum ContractKey: String, CaseIterable, Sendable {
   case connectTimeout = "MNV2_CONNECT_TIMEOUT"
   case runningTimeout = "MNV2_RUNNING_TIMEOUT"
   case security = "MNV2_SECURITY"
+  /// Observability (issue 13): where this rank writes its timeline (launch --timeline merges the
+  /// ranks' files), and how many steps it records.
+  case timelineFile = "MNV2_TIMELINE_FILE"
+  case timelineSteps = "MNV2_TIMELINE_STEPS"
 }
 
 /// Thread-count variables of the numerical libraries, set to MNV2_THREADS by launch.

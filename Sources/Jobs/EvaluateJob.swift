@@ -5,6 +5,8 @@ import DataPipeline
 import Foundation
 import Kernels
 import MobileNet
+import Observability
+import Telemetry
 import Training
 
 public struct EvalFlags: ParsableArguments {
@@ -37,6 +39,10 @@ public struct EvalFlags: ParsableArguments {
   @Option(name: .seed("decode-threads"), help: "JPEG decode threads (default: all cores).")
   public var decodeThreads: Int?
 
+  // Observability (issue 13)
+  @Flag(name: .customLong("no-summaries"), help: "Do not write eval/top1, eval/top5, eval/loss to <checkpoint dir>/eval/ (TensorBoard, metrics.jsonl).")
+  public var noSummaries = false
+
   public func validate() throws {
     guard centralFraction > 0 && centralFraction <= 1 else { throw ValidationError("--central-fraction must be in (0, 1]") }
     guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
@@ -68,6 +74,7 @@ public enum EvaluateJob {
     let paths = try CheckpointDirectory.resolve(f.checkpointPath, all: f.all)
     var scores: [CheckpointScore] = []
     var loader: DataLoader? = nil
+    let summaries = EvalSummaries()
     for path in paths {
       let file = try SafeTensorsFile(path: path)
       let config = try config(for: file, modelName: f.modelName, numClasses: f.numClasses, imageSize: f.imageSize)
@@ -86,20 +93,41 @@ public enum EvaluateJob {
         lc.decodeThreads = f.decodeThreads
         loader = try DataLoader(lc)
       }
-      let total = loader!.examplesInSplit
-      var lastPrint = 0
+      let progress = ProgressReporter("evaluate \((path as NSString).lastPathComponent)", total: loader!.examplesInSplit,
+                                      unit: .items("images"))
       let r = try Evaluator.evaluate(model: model, data: LoaderSource(loader!), batchSize: f.batchSize) { p in
-        if p.examples - lastPrint >= max(f.batchSize * 10, total / 10) {
-          lastPrint = p.examples
-          log.info(String(format: "  %@: %d/%d images, top1 so far %.4f", (path as NSString).lastPathComponent,
-                          p.examples, total, p.top1Accuracy))
-        }
+        progress.update(p.examples, detail: String(format: "top1 so far %.4f", p.top1Accuracy))
       }
+      progress.finish()
       let score = CheckpointScore(path: path, step: ModelCheckpoint.globalStep(of: file), movingAverage: ema, result: r)
       log.info(score.summaryLine)
       scores.append(score)
+      if !f.noSummaries {
+        // A score is worth more than its summary: a read-only checkpoint dir only costs the summary.
+        do { try summaries.write(score) } catch { log.warning("\(error) (the score above stands; --no-summaries skips this)") }
+      }
     }
     return scores
+  }
+}
+
+/// Observability (issue 13): each score as TensorBoard scalars at the checkpoint's step, in
+/// `<checkpoint dir>/eval/` (one event file per evaluate run and directory, which TensorBoard shows
+/// as the run `eval` beside the training scalars), and as a row of `eval/metrics.jsonl` for `report`.
+final class EvalSummaries {
+  static let directory = "eval"
+  static let tags = (top1: "eval/top1", top5: "eval/top5", loss: "eval/loss")
+  private var writers: [String: EventFileWriter] = [:]
+
+  func write(_ s: CheckpointScore) throws {
+    let dir = ((s.path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(Self.directory)
+    let w = try writers[dir] ?? EventFileWriter(directory: dir)
+    writers[dir] = w
+    try w.addScalars([(Self.tags.top1, s.result.top1Accuracy), (Self.tags.top5, s.result.top5Accuracy),
+                      (Self.tags.loss, s.result.meanLoss)], step: Int(s.step))
+    try EvalRow(step: Int(s.step), top1: s.result.top1Accuracy, top5: s.result.top5Accuracy, loss: s.result.meanLoss,
+                images: s.result.examples, checkpoint: (s.path as NSString).lastPathComponent)
+      .append(to: (dir as NSString).appendingPathComponent(EvalRow.file))
   }
 }
 

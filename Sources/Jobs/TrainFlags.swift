@@ -4,6 +4,7 @@ import Cluster
 import Foundation
 import Kernels
 import MobileNet
+import Telemetry
 import Training
 
 extension DecayType: ExpressibleByArgument {}
@@ -91,6 +92,14 @@ public struct TrainFlags: ParsableArguments {
   @Flag(name: .customLong("skip-corrupt-records"), help: "Skip TFRecords with bad CRCs instead of stopping.")
   public var skipCorruptRecords = false
 
+  // Observability (issue 13)
+  @Option(name: .seed("timeline"), help: "Write a Chrome trace (Perfetto, chrome://tracing) of this rank's steps to FILE (launch --timeline merges the ranks).")
+  public var timeline: String?
+  @Option(name: .seed("timeline-steps"), help: "Steps recorded in the timeline, after \(Timeline.defaultWarmupSteps) warm-up steps.")
+  public var timelineSteps = Timeline.defaultSteps
+  @Flag(name: .customLong("no-summaries"), help: "Do not write TensorBoard event files in the train dir.")
+  public var noSummaries = false
+
   static let preprocessingNames = ["inception_v2", "inception", "inception_v1", "inception_v3", "mobilenet_v2"]
 
   /// Checks that make sense only when training (a worker can also run its collective self-test).
@@ -106,6 +115,7 @@ public struct TrainFlags: ParsableArguments {
     if !(minCropArea > 0 && minCropArea <= 1) { throw ValidationError("--min-crop-area must be in (0, 1]") }
     if !(minObjectCovered >= 0 && minObjectCovered <= 1) { throw ValidationError("--min-object-covered must be in [0, 1]") }
     if !(batchNormDecay > 0 && batchNormDecay < 1) { throw ValidationError("--batch-norm-decay must be in (0, 1)") }
+    if timelineSteps < 1 { throw ValidationError("--timeline-steps must be at least 1") }
   }
 
   /// One-line notes for the seed's flags that are accepted and ignored.

@@ -4,6 +4,7 @@
 // `Trainer` runs it every step, `bench train` times it and the tests check it.
 import Kernels
 import MobileNet
+import Telemetry
 
 public struct StepResult: Equatable, Sendable {
   /// Label-smoothed cross-entropy, mean over the batch (the seed's `loss`).
@@ -36,6 +37,8 @@ public final class TrainStep {
   public let hyper: StepHyperparameters
   /// Training mode by default; tests turn batch statistics or dropout off to compare exactly.
   public var mode = ForwardMode.training
+  /// When set, each phase of the step is a span (forward, backward, allreduce wait, optimizer).
+  public var timeline: Timeline?
 
   public init(model: MobileNetV2, optimizer: Optimizer, average: WeightAverage? = nil, hyper: StepHyperparameters) {
     precondition(optimizer.kind == .sgd || optimizer.accumulators.count == model.parameterCount,
@@ -53,17 +56,27 @@ public final class TrainStep {
   @discardableResult
   public func run(batch: Int, lr: Float, step: Int, rng: inout RandomState,
                   reducer: GradientReducing? = nil) throws -> StepResult {
-    model.zeroGradients()
-    model.forward(batch: batch, mode: mode, rng: &rng)
-    let l = model.loss(batch: batch, labelSmoothing: hyper.labelSmoothing)
-    model.backward(batch: batch, onGradientsReady: reducer.map { r in { r.ready($0) } })
-    try reducer?.finish()
-    // Weight decay after averaging: the weights are identical on all ranks, so is its gradient.
-    let reg = Profile.time(.optimizer) { applyWeightDecay(model: model, weightDecay: hyper.weightDecay) }
-    Profile.time(.optimizer) {
-      optimizer.apply(params: model.parameters.base, grads: model.gradients.base, count: model.parameterCount, lr: lr)
+    let l = span(Timeline.Name.forward) { () -> LossResult in
+      model.zeroGradients()
+      model.forward(batch: batch, mode: mode, rng: &rng)
+      return model.loss(batch: batch, labelSmoothing: hyper.labelSmoothing)
     }
-    average?.update(from: model, step: step)
+    span(Timeline.Name.backward) { model.backward(batch: batch, onGradientsReady: reducer.map { r in { r.ready($0) } }) }
+    try span(Timeline.Name.allreduceWait) { try reducer?.finish() }
+    let reg = span(Timeline.Name.optimizer) { () -> Float in
+      // Weight decay after averaging: the weights are identical on all ranks, so is its gradient.
+      let reg = Profile.time(.optimizer) { applyWeightDecay(model: model, weightDecay: hyper.weightDecay) }
+      Profile.time(.optimizer) {
+        optimizer.apply(params: model.parameters.base, grads: model.gradients.base, count: model.parameterCount, lr: lr)
+      }
+      average?.update(from: model, step: step)
+      return reg
+    }
     return StepResult(loss: l.loss, totalLoss: l.loss + reg, correct: l.correct)
+  }
+
+  private func span<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
+    guard let t = timeline else { return try body() }
+    return try t.measure(name, body)
   }
 }

@@ -10,6 +10,7 @@ import Common
 import Foundation
 import Kernels
 import MobileNet
+import Telemetry
 
 public struct TrainerOptions: Sendable {
   public var model: ModelConfig
@@ -65,6 +66,10 @@ public final class Trainer {
   let dir: CheckpointDirectory
 
   public static let metricsFile = "metrics.jsonl"
+
+  // Observability (issue 13): the timeline (every rank) and observers of logged steps (rank 0).
+  public var timeline: Timeline?
+  public var observers: [TrainObserver] = []
 
   /// `model` is the one `makeModel(options)` builds; pass it when the caller needed it before the
   /// group existed (its signature goes into the handshake), so the weights are allocated once.
@@ -166,7 +171,21 @@ public final class Trainer {
     let images = model.inputBuffer(batch: batch)
     let labels = model.labelBuffer(batch: batch)
     let reducer = comm.gradientReducer(buffer: model.gradients.base, count: model.parameterCount)
-    let metrics = comm.rank == 0 ? try MetricsWriter(path: "\(o.trainDir)/\(Self.metricsFile)") : nil
+    var metrics: MetricsWriter? = nil
+    if comm.rank == 0 {
+      let path = "\(o.trainDir)/\(Self.metricsFile)"
+      let dropped = try MetricsWriter.resume(path: path, atStep: startStep)
+      if dropped > 0 { log.info("\(path): dropped \(dropped) rows after step \(startStep) (they are logged again)") }
+      metrics = try MetricsWriter(path: path)
+      for ob in observers { try ob.started(atStep: startStep, resumed: startStep > 0) }
+    }
+    timeline?.start(atStep: startStep)
+    self.step.timeline = timeline
+    // Timeline spans of the loop (one nil check when off); TrainStep records its own phases.
+    func span<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
+      guard let t = timeline else { return try body() }
+      return try t.measure(name, body)
+    }
 
     var window = (loss: 0.0, total: 0.0, correct: 0.0, examples: 0.0, steps: 0)
     var windowStart = DispatchTime.now().uptimeNanoseconds
@@ -174,12 +193,16 @@ public final class Trainer {
     var currentEpoch = -1
     var step = startStep
     while step < totalSteps {
+      try timeline?.beginStep(step)
+      let stepStart = timeline?.begin()
       let epoch = step / stepsPerEpoch
-      if epoch != currentEpoch {
-        try data.start(epoch: epoch, skipBatches: step % stepsPerEpoch)
-        currentEpoch = epoch
+      let n = try span(Timeline.Name.dataWait) { () throws -> Int in
+        if epoch != currentEpoch {
+          try data.start(epoch: epoch, skipBatches: step % stepsPerEpoch)
+          currentEpoch = epoch
+        }
+        return try data.next(images: images, labels: labels)
       }
-      let n = try data.next(images: images, labels: labels)
       guard n == batch else {
         throw TrainingError("rank \(comm.rank): data ended after \(n) examples in epoch \(epoch) at step \(step) (expected \(stepsPerEpoch) full batches)")
       }
@@ -193,25 +216,30 @@ public final class Trainer {
       window.loss += Double(l.loss); window.total += Double(l.totalLoss)
       window.correct += Double(l.correct); window.examples += Double(batch); window.steps += 1
       if step % max(1, o.logEveryNSteps) == 0 || step == totalSteps {
+        let metricsStart = timeline?.begin()
         var sums = [window.loss, window.total, window.correct, window.examples]
         try sums.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 4) }
         let now = DispatchTime.now().uptimeNanoseconds
         let seconds = Double(now - windowStart) / 1e9
         let denom = Double(window.steps * ranks)
-        let rec = StepRecord(step: step, epoch: Double(step) / Double(stepsPerEpoch), ips: sums[3] / seconds,
-                             loss: sums[0] / denom, totalLoss: sums[1] / denom, lr: Double(lr),
-                             trainAccuracy: sums[2] / sums[3])
+        let rec = StepRecord.seedRounded(step: step, epoch: Double(step) / Double(stepsPerEpoch), ips: sums[3] / seconds,
+                                         loss: sums[0] / denom, totalLoss: sums[1] / denom, lr: Double(lr),
+                                         trainAccuracy: sums[2] / sums[3])
         log.info(rec.logLine)
         try metrics?.append(rec)
+        if comm.rank == 0 { for ob in observers { try ob.logged(rec) } }
         // Data parallelism must keep the weights bit-identical: check at every logged step.
         try verifyIdenticalWeights()
         window = (0, 0, 0, 0, 0)
         windowStart = DispatchTime.now().uptimeNanoseconds
+        timeline?.end(Timeline.Name.metrics, since: metricsStart)
       }
       if step % saveEvery == 0 || step == totalSteps {
-        try save(step: step, stepsPerEpoch: stepsPerEpoch)
+        try span(Timeline.Name.checkpoint) { try save(step: step, stepsPerEpoch: stepsPerEpoch) }
       }
+      timeline?.end(Timeline.Name.step, since: stepStart)
     }
+    try timeline?.close()
     if data.skippedCorrupt > 0 { log.warning("skipped \(data.skippedCorrupt) corrupt examples on rank \(comm.rank)") }
     let sum = try verifyIdenticalWeights()
     return TrainSummary(firstStep: startStep, globalStep: step, stepsPerEpoch: stepsPerEpoch, lastLoss: lastLoss,
@@ -250,44 +278,4 @@ public final class Trainer {
 /// FNV-1a of a slab's bytes (the cross-rank identity check).
 public func checksum(_ b: FloatBuffer) -> UInt64 {
   fnv1a(UnsafeRawBufferPointer(start: b.base, count: b.count * MemoryLayout<Float>.stride))
-}
-
-/// One logged step: the seed's console line and one JSON object per line in metrics.jsonl.
-public struct StepRecord: Codable, Sendable {
-  public var step: Int
-  public var epoch: Double
-  public var ips: Double
-  public var loss: Double
-  public var totalLoss: Double
-  public var lr: Double
-  public var trainAccuracy: Double
-
-  enum CodingKeys: String, CodingKey {
-    case step, epoch, ips, loss, lr
-    case totalLoss = "total_loss"
-    case trainAccuracy = "train_accuracy"
-  }
-
-  public var logLine: String {
-    String(format: "step:%6d  epoch:%6.2f ips:%9.2f loss:%.4f  total_loss:%.4f  lr:%.6f, train_accuracy:%.4f",
-           step, epoch, ips, loss, totalLoss, lr, trainAccuracy)
-  }
-}
-
-final class MetricsWriter {
-  let handle: FileHandle
-  init(path: String) throws {
-    if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
-    guard let h = FileHandle(forWritingAtPath: path) else { throw TrainingError("cannot write \(path)") }
-    handle = h
-    handle.seekToEndOfFile()
-  }
-  func append(_ r: StepRecord) throws {
-    let enc = JSONEncoder()
-    enc.outputFormatting = .sortedKeys
-    var d = try enc.encode(r)
-    d.append(0x0A)
-    handle.write(d)
-  }
-  deinit { try? handle.close() }
 }

@@ -5,6 +5,7 @@ import ArgumentParser
 import Cluster
 import Collective
 import Foundation
+import Telemetry
 
 struct Launch: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -39,6 +40,11 @@ struct Launch: ParsableCommand {
   var security: String?
   @Option(help: "Seconds between SIGTERM and SIGKILL when stopping workers.")
   var gracePeriod = Launcher.defaultGracePeriod
+  // Observability (issue 13)
+  @Option(help: "Write one Chrome trace (Perfetto, chrome://tracing) of all ranks' steps to FILE: data wait, forward, backward, bucket allreduces, optimizer, checkpoint.")
+  var timeline: String?
+  @Option(help: "Steps in the timeline, after \(Timeline.defaultWarmupSteps) warm-up steps (default \(Timeline.defaultSteps)).")
+  var timelineSteps: Int?
   @Argument(parsing: .postTerminator, help: "Worker flags, after --.")
   var workerArguments: [String] = []
 
@@ -47,6 +53,8 @@ struct Launch: ParsableCommand {
     if let n = localRanks, n < 1 { throw ValidationError("--local-ranks must be at least 1") }
     if let s = security, SecurityMode(rawValue: s) == nil { throw ValidationError("--security must be curve or plain") }
     if maxRestarts < 0 { throw ValidationError("--max-restarts must be ≥ 0") }
+    if let n = timelineSteps, n < 1 { throw ValidationError("--timeline-steps must be at least 1") }
+    if timelineSteps != nil && timeline == nil { throw ValidationError("--timeline-steps needs --timeline FILE") }
   }
 
   func run() throws {
@@ -97,7 +105,26 @@ struct Launch: ParsableCommand {
     if let t = connectTimeout { plan.extraEnvironment[.connectTimeout] = String(t) }
     if let t = runningTimeout { plan.extraEnvironment[.runningTimeout] = String(t) }
     if let s = security { plan.extraEnvironment[.security] = s }
+    plan.timeline = timeline != nil
+    plan.timelineSteps = timelineSteps
+    let parts = plan.localRanks.map { plan.timelinePath(rank: $0) }
+    if timeline != nil { for p in parts { try? FileManager.default.removeItem(atPath: p) } }
     let status = Launcher(plan: plan).run()
+    if let out = timeline {
+      // Whatever the ranks wrote, also after a failure: the timeline is most wanted then.
+      let present = parts.filter { FileManager.default.fileExists(atPath: $0) }
+      if present.isEmpty {
+        print("launch: no rank wrote a timeline (\(parts.first ?? "")…); was it a training run?")
+      } else {
+        do {
+          let spans = try Timeline.merge(present, into: out)
+          print("launch: timeline of \(present.count) ranks (\(spans) spans) in \(out)")
+        } catch {
+          print("launch: cannot merge the timeline into \(out): \(error)")
+          if status == 0 { throw ExitCode(1) }
+        }
+      }
+    }
     if status != 0 { throw ExitCode(status) }
   }
 }

@@ -68,6 +68,25 @@ final class TrainerTests: XCTestCase {
     XCTAssertEqual(file.metadata["epoch"], "1")
   }
 
+  /// A run that crashed after logging steps it never checkpointed (and left a torn line): the
+  /// resumed run logs those steps again, and metrics.jsonl holds every step once.
+  func testMetricsHoldEachStepOnceAfterARestart() throws {
+    let data = { MemoryDataset(count: 24, size: 32, classes: 3, batch: 4) }
+    var o = try options("restart", steps: 5)
+    o.keepCheckpointMax = 5
+    _ = try Trainer(options: o, data: data(), comm: SingleProcess(), log: MemoryLog()).run()
+    // "Crash" after step 5 was logged but before its checkpoint was written, mid-way through a line.
+    try FileManager.default.removeItem(atPath: "\(o.trainDir)/model.ckpt-5.safetensors")
+    let h = try XCTUnwrap(FileHandle(forWritingAtPath: "\(o.trainDir)/\(Trainer.metricsFile)"))
+    h.seekToEndOfFile(); h.write(Data("{\"epoch\":1.0,\"ip".utf8)); try h.close()
+    o.maxTrainSteps = 7
+    let log = MemoryLog()
+    _ = try Trainer(options: o, data: data(), comm: SingleProcess(), log: log).run()
+    XCTAssertTrue(log.lines.contains { $0.contains("dropped 2 rows after step 4") }, log.lines.joined(separator: "\n"))
+    let steps = try metrics(o).map { $0["step"] as! Int }
+    XCTAssertEqual(steps, [1, 2, 3, 4, 5, 6, 7])
+  }
+
   func testTwoRanksKeepIdenticalWeightsAndOnlyRankZeroWrites() throws {
     let lock = NSLock()
     var summaries = [TrainSummary?](repeating: nil, count: 2)
