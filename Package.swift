@@ -37,15 +37,15 @@ let coreTargets: [Target] = [
   ], swiftSettings: fastFlags),
   // The jobs behind the executables: flags, wiring of data, process group and training loop.
   .target(name: "Jobs", dependencies: [
-    "Training", "Checkpoint", "MobileNet", "Kernels", "DataPipeline", "Collective", "Cluster",
+    "Training", "Checkpoint", "MobileNet", "Kernels", "DataPipeline", "Collective", "Cluster", "Common",
     "Telemetry", "Observability",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "evaluate", dependencies: [
-    "Jobs", "Common", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "predict", dependencies: [
-    "Jobs", "Common", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: fastFlags),
   // Reference/ holds the PyTorch reference fixture and the script that writes it.

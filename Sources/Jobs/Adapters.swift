@@ -1,5 +1,7 @@
 // The real data loader and process group behind the training loop's protocols.
+import ArgumentParser
 import Collective
+import Common
 import DataPipeline
 import Telemetry
 import Training
@@ -46,5 +48,15 @@ public final class GroupCommunicator: Communicator {
     init(_ r: GradientReducer) { inner = r }
     func ready(_ range: Range<Int>) { inner.ready(range) }
     func finish() throws { try inner.finish() }
+  }
+}
+
+/// Runs the job behind a command. A runtime failure (bad file, tensor, address…) is one line,
+/// "<command>: error: …", on stderr and exit status 1, without ArgumentParser's usage text, which is
+/// for flag errors only.
+public func runReportingFailure(_ command: String, _ job: () throws -> Void) throws {
+  do { try job() } catch {
+    writeStderr("\(command): error: \(error)")
+    throw ExitCode.failure
   }
 }
