@@ -5,7 +5,8 @@ SWIFT       ?= swift
 CONFIG      ?= release
 # Release tests: numerical tests are 10-100x slower in debug builds.
 SWIFT_FLAGS ?= -c $(CONFIG)
-DEB_PACKAGES = libturbojpeg0-dev libzmq3-dev libopenblas-dev pkg-config
+# dataset-fashion-mnist: real images for the end-to-end accuracy floor and `make demo`.
+DEB_PACKAGES = libturbojpeg0-dev libzmq3-dev libopenblas-dev pkg-config dataset-fashion-mnist
 # Python packages the interop tests use (checkpoints read back by Python's safetensors).
 PY_PACKAGES  = numpy safetensors
 BENCH_PY    ?= $(HOME)/bench-venv/bin/python
@@ -127,9 +128,6 @@ DEMO_EPOCHS ?= 5
 FASHION_MNIST = /usr/share/datasets/fashion-mnist
 
 demo: deps
-	@dpkg-query -W -f='$${Status}' dataset-fashion-mnist 2>/dev/null | grep -q "install ok installed" || { \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
 	$(SWIFT) build -c release
 	@test -f $(DEMO_DIR)/data/validation-00000-of-00002 || \
 	  .build/release/dataset convert --format fashion-mnist --input $(FASHION_MNIST) --output $(DEMO_DIR)/data --resize 32
