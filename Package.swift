@@ -25,8 +25,11 @@ let coreTargets: [Target] = [
   .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: fastFlags),
   // MobileNetV2 exactly as TF-slim defines it: architecture, parameters, forward/backward.
   .target(name: "MobileNet", dependencies: ["Kernels"], swiftSettings: fastFlags),
-  // safetensors files with TF-slim variable names.
-  .target(name: "Checkpoint", dependencies: ["MobileNet"], swiftSettings: fastFlags),
+  // Checkpoints with TF-slim variable names: safetensors and TensorFlow's V2 tensor bundles
+  // (generated protobuf code committed; .proto in Proto/), one path resolver, config inference.
+  .target(name: "Checkpoint", dependencies: [
+    "MobileNet", "Kernels", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], exclude: ["Proto"], swiftSettings: fastFlags),
   // Optimizer, learning-rate schedules, weight averaging, the training loop and evaluation.
   .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint"], swiftSettings: fastFlags),
   .executableTarget(name: "bench", dependencies: [
@@ -35,7 +38,7 @@ let coreTargets: [Target] = [
   ], swiftSettings: fastFlags),
   // The jobs behind the executables: flags, wiring of data, process group and training loop.
   .target(name: "Jobs", dependencies: [
-    "Training", "Checkpoint", "MobileNet", "Kernels", "DataPipeline", "Collective", "Cluster",
+    "Training", "Checkpoint", "MobileNet", "Kernels", "DataPipeline", "Collective", "Cluster", "Export",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "evaluate", dependencies: [
@@ -46,7 +49,8 @@ let coreTargets: [Target] = [
   ], swiftSettings: fastFlags),
   .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: fastFlags),
   .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels"], swiftSettings: fastFlags),
-  .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet"], swiftSettings: fastFlags),
+  .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet", "Kernels"],
+              resources: [.copy("Fixtures")], swiftSettings: fastFlags),
   .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels"], swiftSettings: fastFlags),
   // Runs the built executables (launch, worker, evaluate) end to end.
   .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline"], swiftSettings: fastFlags),
@@ -62,12 +66,26 @@ let dataTargets: [Target] = [
   // TFRecords, tf.train.Example (generated code committed; .proto in Proto/), decoding,
   // preprocessing, sharding and the prefetching loader.
   .target(name: "DataPipeline", dependencies: [
-    "CTurboJPEG", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+    "CTurboJPEG", "Kernels", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
   ], exclude: ["Proto"], swiftSettings: fastFlags),
   .executableTarget(name: "dataset", dependencies: [
     "DataPipeline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
-  .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "CTurboJPEG"], swiftSettings: fastFlags),
+  .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "CTurboJPEG", "Kernels"], swiftSettings: fastFlags),
+]
+
+// Interop (issue 10): deployment export (ONNX via swift-protobuf, generated code committed) and the
+// `export` executable. Checkpoint formats themselves live in Checkpoint.
+let interopTargets: [Target] = [
+  .target(name: "Export", dependencies: [
+    "Checkpoint", "MobileNet", "Kernels", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], exclude: ["Proto"], swiftSettings: fastFlags),
+  .executableTarget(name: "export", dependencies: [
+    "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .testTarget(name: "ExportTests", dependencies: [
+    "Export", "Checkpoint", "MobileNet", "Kernels", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], swiftSettings: fastFlags),
 ]
 
 // Distributed runtime: rank tables, transports, collectives, `launch` and `worker`.
@@ -92,12 +110,12 @@ let distributedTargets: [Target] = [
 let package = Package(
   name: "MobileNetV2Trainer",
   platforms: [.macOS(.v13)],
-  products: ["Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs"]
+  products: ["Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs", "Export"]
     .map { .library(name: $0, targets: [$0]) },
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
   ],
-  targets: coreTargets + dataTargets + distributedTargets,
+  targets: coreTargets + dataTargets + distributedTargets + interopTargets,
   swiftLanguageModes: [.v5]
 )

@@ -1,11 +1,13 @@
 // The training flags: the seed's (kebab-case, each also in its snake_case spelling) plus ours.
 import ArgumentParser
+import Checkpoint
 import Foundation
 import MobileNet
 import Training
 
 extension DecayType: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
+extension CheckpointFormat: ExpressibleByArgument {}
 
 public struct TrainFlags: ParsableArguments {
   public init() {}
@@ -89,6 +91,12 @@ public struct TrainFlags: ParsableArguments {
   @Flag(name: .customLong("skip-corrupt-records"), help: "Skip TFRecords with bad CRCs instead of stopping.")
   public var skipCorruptRecords = false
 
+  // Interop (issue 10)
+  @Option(name: .seed("checkpoint-format"), help: "Checkpoint files: safetensors, tf (TensorFlow V2: .index + .data, and the `checkpoint` state file) or both.")
+  public var checkpointFormat = CheckpointFormat.both
+  @Flag(name: .seed("restore-moving-average"), help: "Fine-tuning: restore the weights from the checkpoint's ExponentialMovingAverage shadows.")
+  public var restoreMovingAverage = false
+
   static let preprocessingNames = ["inception_v2", "inception", "inception_v1", "inception_v3", "mobilenet_v2"]
 
   /// Checks that make sense only when training (a worker can also run its collective self-test).
@@ -137,6 +145,9 @@ public struct TrainFlags: ParsableArguments {
     o.seed = seed
     o.restorePath = restorePath
     o.restoreExclude = restoreExclude.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    // Interop (issue 10)
+    o.checkpointFormat = checkpointFormat
+    o.restoreMovingAverage = restoreMovingAverage
     return o
   }
 }

@@ -1,5 +1,5 @@
 import XCTest
-import DataPipeline
+import Kernels
 
 final class CRCTests: XCTestCase {
   func testKnownVectors() {
