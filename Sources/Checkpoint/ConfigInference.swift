@@ -86,7 +86,10 @@ public enum ConfigInference {
   /// The first model tensor the file lacks or has in another shape, as a message.
   static func firstMismatch(_ c: ModelConfig, _ file: TensorFile) -> String? {
     let model = MobileNetV2(config: c)
-    for spec in model.trainable.specs + model.state.specs {
+    // The stem first: it is what a wrong multiplier shows in most plainly.
+    let specs = model.trainable.specs.filter { $0.name == stemWeights } + model.trainable.specs.filter { $0.name != stemWeights }
+      + model.state.specs
+    for spec in specs {
       guard let e = file.entry(spec.name) else { return "missing tensor \(spec.name) (expected shape \(spec.shape))" }
       if e.shape != spec.shape { return "tensor \(spec.name) has shape \(e.shape) but the model expects \(spec.shape)" }
     }
