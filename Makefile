@@ -129,14 +129,14 @@ INTEROP_VENV  ?= .build/venv
 INTEROP_DIR   ?= .build/interop
 INTEROP_STEPS ?= 300
 INTEROP_PY_PACKAGES = tensorflow-cpu onnxruntime onnx tensorboard numpy safetensors
-INTEROP_PY    = $(INTEROP_VENV)/bin/python
+INTEROP_PY    = TF_CPP_MIN_LOG_LEVEL=2 $(INTEROP_VENV)/bin/python
 
 $(INTEROP_VENV)/.installed:
 	@python3 -c "import ensurepip" 2>/dev/null || { \
 	  echo "installing Debian package python3-venv"; SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; }
 	python3 -m venv $(INTEROP_VENV) || { echo "make interop: cannot create the venv $(INTEROP_VENV)"; exit 1; }
-	$(INTEROP_PY) -m pip install --quiet --disable-pip-version-check $(INTEROP_PY_PACKAGES) || { \
+	$(INTEROP_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(INTEROP_PY_PACKAGES) || { \
 	  echo "make interop: pip install $(INTEROP_PY_PACKAGES) failed"; exit 1; }
 	$(INTEROP_PY) -c "import tensorflow, onnxruntime, onnx, numpy, safetensors" || { echo "make interop: the venv lacks a package"; exit 1; }
 	touch $@
