@@ -124,7 +124,10 @@ demo: deps
 # (no silent skip: if it cannot be built, the target fails), a short real training on Fashion-MNIST
 # written in both checkpoint formats, then every Tests/Interop/check_*.py (each prints one line and
 # exits non-zero on failure): TensorFlow reads our TF checkpoint with identical values, TensorFlow's
-# ops score it as we do, onnxruntime scores our ONNX export as we do.
+# ops score it as we do, onnxruntime scores our ONNX export as we do. A new check is a new
+# Tests/Interop/check_<name>.py: it runs with the venv's python and gets INTEROP_DIR (data/: Fashion-MNIST
+# TFRecords at 32×32; train/: the run's checkpoints, metrics.jsonl; train.log) and BIN (our executables);
+# Tests/Interop/interop_common.py has the helpers.
 INTEROP_VENV  ?= .build/venv
 INTEROP_DIR   ?= .build/interop
 INTEROP_STEPS ?= 300

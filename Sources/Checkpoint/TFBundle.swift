@@ -156,8 +156,13 @@ public final class TFCheckpointFile: TensorFile {
         throw CheckpointError("\(indexPath): tensor \(name) has an invalid entry (shard \(e.shardID) of \(numShards), offset \(e.offset), size \(e.size))")
       }
       let (dt, dtName) = TFCheckpoint.dtype(e.dtype)
-      if let dt, e.size != Int64(e.shape.dim.reduce(1) { $0 * Int($1.size) } * dt.size) {
-        throw CheckpointError("\(indexPath): tensor \(name) has \(e.size) bytes, but shape \(e.shape.dim.map(\.size)) of \(dtName) needs \(e.shape.dim.reduce(1) { $0 * Int($1.size) } * dt.size)")
+      if let dt {
+        // Overflow-checked: a corrupt shape must be an error, not a wrapped size.
+        var bytes: Int64? = Int64(dt.size)
+        for d in e.shape.dim { bytes = bytes.flatMap { b in let (r, o) = b.multipliedReportingOverflow(by: d.size); return o ? nil : r } }
+        guard let need = bytes, need == e.size else {
+          throw CheckpointError("\(indexPath): tensor \(name) has \(e.size) bytes, but shape \(e.shape.dim.map(\.size)) of \(dtName) needs \(bytes.map(String.init) ?? "more than 2^63")")
+        }
       }
       parsed[name] = e
       order.append(name)

@@ -53,7 +53,7 @@ public struct TrainFlags: ParsableArguments {
   public var logEveryNSteps = 10
   @Option(name: .seed("seed"), help: "Random seed (weights, data order, augmentation, dropout).")
   public var seed: UInt64 = 0
-  @Option(name: .seed("restore-path"), help: "Checkpoint file or directory to fine-tune from.")
+  @Option(name: .seed("restore-path"), help: "Checkpoint to fine-tune from: .safetensors, TensorFlow prefix (model.ckpt-N) or directory.")
   public var restorePath: String?
   @Option(name: .seed("restore-exclude"), help: "Comma-separated name prefixes not restored.")
   public var restoreExclude = "MobilenetV2/Logits/"
