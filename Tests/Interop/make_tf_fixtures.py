@@ -73,7 +73,6 @@ def main(out_dir):
             sess.run(perturb)
             sess.run(ema_op)
             raw = sess.run(logits, {x: images})
-            values = sess.run({n: v for n, v in variables.items()})
             shadows = sess.run({n: ema.average(v) for n, v in variables.items()})
             prefix = saver.save(sess, os.path.join(ckpt_dir, "model.ckpt"), global_step=step, write_meta_graph=False)
     # The same network on the shadows (TF's ops again, eagerly).
@@ -85,7 +84,6 @@ def main(out_dir):
     save_file({"images": images, "logits_raw": raw.astype(np.float32), "logits_ema": ema_logits.astype(np.float32)},
               os.path.join(out_dir, "tf_mnv2_035_logits.safetensors"))
     assert not np.allclose(raw, ema_logits)
-    del values
     print("wrote %s (%d variables), logits of %d images" % (prefix, len(shapes), IMAGES))
 
 
