@@ -27,8 +27,11 @@ let coreTargets: [Target] = [
   .target(name: "Kernels", dependencies: ["CBLAS", "Common"], swiftSettings: fastFlags),
   // MobileNetV2 exactly as TF-slim defines it: architecture, parameters, forward/backward.
   .target(name: "MobileNet", dependencies: ["Kernels", "Common"], swiftSettings: fastFlags),
-  // safetensors files with TF-slim variable names.
-  .target(name: "Checkpoint", dependencies: ["MobileNet"], swiftSettings: fastFlags),
+  // Checkpoints with TF-slim variable names: safetensors and TensorFlow's V2 tensor bundles
+  // (generated protobuf code committed; .proto in Proto/), one path resolver, config inference.
+  .target(name: "Checkpoint", dependencies: [
+    "MobileNet", "Kernels", "Common", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], exclude: ["Proto"], swiftSettings: fastFlags),
   // Optimizer, learning-rate schedules, weight averaging, the training loop and evaluation.
   .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint", "Common", "Telemetry"], swiftSettings: fastFlags),
   .executableTarget(name: "bench", dependencies: [
@@ -38,7 +41,7 @@ let coreTargets: [Target] = [
   // The jobs behind the executables: flags, wiring of data, process group and training loop.
   .target(name: "Jobs", dependencies: [
     "Training", "Checkpoint", "MobileNet", "Kernels", "DataPipeline", "Collective", "Cluster", "Common",
-    "Telemetry", "Observability",
+    "Telemetry", "Observability", "Export",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "evaluate", dependencies: [
@@ -47,11 +50,13 @@ let coreTargets: [Target] = [
   .executableTarget(name: "predict", dependencies: [
     "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
+  .testTarget(name: "CommonTests", dependencies: ["Common"], swiftSettings: fastFlags),
   .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: fastFlags),
   // Reference/ holds the PyTorch reference fixture and the script that writes it.
   .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels", "Checkpoint"],
               exclude: ["Reference"], swiftSettings: fastFlags),
-  .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet"], swiftSettings: fastFlags),
+  .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet", "Kernels", "Common"],
+              resources: [.copy("Fixtures")], swiftSettings: fastFlags),
   // Ranks as threads over the real ProcessGroup (in-process transport) behind Jobs' GroupCommunicator.
   .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels", "Collective", "Jobs"],
               swiftSettings: fastFlags),
@@ -74,7 +79,21 @@ let dataTargets: [Target] = [
   .executableTarget(name: "dataset", dependencies: [
     "DataPipeline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
-  .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "CTurboJPEG"], swiftSettings: fastFlags),
+  .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "CTurboJPEG", "Kernels"], swiftSettings: fastFlags),
+]
+
+// Interop (issue 10): deployment export (ONNX via swift-protobuf, generated code committed) and the
+// `export` executable. Checkpoint formats themselves live in Checkpoint.
+let interopTargets: [Target] = [
+  .target(name: "Export", dependencies: [
+    "Checkpoint", "MobileNet", "Kernels", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], exclude: ["Proto"], swiftSettings: fastFlags),
+  .executableTarget(name: "export", dependencies: [
+    "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .testTarget(name: "ExportTests", dependencies: [
+    "Export", "Checkpoint", "MobileNet", "Kernels", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], swiftSettings: fastFlags),
 ]
 
 // Distributed runtime: rank tables, transports, collectives, `launch` and `worker`.
@@ -117,12 +136,12 @@ let package = Package(
   name: "MobileNetV2Trainer",
   platforms: [.macOS(.v13)],
   products: ["Common", "Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs",
-             "Telemetry", "Observability"]
+             "Telemetry", "Observability", "Export"]
     .map { .library(name: $0, targets: [$0]) },
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
   ],
-  targets: coreTargets + dataTargets + distributedTargets + observabilityTargets,
+  targets: coreTargets + dataTargets + distributedTargets + observabilityTargets + interopTargets,
   swiftLanguageModes: [.v5]
 )

@@ -11,17 +11,17 @@ import Training
 
 public struct EvalFlags: ParsableArguments {
   public init() {}
-  @Option(name: .seed("checkpoint-path"), help: "A checkpoint file, or a directory (its newest checkpoint, or all with --all).")
+  @Option(name: .seed("checkpoint-path"), help: "A checkpoint: .safetensors file, TensorFlow prefix (model.ckpt-N) or its .index/.data file, or a directory (its `checkpoint` state file, else its newest; all with --all).")
   public var checkpointPath: String
   @Option(name: .seed("dataset-dir"), help: "TF-slim TFRecords or an image folder.")
   public var datasetDir: String
   @Option(name: .seed("split"), help: "Split to score (file-name prefix or subfolder).")
   public var split = "validation"
-  @Option(name: .seed("model-name"), help: "Default: the checkpoint's metadata.")
+  @Option(name: .seed("model-name"), help: "Default: the checkpoint's metadata, else inferred from the tensor shapes.")
   public var modelName: String?
-  @Option(name: .seed("num-classes"), help: "Default: the checkpoint's metadata.")
+  @Option(name: .seed("num-classes"), help: "Default: the checkpoint's metadata, else the logits' shape.")
   public var numClasses: Int?
-  @Option(name: .seed("image-size"), help: "Default: the checkpoint's metadata.")
+  @Option(name: .seed("image-size"), help: "Default: the checkpoint's metadata, else 224.")
   public var imageSize: Int?
   @Option(name: .seed("central-fraction"), help: "Central crop before resizing (1.0: none).")
   public var centralFraction = 0.875
@@ -62,10 +62,22 @@ public struct CheckpointScore: Sendable {
 }
 
 public enum EvaluateJob {
-  static func config(for file: SafeTensorsFile, modelName: String?, numClasses: Int?, imageSize: Int?) throws -> ModelConfig {
-    let saved = try ModelCheckpoint.config(of: file)
-    return try ModelConfig(modelName: modelName ?? saved.modelName, numClasses: numClasses ?? saved.numClasses,
-                           imageSize: imageSize ?? saved.imageSize)
+  /// Opens a resolved checkpoint and builds the model it holds (settings from the metadata or the
+  /// shapes, flags first), loaded with the moving-average shadows when `useMovingAverage` (default:
+  /// when present). Shared by evaluate, predict and export.
+  public static func loadModel(_ path: String, modelName: String?, numClasses: Int?, imageSize: Int?,
+                               useMovingAverage: Bool?, log: TrainLog? = nil) throws
+    -> (model: MobileNetV2, file: TensorFile, movingAverage: Bool)
+  {
+    let file = try CheckpointDirectory.open(path)
+    let (config, source) = try ConfigInference.config(of: file, modelName: modelName, numClasses: numClasses, imageSize: imageSize)
+    if source != .metadata {
+      log?.info("\((path as NSString).lastPathComponent): \(config.modelName), \(config.numClasses) classes (\(source.rawValue)), image size \(config.imageSize)\(imageSize == nil ? " (default; --image-size to change)" : "")")
+    }
+    let model = MobileNetV2(config: config)
+    let ema = useMovingAverage ?? Evaluator.hasMovingAverage(file)
+    try Evaluator.load(file, into: model, useMovingAverage: ema)
+    return (model, file, ema)
   }
 
   @discardableResult
@@ -76,14 +88,9 @@ public enum EvaluateJob {
     var loader: DataLoader? = nil
     let summaries = EvalSummaries()
     for path in paths {
-      let file = try SafeTensorsFile(path: path)
-      let config = try config(for: file, modelName: f.modelName, numClasses: f.numClasses, imageSize: f.imageSize)
-      let model = MobileNetV2(config: config)
-      let ema = f.useMovingAverage ?? Evaluator.hasMovingAverage(file)
-      if ema && !Evaluator.hasMovingAverage(file) {
-        throw TrainingError("\(path) has no ExponentialMovingAverage tensors (train with --moving-average-decay, or pass --no-use-moving-average)")
-      }
-      try Evaluator.load(file, into: model, useMovingAverage: ema)
+      let (model, file, ema) = try loadModel(path, modelName: f.modelName, numClasses: f.numClasses,
+                                             imageSize: f.imageSize, useMovingAverage: f.useMovingAverage, log: log)
+      let config = model.config
       if loader == nil || loader!.config.imageSize != config.imageSize || loader!.config.numClasses != config.numClasses {
         var lc = LoaderConfig(datasetDir: f.datasetDir, split: f.split, batchSize: f.batchSize,
                               imageSize: config.imageSize, training: false)
@@ -99,7 +106,7 @@ public enum EvaluateJob {
         progress.update(p.examples, detail: String(format: "top1 so far %.4f", p.top1Accuracy))
       }
       progress.finish()
-      let score = CheckpointScore(path: path, step: ModelCheckpoint.globalStep(of: file), movingAverage: ema, result: r)
+      let score = CheckpointScore(path: path, step: try ModelCheckpoint.globalStep(of: file), movingAverage: ema, result: r)
       log.info(score.summaryLine)
       scores.append(score)
       if !f.noSummaries {
@@ -133,7 +140,7 @@ final class EvalSummaries {
 
 public struct PredictFlags: ParsableArguments {
   public init() {}
-  @Option(name: .seed("checkpoint-path"), help: "A checkpoint file or directory (newest checkpoint).")
+  @Option(name: .seed("checkpoint-path"), help: "A checkpoint file, TensorFlow prefix or directory (as evaluate).")
   public var checkpointPath: String
   @Option(name: .seed("labels-file"), help: "Class names, one per line or `index:name` (default: labels.txt beside the checkpoint).")
   public var labelsFile: String?
@@ -145,6 +152,14 @@ public struct PredictFlags: ParsableArguments {
   public var useMovingAverage: Bool?
   @Argument(help: "JPEG files.")
   public var images: [String]
+
+  // Interop (issue 10)
+  @Option(name: .seed("model-name"), help: "Default: the checkpoint's metadata, else inferred from the tensor shapes.")
+  public var modelName: String?
+  @Option(name: .seed("num-classes"), help: "Default: the checkpoint's metadata, else the logits' shape.")
+  public var numClasses: Int?
+  @Option(name: .seed("image-size"), help: "Default: the checkpoint's metadata, else 224.")
+  public var imageSize: Int?
 }
 
 public enum PredictJob {
@@ -166,10 +181,9 @@ public enum PredictJob {
   @discardableResult
   public static func run(_ f: PredictFlags, log: TrainLog = PrintLog()) throws -> [[(Int, Double)]] {
     let path = try CheckpointDirectory.resolve(f.checkpointPath)[0]
-    let file = try SafeTensorsFile(path: path)
-    let config = try ModelCheckpoint.config(of: file)
-    let model = MobileNetV2(config: config)
-    try Evaluator.load(file, into: model, useMovingAverage: f.useMovingAverage ?? Evaluator.hasMovingAverage(file))
+    let (model, _, _) = try EvaluateJob.loadModel(path, modelName: f.modelName, numClasses: f.numClasses, imageSize: f.imageSize,
+                                                  useMovingAverage: f.useMovingAverage, log: log)
+    let config = model.config
     let labelsPath = f.labelsFile ?? ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("labels.txt")
     let names = readLabels(labelsPath)
     var options = PreprocessOptions(width: config.imageSize, height: config.imageSize, training: false)

@@ -1,5 +1,6 @@
 // The training flags: the seed's (kebab-case, each also in its snake_case spelling) plus ours.
 import ArgumentParser
+import Checkpoint
 import Cluster
 import Foundation
 import Kernels
@@ -9,6 +10,7 @@ import Training
 
 extension DecayType: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
+extension CheckpointFormat: ExpressibleByArgument {}
 
 public struct TrainFlags: ParsableArguments {
   public init() {}
@@ -54,7 +56,7 @@ public struct TrainFlags: ParsableArguments {
   public var logEveryNSteps = 10
   @Option(name: .seed("seed"), help: "Random seed (weights, data order, augmentation, dropout).")
   public var seed: UInt64 = 0
-  @Option(name: .seed("restore-path"), help: "Checkpoint file or directory to fine-tune from.")
+  @Option(name: .seed("restore-path"), help: "Checkpoint to fine-tune from: .safetensors, TensorFlow prefix (model.ckpt-N) or directory.")
   public var restorePath: String?
   @Option(name: .seed("restore-exclude"), help: "Comma-separated name prefixes not restored.")
   public var restoreExclude = "MobilenetV2/Logits/"
@@ -99,6 +101,12 @@ public struct TrainFlags: ParsableArguments {
   public var timelineSteps = Timeline.defaultSteps
   @Flag(name: .customLong("no-summaries"), help: "Do not write TensorBoard event files in the train dir.")
   public var noSummaries = false
+
+  // Interop (issue 10)
+  @Option(name: .seed("checkpoint-format"), help: "Checkpoint files: safetensors, tf (TensorFlow V2: .index + .data, and the `checkpoint` state file) or both.")
+  public var checkpointFormat = CheckpointFormat.both
+  @Flag(name: .seed("restore-moving-average"), help: "Fine-tuning: restore the weights from the checkpoint's ExponentialMovingAverage shadows.")
+  public var restoreMovingAverage = false
 
   static let preprocessingNames = ["inception_v2", "inception", "inception_v1", "inception_v3", "mobilenet_v2"]
 
@@ -149,6 +157,9 @@ public struct TrainFlags: ParsableArguments {
     o.seed = seed
     o.restorePath = restorePath
     o.restoreExclude = restoreExclude.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    // Interop (issue 10)
+    o.checkpointFormat = checkpointFormat
+    o.restoreMovingAverage = restoreMovingAverage
     return o
   }
 }

@@ -35,6 +35,11 @@ public struct TrainerOptions: Sendable {
   public var seed: UInt64 = 0
   public var restorePath: String? = nil
   public var restoreExclude = ["MobilenetV2/Logits/"]
+  // Interop (issue 10)
+  /// Which files every checkpoint is written as (safetensors, a TensorFlow V2 checkpoint, or both).
+  public var checkpointFormat = CheckpointFormat.both
+  /// Fine-tuning restores the weights from the `/ExponentialMovingAverage` shadows.
+  public var restoreMovingAverage = false
 
   public init(model: ModelConfig) { self.model = model }
 }
@@ -134,19 +139,25 @@ public final class Trainer {
     if comm.rank == 0 {
       try FileManager.default.createDirectory(atPath: o.trainDir, withIntermediateDirectories: true)
       if let latest = dir.latest() {
-        let file = try SafeTensorsFile(path: latest)
-        let saved = try ModelCheckpoint.config(of: file)
-        guard saved == o.model else {
-          throw TrainingError("\(latest) was written for \(saved.modelName)/\(saved.numClasses) classes/\(saved.imageSize)px but this run trains \(o.model.modelName)/\(o.model.numClasses)/\(o.model.imageSize); use another --train-dir")
+        // Either format; a TensorFlow checkpoint has no metadata, so its tensor shapes are checked.
+        let file = try CheckpointDirectory.open(latest)
+        if ModelCheckpoint.hasMetadata(file) {
+          let saved = try ModelCheckpoint.config(of: file)
+          guard saved == o.model else {
+            throw TrainingError("\(latest) was written for \(saved.modelName)/\(saved.numClasses) classes/\(saved.imageSize)px but this run trains \(o.model.modelName)/\(o.model.numClasses)/\(o.model.imageSize); use another --train-dir")
+          }
         }
-        try ModelCheckpoint.load(model.checkpointSlabs + slotSlabs, from: file)
-        startStep = Int(ModelCheckpoint.globalStep(of: file))
+        do { try ModelCheckpoint.load(model.checkpointSlabs + slotSlabs, from: file) } catch {
+          throw TrainingError("cannot resume from \(latest) (use another --train-dir for another model or optimizer): \(error)")
+        }
+        startStep = Int(try ModelCheckpoint.globalStep(of: file))
         resumedFrom = latest
       } else if let restore = o.restorePath {
         let path = try CheckpointDirectory.resolve(restore)[0]
-        let file = try SafeTensorsFile(path: path)
-        let report = try ModelCheckpoint.load(model.checkpointSlabs, from: file, exclude: o.restoreExclude)
-        log.info("restored \(report.restored.count) tensors from \(path)")
+        let file = try CheckpointDirectory.open(path)
+        let slabs = try Evaluator.slabs(for: model, file: file, movingAverage: o.restoreMovingAverage)
+        let report = try ModelCheckpoint.load(slabs, from: file, exclude: o.restoreExclude)
+        log.info("restored \(report.restored.count) tensors from \(path)\(o.restoreMovingAverage ? " (moving-average shadows)" : "")")
         if !report.notRestored.isEmpty {
           log.info("not restored (excluded, freshly initialised): \(report.notRestored.joined(separator: ", "))")
         }
@@ -250,16 +261,26 @@ public final class Trainer {
   func save(step: Int, stepsPerEpoch: Int) throws {
     let sum = try verifyIdenticalWeights()
     guard comm.rank == 0 else { return }
-    let path = dir.file(forStep: Int64(step))
-    try ModelCheckpoint.save(model: model, slots: slotSlabs, globalStep: Int64(step), extraMetadata: [
-      "epoch": String(step / stepsPerEpoch), "batch_in_epoch": String(step % stepsPerEpoch),
-      "steps_per_epoch": String(stepsPerEpoch), "world_size": String(comm.size),
-      "batch_size": String(options.batchSize), "seed": String(options.seed),
-      "rng": "derived from (seed, epoch, example) for data and (seed, rank, step) for dropout",
-      "weights_checksum": String(sum, radix: 16),
-    ], to: path)
-    dir.prune(keep: options.keepCheckpointMax)
-    log.info("saved checkpoint \(path)")
+    var written: [String] = []
+    // The TensorFlow checkpoint first: a safetensors file of the same step is what resume prefers.
+    if options.checkpointFormat.writesTF {
+      let prefix = dir.prefix(forStep: Int64(step))
+      try ModelCheckpoint.saveTF(model: model, slots: slotSlabs, globalStep: Int64(step), prefix: prefix)
+      written.append(prefix)
+    }
+    if options.checkpointFormat.writesSafetensors {
+      let path = dir.file(forStep: Int64(step))
+      try ModelCheckpoint.save(model: model, slots: slotSlabs, globalStep: Int64(step), extraMetadata: [
+        "epoch": String(step / stepsPerEpoch), "batch_in_epoch": String(step % stepsPerEpoch),
+        "steps_per_epoch": String(stepsPerEpoch), "world_size": String(comm.size),
+        "batch_size": String(options.batchSize), "seed": String(options.seed),
+        "rng": "derived from (seed, epoch, example) for data and (seed, rank, step) for dropout",
+        "weights_checksum": String(sum, radix: 16),
+      ], to: path)
+      written.append(path)
+    }
+    try dir.prune(keep: options.keepCheckpointMax)
+    log.info("saved checkpoint \(written.joined(separator: " and "))")
   }
 
   /// FNV-1a of the weight bytes, allgathered: a mismatch means the ranks diverged.

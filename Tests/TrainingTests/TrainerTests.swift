@@ -61,7 +61,11 @@ final class TrainerTests: XCTestCase {
     XCTAssertEqual(lossesA, lossesB)
     // Checkpoints pruned to the newest 2, no temporary files.
     let names = try FileManager.default.contentsOfDirectory(atPath: partial.trainDir).sorted()
-    XCTAssertEqual(names, ["metrics.jsonl", "model.ckpt-8.safetensors", "model.ckpt-9.safetensors"])
+    // Both formats by default: every file of a pruned step is gone, the state file names the newest.
+    XCTAssertEqual(names, ["checkpoint", "metrics.jsonl",
+                           "model.ckpt-8.data-00000-of-00001", "model.ckpt-8.index", "model.ckpt-8.safetensors",
+                           "model.ckpt-9.data-00000-of-00001", "model.ckpt-9.index", "model.ckpt-9.safetensors"])
+    XCTAssertEqual(try CheckpointDirectory.stateFileCheckpoint(inDirectory: partial.trainDir), "model.ckpt-9")
     let file = try SafeTensorsFile(path: "\(partial.trainDir)/model.ckpt-9.safetensors")
     XCTAssertNotNil(file.tensors["MobilenetV2/Conv/weights/Momentum"])
     XCTAssertNotNil(file.tensors["MobilenetV2/Conv/BatchNorm/moving_mean/ExponentialMovingAverage"])
@@ -74,6 +78,7 @@ final class TrainerTests: XCTestCase {
     let data = { MemoryDataset(count: 24, size: 32, classes: 3, batch: 4) }
     var o = try options("restart", steps: 5)
     o.keepCheckpointMax = 5
+    o.checkpointFormat = .safetensors  // the "crash" below removes the one file of step 5
     _ = try Trainer(options: o, data: data(), comm: SingleProcess(), log: MemoryLog()).run()
     // "Crash" after step 5 was logged but before its checkpoint was written, mid-way through a line.
     try FileManager.default.removeItem(atPath: "\(o.trainDir)/model.ckpt-5.safetensors")
@@ -85,6 +90,44 @@ final class TrainerTests: XCTestCase {
     XCTAssertTrue(log.lines.contains { $0.contains("dropped 2 rows after step 4") }, log.lines.joined(separator: "\n"))
     let steps = try metrics(o).map { $0["step"] as! Int }
     XCTAssertEqual(steps, [1, 2, 3, 4, 5, 6, 7])
+  }
+
+  /// `--checkpoint-format tf` alone: a run resumed from TensorFlow checkpoints (no metadata, shapes
+  /// checked) ends with the uninterrupted run's weights, and fine-tuning restores from the TF
+  /// checkpoint's moving averages when asked.
+  func testResumeAndRestoreFromTensorFlowCheckpoints() throws {
+    let data = { MemoryDataset(count: 24, size: 32, classes: 3, batch: 4) }
+    let full = try options("full", steps: 6)
+    let a = try Trainer(options: full, data: data(), comm: SingleProcess(), log: MemoryLog()).run()
+    var tf = try options("tf", steps: 4)
+    tf.checkpointFormat = .tf
+    _ = try Trainer(options: tf, data: data(), comm: SingleProcess(), log: MemoryLog()).run()
+    tf.maxTrainSteps = 6
+    let b = try Trainer(options: tf, data: data(), comm: SingleProcess(), log: MemoryLog()).run()
+    XCTAssertEqual(b.firstStep, 4)
+    XCTAssertEqual(b.resumedFrom, "\(tf.trainDir)/model.ckpt-4")
+    XCTAssertEqual(a.checksum, b.checksum, "final weights differ after resuming from a TF checkpoint")
+    XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tf.trainDir).sorted(),
+                   ["checkpoint", "metrics.jsonl", "model.ckpt-4.data-00000-of-00001", "model.ckpt-4.index",
+                    "model.ckpt-6.data-00000-of-00001", "model.ckpt-6.index"])
+
+    // Fine-tune from the TF directory's moving averages, logits excluded.
+    var ft = try options("ft", steps: 1, classes: 5)
+    ft.restorePath = tf.trainDir
+    ft.restoreMovingAverage = true
+    ft.learningRate = 0
+    ft.movingAverageDecay = nil
+    let log = MemoryLog()
+    let t = Trainer(options: ft, data: MemoryDataset(count: 8, size: 32, classes: 5, batch: 4), comm: SingleProcess(), log: log)
+    _ = try t.run()
+    XCTAssertTrue(log.lines.contains { $0.contains("model.ckpt-6 (moving-average shadows)") }, log.lines.joined(separator: "\n"))
+    let src = try TFCheckpointFile(prefix: "\(tf.trainDir)/model.ckpt-6")
+    let shadow = try src.readFloats("MobilenetV2/expanded_conv_3/depthwise/depthwise_weights/ExponentialMovingAverage")!
+    let raw = try src.readFloats("MobilenetV2/expanded_conv_3/depthwise/depthwise_weights")!
+    let spec = t.model.trainable.spec(named: "MobilenetV2/expanded_conv_3/depthwise/depthwise_weights")!
+    let got = Array(UnsafeBufferPointer(start: t.model.parameters.base + spec.offset, count: spec.count))
+    XCTAssertNotEqual(shadow, raw)
+    XCTAssertEqual(got, shadow, "lr 0: the restored shadow is unchanged after one step")
   }
 
   func testTwoRanksKeepIdenticalWeightsAndOnlyRankZeroWrites() throws {
