@@ -5,12 +5,13 @@ SWIFT       ?= swift
 CONFIG      ?= release
 # Release tests: numerical tests are 10-100x slower in debug builds.
 SWIFT_FLAGS ?= -c $(CONFIG)
-DEB_PACKAGES = libturbojpeg0-dev libzmq3-dev libopenblas-dev pkg-config
+# dataset-fashion-mnist: real images for the end-to-end accuracy floor and `make demo`.
+DEB_PACKAGES = libturbojpeg0-dev libzmq3-dev libopenblas-dev pkg-config dataset-fashion-mnist
 # Python packages the interop tests use (checkpoints read back by Python's safetensors).
 PY_PACKAGES  = numpy safetensors
 BENCH_PY    ?= $(HOME)/bench-venv/bin/python
 
-.PHONY: all deps build test bench clean demo
+.PHONY: all deps build test bench clean demo interop
 
 all: build
 
@@ -86,13 +87,18 @@ bench-data: deps
 	$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path)/dataset bench --dir $(BENCH_JPEGS) \
 	  --python $(BENCH_PY) --baseline $(DATA_BASELINE)
 
-# Regenerates the committed Swift code of tf.train.Example from Sources/DataPipeline/Proto
+# Regenerates the committed Swift code of tf.train.Example (Sources/DataPipeline/Proto), the
+# TensorFlow checkpoint protos (Sources/Checkpoint/Proto), ONNX (Sources/Export/Proto) and the
+# TensorBoard Event/Summary (Sources/Observability/Proto)
 # (needs protoc and protoc-gen-swift 1.39.0 from apple/swift-protobuf; builds and tests never do).
 PROTOC_GEN_SWIFT ?= $(shell command -v protoc-gen-swift)
+PROTO_TARGETS    = DataPipeline Checkpoint Export Observability
 proto:
-	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Public \
-	  --swift_out=Sources/DataPipeline/Generated -I Sources/DataPipeline/Proto \
-	  Sources/DataPipeline/Proto/feature.proto Sources/DataPipeline/Proto/example.proto
+	@for t in $(PROTO_TARGETS); do \
+	  echo "protoc: Sources/$$t/Proto -> Sources/$$t/Generated"; \
+	  protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Public \
+	    --swift_out=Sources/$$t/Generated -I Sources/$$t/Proto Sources/$$t/Proto/*.proto || exit 1; \
+	done
 
 # The main job on a built-in default: Fashion-MNIST (Debian's dataset-fashion-mnist, 70,000 real
 # images) converted to TF-slim TFRecords, 2 ranks on loopback through launch, then evaluate.
@@ -101,9 +107,6 @@ DEMO_EPOCHS ?= 5
 FASHION_MNIST = /usr/share/datasets/fashion-mnist
 
 demo: deps
-	@dpkg-query -W -f='$${Status}' dataset-fashion-mnist 2>/dev/null | grep -q "install ok installed" || { \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
 	$(SWIFT) build -c release
 	@test -f $(DEMO_DIR)/data/validation-00000-of-00002 || \
 	  .build/release/dataset convert --format fashion-mnist --input $(FASHION_MNIST) --output $(DEMO_DIR)/data --resize 32
@@ -115,3 +118,47 @@ demo: deps
 	  --log-every-n-steps 100 --train-dir $(DEMO_DIR)/train
 	.build/release/evaluate --checkpoint-path $(DEMO_DIR)/train --dataset-dir $(DEMO_DIR)/data \
 	  --split validation --central-fraction 1.0 --batch-size 500
+	.build/release/report --train-dir $(DEMO_DIR)/train --output $(DEMO_DIR)/curves.svg
+
+# Interop with the real tools (issue 10): a venv of its own with TensorFlow, onnxruntime and onnx
+# (no silent skip: if it cannot be built, the target fails), a short real training on Fashion-MNIST
+# written in both checkpoint formats, then every Tests/Interop/check_*.py (each prints one line and
+# exits non-zero on failure): TensorFlow reads our TF checkpoint with identical values, TensorFlow's
+# ops score it as we do, onnxruntime scores our ONNX export as we do. A new check is a new
+# Tests/Interop/check_<name>.py: it runs with the venv's python and gets INTEROP_DIR (data/: Fashion-MNIST
+# TFRecords at 32×32; train/: the run's checkpoints, metrics.jsonl; train.log) and BIN (our executables);
+# Tests/Interop/interop_common.py has the helpers.
+INTEROP_VENV  ?= .build/venv
+INTEROP_DIR   ?= .build/interop
+INTEROP_STEPS ?= 300
+INTEROP_PY_PACKAGES = tensorflow-cpu onnxruntime onnx tensorboard numpy safetensors
+INTEROP_PY    = TF_CPP_MIN_LOG_LEVEL=2 $(INTEROP_VENV)/bin/python
+
+$(INTEROP_VENV)/.installed:
+	@python3 -c "import ensurepip" 2>/dev/null || { \
+	  echo "installing Debian package python3-venv"; SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; }
+	python3 -m venv $(INTEROP_VENV) || { echo "make interop: cannot create the venv $(INTEROP_VENV)"; exit 1; }
+	$(INTEROP_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(INTEROP_PY_PACKAGES) || { \
+	  echo "make interop: pip install $(INTEROP_PY_PACKAGES) failed"; exit 1; }
+	$(INTEROP_PY) -c "import tensorflow, onnxruntime, onnx, tensorboard, numpy, safetensors" || { echo "make interop: the venv lacks a package"; exit 1; }
+	touch $@
+
+interop: deps $(INTEROP_VENV)/.installed
+	$(SWIFT) build $(SWIFT_FLAGS)
+	@bin=$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path); \
+	test -f $(INTEROP_DIR)/data/validation-00000-of-00002 || \
+	  $$bin/dataset convert --format fashion-mnist --input $(FASHION_MNIST) --output $(INTEROP_DIR)/data --resize 32 || exit 1; \
+	rm -rf $(INTEROP_DIR)/train; \
+	echo "training mobilenet_v2_035 for $(INTEROP_STEPS) steps (checkpoints in both formats)"; \
+	$$bin/worker --dataset-dir $(INTEROP_DIR)/data --model-name mobilenet_v2_035 --num-classes 10 --image-size 32 \
+	  --batch-size 64 --max-train-steps $(INTEROP_STEPS) --learning-rate 0.03 --warmup-epochs 0.1 \
+	  --batch-norm-decay 0.9 --moving-average-decay 0.99 --min-crop-area 1 --min-object-covered 1 --no-color-distortion \
+	  --log-every-n-steps 100 --save-checkpoints-steps 150 --checkpoint-format both --train-dir $(INTEROP_DIR)/train \
+	  > $(INTEROP_DIR)/train.log 2>&1 || { tail -5 $(INTEROP_DIR)/train.log; exit 1; }; \
+	status=0; for check in Tests/Interop/check_*.py; do \
+	  echo "== $$check"; \
+	  INTEROP_DIR=$(INTEROP_DIR) BIN=$$bin MNV2_BIN=$$bin $(INTEROP_PY) $$check 2> $(INTEROP_DIR)/$$(basename $$check .py).err \
+	    || { status=1; echo "$$check failed (stderr: $(INTEROP_DIR)/$$(basename $$check .py).err)"; tail -3 $(INTEROP_DIR)/$$(basename $$check .py).err; }; \
+	done; \
+	if [ $$status = 0 ]; then echo "make interop: all checks passed"; else echo "make interop: FAILED"; fi; exit $$status

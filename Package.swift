@@ -21,21 +21,27 @@ let coreTargets: [Target] = [
   // System libraries, found through pkg-config (installed by `make deps`).
   .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
                  providers: [.apt(["libopenblas-dev"])]),
+  // Helpers several libraries share (FNV-1a, stderr lines): one definition each, no dependencies.
+  .target(name: "Common", swiftSettings: fastFlags),
   // Numerical kernels: NHWC float32 forward/backward pairs, each with a naive reference.
-  .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: fastFlags),
+  .target(name: "Kernels", dependencies: ["CBLAS", "Common"], swiftSettings: fastFlags),
   // MobileNetV2 exactly as TF-slim defines it: architecture, parameters, forward/backward.
-  .target(name: "MobileNet", dependencies: ["Kernels"], swiftSettings: fastFlags),
-  // safetensors files with TF-slim variable names.
-  .target(name: "Checkpoint", dependencies: ["MobileNet"], swiftSettings: fastFlags),
+  .target(name: "MobileNet", dependencies: ["Kernels", "Common"], swiftSettings: fastFlags),
+  // Checkpoints with TF-slim variable names: safetensors and TensorFlow's V2 tensor bundles
+  // (generated protobuf code committed; .proto in Proto/), one path resolver, config inference.
+  .target(name: "Checkpoint", dependencies: [
+    "MobileNet", "Kernels", "Common", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], exclude: ["Proto"], swiftSettings: fastFlags),
   // Optimizer, learning-rate schedules, weight averaging, the training loop and evaluation.
-  .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint"], swiftSettings: fastFlags),
+  .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint", "Common", "Telemetry"], swiftSettings: fastFlags),
   .executableTarget(name: "bench", dependencies: [
     "Training", "MobileNet", "Kernels", "Cluster", "DataPipeline",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   // The jobs behind the executables: flags, wiring of data, process group and training loop.
   .target(name: "Jobs", dependencies: [
-    "Training", "Checkpoint", "MobileNet", "Kernels", "DataPipeline", "Collective", "Cluster",
+    "Training", "Checkpoint", "MobileNet", "Kernels", "DataPipeline", "Collective", "Cluster", "Common",
+    "Telemetry", "Observability", "Export",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "evaluate", dependencies: [
@@ -44,14 +50,20 @@ let coreTargets: [Target] = [
   .executableTarget(name: "predict", dependencies: [
     "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
+  .testTarget(name: "CommonTests", dependencies: ["Common"], swiftSettings: fastFlags),
   .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: fastFlags),
-  .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels"], swiftSettings: fastFlags),
-  .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet"], swiftSettings: fastFlags),
-  .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels"], swiftSettings: fastFlags),
+  // Reference/ holds the PyTorch reference fixture and the script that writes it.
+  .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels", "Checkpoint"],
+              exclude: ["Reference"], swiftSettings: fastFlags),
+  .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet", "Kernels", "Common"],
+              resources: [.copy("Fixtures")], swiftSettings: fastFlags),
+  // Ranks as threads over the real ProcessGroup (in-process transport) behind Jobs' GroupCommunicator.
+  .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels", "Collective", "Jobs"],
+              swiftSettings: fastFlags),
   // Runs the built executables (launch, worker, evaluate) end to end.
-  .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline", "Collective"], swiftSettings: fastFlags),
+  .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline", "Collective", "Observability"], swiftSettings: fastFlags),
   .testTarget(name: "JobsTests", dependencies: [
-    "Jobs", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Jobs", "Training", "Telemetry", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
 ]
 
@@ -62,12 +74,26 @@ let dataTargets: [Target] = [
   // TFRecords, tf.train.Example (generated code committed; .proto in Proto/), decoding,
   // preprocessing, sharding and the prefetching loader.
   .target(name: "DataPipeline", dependencies: [
-    "CTurboJPEG", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+    "CTurboJPEG", "Common", "Telemetry", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
   ], exclude: ["Proto"], swiftSettings: fastFlags),
   .executableTarget(name: "dataset", dependencies: [
     "DataPipeline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
-  .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "CTurboJPEG"], swiftSettings: fastFlags),
+  .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "CTurboJPEG", "Kernels"], swiftSettings: fastFlags),
+]
+
+// Interop (issue 10): deployment export (ONNX via swift-protobuf, generated code committed) and the
+// `export` executable. Checkpoint formats themselves live in Checkpoint.
+let interopTargets: [Target] = [
+  .target(name: "Export", dependencies: [
+    "Checkpoint", "MobileNet", "Kernels", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], exclude: ["Proto"], swiftSettings: fastFlags),
+  .executableTarget(name: "export", dependencies: [
+    "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .testTarget(name: "ExportTests", dependencies: [
+    "Export", "Checkpoint", "MobileNet", "Kernels", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], swiftSettings: fastFlags),
 ]
 
 // Distributed runtime: rank tables, transports, collectives, `launch` and `worker`.
@@ -76,11 +102,11 @@ let distributedTargets: [Target] = [
   .systemLibrary(name: "CZMQ", path: "Sources/CZMQ", pkgConfig: "libzmq",
                  providers: [.apt(["libzmq3-dev"])]),
   // Transports (ZeroMQ, in-process), the group context and the collective algorithms.
-  .target(name: "Collective", dependencies: ["CZMQ"], swiftSettings: fastFlags),
+  .target(name: "Collective", dependencies: ["CZMQ", "Common", "Telemetry"], swiftSettings: fastFlags),
   // Rank tables, the launcher/worker environment contract, local-address checks, supervision.
   .target(name: "Cluster", dependencies: ["Collective"], swiftSettings: fastFlags),
   .executableTarget(name: "launch", dependencies: [
-    "Cluster", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Cluster", "Telemetry", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .executableTarget(name: "worker", dependencies: [
     "Cluster", "Collective", "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -89,15 +115,33 @@ let distributedTargets: [Target] = [
   .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collective"], swiftSettings: fastFlags),
 ]
 
+// What users look at besides the log line: progress and the timeline (Telemetry, below every
+// library that does long work), TensorBoard event files and curves (Observability), `report`.
+let observabilityTargets: [Target] = [
+  // Progress bars/lines and the Chrome-trace timeline; Foundation only.
+  .target(name: "Telemetry", swiftSettings: fastFlags),
+  // TensorBoard event files (Event/Summary protos, generated code committed; .proto in Proto/,
+  // TFRecord framing from DataPipeline) and the SVG curves of metrics.jsonl.
+  .target(name: "Observability", dependencies: [
+    "DataPipeline", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+  ], exclude: ["Proto"], swiftSettings: fastFlags),
+  .executableTarget(name: "report", dependencies: [
+    "Observability", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+  ], swiftSettings: fastFlags),
+  .testTarget(name: "TelemetryTests", dependencies: ["Telemetry"], swiftSettings: fastFlags),
+  .testTarget(name: "ObservabilityTests", dependencies: ["Observability", "DataPipeline"], swiftSettings: fastFlags),
+]
+
 let package = Package(
   name: "MobileNetV2Trainer",
   platforms: [.macOS(.v13)],
-  products: ["Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs"]
+  products: ["Common", "Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs",
+             "Telemetry", "Observability", "Export"]
     .map { .library(name: $0, targets: [$0]) },
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
   ],
-  targets: coreTargets + dataTargets + distributedTargets,
+  targets: coreTargets + dataTargets + distributedTargets + observabilityTargets + interopTargets,
   swiftLanguageModes: [.v5]
 )

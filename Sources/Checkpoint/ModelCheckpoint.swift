@@ -2,7 +2,9 @@
 // (`MobilenetV2/Conv/weights` [3,3,3,32] HWIO, depthwise [3,3,C,1], 1×1 [1,1,in,out], BatchNorm
 // gamma/beta/moving_mean/moving_variance), optimizer and averaging slots as `<name>/Momentum` and
 // `<name>/ExponentialMovingAverage`, `global_step` as an int64 scalar, and the model settings in
-// `__metadata__`. See docs/checkpoint-format.md.
+// `__metadata__` — or the same tensors as a TensorFlow V2 checkpoint (TFBundle.swift). Files without
+// our metadata (TensorFlow's, foreign safetensors) get their model settings from the tensor shapes
+// (ConfigInference.swift). See docs/checkpoint-format.md.
 import Kernels
 import MobileNet
 
@@ -46,8 +48,11 @@ public enum ModelCheckpoint {
      "image_size": String(c.imageSize), "layout": "NHWC/HWIO (TensorFlow)"]
   }
 
-  /// The model settings a checkpoint was written with.
-  public static func config(of file: SafeTensorsFile) throws -> ModelConfig {
+  /// Whether `file` carries this project's metadata (else its settings are inferred from shapes).
+  public static func hasMetadata(_ file: TensorFile) -> Bool { file.metadata["format"] == format }
+
+  /// The model settings a checkpoint was written with (from its metadata).
+  public static func config(of file: TensorFile) throws -> ModelConfig {
     let m = file.metadata
     guard m["format"] == format else {
       throw CheckpointError("\(file.path): not a \(format) checkpoint (metadata format=\(m["format"] ?? "none"))")
@@ -63,10 +68,29 @@ public enum ModelCheckpoint {
     }
   }
 
-  /// Writes the model (and any extra slabs/tensors) atomically to `path`.
+  /// Writes the model (and any extra slabs/tensors) atomically to the safetensors file `path`.
   public static func save(model: MobileNetV2, slots: [NamedSlab] = [], globalStep: Int64,
                           extraTensors: [TensorSource] = [], extraMetadata: [String: String] = [:],
                           to path: String) throws {
+    try withTensorSources(model: model, slots: slots, globalStep: globalStep, extraTensors: extraTensors) { sources in
+      var meta = metadata(for: model.config)
+      meta.merge(extraMetadata) { a, _ in a }
+      try SafeTensors.write(sources, metadata: meta, to: path)
+    }
+  }
+
+  /// Writes the same tensors as the TensorFlow V2 checkpoint `prefix` (.index + .data shards).
+  /// TensorFlow checkpoints have no place for metadata: readers infer the model from the shapes.
+  public static func saveTF(model: MobileNetV2, slots: [NamedSlab] = [], globalStep: Int64,
+                            extraTensors: [TensorSource] = [], prefix: String, shards: Int = 1) throws {
+    try withTensorSources(model: model, slots: slots, globalStep: globalStep, extraTensors: extraTensors) { sources in
+      try TFCheckpoint.write(sources, prefix: prefix, shards: shards)
+    }
+  }
+
+  /// Every tensor of a checkpoint, in slab order, then global_step and the extras.
+  static func withTensorSources(model: MobileNetV2, slots: [NamedSlab], globalStep: Int64, extraTensors: [TensorSource],
+                                _ body: ([TensorSource]) throws -> Void) throws {
     var step = globalStep.littleEndian
     try withUnsafeBytes(of: &step) { stepBytes in
       var sources: [TensorSource] = []
@@ -78,9 +102,7 @@ public enum ModelCheckpoint {
       }
       sources.append(TensorSource(name: globalStepName, dtype: .i64, shape: [], data: stepBytes.baseAddress!))
       sources += extraTensors
-      var meta = metadata(for: model.config)
-      meta.merge(extraMetadata) { a, _ in a }
-      try SafeTensors.write(sources, metadata: meta, to: path)
+      try body(sources)
     }
   }
 
@@ -88,7 +110,7 @@ public enum ModelCheckpoint {
   /// `exclude`. A missing tensor (unless `allowMissing`), a shape or dtype mismatch is an error
   /// naming the first offending tensor.
   @discardableResult
-  public static func load(_ slabs: [NamedSlab], from file: SafeTensorsFile, exclude: [String] = [],
+  public static func load(_ slabs: [NamedSlab], from file: TensorFile, exclude: [String] = [],
                           allowMissing: Bool = false) throws -> LoadReport {
     var report = LoadReport()
     var wanted = Set<String>()
@@ -97,17 +119,17 @@ public enum ModelCheckpoint {
         let name = slab.name(spec)
         wanted.insert(name)
         if exclude.contains(where: { !$0.isEmpty && name.hasPrefix($0) }) { report.notRestored.append(name); continue }
-        guard let info = file.tensors[name] else {
+        guard let info = file.entry(name) else {
           if allowMissing { report.notRestored.append(name); continue }
           throw CheckpointError("\(file.path): missing tensor \(name) (expected shape \(spec.shape)); wrong model, or exclude it with --restore-exclude")
         }
         guard info.dtype == .f32 else {
-          throw CheckpointError("\(file.path): tensor \(name) has dtype \(info.dtype.rawValue), expected F32")
+          throw CheckpointError("\(file.path): tensor \(name) has dtype \(info.dtypeName), expected float32")
         }
         guard info.shape == spec.shape else {
           throw CheckpointError("\(file.path): tensor \(name) has shape \(info.shape) but the model expects \(spec.shape)")
         }
-        file.copyBytes(of: name, to: UnsafeMutableRawPointer(slab.buffer.base + spec.offset))
+        try file.read(name, into: UnsafeMutableRawPointer(slab.buffer.base + spec.offset))
         report.restored.append(name)
       }
     }
@@ -116,5 +138,5 @@ public enum ModelCheckpoint {
   }
 
   /// The global step stored in a checkpoint (0 if absent).
-  public static func globalStep(of file: SafeTensorsFile) -> Int64 { file.int64(globalStepName) ?? 0 }
+  public static func globalStep(of file: TensorFile) throws -> Int64 { try file.readInt64(globalStepName) ?? 0 }
 }

@@ -98,7 +98,7 @@ public enum SafeTensors {
     if dfd >= 0 { fsync(dfd); close(dfd) }
   }
 
-  private static func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int, _ path: String) throws {
+  public static func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int, _ path: String) throws {
     var done = 0
     while done < n {
       let r = Glibc.write(fd, p + done, n - done)

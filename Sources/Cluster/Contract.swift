@@ -34,6 +34,10 @@ public enum ContractKey: String, CaseIterable, Sendable {
   case connectTimeout = "MNV2_CONNECT_TIMEOUT"
   case runningTimeout = "MNV2_RUNNING_TIMEOUT"
   case security = "MNV2_SECURITY"
+  /// Observability (issue 13): where this rank writes its timeline (launch --timeline merges the
+  /// ranks' files), and how many steps it records.
+  case timelineFile = "MNV2_TIMELINE_FILE"
+  case timelineSteps = "MNV2_TIMELINE_STEPS"
 }
 
 /// Thread-count variables of the numerical libraries, set to MNV2_THREADS by launch.
@@ -49,5 +53,5 @@ public let computeLibraryDefaults = ["OPENBLAS_THREAD_TIMEOUT": "4"]
 /// failed for its own reasons as the root cause before ranks that exited with this status.
 public let peerFailureExitCode: Int32 = 75
 
-/// Default log directory for a world of `n` ranks, like the seed's scripts.
-public func defaultLogDir(worldSize n: Int) -> String { "result/\(n)p" }
+/// Default train and log directory for a world of `n` ranks, like the seed's scripts (result/8p).
+public func defaultResultDir(worldSize n: Int) -> String { "result/\(n)p" }

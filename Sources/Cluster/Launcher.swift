@@ -26,6 +26,9 @@ public struct LaunchPlan {
   public var extraEnvironment: [ContractKey: String] = [:]
   /// Seconds between SIGTERM and SIGKILL when stopping workers.
   public var gracePeriod = Launcher.defaultGracePeriod
+  /// Observability (issue 13): each worker writes its timeline to timelinePath(rank:).
+  public var timeline = false
+  public var timelineSteps: Int?
 
   public init(table: RankTable, tablePath: String, serverID: String, workerExecutable: String,
               workerArguments: [String], logDir: String, jobID: String, secret: JobSecret) {
@@ -33,6 +36,13 @@ public struct LaunchPlan {
     self.workerExecutable = workerExecutable; self.workerArguments = workerArguments
     self.logDir = logDir; self.jobID = jobID; self.secret = secret
   }
+}
+
+extension LaunchPlan {
+  /// Where rank `rank` writes its part of `launch --timeline` (merged by launch at the end).
+  public func timelinePath(rank: Int) -> String { "\(logDir)/\(rank)/timeline.json" }
+  /// The ranks this launch starts.
+  public var localRanks: [Int] { table.devices(onServer: serverID).map(\.rank) }
 }
 
 /// The signal launch received (SIGINT/SIGTERM), set by the handler, read by the loop.
@@ -273,6 +283,10 @@ public final class Launcher {
       .logDir: "\(plan.logDir)/\(w.device.rank)", .restartCount: String(restartCount),
       .basePort: String(plan.basePort), .jobSecret: plan.secret.hex, .launcherPID: String(getpid()),
     ]
+    if plan.timeline {
+      env[ContractKey.timelineFile.rawValue] = plan.timelinePath(rank: w.device.rank)
+      if let n = plan.timelineSteps { env[ContractKey.timelineSteps.rawValue] = String(n) }
+    }
     for (k, v) in contract.merging(plan.extraEnvironment, uniquingKeysWith: { $1 }) { env[k.rawValue] = v }
     for name in computeThreadVariables { env[name] = String(threads) }
     for (k, v) in computeLibraryDefaults where env[k] == nil { env[k] = v }

@@ -22,6 +22,9 @@ public struct WorkerContext: Sendable {
   public var secret: JobSecret?
   /// Group options from the environment (timeouts, security); callers may adjust.
   public var groupOptions: GroupOptions
+  /// Observability (issue 13): the timeline launch asked for (file, steps recorded).
+  public var timelineFile: String? = nil
+  public var timelineSteps: Int? = nil
 
   /// A context for one process alone: no table, no sockets.
   public static func single(threads: Int? = nil) -> WorkerContext {
@@ -67,6 +70,8 @@ public struct WorkerContext: Sendable {
       ctx.logDir = value(.logDir)
       ctx.restartCount = try int(.restartCount) ?? 0
       ctx.groupOptions = options
+      ctx.timelineFile = value(.timelineFile)
+      ctx.timelineSteps = try int(.timelineSteps)
       return ctx
     }
     let table = try RankTable.load(path: path, basePort: try int(.basePort) ?? RankTable.defaultBasePort)
@@ -91,7 +96,7 @@ public struct WorkerContext: Sendable {
       throw RankTableError("no job secret: start workers with launch, or set \(ContractKey.jobSecretFile.rawValue) "
                            + "to a 0600 file holding 64 hex digits")
     }
-    return WorkerContext(
+    var ctx = WorkerContext(
       rank: rank, worldSize: table.worldSize,
       localRank: try int(.localRank) ?? local.firstIndex(of: me) ?? 0, localWorldSize: localWorldSize,
       deviceID: me.deviceID,
@@ -99,6 +104,9 @@ public struct WorkerContext: Sendable {
       threads: try int(.threads) ?? defaultThreads(localWorkers: localWorldSize),
       logDir: value(.logDir), restartCount: try int(.restartCount) ?? 0,
       rankTablePath: path, table: table, secret: secret, groupOptions: options)
+    ctx.timelineFile = value(.timelineFile)
+    ctx.timelineSteps = try int(.timelineSteps)
+    return ctx
   }
 
   /// The secret from MNV2_JOB_SECRET (then removed from the environment) or MNV2_JOB_SECRET_FILE.

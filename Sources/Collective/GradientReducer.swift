@@ -4,6 +4,7 @@
 // and each full bucket is averaged on a communication thread while backward computes the rest.
 
 import Foundation
+import Telemetry
 
 public final class GradientReducer {
   /// 4 MiB: large enough that per-collective latency (2(n−1) message hops) is amortized, small
@@ -20,6 +21,10 @@ public final class GradientReducer {
   private var readyUpTo = 0
   private var submittedUpTo = 0
   private var deferred: [Range<Int>] = []
+  private var deferredTraces: [(timeline: Timeline, args: [String: Int])?] = []
+  private var bucketIndex = 0
+  /// When set, each bucket's allreduce is a span (on the communication thread's track when overlapped).
+  public var timeline: Timeline?
 
   /// `buffer[0..<count]` is averaged over the group at every `finish()`.
   public init(group: ProcessGroup, buffer: UnsafeMutablePointer<Float>, count: Int,
@@ -51,27 +56,36 @@ public final class GradientReducer {
     if submittedUpTo < count { submit(submittedUpTo..<count) }
     readyUpTo = 0
     submittedUpTo = 0
+    bucketIndex = 0
     if let worker {
       try worker.waitForAll()
     } else {
-      let buckets = deferred
+      let buckets = deferred, traces = deferredTraces
       deferred.removeAll(keepingCapacity: true)
-      for b in buckets { try reduce(b) }
+      deferredTraces.removeAll(keepingCapacity: true)
+      for (b, t) in zip(buckets, traces) { try reduce(b, traced: t) }
     }
   }
 
   private func submit(_ bucket: Range<Int>) {
     submittedUpTo = bucket.upperBound
     guard group.size > 1 else { return }
+    // Decided on the loop's thread, where the timeline's step lives.
+    let traced = timeline.flatMap { $0.isRecording ? (timeline: $0, args: ["step": $0.step, "bucket": bucketIndex,
+                                                                           "bytes": bucket.count * MemoryLayout<Float>.stride]) : nil }
+    bucketIndex += 1
     if let worker {
-      worker.enqueue { [self] in try reduce(bucket) }
+      worker.enqueue { [self] in try reduce(bucket, traced: traced, track: .communication) }
     } else {
       deferred.append(bucket)
+      deferredTraces.append(traced)
     }
   }
-
-  private func reduce(_ bucket: Range<Int>) throws {
+  private func reduce(_ bucket: Range<Int>, traced: (timeline: Timeline, args: [String: Int])? = nil,
+                      track: Timeline.Track = .compute) throws {
+    let t0 = traced == nil ? 0 : Timeline.now()
     try group.allreduceAverage(buffer + bucket.lowerBound, count: bucket.count, fp16: fp16)
+    if let traced { traced.timeline.record(Timeline.Name.allreduce, track: track, start: t0, end: Timeline.now(), args: traced.args) }
   }
 }
 

@@ -1,5 +1,6 @@
 // Options of a process group. Every field says why it exists and what its default is; the
 // defaults are documented in docs/distributed.md.
+import Common
 
 public struct GroupOptions: Sendable {
   /// Defaults, named so that docs and `--help` texts can quote them.
@@ -24,17 +25,7 @@ public struct GroupOptions: Sendable {
   /// How ranks authenticate each other (see SecurityMode).
   public var security: SecurityMode = .curve
   /// Where warnings (refused connections) go; stderr by default.
-  public var log: @Sendable (String) -> Void = { line in
-    FileHandleStderr.write(line)
-  }
+  public var log: @Sendable (String) -> Void = { line in writeStderr(line) }
 
   public init() {}
-}
-
-import Foundation
-
-enum FileHandleStderr {
-  static func write(_ line: String) {
-    FileHandle.standardError.write(Data((line.hasSuffix("\n") ? line : line + "\n").utf8))
-  }
 }

@@ -3,6 +3,7 @@
 // as the password checked by the ZAP handler). A process without it cannot join the ring.
 
 import CZMQ
+import Common
 import Foundation
 
 public struct JobSecret: Equatable, Sendable {
@@ -49,9 +50,7 @@ public struct JobSecret: Equatable, Sendable {
 
   /// A short non-secret fingerprint, for logs (which secret is in use without revealing it).
   public var fingerprint: String {
-    var h: UInt64 = 0xcbf2_9ce4_8422_2325
-    for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-    return String(h >> 32, radix: 16)
+    String(fnv1a(bytes) >> 32, radix: 16)
   }
 }
 

@@ -1,6 +1,7 @@
 // Writing TF-slim TFRecord datasets: from an image folder (JPEG bytes copied, not re-encoded)
 // and from IDX files (gray replicated to RGB, optionally resized, encoded as JPEG).
 import Foundation
+import Telemetry
 
 public enum Convert {
   /// Fashion-MNIST's class names, in label order.
@@ -14,8 +15,11 @@ public enum Convert {
     let source = try DatasetSource.detect(directory: input, split: split, backgroundClass: backgroundClass)
     let writer = try ShardWriter(directory: output, split: split, shards: shards)
     let codec = JPEGCodec()
+    let progress = ProgressReporter("convert \(split)", total: source.files.count, unit: .items("images"))
+    defer { progress.finish() }
     // Shuffle-free but class-interleaved order: round-robin shards then hold every class.
     for (f, label) in zip(source.files, source.imageLabels) {
+      progress.advance()
       let bytes = try Data(contentsOf: URL(fileURLWithPath: f.path))
       let header: JPEGHeader
       do { header = try bytes.withUnsafeBytes { try codec.header($0) } } catch {
@@ -47,7 +51,10 @@ public enum Convert {
     var rgb = [UInt8](repeating: 0, count: w * h * 3)
     var scaled = [Float](repeating: 0, count: ow * oh * 3)
     var out = [UInt8](repeating: 0, count: ow * oh * 3)
+    let progress = ProgressReporter("convert \(split)", total: n, unit: .items("images"))
+    defer { progress.finish() }
     for i in 0..<n {
+      progress.advance()
       for p in 0..<(w * h) {
         let v = img.data[i * w * h + p]
         rgb[3 * p] = v; rgb[3 * p + 1] = v; rgb[3 * p + 2] = v

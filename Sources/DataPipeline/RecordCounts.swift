@@ -2,7 +2,9 @@
 // record (all CRCs verified, every Example parsed) and cached next to the data as
 // `<split>.count`: JSON keyed by file name, size and mtime, recomputed when any of them change.
 // The scan is what lets a bad label or a corrupt record stop the run before training starts.
+import Common
 import Foundation
+import Telemetry
 
 /// One file's summary.
 public struct FileSummary: Codable, Equatable, Sendable {
@@ -46,6 +48,9 @@ public enum RecordCounts {
       return cache.files
     }
     var entries = [FileSummary]()
+    // The first scan of a split reads all of it (ImageNet: minutes): say how far it is.
+    let progress = ProgressReporter("scan \(source.split) records", total: source.files.reduce(0) { $0 + $1.size }, unit: .bytes)
+    defer { progress.finish() }
     for f in source.files {
       var s = FileSummary(name: name(f), size: f.size, mtime: f.mtime, records: 0)
       let (records, corruptAt) = try TFRecord.index(path: f.path, stopAtCorruption: skipCorrupt)
@@ -56,6 +61,7 @@ public enum RecordCounts {
       let file = try RecordFile(path: f.path)
       var buffer = [UInt8]()
       for (r, loc) in records.enumerated() {
+        progress.advance(by: TFRecord.headerSize + loc.length + TFRecord.footerSize)
         let label: Int64
         do {
           try file.readRecord(loc, into: &buffer)
@@ -89,6 +95,4 @@ public enum RecordCounts {
 }
 
 /// Warnings go to stderr, one line each, so they reach every rank's log.
-func warn(_ message: String) {
-  FileHandle.standardError.write(Data(("warning: " + message + "\n").utf8))
-}
+func warn(_ message: String) { writeStderr("warning: " + message) }

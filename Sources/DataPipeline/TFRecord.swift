@@ -3,6 +3,7 @@
 //   length bytes of data          | uint32 masked CRC-32C of the data
 // Both CRCs are verified. Files are read with pread so many decode threads share one descriptor.
 import Foundation
+import Common
 
 /// Where one record sits in its file.
 public struct RecordLocation: Equatable, Sendable {

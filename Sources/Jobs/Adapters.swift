@@ -1,6 +1,9 @@
 // The real data loader and process group behind the training loop's protocols.
+import ArgumentParser
 import Collective
+import Common
 import DataPipeline
+import Telemetry
 import Training
 
 /// DataLoader as the training loop's BatchSource.
@@ -20,6 +23,8 @@ public final class LoaderSource: BatchSource {
 public final class GroupCommunicator: Communicator {
   public let group: ProcessGroup
   let overlap: Bool, fp16: Bool, bucketBytes: Int
+  /// Bucket allreduces become timeline spans (set before the trainer asks for its reducer).
+  public var timeline: Timeline?
 
   public init(_ group: ProcessGroup, overlap: Bool, fp16: Bool, bucketBytes: Int) {
     self.group = group; self.overlap = overlap; self.fp16 = fp16; self.bucketBytes = bucketBytes
@@ -33,7 +38,9 @@ public final class GroupCommunicator: Communicator {
   public func allgather(_ bytes: [UInt8]) throws -> [[UInt8]] { try group.allgather(bytes) }
   public func barrier() throws { try group.barrier() }
   public func gradientReducer(buffer: UnsafeMutablePointer<Float>, count: Int) -> GradientReducing {
-    Reducer(GradientReducer(group: group, buffer: buffer, count: count, bucketBytes: bucketBytes, overlap: overlap, fp16: fp16))
+    let r = GradientReducer(group: group, buffer: buffer, count: count, bucketBytes: bucketBytes, overlap: overlap, fp16: fp16)
+    r.timeline = timeline
+    return Reducer(r)
   }
 
   final class Reducer: GradientReducing {
@@ -41,5 +48,15 @@ public final class GroupCommunicator: Communicator {
     init(_ r: GradientReducer) { inner = r }
     func ready(_ range: Range<Int>) { inner.ready(range) }
     func finish() throws { try inner.finish() }
+  }
+}
+
+/// Runs the job behind a command. A runtime failure (bad file, tensor, address…) is one line,
+/// "<command>: error: …", on stderr and exit status 1, without ArgumentParser's usage text, which is
+/// for flag errors only.
+public func runReportingFailure(_ command: String, _ job: () throws -> Void) throws {
+  do { try job() } catch {
+    writeStderr("\(command): error: \(error)")
+    throw ExitCode.failure
   }
 }

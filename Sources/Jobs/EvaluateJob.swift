@@ -5,21 +5,23 @@ import DataPipeline
 import Foundation
 import Kernels
 import MobileNet
+import Observability
+import Telemetry
 import Training
 
 public struct EvalFlags: ParsableArguments {
   public init() {}
-  @Option(name: .seed("checkpoint-path"), help: "A checkpoint file, or a directory (its newest checkpoint, or all with --all).")
+  @Option(name: .seed("checkpoint-path"), help: "A checkpoint: .safetensors file, TensorFlow prefix (model.ckpt-N) or its .index/.data file, or a directory (its `checkpoint` state file, else its newest; all with --all).")
   public var checkpointPath: String
   @Option(name: .seed("dataset-dir"), help: "TF-slim TFRecords or an image folder.")
   public var datasetDir: String
   @Option(name: .seed("split"), help: "Split to score (file-name prefix or subfolder).")
   public var split = "validation"
-  @Option(name: .seed("model-name"), help: "Default: the checkpoint's metadata.")
+  @Option(name: .seed("model-name"), help: "Default: the checkpoint's metadata, else inferred from the tensor shapes.")
   public var modelName: String?
-  @Option(name: .seed("num-classes"), help: "Default: the checkpoint's metadata.")
+  @Option(name: .seed("num-classes"), help: "Default: the checkpoint's metadata, else the logits' shape.")
   public var numClasses: Int?
-  @Option(name: .seed("image-size"), help: "Default: the checkpoint's metadata.")
+  @Option(name: .seed("image-size"), help: "Default: the checkpoint's metadata, else 224.")
   public var imageSize: Int?
   @Option(name: .seed("central-fraction"), help: "Central crop before resizing (1.0: none).")
   public var centralFraction = 0.875
@@ -37,6 +39,10 @@ public struct EvalFlags: ParsableArguments {
   @Option(name: .seed("decode-threads"), help: "JPEG decode threads (default: all cores).")
   public var decodeThreads: Int?
 
+  // Observability (issue 13)
+  @Flag(name: .customLong("no-summaries"), help: "Do not write eval/top1, eval/top5, eval/loss to <checkpoint dir>/eval/ (TensorBoard, metrics.jsonl).")
+  public var noSummaries = false
+
   public func validate() throws { try checkRanges() }
 }
 
@@ -53,10 +59,22 @@ public struct CheckpointScore: Sendable {
 }
 
 public enum EvaluateJob {
-  static func config(for file: SafeTensorsFile, modelName: String?, numClasses: Int?, imageSize: Int?) throws -> ModelConfig {
-    let saved = try ModelCheckpoint.config(of: file)
-    return try ModelConfig(modelName: modelName ?? saved.modelName, numClasses: numClasses ?? saved.numClasses,
-                           imageSize: imageSize ?? saved.imageSize)
+  /// Opens a resolved checkpoint and builds the model it holds (settings from the metadata or the
+  /// shapes, flags first), loaded with the moving-average shadows when `useMovingAverage` (default:
+  /// when present). Shared by evaluate, predict and export.
+  public static func loadModel(_ path: String, modelName: String?, numClasses: Int?, imageSize: Int?,
+                               useMovingAverage: Bool?, log: TrainLog? = nil) throws
+    -> (model: MobileNetV2, file: TensorFile, movingAverage: Bool)
+  {
+    let file = try CheckpointDirectory.open(path)
+    let (config, source) = try ConfigInference.config(of: file, modelName: modelName, numClasses: numClasses, imageSize: imageSize)
+    if source != .metadata {
+      log?.info("\((path as NSString).lastPathComponent): \(config.modelName), \(config.numClasses) classes (\(source.rawValue)), image size \(config.imageSize)\(imageSize == nil ? " (default; --image-size to change)" : "")")
+    }
+    let model = MobileNetV2(config: config)
+    let ema = useMovingAverage ?? Evaluator.hasMovingAverage(file)
+    try Evaluator.load(file, into: model, useMovingAverage: ema)
+    return (model, file, ema)
   }
 
   @discardableResult
@@ -65,15 +83,11 @@ public enum EvaluateJob {
     let paths = try CheckpointDirectory.resolve(f.checkpointPath, all: f.all)
     var scores: [CheckpointScore] = []
     var loader: DataLoader? = nil
+    let summaries = EvalSummaries()
     for path in paths {
-      let file = try SafeTensorsFile(path: path)
-      let config = try config(for: file, modelName: f.modelName, numClasses: f.numClasses, imageSize: f.imageSize)
-      let model = MobileNetV2(config: config)
-      let ema = f.useMovingAverage ?? Evaluator.hasMovingAverage(file)
-      if ema && !Evaluator.hasMovingAverage(file) {
-        throw TrainingError("\(path) has no ExponentialMovingAverage tensors (train with --moving-average-decay, or pass --no-use-moving-average)")
-      }
-      try Evaluator.load(file, into: model, useMovingAverage: ema)
+      let (model, file, ema) = try loadModel(path, modelName: f.modelName, numClasses: f.numClasses,
+                                             imageSize: f.imageSize, useMovingAverage: f.useMovingAverage, log: log)
+      let config = model.config
       if loader == nil || loader!.config.imageSize != config.imageSize || loader!.config.numClasses != config.numClasses {
         var lc = LoaderConfig(datasetDir: f.datasetDir, split: f.split, batchSize: f.batchSize,
                               imageSize: config.imageSize, training: false)
@@ -83,26 +97,47 @@ public enum EvaluateJob {
         lc.decodeThreads = f.decodeThreads
         loader = try DataLoader(lc)
       }
-      let total = loader!.examplesInSplit
-      var lastPrint = 0
+      let progress = ProgressReporter("evaluate \((path as NSString).lastPathComponent)", total: loader!.examplesInSplit,
+                                      unit: .items("images"))
       let r = try Evaluator.evaluate(model: model, data: LoaderSource(loader!), batchSize: f.batchSize) { p in
-        if p.examples - lastPrint >= max(f.batchSize * 10, total / 10) {
-          lastPrint = p.examples
-          log.info(String(format: "  %@: %d/%d images, top1 so far %.4f", (path as NSString).lastPathComponent,
-                          p.examples, total, p.top1Accuracy))
-        }
+        progress.update(p.examples, detail: String(format: "top1 so far %.4f", p.top1Accuracy))
       }
-      let score = CheckpointScore(path: path, step: ModelCheckpoint.globalStep(of: file), movingAverage: ema, result: r)
+      progress.finish()
+      let score = CheckpointScore(path: path, step: try ModelCheckpoint.globalStep(of: file), movingAverage: ema, result: r)
       log.info(score.summaryLine)
       scores.append(score)
+      if !f.noSummaries {
+        // A score is worth more than its summary: a read-only checkpoint dir only costs the summary.
+        do { try summaries.write(score) } catch { log.warning("\(error) (the score above stands; --no-summaries skips this)") }
+      }
     }
     return scores
   }
 }
 
+/// Observability (issue 13): each score as TensorBoard scalars at the checkpoint's step, in
+/// `<checkpoint dir>/eval/` (one event file per evaluate run and directory, which TensorBoard shows
+/// as the run `eval` beside the training scalars), and as a row of `eval/metrics.jsonl` for `report`.
+final class EvalSummaries {
+  static let directory = "eval"
+  static let tags = (top1: "eval/top1", top5: "eval/top5", loss: "eval/loss")
+  private var writers: [String: EventFileWriter] = [:]
+
+  func write(_ s: CheckpointScore) throws {
+    let dir = ((s.path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(Self.directory)
+    let w = try writers[dir] ?? EventFileWriter(directory: dir)
+    writers[dir] = w
+    try w.addScalars([(Self.tags.top1, s.result.top1Accuracy), (Self.tags.top5, s.result.top5Accuracy),
+                      (Self.tags.loss, s.result.meanLoss)], step: Int(s.step))
+    try EvalRow(step: Int(s.step), top1: s.result.top1Accuracy, top5: s.result.top5Accuracy, loss: s.result.meanLoss,
+                images: s.result.examples, checkpoint: (s.path as NSString).lastPathComponent)
+      .append(to: (dir as NSString).appendingPathComponent(EvalRow.file))
+  }
+}
+
 public struct PredictFlags: ParsableArguments {
   public init() {}
-  @Option(name: .seed("checkpoint-path"), help: "A checkpoint file or directory (newest checkpoint).")
+  @Option(name: .seed("checkpoint-path"), help: "A checkpoint file, TensorFlow prefix or directory (as evaluate).")
   public var checkpointPath: String
   @Option(name: .seed("labels-file"), help: "Class names, one per line or `index:name` (default: labels.txt beside the checkpoint).")
   public var labelsFile: String?
@@ -114,6 +149,14 @@ public struct PredictFlags: ParsableArguments {
   public var useMovingAverage: Bool?
   @Argument(help: "JPEG files.")
   public var images: [String]
+
+  // Interop (issue 10)
+  @Option(name: .seed("model-name"), help: "Default: the checkpoint's metadata, else inferred from the tensor shapes.")
+  public var modelName: String?
+  @Option(name: .seed("num-classes"), help: "Default: the checkpoint's metadata, else the logits' shape.")
+  public var numClasses: Int?
+  @Option(name: .seed("image-size"), help: "Default: the checkpoint's metadata, else 224.")
+  public var imageSize: Int?
 
   public func validate() throws { try checkRanges() }
 }
@@ -137,10 +180,9 @@ public enum PredictJob {
   @discardableResult
   public static func run(_ f: PredictFlags, log: TrainLog = PrintLog()) throws -> [[(Int, Double)]] {
     let path = try CheckpointDirectory.resolve(f.checkpointPath)[0]
-    let file = try SafeTensorsFile(path: path)
-    let config = try ModelCheckpoint.config(of: file)
-    let model = MobileNetV2(config: config)
-    try Evaluator.load(file, into: model, useMovingAverage: f.useMovingAverage ?? Evaluator.hasMovingAverage(file))
+    let (model, _, _) = try EvaluateJob.loadModel(path, modelName: f.modelName, numClasses: f.numClasses, imageSize: f.imageSize,
+                                                  useMovingAverage: f.useMovingAverage, log: log)
+    let config = model.config
     let labelsPath = f.labelsFile ?? ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("labels.txt")
     let names = readLabels(labelsPath)
     var options = PreprocessOptions(width: config.imageSize, height: config.imageSize, training: false)
@@ -158,10 +200,9 @@ public enum PredictJob {
       }
       let z = model.forward(batch: 1, mode: .inference, rng: &rng)
       let k = config.numClasses
-      let maxZ = (0..<k).map { Double(z[$0]) }.max()!
-      let exps = (0..<k).map { exp(Double(z[$0]) - maxZ) }
-      let sum = exps.reduce(0, +)
-      let top = (0..<k).sorted { exps[$0] > exps[$1] }.prefix(max(1, f.topK)).map { ($0, exps[$0] / sum) }
+      let lse = logSumExp(z, count: k).value
+      let probabilities = (0..<k).map { exp(Double(z[$0]) - lse) }
+      let top = (0..<k).sorted { probabilities[$0] > probabilities[$1] }.prefix(max(1, f.topK)).map { ($0, probabilities[$0]) }
       log.info("\(image):")
       for (c, p) in top { log.info(String(format: "  %6.2f%%  %d %@", p * 100, c, names[c] ?? "")) }
       results.append(top)

@@ -32,6 +32,7 @@ extension TrainFlags {
     try checkRange(minObjectCovered >= 0 && minObjectCovered <= 1, "min-object-covered", minObjectCovered, "in [0, 1]")
     try checkRange(minCropArea > 0 && minCropArea <= 1, "min-crop-area", minCropArea, "in (0, 1]")
     try checkRange(fusionMiB > 0 && fusionMiB <= 1024, "fusion-mib", fusionMiB, "in (0, 1024]")
+    try checkRange(timelineSteps >= 1, "timeline-steps", timelineSteps, "≥ 1")
   }
 }
 

@@ -1,11 +1,16 @@
 // The training flags: the seed's (kebab-case, each also in its snake_case spelling) plus ours.
 import ArgumentParser
+import Checkpoint
+import Cluster
 import Foundation
+import Kernels
 import MobileNet
+import Telemetry
 import Training
 
 extension DecayType: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
+extension CheckpointFormat: ExpressibleByArgument {}
 
 public struct TrainFlags: ParsableArguments {
   public init() {}
@@ -36,9 +41,9 @@ public struct TrainFlags: ParsableArguments {
   @Option(name: .seed("momentum"), help: "Momentum coefficient.")
   public var momentum: Float = Optimizer.defaultMomentum
   @Option(name: .seed("weight-decay"), help: "L2 weight decay on conv and logits weights (wd·Σw²/2).")
-  public var weightDecay: Float = 0.00004
+  public var weightDecay = StepHyperparameters.defaultWeightDecay
   @Option(name: .seed("label-smoothing"), help: "Label smoothing ε.")
-  public var labelSmoothing: Float = 0.1
+  public var labelSmoothing = StepHyperparameters.defaultLabelSmoothing
   @Option(name: .seed("moving-average-decay"), help: "Keep exponential moving averages of the weights (the seed's scripts use 0.9999).")
   public var movingAverageDecay: Double?
   @Option(name: .seed("train-dir"), help: "Checkpoints and metrics (default result/<N>p/).")
@@ -51,7 +56,7 @@ public struct TrainFlags: ParsableArguments {
   public var logEveryNSteps = 10
   @Option(name: .seed("seed"), help: "Random seed (weights, data order, augmentation, dropout).")
   public var seed: UInt64 = 0
-  @Option(name: .seed("restore-path"), help: "Checkpoint file or directory to fine-tune from.")
+  @Option(name: .seed("restore-path"), help: "Checkpoint to fine-tune from: .safetensors, TensorFlow prefix (model.ckpt-N) or directory.")
   public var restorePath: String?
   @Option(name: .seed("restore-exclude"), help: "Comma-separated name prefixes not restored.")
   public var restoreExclude = "MobilenetV2/Logits/"
@@ -67,7 +72,7 @@ public struct TrainFlags: ParsableArguments {
 
   // MARK: Ours
   @Option(name: .seed("batch-norm-decay"), help: "Decay of the BN moving statistics (slim: 0.997; short runs want less, e.g. 0.9).")
-  public var batchNormDecay: Float = 0.997
+  public var batchNormDecay = BatchNormDefaults.decay
   @Option(name: .seed("split"), help: "Training split (file-name prefix or subfolder).")
   public var split = "train"
   @Option(name: .seed("decode-threads"), help: "JPEG decode threads per rank (default cores ÷ local ranks).")
@@ -88,6 +93,20 @@ public struct TrainFlags: ParsableArguments {
   public var fusionMiB = 4.0
   @Flag(name: .customLong("skip-corrupt-records"), help: "Skip TFRecords with bad CRCs instead of stopping.")
   public var skipCorruptRecords = false
+
+  // Observability (issue 13)
+  @Option(name: .seed("timeline"), help: "Write a Chrome trace (Perfetto, chrome://tracing) of this rank's steps to FILE (launch --timeline merges the ranks).")
+  public var timeline: String?
+  @Option(name: .seed("timeline-steps"), help: "Steps recorded in the timeline, after \(Timeline.defaultWarmupSteps) warm-up steps.")
+  public var timelineSteps = Timeline.defaultSteps
+  @Flag(name: .customLong("no-summaries"), help: "Do not write TensorBoard event files in the train dir.")
+  public var noSummaries = false
+
+  // Interop (issue 10)
+  @Option(name: .seed("checkpoint-format"), help: "Checkpoint files: safetensors, tf (TensorFlow V2: .index + .data, and the `checkpoint` state file) or both.")
+  public var checkpointFormat = CheckpointFormat.both
+  @Flag(name: .seed("restore-moving-average"), help: "Fine-tuning: restore the weights from the checkpoint's ExponentialMovingAverage shadows.")
+  public var restoreMovingAverage = false
 
   static let preprocessingNames = ["inception_v2", "inception", "inception_v1", "inception_v3", "mobilenet_v2"]
 
@@ -127,13 +146,16 @@ public struct TrainFlags: ParsableArguments {
     o.labelSmoothing = labelSmoothing
     o.movingAverageDecay = movingAverageDecay
     o.batchNormDecay = batchNormDecay
-    o.trainDir = trainDir ?? "result/\(worldSize)p"
+    o.trainDir = trainDir ?? defaultResultDir(worldSize: worldSize)
     o.saveCheckpointsSteps = saveCheckpointsSteps
     o.keepCheckpointMax = keepCheckpointMax
     o.logEveryNSteps = logEveryNSteps
     o.seed = seed
     o.restorePath = restorePath
     o.restoreExclude = restoreExclude.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    // Interop (issue 10)
+    o.checkpointFormat = checkpointFormat
+    o.restoreMovingAverage = restoreMovingAverage
     return o
   }
 }

@@ -7,23 +7,16 @@
 import CBLAS
 
 /// Shape of a convolution: batch, input size, channels, kernel and stride.
-public struct ConvShape: Equatable {
+public struct ConvShape: Equatable, SamePaddedShape {
   public var batch, height, width, inChannels, outChannels, kernel, stride: Int
   public init(batch: Int, height: Int, width: Int, inChannels: Int, outChannels: Int, kernel: Int, stride: Int) {
     self.batch = batch; self.height = height; self.width = width
     self.inChannels = inChannels; self.outChannels = outChannels
     self.kernel = kernel; self.stride = stride
   }
-  public var outHeight: Int { SamePadding.outputSize(height, stride: stride) }
-  public var outWidth: Int { SamePadding.outputSize(width, stride: stride) }
-  public var padTop: Int { SamePadding.before(height, kernel: kernel, stride: stride) }
-  public var padLeft: Int { SamePadding.before(width, kernel: kernel, stride: stride) }
   public var inputCount: Int { batch * height * width * inChannels }
   public var outputCount: Int { batch * outHeight * outWidth * outChannels }
   public var weightCount: Int { kernel * kernel * inChannels * outChannels }
-  var window: SameWindow {
-    SameWindow(kernel: kernel, stride: stride, padTop: padTop, padLeft: padLeft, height: height, width: width)
-  }
 }
 
 /// y[N,Ho,Wo,Co] = conv(x[N,H,W,Ci], w[K,K,Ci,Co]): direct (below) when Co is a multiple of 16,

@@ -6,22 +6,15 @@
 // computed as a gather (each input pixel sums the taps that read it), so threads never write the
 // same memory; the weight gradient uses per-thread partials reduced at the end.
 
-public struct DepthwiseShape: Equatable {
+public struct DepthwiseShape: Equatable, SamePaddedShape {
   public var batch, height, width, channels, kernel, stride: Int
   public init(batch: Int, height: Int, width: Int, channels: Int, kernel: Int = 3, stride: Int) {
     self.batch = batch; self.height = height; self.width = width
     self.channels = channels; self.kernel = kernel; self.stride = stride
   }
-  public var outHeight: Int { SamePadding.outputSize(height, stride: stride) }
-  public var outWidth: Int { SamePadding.outputSize(width, stride: stride) }
-  public var padTop: Int { SamePadding.before(height, kernel: kernel, stride: stride) }
-  public var padLeft: Int { SamePadding.before(width, kernel: kernel, stride: stride) }
   public var inputCount: Int { batch * height * width * channels }
   public var outputCount: Int { batch * outHeight * outWidth * channels }
   public var weightCount: Int { kernel * kernel * channels }
-  var window: SameWindow {
-    SameWindow(kernel: kernel, stride: stride, padTop: padTop, padLeft: padLeft, height: height, width: width)
-  }
 }
 
 /// out[c] = Σ_taps a[tap][c] · b[tap][c] over `tapCount` (aOffset, bOffset) pairs, channels vectorised.

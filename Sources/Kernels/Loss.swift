@@ -8,6 +8,17 @@ public struct LossResult: Equatable {
   public var correct: Int
 }
 
+/// log Σₖ exp(z[k]) of one row of `count` logits, taken around the largest logit so that nothing
+/// overflows, and the index of that largest logit (the first one on ties). Shared by the loss, the
+/// evaluation loss and `predict`'s probabilities.
+public func logSumExp(_ z: UnsafePointer<Float>, count: Int) -> (value: Double, argmax: Int) {
+  var maxZ = Double(z[0]), arg = 0
+  for k in 1..<max(count, 1) where Double(z[k]) > maxZ { maxZ = Double(z[k]); arg = k }
+  var sumExp = 0.0
+  for k in 0..<count { sumExp += exp(Double(z[k]) - maxZ) }
+  return (log(sumExp) + maxZ, arg)
+}
+
 /// Returns the mean loss and writes dlogits = (softmax − target)/N (the gradient of the mean).
 @discardableResult
 public func softmaxCrossEntropy(dLogits: UnsafeMutablePointer<Float>?, logits: UnsafePointer<Float>,
@@ -21,12 +32,8 @@ public func softmaxCrossEntropy(dLogits: UnsafeMutablePointer<Float>?, logits: U
     let z = logits + n * K
     let label = Int(labels[n])
     precondition(label >= 0 && label < K, "label \(label) outside [0, \(K))")
-    var maxZ = Double(z[0]), arg = 0
-    for k in 1..<max(K, 1) where Double(z[k]) > maxZ { maxZ = Double(z[k]); arg = k }
+    let (logSum, arg) = logSumExp(z, count: K)
     if arg == label { correct += 1 }
-    var sumExp = 0.0
-    for k in 0..<K { sumExp += exp(Double(z[k]) - maxZ) }
-    let logSum = log(sumExp) + maxZ
     var targetDotZ = 0.0
     for k in 0..<K { targetDotZ += (k == label ? onValue : offValue) * Double(z[k]) }
     total += logSum - targetDotZ  // Σ target = 1

@@ -11,6 +11,25 @@ public enum SamePadding {
   }
 }
 
+/// A K×K, stride-S window over an H×W input with SAME padding: output size and padding, one
+/// definition for the stem and depthwise shapes.
+public protocol SamePaddedShape {
+  var height: Int { get }
+  var width: Int { get }
+  var kernel: Int { get }
+  var stride: Int { get }
+}
+
+public extension SamePaddedShape {
+  var outHeight: Int { SamePadding.outputSize(height, stride: stride) }
+  var outWidth: Int { SamePadding.outputSize(width, stride: stride) }
+  var padTop: Int { SamePadding.before(height, kernel: kernel, stride: stride) }
+  var padLeft: Int { SamePadding.before(width, kernel: kernel, stride: stride) }
+  internal var window: SameWindow {
+    SameWindow(kernel: kernel, stride: stride, padTop: padTop, padLeft: padLeft, height: height, width: width)
+  }
+}
+
 /// The K×K input window of an output pixel under SAME padding, clipped to the H×W input: the one
 /// tap loop that the stem and depthwise kernels share.
 struct SameWindow {

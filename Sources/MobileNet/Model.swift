@@ -5,6 +5,7 @@
 // single arena (`Activations`) allocated once and reused every step; backward writes activation
 // gradients into five scratch buffers of that arena and accumulates parameter gradients into the
 // gradient slab (call `zeroGradients()` once per step).
+import Common
 import Kernels
 
 /// How batch norm and dropout behave in a forward pass.
@@ -159,7 +160,7 @@ public final class MobileNetV2 {
       let dst = buf.base + spec.offset
       switch spec.role {
       case .convWeights, .depthwiseWeights, .logitsWeights:
-        var rng = RandomState(seed: seed ^ fnv1a(spec.name))
+        var rng = RandomState(seed: seed ^ fnv1a(spec.name.utf8))
         for i in 0..<spec.count { dst[i] = rng.truncatedNormal(stddev: MobileNetV2.initStddev) }
       case .gamma, .movingVariance: dst.update(repeating: 1, count: spec.count)
       case .beta, .biases, .movingMean: dst.update(repeating: 0, count: spec.count)
@@ -361,12 +362,6 @@ public final class MobileNetV2 {
   }
 }
 
-/// FNV-1a, to derive per-tensor random streams from names.
-func fnv1a(_ s: String) -> UInt64 {
-  var h: UInt64 = 0xcbf2_9ce4_8422_2325
-  for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-  return h
-}
 
 /// The activation arena for one batch size: every buffer forward saves and backward reads,
 /// plus the backward scratch buffers, carved out of one allocation.

@@ -16,20 +16,30 @@ public struct EvalResult: Sendable, Equatable {
 }
 
 public enum Evaluator {
-  /// Loads `file` into `model`: the `ExponentialMovingAverage` slots when `useMovingAverage` is true
-  /// (an error if the checkpoint has none), the raw weights otherwise.
-  public static func load(_ file: SafeTensorsFile, into model: MobileNetV2, useMovingAverage: Bool) throws {
-    if useMovingAverage {
-      try ModelCheckpoint.load([NamedSlab(layout: model.trainable, buffer: model.parameters, suffix: ModelCheckpoint.movingAverageSuffix),
-                                NamedSlab(layout: model.state, buffer: model.stateValues, suffix: ModelCheckpoint.movingAverageSuffix)],
-                               from: file)
-    } else {
-      try ModelCheckpoint.load(model.checkpointSlabs, from: file)
-    }
+  /// Loads `file` into `model`: the `ExponentialMovingAverage` shadows when `useMovingAverage` is
+  /// true (an error if the checkpoint has none), the raw weights otherwise. Shadows of the BN moving
+  /// statistics are used when present; TF-slim averages only the trainable variables unless told
+  /// otherwise, so their absence falls back to the raw statistics.
+  public static func load(_ file: TensorFile, into model: MobileNetV2, useMovingAverage: Bool,
+                          exclude: [String] = []) throws {
+    try ModelCheckpoint.load(slabs(for: model, file: file, movingAverage: useMovingAverage), from: file, exclude: exclude)
   }
 
-  public static func hasMovingAverage(_ file: SafeTensorsFile) -> Bool {
-    file.tensors["MobilenetV2/Conv/weights/\(ModelCheckpoint.movingAverageSuffix)"] != nil
+  /// The model's slabs under the names to read them from: `<name>/ExponentialMovingAverage` for the
+  /// averaged ones when `movingAverage`.
+  public static func slabs(for model: MobileNetV2, file: TensorFile, movingAverage: Bool) throws -> [NamedSlab] {
+    guard movingAverage else { return model.checkpointSlabs }
+    guard hasMovingAverage(file) else {
+      throw TrainingError("\(file.path) has no \(ModelCheckpoint.movingAverageSuffix) tensors (train with --moving-average-decay, or pass --no-use-moving-average)")
+    }
+    let ema = ModelCheckpoint.movingAverageSuffix
+    let stateAveraged = model.state.specs.first.map { file.entry("\($0.name)/\(ema)") != nil } ?? false
+    return [NamedSlab(layout: model.trainable, buffer: model.parameters, suffix: ema),
+            NamedSlab(layout: model.state, buffer: model.stateValues, suffix: stateAveraged ? ema : nil)]
+  }
+
+  public static func hasMovingAverage(_ file: TensorFile) -> Bool {
+    file.entry("\(ConfigInference.stemWeights)/\(ModelCheckpoint.movingAverageSuffix)") != nil
   }
 
   /// Runs every batch of `data` (epoch 0). The last batch may be short: it is padded and only its
@@ -59,16 +69,10 @@ public enum Evaluator {
         let target = row[label]
         // Rank of the true class: how many logits beat it (ties counted against, as in_top_k).
         var better = 0
-        var maxZ = row[0]
-        for j in 0..<k {
-          if row[j] > target { better += 1 }
-          maxZ = max(maxZ, row[j])
-        }
+        for j in 0..<k where row[j] > target { better += 1 }
         if better == 0 { result.top1 += 1 }
         if better < 5 { result.top5 += 1 }
-        var sum = 0.0
-        for j in 0..<k { sum += exp(Double(row[j] - maxZ)) }
-        result.lossSum += log(sum) + Double(maxZ) - Double(target)
+        result.lossSum += logSumExp(row, count: k).value - Double(target)
       }
       result.examples += n
       progress?(result)

@@ -1,7 +1,10 @@
-// One synchronous training step on one process: forward, loss, backward, weight decay, update.
-// The distributed trainer inserts the gradient allreduce between backward and the update.
+// The training step, the one place it is written: zero the gradients, forward, loss, backward
+// (handing each finished gradient range to a reducer so the allreduce overlaps backward), wait for
+// the reduction, weight decay on the averaged gradient, optimizer update, weight averaging.
+// `Trainer` runs it every step, `bench train` times it and the tests check it.
 import Kernels
 import MobileNet
+import Telemetry
 
 public struct StepResult: Equatable, Sendable {
   /// Label-smoothed cross-entropy, mean over the batch (the seed's `loss`).
@@ -13,31 +16,67 @@ public struct StepResult: Equatable, Sendable {
 }
 
 public struct StepHyperparameters: Sendable {
-  public var labelSmoothing: Float = 0.1
-  public var weightDecay: Float = 0.00004
-  public init(labelSmoothing: Float = 0.1, weightDecay: Float = 0.00004) {
+  /// The seed's --label_smoothing default.
+  public static let defaultLabelSmoothing: Float = 0.1
+  /// slim mobilenet training_scope(weight_decay=0.00004).
+  public static let defaultWeightDecay: Float = 0.00004
+
+  public var labelSmoothing: Float
+  public var weightDecay: Float
+  public init(labelSmoothing: Float = defaultLabelSmoothing, weightDecay: Float = defaultWeightDecay) {
     self.labelSmoothing = labelSmoothing
     self.weightDecay = weightDecay
   }
 }
 
-/// Forward + backward on the batch already in `model.inputBuffer`/`labelBuffer`, gradients in
-/// `model.gradients` (zeroed first), weight decay included. Does not update the weights.
-public func computeGradients(model: MobileNetV2, batch: Int, mode: ForwardMode = .training,
-                             hyper: StepHyperparameters, rng: inout RandomState,
-                             onGradientsReady: ((Range<Int>) -> Void)? = nil) -> StepResult {
-  model.zeroGradients()
-  model.forward(batch: batch, mode: mode, rng: &rng)
-  let l = model.loss(batch: batch, labelSmoothing: hyper.labelSmoothing)
-  model.backward(batch: batch, onGradientsReady: onGradientsReady)
-  let reg = applyWeightDecay(model: model, weightDecay: hyper.weightDecay)
-  return StepResult(loss: l.loss, totalLoss: l.loss + reg, correct: l.correct)
-}
+public final class TrainStep {
+  public let model: MobileNetV2
+  public let optimizer: Optimizer
+  /// Weight averaging (the EMA shadows), updated after every optimizer step when present.
+  public let average: WeightAverage?
+  public let hyper: StepHyperparameters
+  /// Training mode by default; tests turn batch statistics or dropout off to compare exactly.
+  public var mode = ForwardMode.training
+  /// When set, each phase of the step is a span (forward, backward, allreduce wait, optimizer).
+  public var timeline: Timeline?
 
-/// A complete single-process step: gradients, then the optimizer update with learning rate `lr`.
-public func trainStep(model: MobileNetV2, optimizer: Optimizer, batch: Int, lr: Float,
-                      hyper: StepHyperparameters, rng: inout RandomState) -> StepResult {
-  let r = computeGradients(model: model, batch: batch, hyper: hyper, rng: &rng)
-  optimizer.apply(params: model.parameters.base, grads: model.gradients.base, count: model.parameterCount, lr: lr)
-  return r
+  public init(model: MobileNetV2, optimizer: Optimizer, average: WeightAverage? = nil, hyper: StepHyperparameters) {
+    precondition(optimizer.kind == .sgd || optimizer.accumulators.count == model.parameterCount,
+                 "optimizer built for \(optimizer.accumulators.count) parameters, the model has \(model.parameterCount)")
+    self.model = model
+    self.optimizer = optimizer
+    self.average = average
+    self.hyper = hyper
+  }
+
+  /// One step on the batch already in `model.inputBuffer`/`labelBuffer`. `reducer` (nil: a single
+  /// process) receives each gradient range as backward finishes it and must hold the average over
+  /// all ranks when its `finish()` returns; only then are the gradients read again. `step` is the
+  /// global step the update belongs to (for the averaging's decay).
+  @discardableResult
+  public func run(batch: Int, lr: Float, step: Int, rng: inout RandomState,
+                  reducer: GradientReducing? = nil) throws -> StepResult {
+    let l = span(Timeline.Name.forward) { () -> LossResult in
+      model.zeroGradients()
+      model.forward(batch: batch, mode: mode, rng: &rng)
+      return model.loss(batch: batch, labelSmoothing: hyper.labelSmoothing)
+    }
+    span(Timeline.Name.backward) { model.backward(batch: batch, onGradientsReady: reducer.map { r in { r.ready($0) } }) }
+    try span(Timeline.Name.allreduceWait) { try reducer?.finish() }
+    let reg = span(Timeline.Name.optimizer) { () -> Float in
+      // Weight decay after averaging: the weights are identical on all ranks, so is its gradient.
+      let reg = Profile.time(.optimizer) { applyWeightDecay(model: model, weightDecay: hyper.weightDecay) }
+      Profile.time(.optimizer) {
+        optimizer.apply(params: model.parameters.base, grads: model.gradients.base, count: model.parameterCount, lr: lr)
+      }
+      average?.update(from: model, step: step)
+      return reg
+    }
+    return StepResult(loss: l.loss, totalLoss: l.loss + reg, correct: l.correct)
+  }
+
+  private func span<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
+    guard let t = timeline else { return try body() }
+    return try t.measure(name, body)
+  }
 }

@@ -6,9 +6,11 @@
 // on (seed, epoch, example), dropout on (seed, rank, step). Checkpoints also record the epoch and
 // the batch within it for people reading them.
 import Checkpoint
+import Common
 import Foundation
 import Kernels
 import MobileNet
+import Telemetry
 
 public struct TrainerOptions: Sendable {
   public var model: ModelConfig
@@ -20,10 +22,10 @@ public struct TrainerOptions: Sendable {
   public var warmupEpochs = 5.0
   public var optimizer = OptimizerKind.momentum
   public var momentum: Float = 0.9
-  public var weightDecay: Float = 0.00004
-  public var labelSmoothing: Float = 0.1
+  public var weightDecay = StepHyperparameters.defaultWeightDecay
+  public var labelSmoothing = StepHyperparameters.defaultLabelSmoothing
   /// BN moving-statistics decay (slim's bn_decay).
-  public var batchNormDecay: Float = 0.997
+  public var batchNormDecay = BatchNormDefaults.decay
   public var movingAverageDecay: Double? = nil
   public var trainDir = "result"
   /// nil: one epoch.
@@ -33,6 +35,11 @@ public struct TrainerOptions: Sendable {
   public var seed: UInt64 = 0
   public var restorePath: String? = nil
   public var restoreExclude = ["MobilenetV2/Logits/"]
+  // Interop (issue 10)
+  /// Which files every checkpoint is written as (safetensors, a TensorFlow V2 checkpoint, or both).
+  public var checkpointFormat = CheckpointFormat.both
+  /// Fine-tuning restores the weights from the `/ExponentialMovingAverage` shadows.
+  public var restoreMovingAverage = false
 
   public init(model: ModelConfig) { self.model = model }
 }
@@ -54,14 +61,20 @@ public struct TrainingError: Error, CustomStringConvertible {
 public final class Trainer {
   public let options: TrainerOptions
   public let model: MobileNetV2
-  let optimizer: Optimizer
-  let average: WeightAverage?
+  /// The step every iteration runs; owns the optimizer and the weight averages.
+  let step: TrainStep
+  var optimizer: Optimizer { step.optimizer }
+  var average: WeightAverage? { step.average }
   let data: BatchSource
   let comm: Communicator
   let log: TrainLog
   let dir: CheckpointDirectory
 
   public static let metricsFile = "metrics.jsonl"
+
+  // Observability (issue 13): the timeline (every rank) and observers of logged steps (rank 0).
+  public var timeline: Timeline?
+  public var observers: [TrainObserver] = []
 
   /// `model` is the one `makeModel(options)` builds; pass it when the caller needed it before the
   /// group existed (its signature goes into the handshake), so the weights are allocated once.
@@ -75,8 +88,10 @@ public final class Trainer {
     precondition(net.config == options.model && net.batchNormDecay == options.batchNormDecay,
                  "the model passed to Trainer is not the one its options describe (use Trainer.makeModel)")
     model = net
-    optimizer = Optimizer(kind: options.optimizer, parameterCount: net.parameterCount, momentum: options.momentum)
-    average = options.movingAverageDecay.map { WeightAverage(model: net, decay: $0) }
+    step = TrainStep(model: net,
+                     optimizer: Optimizer(kind: options.optimizer, parameterCount: net.parameterCount, momentum: options.momentum),
+                     average: options.movingAverageDecay.map { WeightAverage(model: net, decay: $0) },
+                     hyper: StepHyperparameters(labelSmoothing: options.labelSmoothing, weightDecay: options.weightDecay))
     dir = CheckpointDirectory(options.trainDir)
   }
 
@@ -124,19 +139,25 @@ public final class Trainer {
     if comm.rank == 0 {
       try FileManager.default.createDirectory(atPath: o.trainDir, withIntermediateDirectories: true)
       if let latest = dir.latest() {
-        let file = try SafeTensorsFile(path: latest)
-        let saved = try ModelCheckpoint.config(of: file)
-        guard saved == o.model else {
-          throw TrainingError("\(latest) was written for \(saved.modelName)/\(saved.numClasses) classes/\(saved.imageSize)px but this run trains \(o.model.modelName)/\(o.model.numClasses)/\(o.model.imageSize); use another --train-dir")
+        // Either format; a TensorFlow checkpoint has no metadata, so its tensor shapes are checked.
+        let file = try CheckpointDirectory.open(latest)
+        if ModelCheckpoint.hasMetadata(file) {
+          let saved = try ModelCheckpoint.config(of: file)
+          guard saved == o.model else {
+            throw TrainingError("\(latest) was written for \(saved.modelName)/\(saved.numClasses) classes/\(saved.imageSize)px but this run trains \(o.model.modelName)/\(o.model.numClasses)/\(o.model.imageSize); use another --train-dir")
+          }
         }
-        try ModelCheckpoint.load(model.checkpointSlabs + slotSlabs, from: file)
-        startStep = Int(ModelCheckpoint.globalStep(of: file))
+        do { try ModelCheckpoint.load(model.checkpointSlabs + slotSlabs, from: file) } catch {
+          throw TrainingError("cannot resume from \(latest) (use another --train-dir for another model or optimizer): \(error)")
+        }
+        startStep = Int(try ModelCheckpoint.globalStep(of: file))
         resumedFrom = latest
       } else if let restore = o.restorePath {
         let path = try CheckpointDirectory.resolve(restore)[0]
-        let file = try SafeTensorsFile(path: path)
-        let report = try ModelCheckpoint.load(model.checkpointSlabs, from: file, exclude: o.restoreExclude)
-        log.info("restored \(report.restored.count) tensors from \(path)")
+        let file = try CheckpointDirectory.open(path)
+        let slabs = try Evaluator.slabs(for: model, file: file, movingAverage: o.restoreMovingAverage)
+        let report = try ModelCheckpoint.load(slabs, from: file, exclude: o.restoreExclude)
+        log.info("restored \(report.restored.count) tensors from \(path)\(o.restoreMovingAverage ? " (moving-average shadows)" : "")")
         if !report.notRestored.isEmpty {
           log.info("not restored (excluded, freshly initialised): \(report.notRestored.joined(separator: ", "))")
         }
@@ -161,8 +182,21 @@ public final class Trainer {
     let images = model.inputBuffer(batch: batch)
     let labels = model.labelBuffer(batch: batch)
     let reducer = comm.gradientReducer(buffer: model.gradients.base, count: model.parameterCount)
-    let hyper = StepHyperparameters(labelSmoothing: o.labelSmoothing, weightDecay: o.weightDecay)
-    let metrics = comm.rank == 0 ? try MetricsWriter(path: "\(o.trainDir)/\(Self.metricsFile)") : nil
+    var metrics: MetricsWriter? = nil
+    if comm.rank == 0 {
+      let path = "\(o.trainDir)/\(Self.metricsFile)"
+      let dropped = try MetricsWriter.resume(path: path, atStep: startStep)
+      if dropped > 0 { log.info("\(path): dropped \(dropped) rows after step \(startStep) (they are logged again)") }
+      metrics = try MetricsWriter(path: path)
+      for ob in observers { try ob.started(atStep: startStep, resumed: startStep > 0) }
+    }
+    timeline?.start(atStep: startStep)
+    self.step.timeline = timeline
+    // Timeline spans of the loop (one nil check when off); TrainStep records its own phases.
+    func span<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
+      guard let t = timeline else { return try body() }
+      return try t.measure(name, body)
+    }
 
     var window = (loss: 0.0, total: 0.0, correct: 0.0, examples: 0.0, steps: 0)
     var windowStart = DispatchTime.now().uptimeNanoseconds
@@ -170,54 +204,53 @@ public final class Trainer {
     var currentEpoch = -1
     var step = startStep
     while step < totalSteps {
+      try timeline?.beginStep(step)
+      let stepStart = timeline?.begin()
       let epoch = step / stepsPerEpoch
-      if epoch != currentEpoch {
-        try data.start(epoch: epoch, skipBatches: step % stepsPerEpoch)
-        currentEpoch = epoch
+      let n = try span(Timeline.Name.dataWait) { () throws -> Int in
+        if epoch != currentEpoch {
+          try data.start(epoch: epoch, skipBatches: step % stepsPerEpoch)
+          currentEpoch = epoch
+        }
+        return try data.next(images: images, labels: labels)
       }
-      let n = try data.next(images: images, labels: labels)
       guard n == batch else {
         throw TrainingError("rank \(comm.rank): data ended after \(n) examples in epoch \(epoch) at step \(step) (expected \(stepsPerEpoch) full batches)")
       }
       let lr = Float(schedule.rate(at: step))
       var rng = RandomState(seed: o.seed &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(comm.rank) << 48 ^ UInt64(step))
-      model.zeroGradients()
-      model.forward(batch: batch, mode: .training, rng: &rng)
-      let l = model.loss(batch: batch, labelSmoothing: hyper.labelSmoothing)
-      model.backward(batch: batch, onGradientsReady: reducer.ready)
-      try reducer.finish()
-      // Weight decay after averaging: the weights are identical on all ranks, so is its gradient.
-      let reg = Profile.time(.optimizer) { applyWeightDecay(model: model, weightDecay: hyper.weightDecay) }
-      Profile.time(.optimizer) {
-        optimizer.apply(params: model.parameters.base, grads: model.gradients.base, count: model.parameterCount, lr: lr)
-      }
-      average?.update(from: model, step: step)
+      let l = try self.step.run(batch: batch, lr: lr, step: step, rng: &rng, reducer: reducer)
       guard l.loss.isFinite else { throw TrainingError("rank \(comm.rank): loss is \(l.loss) at step \(step); lower --learning-rate") }
       lastLoss = l.loss
       step += 1
 
-      window.loss += Double(l.loss); window.total += Double(l.loss + reg)
+      window.loss += Double(l.loss); window.total += Double(l.totalLoss)
       window.correct += Double(l.correct); window.examples += Double(batch); window.steps += 1
       if step % max(1, o.logEveryNSteps) == 0 || step == totalSteps {
+        let metricsStart = timeline?.begin()
         var sums = [window.loss, window.total, window.correct, window.examples]
         try sums.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 4) }
         let now = DispatchTime.now().uptimeNanoseconds
         let seconds = Double(now - windowStart) / 1e9
         let denom = Double(window.steps * ranks)
-        let rec = StepRecord(step: step, epoch: Double(step) / Double(stepsPerEpoch), ips: sums[3] / seconds,
-                             loss: sums[0] / denom, totalLoss: sums[1] / denom, lr: Double(lr),
-                             trainAccuracy: sums[2] / sums[3])
+        let rec = StepRecord.seedRounded(step: step, epoch: Double(step) / Double(stepsPerEpoch), ips: sums[3] / seconds,
+                                         loss: sums[0] / denom, totalLoss: sums[1] / denom, lr: Double(lr),
+                                         trainAccuracy: sums[2] / sums[3])
         log.info(rec.logLine)
         try metrics?.append(rec)
+        if comm.rank == 0 { for ob in observers { try ob.logged(rec) } }
         // Data parallelism must keep the weights bit-identical: check at every logged step.
         try verifyIdenticalWeights()
         window = (0, 0, 0, 0, 0)
         windowStart = DispatchTime.now().uptimeNanoseconds
+        timeline?.end(Timeline.Name.metrics, since: metricsStart)
       }
       if step % saveEvery == 0 || step == totalSteps {
-        try save(step: step, stepsPerEpoch: stepsPerEpoch)
+        try span(Timeline.Name.checkpoint) { try save(step: step, stepsPerEpoch: stepsPerEpoch) }
       }
+      timeline?.end(Timeline.Name.step, since: stepStart)
     }
+    try timeline?.close()
     if data.skippedCorrupt > 0 { log.warning("skipped \(data.skippedCorrupt) corrupt examples on rank \(comm.rank)") }
     let sum = try verifyIdenticalWeights()
     return TrainSummary(firstStep: startStep, globalStep: step, stepsPerEpoch: stepsPerEpoch, lastLoss: lastLoss,
@@ -228,16 +261,26 @@ public final class Trainer {
   func save(step: Int, stepsPerEpoch: Int) throws {
     let sum = try verifyIdenticalWeights()
     guard comm.rank == 0 else { return }
-    let path = dir.file(forStep: Int64(step))
-    try ModelCheckpoint.save(model: model, slots: slotSlabs, globalStep: Int64(step), extraMetadata: [
-      "epoch": String(step / stepsPerEpoch), "batch_in_epoch": String(step % stepsPerEpoch),
-      "steps_per_epoch": String(stepsPerEpoch), "world_size": String(comm.size),
-      "batch_size": String(options.batchSize), "seed": String(options.seed),
-      "rng": "derived from (seed, epoch, example) for data and (seed, rank, step) for dropout",
-      "weights_checksum": String(sum, radix: 16),
-    ], to: path)
-    dir.prune(keep: options.keepCheckpointMax)
-    log.info("saved checkpoint \(path)")
+    var written: [String] = []
+    // The TensorFlow checkpoint first: a safetensors file of the same step is what resume prefers.
+    if options.checkpointFormat.writesTF {
+      let prefix = dir.prefix(forStep: Int64(step))
+      try ModelCheckpoint.saveTF(model: model, slots: slotSlabs, globalStep: Int64(step), prefix: prefix)
+      written.append(prefix)
+    }
+    if options.checkpointFormat.writesSafetensors {
+      let path = dir.file(forStep: Int64(step))
+      try ModelCheckpoint.save(model: model, slots: slotSlabs, globalStep: Int64(step), extraMetadata: [
+        "epoch": String(step / stepsPerEpoch), "batch_in_epoch": String(step % stepsPerEpoch),
+        "steps_per_epoch": String(stepsPerEpoch), "world_size": String(comm.size),
+        "batch_size": String(options.batchSize), "seed": String(options.seed),
+        "rng": "derived from (seed, epoch, example) for data and (seed, rank, step) for dropout",
+        "weights_checksum": String(sum, radix: 16),
+      ], to: path)
+      written.append(path)
+    }
+    try dir.prune(keep: options.keepCheckpointMax)
+    log.info("saved checkpoint \(written.joined(separator: " and "))")
   }
 
   /// FNV-1a of the weight bytes, allgathered: a mismatch means the ranks diverged.
@@ -253,52 +296,7 @@ public final class Trainer {
   }
 }
 
+/// FNV-1a of a slab's bytes (the cross-rank identity check).
 public func checksum(_ b: FloatBuffer) -> UInt64 {
-  var h: UInt64 = 0xcbf2_9ce4_8422_2325
-  let bytes = UnsafeRawBufferPointer(start: b.base, count: b.count * 4)
-  for byte in bytes { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
-  return h
-}
-
-/// One logged step: the seed's console line and one JSON object per line in metrics.jsonl.
-public struct StepRecord: Codable, Sendable {
-  public var step: Int
-  public var epoch: Double
-  public var ips: Double
-  public var loss: Double
-  public var totalLoss: Double
-  public var lr: Double
-  public var trainAccuracy: Double
-
-  enum CodingKeys: String, CodingKey {
-    case step, epoch, ips, loss, lr
-    case totalLoss = "total_loss"
-    case trainAccuracy = "train_accuracy"
-  }
-
-  public var logLine: String {
-    String(format: "step:%6d  epoch:%6.2f ips:%9.2f loss:%.4f  total_loss:%.4f  lr:%.6f, train_accuracy:%.4f",
-           step, epoch, ips, loss, totalLoss, lr, trainAccuracy)
-  }
-}
-
-final class MetricsWriter {
-  let handle: FileHandle
-  let path: String
-  init(path: String) throws {
-    self.path = path
-    if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
-    guard let h = FileHandle(forWritingAtPath: path) else { throw TrainingError("cannot write \(path)") }
-    handle = h
-    handle.seekToEndOfFile()
-  }
-  func append(_ r: StepRecord) throws {
-    let enc = JSONEncoder()
-    enc.outputFormatting = .sortedKeys
-    var d = try enc.encode(r)
-    d.append(0x0A)
-    // (FileHandle.write(_:) traps on ENOSPC; a full disk must be a one-line error naming the file.)
-    do { try handle.write(contentsOf: d) } catch { throw TrainingError("cannot append to \(path): \((error as NSError).localizedDescription)") }
-  }
-  deinit { try? handle.close() }
+  fnv1a(UnsafeRawBufferPointer(start: b.base, count: b.count * MemoryLayout<Float>.stride))
 }

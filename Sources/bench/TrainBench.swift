@@ -143,18 +143,19 @@ struct TrainOne: ParsableCommand {
     Compute.setThreads(threads)
     let config = try ModelConfig(modelName: model, numClasses: classes, imageSize: size)
     let net = MobileNetV2(config: config, seed: 1)
-    let opt = Optimizer(kind: .momentum, parameterCount: net.parameterCount)
+    // The production step (momentum, weight decay, label smoothing as the trainer's defaults).
+    let trainStep = TrainStep(model: net, optimizer: Optimizer(kind: .momentum, parameterCount: net.parameterCount),
+                              hyper: StepHyperparameters())
     var rng = RandomState(seed: 7)
     let input = net.inputBuffer(batch: batch)
     for i in 0..<(batch * size * size * 3) { input[i] = rng.uniform() * 2 - 1 }
     let labels = net.labelBuffer(batch: batch)
     for i in 0..<batch { labels[i] = Int32(i % classes) }
     var times: [Double] = []
-    let hyper = StepHyperparameters()
     for i in 0..<(warmup + steps) {
       if i == warmup { Profile.reset(); Profile.enabled = profile }
       let t0 = DispatchTime.now().uptimeNanoseconds
-      _ = trainStep(model: net, optimizer: opt, batch: batch, lr: 0.01, hyper: hyper, rng: &rng)
+      try trainStep.run(batch: batch, lr: 0.01, step: i, rng: &rng)
       let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
       if i >= warmup { times.append(dt) }
     }

@@ -7,11 +7,7 @@ struct Evaluate: ParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Score checkpoints on a dataset split.")
   @OptionGroup var flags: EvalFlags
   func run() throws {
-    do { try EvaluateJob.run(flags) } catch {
-      // Runtime failures are one line naming the file or tensor, without the usage text.
-      FileHandle.standardError.write(Data("evaluate: error: \(error)\n".utf8))
-      throw ExitCode.failure
-    }
+    try runReportingFailure("evaluate") { try EvaluateJob.run(flags) }
   }
 }
 Evaluate.main()

@@ -5,6 +5,7 @@ import ArgumentParser
 import Cluster
 import Collective
 import Foundation
+import Telemetry
 
 struct Launch: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -39,12 +40,19 @@ struct Launch: ParsableCommand {
   var security: String?
   @Option(help: "Seconds between SIGTERM and SIGKILL when stopping workers.")
   var gracePeriod = Launcher.defaultGracePeriod
+  // Observability (issue 13)
+  @Option(help: "Write one Chrome trace (Perfetto, chrome://tracing) of all ranks' steps to FILE: data wait, forward, backward, bucket allreduces, optimizer, checkpoint.")
+  var timeline: String?
+  @Option(help: "Steps in the timeline, after \(Timeline.defaultWarmupSteps) warm-up steps (default \(Timeline.defaultSteps)).")
+  var timelineSteps: Int?
   @Argument(parsing: .postTerminator, help: "Worker flags, after --.")
   var workerArguments: [String] = []
 
   func validate() throws {
     if (rankTable == nil) == (localRanks == nil) { throw ValidationError("give exactly one of --rank-table and --local-ranks") }
     if let s = security, SecurityMode(rawValue: s) == nil { throw ValidationError("--security \(s): must be curve or plain") }
+    if let n = timelineSteps, n < 1 { throw ValidationError("--timeline-steps \(n) is out of range: must be ≥ 1") }
+    if timelineSteps != nil && timeline == nil { throw ValidationError("--timeline-steps needs --timeline FILE") }
     try checkRanges()
   }
 
@@ -73,7 +81,7 @@ struct Launch: ParsableCommand {
         guard let free = LoopbackPorts.findFree(count: n) else { throw ValidationError("no \(n) free consecutive ports on 127.0.0.1") }
         basePort = free
       }
-      let dir = logDir ?? defaultLogDir(worldSize: n)
+      let dir = logDir ?? defaultResultDir(worldSize: n)
       try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
       tablePath = "\(dir)/rank_table.json"
       let json = RankTable.seedSchemaJSON(servers: [("127.0.0.1", Array(repeating: "127.0.0.1", count: n),
@@ -106,7 +114,7 @@ struct Launch: ParsableCommand {
       throw ValidationError("\(error)")
     }
     var plan = LaunchPlan(table: table, tablePath: tablePath, serverID: server, workerExecutable: executable,
-                          workerArguments: workerArguments, logDir: logDir ?? defaultLogDir(worldSize: table.worldSize),
+                          workerArguments: workerArguments, logDir: logDir ?? defaultResultDir(worldSize: table.worldSize),
                           jobID: jobID ?? environment[ContractKey.jobID.rawValue] ?? "job-\(secret.fingerprint)", secret: secret)
     plan.maxRestarts = maxRestarts
     plan.basePort = basePort
@@ -115,7 +123,26 @@ struct Launch: ParsableCommand {
     if let t = connectTimeout { plan.extraEnvironment[.connectTimeout] = String(t) }
     if let t = runningTimeout { plan.extraEnvironment[.runningTimeout] = String(t) }
     if let s = security { plan.extraEnvironment[.security] = s }
+    plan.timeline = timeline != nil
+    plan.timelineSteps = timelineSteps
+    let parts = plan.localRanks.map { plan.timelinePath(rank: $0) }
+    if timeline != nil { for p in parts { try? FileManager.default.removeItem(atPath: p) } }
     let status = Launcher(plan: plan).run()
+    if let out = timeline {
+      // Whatever the ranks wrote, also after a failure: the timeline is most wanted then.
+      let present = parts.filter { FileManager.default.fileExists(atPath: $0) }
+      if present.isEmpty {
+        print("launch: no rank wrote a timeline (\(parts.first ?? "")…); was it a training run?")
+      } else {
+        do {
+          let spans = try Timeline.merge(present, into: out)
+          print("launch: timeline of \(present.count) ranks (\(spans) spans) in \(out)")
+        } catch {
+          print("launch: cannot merge the timeline into \(out): \(error)")
+          if status == 0 { throw ExitCode(1) }
+        }
+      }
+    }
     if status != 0 { throw ExitCode(status) }
   }
 }

@@ -7,11 +7,7 @@ struct Predict: ParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Classify JPEG images with a checkpoint.")
   @OptionGroup var flags: PredictFlags
   func run() throws {
-    do { try PredictJob.run(flags) } catch {
-      // Runtime failures are one line naming the file or tensor, without the usage text.
-      FileHandle.standardError.write(Data("predict: error: \(error)\n".utf8))
-      throw ExitCode.failure
-    }
+    try runReportingFailure("predict") { try PredictJob.run(flags) }
   }
 }
 Predict.main()

@@ -55,6 +55,17 @@ final class WorkerContextTests: XCTestCase {
     XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: bad))
   }
 
+  /// Observability (issue 13): launch --timeline's per-rank file and step count.
+  func testTimelineFromTheContract() throws {
+    let ctx = try WorkerContext.fromEnvironment(environment: ["MNV2_TIMELINE_FILE": "/logs/0/timeline.json", "MNV2_TIMELINE_STEPS": "9"])
+    XCTAssertEqual(ctx.timelineFile, "/logs/0/timeline.json")
+    XCTAssertEqual(ctx.timelineSteps, 9)
+    XCTAssertNil(try WorkerContext.fromEnvironment(environment: [:]).timelineFile)
+    XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: ["MNV2_TIMELINE_STEPS": "many"])) { e in
+      XCTAssertTrue("\(e)".contains("MNV2_TIMELINE_STEPS"), "\(e)")
+    }
+  }
+
   func testSecretFilesMustBePrivate() throws {
     let dir = try temporaryDirectory("secret")
     defer { try? FileManager.default.removeItem(at: dir) }

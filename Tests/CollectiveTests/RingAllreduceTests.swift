@@ -53,18 +53,19 @@ final class RingAllreduceTests: XCTestCase {
 
   func testResultsAreBitIdenticalOnEveryRank() {
     let n = 5, count = 10_007
-    let (fabric, options) = inProcessGroups(n, segmentBytes: 1000)
-    let sums = ResultBox(n)
-    let outputs = OutputBox(n)
-    _ = sums
-    let errors = runRanks(n) { r in
-      let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
-      var buf = (0..<count).map { Float(sin(Double($0 * (r + 3)))) * 0.1 }
-      try g.allreduceAverage(&buf, count: count, fp16: r >= 0)
-      outputs.set(r, buf)
+    for fp16 in [false, true] {
+      let (fabric, options) = inProcessGroups(n, segmentBytes: 1000)
+      let outputs = OutputBox(n)
+      let errors = runRanks(n) { r in
+        let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+        var buf = (0..<count).map { Float(sin(Double($0 * (r + 3)))) * 0.1 }
+        try g.allreduceAverage(&buf, count: count, fp16: fp16)
+        outputs.set(r, buf)
+      }
+      XCTAssertEqual(errors.compactMap { $0 }.map(message), [String](), "fp16 \(fp16)")
+      XCTAssertEqual(outputs.all[0].count, count)
+      for r in 1..<n { XCTAssertEqual(outputs.all[r], outputs.all[0], "fp16 \(fp16): rank \(r) differs from rank 0") }
     }
-    XCTAssertEqual(errors.compactMap { $0 }.map(message), [String]())
-    for r in 1..<n { XCTAssertEqual(outputs.all[r], outputs.all[0], "rank \(r) differs from rank 0") }
   }
 
   func testFp16WireWithinTolerance() {

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import DataPipeline
+import Common
 
 final class TFRecordTests: XCTestCase {
   func testFrameLayout() {

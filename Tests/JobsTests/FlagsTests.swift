@@ -116,4 +116,22 @@ final class FlagsTests: XCTestCase {
     XCTAssertEqual(PredictJob.readLabels(p)[1], "Trouser")
     try? FileManager.default.removeItem(atPath: p)
   }
+
+  // Interop (issue 10)
+  func testCheckpointFormatAndRestoreMovingAverageFlags() throws {
+    let d = try TrainFlags.parse(["--dataset-dir", "/d", "--max-epoch", "1"]).trainerOptions(worldSize: 1)
+    XCTAssertEqual(d.checkpointFormat, .both)
+    XCTAssertFalse(d.restoreMovingAverage)
+    let f = try TrainFlags.parse(["--dataset_dir=/d", "--max_epoch=1", "--checkpoint_format=tf", "--restore_moving_average"])
+    let o = try f.trainerOptions(worldSize: 1)
+    XCTAssertEqual(o.checkpointFormat, .tf)
+    XCTAssertTrue(o.restoreMovingAverage)
+    XCTAssertThrowsError(try TrainFlags.parse(["--checkpoint-format", "pickle"]))
+    let e = try ExportFlags.parse(["--checkpoint_path", "/ck", "--format", "onnx", "--output", "/tmp/m.onnx", "--image-size", "96"])
+    XCTAssertEqual(e.format, .onnx)
+    XCTAssertEqual(e.imageSize, 96)
+    let p = try PredictFlags.parse(["--checkpoint-path", "/ck", "--model-name", "mobilenet_v2_035", "--num_classes", "10", "a.jpg"])
+    XCTAssertEqual(p.modelName, "mobilenet_v2_035")
+    XCTAssertEqual(p.numClasses, 10)
+  }
 }

@@ -1,8 +1,11 @@
-// Test doubles: an in-memory dataset with the loader's determinism contract, and ranks as threads
-// sharing memory (a reference implementation of the collectives, independent of any transport).
+// Test doubles and harness: an in-memory dataset with the loader's determinism contract, and ranks
+// as threads over the real process group on the in-process transport.
+import Collective
 import Foundation
+import Jobs
 import Kernels
 import Training
+import XCTest
 
 /// `count` random images of `size`² with labels; each epoch is a permutation depending only on
 /// (seed, epoch); rank r of n takes every n-th example of it.
@@ -54,90 +57,45 @@ final class MemoryDataset: BatchSource {
   }
 }
 
-/// Ranks as threads: collectives meet at a shared rendezvous; sums are taken in rank order so every
-/// rank gets bit-identical results.
-final class ThreadGroup {
-  let size: Int
-  private let cond = NSCondition()
-  private var arrived = 0, generation = 0
-  private var slots: [[Double]]
-  private var bytes: [[UInt8]]
-
-  init(size: Int) {
-    self.size = size
-    slots = Array(repeating: [], count: size)
-    bytes = Array(repeating: [], count: size)
-  }
-
-  func barrier() {
-    cond.lock()
-    let gen = generation
-    arrived += 1
-    if arrived == size { arrived = 0; generation += 1; cond.broadcast() } else {
-      while gen == generation { cond.wait() }
+/// Runs `body` on `n` ranks as threads (real threads: a blocked rank must not starve the others)
+/// over the production stack: ProcessGroup on the in-process transport, behind the worker's own
+/// GroupCommunicator (fusion buckets reduced on a communication thread while backward runs).
+/// Returns each rank's error; fails the test if the ranks do not finish in `timeout` seconds.
+func runInProcessRanks(_ n: Int, bucketBytes: Int = 64 << 10, timeout: Double = 120,
+                       file: StaticString = #filePath, line: UInt = #line,
+                       _ body: @escaping (Int, Communicator) throws -> Void) -> [Error?] {
+  let fabric = InProcessFabric(size: n)
+  var groupOptions = GroupOptions()
+  groupOptions.connectTimeout = timeout
+  groupOptions.runningTimeout = timeout
+  let options = groupOptions
+  let errors = RankErrors(n)
+  let done = DispatchGroup()
+  for r in 0..<n {
+    done.enter()
+    let t = Thread {
+      defer { done.leave() }
+      do {
+        let group = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "training-tests",
+                                          modelSignature: [("training-tests", n)], options: options)
+        try body(r, GroupCommunicator(group, overlap: true, fp16: false, bucketBytes: bucketBytes))
+      } catch { errors.set(r, error) }
     }
-    cond.unlock()
+    t.stackSize = 1 << 22
+    t.start()
   }
-
-  func exchange(rank: Int, _ values: [Double]) -> [[Double]] {
-    cond.lock(); slots[rank] = values; cond.unlock()
-    barrier()
-    cond.lock(); let all = slots; cond.unlock()
-    barrier()
-    return all
+  if done.wait(timeout: .now() + timeout) == .timedOut {
+    XCTFail("ranks did not finish within \(timeout) s (a hang)", file: file, line: line)
   }
-
-  func exchangeBytes(rank: Int, _ b: [UInt8]) -> [[UInt8]] {
-    cond.lock(); bytes[rank] = b; cond.unlock()
-    barrier()
-    cond.lock(); let all = bytes; cond.unlock()
-    barrier()
-    return all
-  }
-
-  func member(_ rank: Int) -> ThreadRank { ThreadRank(group: self, rank: rank) }
+  return errors.all
 }
 
-final class ThreadRank: Communicator {
-  let group: ThreadGroup
-  let rank: Int
-  var size: Int { group.size }
-  init(group: ThreadGroup, rank: Int) { self.group = group; self.rank = rank }
-
-  func broadcast(_ p: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {
-    let all = group.exchange(rank: rank, rank == root ? (0..<count).map { Double(p[$0]) } : [])
-    for i in 0..<count { p[i] = Float(all[root][i]) }
-  }
-  func allreduceSum(_ p: UnsafeMutablePointer<Double>, count: Int) throws {
-    let all = group.exchange(rank: rank, (0..<count).map { p[$0] })
-    for i in 0..<count { p[i] = all.reduce(0) { $0 + $1[i] } }
-  }
-  func allgather(_ bytes: [UInt8]) throws -> [[UInt8]] { group.exchangeBytes(rank: rank, bytes) }
-  func barrier() throws { group.barrier() }
-  func gradientReducer(buffer: UnsafeMutablePointer<Float>, count: Int) -> GradientReducing {
-    Reducer(rank: self, buffer: buffer, count: count)
-  }
-
-  final class Reducer: GradientReducing {
-    let rank: ThreadRank, buffer: UnsafeMutablePointer<Float>, count: Int
-    var covered = 0
-    init(rank: ThreadRank, buffer: UnsafeMutablePointer<Float>, count: Int) { self.rank = rank; self.buffer = buffer; self.count = count }
-    func ready(_ range: Range<Int>) {
-      precondition(range.lowerBound == covered, "ranges must arrive front to back")
-      covered = range.upperBound
-    }
-    func finish() throws {
-      precondition(covered == count, "backward reported \(covered) of \(count) gradients")
-      covered = 0
-      let all = rank.group.exchange(rank: rank.rank, (0..<count).map { Double(buffer[$0]) })
-      let n = Float(rank.size)
-      for i in 0..<count {
-        var s: Float = 0
-        for r in 0..<rank.size { s += Float(all[r][i]) }
-        buffer[i] = s / n
-      }
-    }
-  }
+final class RankErrors: @unchecked Sendable {
+  private let lock = NSLock()
+  private var errors: [Error?]
+  init(_ n: Int) { errors = Array(repeating: nil, count: n) }
+  func set(_ r: Int, _ e: Error) { lock.lock(); errors[r] = e; lock.unlock() }
+  var all: [Error?] { lock.lock(); defer { lock.unlock() }; return errors }
 }
 
 /// Collects log lines.

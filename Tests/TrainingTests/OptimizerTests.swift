@@ -47,21 +47,21 @@ final class OptimizerTests: XCTestCase {
   /// dropout (its noise dominates a batch of 8) but with batch statistics, before and after.
   func testTinyModelOverfitsASmallBatch() throws {
     let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2_035", numClasses: 4, imageSize: 32), seed: 2)
-    let opt = Optimizer(kind: .momentum, parameterCount: m.parameterCount)
     var rng = RandomState(seed: 3)
     let batch = 8
     let x = m.inputBuffer(batch: batch)
     for i in 0..<(batch * 32 * 32 * 3) { x[i] = rng.uniform() * 2 - 1 }
     let labels = m.labelBuffer(batch: batch)
     for i in 0..<batch { labels[i] = Int32(i % 4) }
-    let hyper = StepHyperparameters(labelSmoothing: 0.1, weightDecay: 0.00004)
+    let step = TrainStep(model: m, optimizer: Optimizer(kind: .momentum, parameterCount: m.parameterCount),
+                         hyper: StepHyperparameters(labelSmoothing: 0.1, weightDecay: 0.00004))
     func cleanLoss() -> Float {
       m.forward(batch: batch, mode: ForwardMode(batchNormTraining: true, dropout: false), rng: &rng)
       return m.loss(batch: batch, labelSmoothing: 0.1).loss
     }
     let before = cleanLoss()
-    for _ in 0..<40 {
-      let r = trainStep(model: m, optimizer: opt, batch: batch, lr: 0.01, hyper: hyper, rng: &rng)
+    for i in 0..<40 {
+      let r = try step.run(batch: batch, lr: 0.01, step: i, rng: &rng)
       XCTAssertTrue(r.loss.isFinite)
       XCTAssertGreaterThan(r.totalLoss, r.loss)
     }

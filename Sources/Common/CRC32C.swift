@@ -1,4 +1,6 @@
-// CRC-32C (Castagnoli), the checksum TFRecord framing uses, and TFRecord's "masked" form.
+// CRC-32C (Castagnoli), the checksum of TFRecord framing and of TensorFlow checkpoints (tensor-bundle
+// tables and tensor data), and TensorFlow's "masked" form. Lives in Common so that DataPipeline and
+// Checkpoint share one implementation without depending on each other.
 import Foundation
 
 /// CRC-32C with the reflected polynomial 0x82F63B78, computed slice-by-8 (eight table lookups
@@ -50,7 +52,7 @@ public enum CRC32C {
     bytes.withUnsafeBytes { checksum($0) }
   }
 
-  /// TFRecord stores `masked(crc)`: rotated and offset so that a CRC of data that itself
+  /// TFRecords and checkpoints store `masked(crc)`: rotated and offset so that a CRC of data that itself
   /// contains CRCs does not degenerate (TensorFlow's lib/hash/crc32c.h).
   public static func masked(_ crc: UInt32) -> UInt32 {
     ((crc >> 15) | (crc << 17)) &+ 0xA282_EAD8

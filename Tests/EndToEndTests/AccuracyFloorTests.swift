@@ -1,0 +1,41 @@
+// Convergence on real data, as tinygrad's CI does it: Fashion-MNIST (Debian's dataset-fashion-mnist,
+// 70,000 real photographs of clothes, 10 classes) converted to TF-slim TFRecords by `dataset
+// convert`, one epoch on 2 ranks through `launch`, then `evaluate` on the 10,000 test images. The
+// floor is far above chance (0.10) and below what the run reaches (measured in the test's message),
+// so it fails on a broken model, loss, optimizer, allreduce or preprocessing, not on noise.
+import Collective
+import Foundation
+import XCTest
+
+extension SmokeTrainingTests {
+  static let fashionMNIST = "/usr/share/datasets/fashion-mnist"
+  /// One epoch of mobilenet_v2_035 at 32×32 reached 0.80 top-1 here (AVX-512 EPYC; printed by the test); the
+  /// demo's five epochs reach ~0.88.
+  static let oneEpochTop1Floor = 0.75
+
+  func testFashionMNISTOneEpochReachesTheAccuracyFloor() throws {
+    XCTAssertTrue(FileManager.default.fileExists(atPath: "\(Self.fashionMNIST)/train-images-idx3-ubyte.gz"),
+                  "Fashion-MNIST is missing: `make deps` installs Debian's dataset-fashion-mnist")
+    let data = "\(dir!)/fashion-mnist"
+    let (convertStatus, convertOut) = try run("dataset", ["convert", "--format", "fashion-mnist", "--input", Self.fashionMNIST,
+                                                          "--output", data, "--resize", "32"])
+    XCTAssertEqual(convertStatus, 0, convertOut)
+    let port = try XCTUnwrap(LoopbackPorts.findFree(count: 2), "no free loopback ports")
+    let (status, out) = try run("launch", [
+      "--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)", "--log-dir", "\(dir!)/logs", "--",
+      "--dataset-dir", data, "--model-name", "mobilenet_v2_035", "--num-classes", "10", "--image-size", "32",
+      "--batch-size", "64", "--max-epoch", "1", "--learning-rate", "0.03", "--warmup-epochs", "0.3",
+      "--batch-norm-decay", "0.9", "--min-crop-area", "1", "--min-object-covered", "1", "--no-color-distortion",
+      "--log-every-n-steps", "100", "--train-dir", "\(dir!)/train",
+    ], timeout: 900)
+    XCTAssertEqual(status, 0, out)
+    let (evalStatus, evalOut) = try run("evaluate", ["--checkpoint-path", "\(dir!)/train", "--dataset-dir", data,
+                                                     "--split", "validation", "--central-fraction", "1.0", "--batch-size", "500"])
+    XCTAssertEqual(evalStatus, 0, evalOut)
+    let line = try XCTUnwrap(evalOut.split(separator: "\n").last { $0.contains(" top1=") }, evalOut)
+    XCTAssertTrue(line.contains("images=10000"), String(line))
+    let top1 = try XCTUnwrap(line.split(separator: " ").first { $0.hasPrefix("top1=") }.flatMap { Double($0.dropFirst(5)) })
+    print("fashion-mnist one epoch: \(line)")
+    XCTAssertGreaterThanOrEqual(top1, Self.oneEpochTop1Floor, "one epoch of Fashion-MNIST: \(line)")
+  }
+}
