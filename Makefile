@@ -65,7 +65,7 @@ bench-allreduce: deps
 	@bin=$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path); logs=$$(mktemp -d); status=0; \
 	for n in 2 8; do \
 	  echo "== ours: $$n ranks, ZeroMQ ring on 127.0.0.1"; \
-	  $$bin/launch --local-ranks $$n --base-port 0 --log-dir $$logs/$$n -- --bench --sizes $(ALLREDUCE_SIZES) \
+	  $$bin/launch --local-ranks $$n --base-port 0 --log-dir $$logs/$$n -- bench --sizes $(ALLREDUCE_SIZES) \
 	    | grep -v -e '^launch:' -e '^worker pid' || status=1; \
 	  if $(BENCH_PY) -c "import torch" 2>/dev/null; then \
 	    echo "== baseline: torch.distributed gloo, $$n ranks"; \

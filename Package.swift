@@ -50,6 +50,8 @@ let coreTargets: [Target] = [
   .executableTarget(name: "predict", dependencies: [
     "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
+  // Test support shared by test targets (ranks as threads); not part of any product.
+  .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: fastFlags),
   .testTarget(name: "CommonTests", dependencies: ["Common"], swiftSettings: fastFlags),
   .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: fastFlags),
   // Reference/ holds the PyTorch reference fixture and the script that writes it.
@@ -58,7 +60,7 @@ let coreTargets: [Target] = [
   .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "MobileNet", "Kernels", "Common"],
               resources: [.copy("Fixtures")], swiftSettings: fastFlags),
   // Ranks as threads over the real ProcessGroup (in-process transport) behind Jobs' GroupCommunicator.
-  .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels", "Collective", "Jobs"],
+  .testTarget(name: "TrainingTests", dependencies: ["Training", "MobileNet", "Kernels", "Collective", "Jobs", "TestSupport"],
               swiftSettings: fastFlags),
   // Runs the built executables (launch, worker, evaluate) end to end.
   .testTarget(name: "EndToEndTests", dependencies: ["DataPipeline", "Collective", "Observability"], swiftSettings: fastFlags),
@@ -108,10 +110,12 @@ let distributedTargets: [Target] = [
   .executableTarget(name: "launch", dependencies: [
     "Cluster", "Telemetry", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
+  // The collective self-test and allreduce benchmark that `worker self-test` / `worker bench` run.
+  .target(name: "CollectiveCheck", dependencies: ["Collective"], swiftSettings: fastFlags),
   .executableTarget(name: "worker", dependencies: [
-    "Cluster", "Collective", "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "Cluster", "Collective", "CollectiveCheck", "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
-  .testTarget(name: "CollectiveTests", dependencies: ["Collective", "CZMQ"], swiftSettings: fastFlags),
+  .testTarget(name: "CollectiveTests", dependencies: ["Collective", "CollectiveCheck", "CZMQ", "TestSupport"], swiftSettings: fastFlags),
   .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collective"], swiftSettings: fastFlags),
 ]
 
@@ -135,7 +139,7 @@ let observabilityTargets: [Target] = [
 let package = Package(
   name: "MobileNetV2Trainer",
   platforms: [.macOS(.v13)],
-  products: ["Common", "Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "Cluster", "Jobs",
+  products: ["Common", "Kernels", "MobileNet", "Checkpoint", "Training", "DataPipeline", "Collective", "CollectiveCheck", "Cluster", "Jobs",
              "Telemetry", "Observability", "Export"]
     .map { .library(name: $0, targets: [$0]) },
   dependencies: [

@@ -55,6 +55,7 @@ public struct WorkerContext: Sendable {
       return t
     }
     var options = GroupOptions()
+    options.logMonitorEvents = value(.debugEvents) != nil
     if let t = try seconds(.connectTimeout) { options.connectTimeout = t }
     if let t = try seconds(.runningTimeout) { options.runningTimeout = t }
     if let s = value(.security) {

@@ -24,6 +24,8 @@ public struct GroupOptions: Sendable {
   public var maxSegmentBytes = GroupOptions.defaultMaxSegmentBytes
   /// How ranks authenticate each other (see SecurityMode).
   public var security: SecurityMode = .curve
+  /// Log every socket-monitor event (debugging liveness; the contract's MNV2_DEBUG_EVENTS).
+  public var logMonitorEvents = false
   /// Where warnings (refused connections) go; stderr by default.
   public var log: @Sendable (String) -> Void = { line in writeStderr(line) }
 

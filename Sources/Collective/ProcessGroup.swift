@@ -4,6 +4,24 @@
 
 import Foundation
 
+/// One rank's address.
+public struct Endpoint: Equatable, Sendable, CustomStringConvertible {
+  public var host: String
+  public var port: Int
+  public init(host: String, port: Int) { self.host = host; self.port = port }
+  public var description: String { "\(host):\(port)" }
+}
+
+/// How ranks prove they belong to the job.
+public enum SecurityMode: String, Sendable, CaseIterable {
+  /// CURVE (Curve25519 key exchange, encrypted and authenticated traffic) with the job secret as
+  /// the shared key pair; the ZAP handler refuses other keys.
+  case curve
+  /// PLAIN: the job secret as password, checked by the ZAP handler; traffic is not encrypted.
+  /// Faster; acceptable where the network is trusted (one host's loopback).
+  case plain
+}
+
 /// Where the ranks of a ZeroMQ group are and what they share.
 public struct GroupSpec: Sendable {
   public var rank: Int
@@ -45,7 +63,8 @@ public final class ProcessGroup: @unchecked Sendable {
     if spec.endpoints.count == 1 { return single() }
     let transport = try ZMQTransport(rank: spec.rank, endpoints: spec.endpoints, secret: spec.secret,
                                      security: options.security, timeout: options.connectTimeout,
-                                     runningTimeout: options.runningTimeout, log: options.log)
+                                     runningTimeout: options.runningTimeout, logMonitorEvents: options.logMonitorEvents,
+                                     log: options.log)
     do {
       try transport.waitForNext(seconds: options.connectTimeout)
       return try join(transport: transport, jobID: spec.jobID, address: spec.endpoints[spec.rank].description,

@@ -110,7 +110,10 @@ public struct TrainFlags: ParsableArguments {
 
   static let preprocessingNames = ["inception_v2", "inception", "inception_v1", "inception_v3", "mobilenet_v2"]
 
-  /// Checks that make sense only when training (a worker can also run its collective self-test).
+  /// `worker train` parses these flags, so parsing checks them.
+  public func validate() throws { try checkForTraining() }
+
+  /// Every flag's range and the cross-flag rules of a training run.
   public func checkForTraining() throws {
     try checkRanges()
     guard datasetDir != nil else { throw ValidationError("--dataset-dir is required") }

@@ -10,7 +10,7 @@ import Telemetry
 struct Launch: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Run the workers of one server of a data-parallel job.",
-    discussion: "Example: launch --rank-table rank_table/8p.json -- --self-test flags… (see docs/distributed.md)")
+    discussion: "Example: launch --rank-table rank_table/8p.json -- self-test flags… (see docs/distributed.md)")
 
   @Option(name: [.customLong("rank-table"), .customLong("rank_table")], help: "Rank table (seed or HCCL 1.0 schema).")
   var rankTable: String?

@@ -30,7 +30,7 @@ final class LaunchTests: XCTestCase {
   func testTwoRanksRunTheSelfTest() throws {
     let base = try XCTUnwrap(LoopbackPorts.findFree(count: 2))
     let r = try runProcess(launch, ["--local-ranks", "2", "--base-port", "\(base)", "--log-dir", logDir] + Self.timeoutFlags
-                    + ["--", "--self-test"] + Self.smallCounts, timeout: 60)
+                    + ["--", "self-test"] + Self.smallCounts, timeout: 60)
     XCTAssertEqual(r.status, 0, r.output)
     XCTAssertTrue(r.output.contains("rank 0: self-test passed (2 ranks"), r.output)
     XCTAssertFalse(r.output.contains("rank 1: self-test passed"), "only rank 0's ordinary lines reach the console")
@@ -43,7 +43,7 @@ final class LaunchTests: XCTestCase {
   func testEightRanksOnDistinctLoopbackAddressesFromARankTable() throws {
     let table = try writeTable(dir, servers: [("127.0.0.1", (1...8).map { "127.0.100.\(100 + $0)" })])
     let r = try runProcess(launch, ["--rank-table", table, "--log-dir", logDir, "--security", "curve"] + Self.timeoutFlags
-                    + ["--", "--self-test"] + Self.smallCounts, timeout: 120)
+                    + ["--", "self-test"] + Self.smallCounts, timeout: 120)
     XCTAssertEqual(r.status, 0, r.output)
     XCTAssertTrue(r.output.contains("rank 0: self-test passed (8 ranks"), r.output)
     for rank in 0..<8 {
@@ -59,7 +59,7 @@ final class LaunchTests: XCTestCase {
                      workerFlags: [String] = [], timeout: Double = 60) throws -> (base: Int, result: RunResult) {
     let base = try XCTUnwrap(LoopbackPorts.findFree(count: ranks))
     let r = try runProcess(launch, ["--local-ranks", "\(ranks)", "--base-port", "\(base)", "--log-dir", logDir] + launchFlags
-                    + Self.timeoutFlags + ["--", "--self-test", "--counts", "1000", "--loop-seconds", "\(loopSeconds)",
+                    + Self.timeoutFlags + ["--", "self-test", "--counts", "1000", "--loop-seconds", "\(loopSeconds)",
                                            "--fault", fault, "--fault-rank", "\(faultRank)", "--fault-after", "0.5"] + workerFlags,
                     timeout: timeout)
     return (base, r)
@@ -103,7 +103,7 @@ final class LaunchTests: XCTestCase {
   func testSigtermStopsAllWorkers() throws {
     let base = try XCTUnwrap(LoopbackPorts.findFree(count: 3))
     let child = try Child(launch, ["--local-ranks", "3", "--base-port", "\(base)", "--log-dir", logDir] + Self.timeoutFlags
-                          + ["--", "--self-test", "--counts", "1000", "--loop-seconds", "60"])
+                          + ["--", "self-test", "--counts", "1000", "--loop-seconds", "60"])
     let deadline = Date(timeIntervalSinceNow: 30)
     while !child.output.contains("self-test passed") && Date() < deadline { usleep(50_000) }
     XCTAssertTrue(child.output.contains("self-test passed"), child.output)
@@ -127,7 +127,7 @@ final class LaunchTests: XCTestCase {
     XCTAssertEqual(bound, 0)
     listen(fd, 1)
     let r = try runProcess(launch, ["--local-ranks", "2", "--base-port", "\(base)", "--log-dir", logDir] + Self.timeoutFlags
-                    + ["--", "--self-test"] + Self.smallCounts, timeout: 60)
+                    + ["--", "self-test"] + Self.smallCounts, timeout: 60)
     XCTAssertNotEqual(r.status, 0)
     XCTAssertTrue(r.output.contains("rank 1 cannot bind 127.0.0.1:\(base + 1): port \(base + 1) is already in use"), r.output)
     XCTAssertTrue(r.output.contains("launch: rank 1 (device 1, 127.0.0.1:\(base + 1)) failed first"), r.output)
@@ -138,8 +138,8 @@ final class LaunchTests: XCTestCase {
   func testMismatchedModelSignatureAcrossProcesses() throws {
     let table = try writeTable(dir, servers: [("127.0.0.1", ["127.0.0.1", "127.0.0.1"])])
     let env = ["RANK_TABLE_FILE": table, "MNV2_JOB_SECRET_FILE": try writeSecret(dir), "MNV2_CONNECT_TIMEOUT": "20"]
-    let a = try Child(worker, ["--rank", "0", "--self-test", "--counts", "1000"], environment: env)
-    let b = try Child(worker, ["--rank", "1", "--self-test", "--counts", "1000", "--signature-salt=-wider"], environment: env)
+    let a = try Child(worker, ["self-test", "--rank", "0", "--counts", "1000"], environment: env)
+    let b = try Child(worker, ["self-test", "--rank", "1", "--counts", "1000", "--signature-salt=-wider"], environment: env)
     for (rank, r) in [(0, a.wait(timeout: 30)), (1, b.wait(timeout: 30))] {
       XCTAssertEqual(r.status, 1, "rank \(rank): \(r.output)")
       XCTAssertTrue(r.output.contains("handshake mismatch: model signature differs"), "rank \(rank): \(r.output)")
@@ -150,7 +150,7 @@ final class LaunchTests: XCTestCase {
   func testKilledPeerIsNamedByWorkersStartedByHand() throws {
     let table = try writeTable(dir, servers: [("127.0.0.1", ["127.0.0.1", "127.0.0.1", "127.0.0.1"])])
     let env = ["RANK_TABLE_FILE": table, "MNV2_JOB_SECRET_FILE": try writeSecret(dir), "MNV2_RUNNING_TIMEOUT": "30"]
-    let workers = try (0..<3).map { try Child(worker, ["--rank", "\($0)", "--self-test", "--counts", "1000", "--loop-seconds", "60"], environment: env) }
+    let workers = try (0..<3).map { try Child(worker, ["self-test", "--rank", "\($0)", "--counts", "1000", "--loop-seconds", "60"], environment: env) }
     let deadline = Date(timeIntervalSinceNow: 30)
     while !workers[1].output.contains("self-test passed") && Date() < deadline { usleep(50_000) }
     usleep(300_000)
@@ -170,9 +170,9 @@ final class LaunchTests: XCTestCase {
     let table = try writeTable(dir, servers: [("127.0.1.1", ["127.0.1.11", "127.0.1.12"]), ("127.0.2.1", ["127.0.2.11", "127.0.2.12"])])
     let secret = try writeSecret(dir)
     let a = try Child(launch, ["--rank-table", table, "--server-id", "127.0.1.1", "--secret-file", secret, "--log-dir", logDir]
-                      + Self.timeoutFlags + ["--", "--self-test"] + Self.smallCounts)
+                      + Self.timeoutFlags + ["--", "self-test"] + Self.smallCounts)
     let b = try Child(launch, ["--rank-table", table, "--server-id", "127.0.2.1", "--secret-file", secret, "--log-dir", logDir]
-                      + Self.timeoutFlags + ["--", "--self-test"] + Self.smallCounts)
+                      + Self.timeoutFlags + ["--", "self-test"] + Self.smallCounts)
     let ra = a.wait(timeout: 90), rb = b.wait(timeout: 90)
     XCTAssertEqual(ra.status, 0, ra.output)
     XCTAssertEqual(rb.status, 0, rb.output)
@@ -189,7 +189,7 @@ final class LaunchTests: XCTestCase {
   }
 
   func testWorkerAloneNeedsNoTableAndNoSockets() throws {
-    let r = try runProcess(worker, ["--rank", "3", "--self-test", "--counts", "0,1,1000"], timeout: 30)
+    let r = try runProcess(worker, ["self-test", "--rank", "3", "--counts", "0,1,1000"], timeout: 30)
     XCTAssertEqual(r.status, 0, r.output)
     XCTAssertTrue(r.output.contains("rank 0/1") && r.output.contains("running alone"), r.output)
     XCTAssertTrue(r.output.contains("self-test passed (1 ranks"), r.output)

@@ -2,6 +2,7 @@
 // in-process transport.
 
 import Collective
+import CollectiveCheck
 import XCTest
 
 final class CollectivesTests: XCTestCase {

@@ -1,35 +1,7 @@
 import Collective
+@_exported import TestSupport
 import Foundation
 import XCTest
-
-/// Runs `body(rank)` on `n` threads (real threads: a blocking rank must not starve the others)
-/// and returns each rank's error, if any. Fails the test if a rank does not return in `timeout`.
-func runRanks(_ n: Int, timeout: Double = 60, file: StaticString = #filePath, line: UInt = #line,
-              _ body: @escaping @Sendable (Int) throws -> Void) -> [Error?] {
-  let results = ResultBox(n)
-  let group = DispatchGroup()
-  for r in 0..<n {
-    group.enter()
-    let t = Thread {
-      do { try body(r) } catch { results.set(r, error) }
-      group.leave()
-    }
-    t.stackSize = 1 << 22
-    t.start()
-  }
-  if group.wait(timeout: .now() + timeout) == .timedOut {
-    XCTFail("ranks did not finish within \(timeout) s (a hang)", file: file, line: line)
-  }
-  return results.all
-}
-
-final class ResultBox: @unchecked Sendable {
-  private let lock = NSLock()
-  private var errors: [Error?]
-  init(_ n: Int) { errors = Array(repeating: nil, count: n) }
-  func set(_ r: Int, _ e: Error) { lock.lock(); errors[r] = e; lock.unlock() }
-  var all: [Error?] { lock.lock(); defer { lock.unlock() }; return errors }
-}
 
 /// In-process groups of `n` ranks; `segmentBytes` small to exercise the segment paths. Segments
 /// are exactly that size (the tests choose how many) unless `maxSegmentBytes` lets them grow.

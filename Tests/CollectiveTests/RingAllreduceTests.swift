@@ -2,6 +2,7 @@
 // buffer with its rank and every element must equal n(n−1)/2, over a grid of sizes.
 
 import Collective
+import CollectiveCheck
 import XCTest
 
 final class RingAllreduceTests: XCTestCase {

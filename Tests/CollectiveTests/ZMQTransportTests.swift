@@ -2,6 +2,7 @@
 // context, as separate processes would have): correctness, port in use, wrong secrets, rogues.
 
 import Collective
+import CollectiveCheck
 import CZMQ
 import XCTest
 

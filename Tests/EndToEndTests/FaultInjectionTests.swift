@@ -380,7 +380,7 @@ final class FaultInjectionTests: XCTestCase {
       (["--running-timeout", "-4"], "--running-timeout -4.0 is out of range"),
     ]
     for (flags, expected) in launchCases {
-      let r = try runTool(launch.path, ["--local-ranks", "2", "--log-dir", "\(dir!)/logs"] + flags + ["--", "--self-test"])
+      let r = try runTool(launch.path, ["--local-ranks", "2", "--log-dir", "\(dir!)/logs"] + flags + ["--", "self-test"])
       let ok = r.status != 0 && r.output.split(separator: "\n").first { $0.contains("Error:") }?.contains(expected) == true
       XCTAssertTrue(ok, "launch \(flags): \(r.output)")
       if ok { survived += 1 }
@@ -392,7 +392,7 @@ final class FaultInjectionTests: XCTestCase {
       (["--fault", "explode"], "--fault explode is out of range: must be one of kill, stop, fail"),
     ]
     for (flags, expected) in workerCases {
-      let r = try runTool(worker.path, ["--self-test"] + flags)
+      let r = try runTool(worker.path, ["self-test"] + flags)
       let errors = r.output.split(separator: "\n").filter { $0.lowercased().contains("error") }
       let ok = r.status != 0 && errors.count == 1 && errors[0].contains(expected)
       XCTAssertTrue(ok, "worker \(flags): \(r.output)")
@@ -423,7 +423,7 @@ final class FaultInjectionTests: XCTestCase {
     for (i, (json, expected)) in cases.enumerated() {
       let path = "\(dir!)/table\(i).json"
       try json.write(toFile: path, atomically: true, encoding: .utf8)
-      let r = try runTool(launch.path, ["--rank-table", path, "--log-dir", "\(dir!)/logs", "--", "--self-test"])
+      let r = try runTool(launch.path, ["--rank-table", path, "--log-dir", "\(dir!)/logs", "--", "self-test"])
       let ok = r.status != 0 && r.output.contains(expected)
       XCTAssertTrue(ok, "expected «\(expected)» in: \(r.output)")
       if ok { survived += 1 }
@@ -440,7 +440,7 @@ final class FaultInjectionTests: XCTestCase {
     var survived = 0
     for (name, path) in [("symlink", bin)] {
       let r = try runTool("/usr/bin/env", ["PATH=\(path):/usr/bin:/bin", "launch", "--local-ranks", "2", "--base-port", "0",
-                                           "--log-dir", "\(dir!)/\(name)-logs", "--", "--self-test", "--counts", "0,1,1000"],
+                                           "--log-dir", "\(dir!)/\(name)-logs", "--", "self-test", "--counts", "0,1,1000"],
                           cwd: elsewhere)
       let ok = r.status == 0 && r.output.contains("self-test passed (2 ranks")
       XCTAssertTrue(ok, "\(name): \(r.output)")
@@ -452,7 +452,7 @@ final class FaultInjectionTests: XCTestCase {
     try FileManager.default.copyItem(atPath: launch.path, toPath: "\(lone)/launch")
     try FileManager.default.createSymbolicLink(atPath: "\(workers)/worker", withDestinationPath: worker.path)
     let r = try runTool("\(lone)/launch", ["--local-ranks", "2", "--base-port", "0", "--log-dir", "\(dir!)/lone-logs", "--",
-                                           "--self-test", "--counts", "0,1,1000"],
+                                           "self-test", "--counts", "0,1,1000"],
                         cwd: elsewhere, environment: ["PATH": "\(workers):/usr/bin:/bin"])
     let ok = r.status == 0 && r.output.contains("self-test passed (2 ranks")
     XCTAssertTrue(ok, "worker from PATH: \(r.output)")

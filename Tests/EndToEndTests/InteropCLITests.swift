@@ -20,7 +20,10 @@ extension SmokeTrainingTests {
     try Synthetic.write(to: "\(dir!)/data4", split: "train", shards: 1, options: synth)
     synth.examples = 20
     try Synthetic.write(to: "\(dir!)/data4", split: "validation", shards: 1, options: synth)
-    let fixture = "\(Self.root)/Tests/CheckpointTests/Fixtures/tf_mnv2_035"
+    // A copy of the TensorFlow-written fixture: evaluate writes its summaries beside the checkpoint
+    // (eval/), and tests never write into the source tree.
+    let fixture = "\(dir!)/tf_mnv2_035"
+    try FileManager.default.copyItem(atPath: "\(Self.root)/Tests/CheckpointTests/Fixtures/tf_mnv2_035", toPath: fixture)
     let eval = ["--dataset-dir", "\(dir!)/data", "--image-size", "32", "--central-fraction", "1.0", "--batch-size", "20"]
     func score(_ out: String) -> String? { out.split(separator: "\n").first { $0.contains(" step=") }.map(String.init) }
 

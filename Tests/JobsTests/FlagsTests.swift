@@ -83,9 +83,11 @@ final class FlagsTests: XCTestCase {
       ("--image-size=33", "--image-size 33 is out of range"),
     ]
     for (flag, expected) in cases {
-      XCTAssertThrowsError(try TrainFlags.parse(base + [flag]).checkForTraining(), flag) { e in
-        XCTAssertTrue("\(e)".contains(expected), "\(flag): got «\(e)»")
-        XCTAssertFalse("\(e)".contains("\n"))
+      // Parsing runs validate() (= checkForTraining), as `worker train` does.
+      XCTAssertThrowsError(try TrainFlags.parse(base + [flag]), flag) { e in
+        let message = TrainFlags.message(for: e)
+        XCTAssertTrue(message.contains(expected), "\(flag): got «\(message)»")
+        XCTAssertFalse(message.contains("\n"))
       }
     }
   }

@@ -4,6 +4,7 @@ import Collective
 import Foundation
 import Jobs
 import Kernels
+import TestSupport
 import Training
 import XCTest
 
@@ -69,33 +70,18 @@ func runInProcessRanks(_ n: Int, bucketBytes: Int = 64 << 10, timeout: Double = 
   groupOptions.connectTimeout = timeout
   groupOptions.runningTimeout = timeout
   let options = groupOptions
-  let errors = RankErrors(n)
-  let done = DispatchGroup()
-  for r in 0..<n {
-    done.enter()
-    let t = Thread {
-      defer { done.leave() }
-      do {
-        let group = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "training-tests",
-                                          modelSignature: [("training-tests", n)], options: options)
-        try body(r, GroupCommunicator(group, overlap: true, fp16: false, bucketBytes: bucketBytes))
-      } catch { errors.set(r, error) }
-    }
-    t.stackSize = 1 << 22
-    t.start()
+  let work = UncheckedSendable(body)
+  return runRanks(n, timeout: timeout, file: file, line: line) { r in
+    let group = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "training-tests",
+                                      modelSignature: [("training-tests", n)], options: options)
+    try work.value(r, GroupCommunicator(group, overlap: true, fp16: false, bucketBytes: bucketBytes))
   }
-  if done.wait(timeout: .now() + timeout) == .timedOut {
-    XCTFail("ranks did not finish within \(timeout) s (a hang)", file: file, line: line)
-  }
-  return errors.all
 }
 
-final class RankErrors: @unchecked Sendable {
-  private let lock = NSLock()
-  private var errors: [Error?]
-  init(_ n: Int) { errors = Array(repeating: nil, count: n) }
-  func set(_ r: Int, _ e: Error) { lock.lock(); errors[r] = e; lock.unlock() }
-  var all: [Error?] { lock.lock(); defer { lock.unlock() }; return errors }
+/// The tests' rank bodies share models and boxes across threads by design (each rank touches its own).
+struct UncheckedSendable<T>: @unchecked Sendable {
+  let value: T
+  init(_ value: T) { self.value = value }
 }
 
 /// Collects log lines.

@@ -1,6 +1,8 @@
-// What `worker` runs until the training loop is plugged in: a correctness check of every
-// collective (including the gradient reducer) and the allreduce benchmark of `make bench-allreduce`.
+// What `worker self-test` and `worker bench` run: a correctness check of every collective
+// (including the gradient reducer) over the real ring, and the allreduce benchmark of
+// `make bench-allreduce`. A library of its own, so the Collective library ships no test harness.
 
+import Collective
 import Foundation
 
 public enum CollectiveSelfTest {
