@@ -155,7 +155,11 @@ public enum ONNXExport {
 
   /// Writes the model atomically to `path`.
   public static func write(_ net: MobileNetV2, to path: String) throws {
-    let bytes = [UInt8](try model(net).serializedData())
+    try write([UInt8](try model(net).serializedData()), to: path)
+  }
+
+  /// Writes a serialized model atomically to `path`.
+  public static func write(_ bytes: [UInt8], to path: String) throws {
     try SafeTensors.writeAtomically(to: path) { fd in
       try bytes.withUnsafeBytes { try SafeTensors.writeAll(fd, $0.baseAddress!, $0.count, path) }
     }

@@ -3,6 +3,7 @@ import ArgumentParser
 import Checkpoint
 import Export
 import Foundation
+import Telemetry
 import Training
 
 public enum ExportFormat: String, ExpressibleByArgument, CaseIterable, Sendable { case onnx }
@@ -27,12 +28,19 @@ public struct ExportFlags: ParsableArguments {
 
 public enum ExportJob {
   public static func run(_ f: ExportFlags, log: TrainLog = PrintLog()) throws {
+    // Progress over the three stages (quiet when they take under a second, as they usually do).
+    let progress = ProgressReporter("export", total: 3, unit: .items("stages"))
     let path = try CheckpointDirectory.resolve(f.checkpointPath)[0]
     let (model, _, ema) = try EvaluateJob.loadModel(path, modelName: f.modelName, numClasses: f.numClasses,
                                                     imageSize: f.imageSize, useMovingAverage: f.useMovingAverage, log: log)
+    progress.advance(detail: "checkpoint loaded")
     switch f.format {
-    case .onnx: try ONNXExport.write(model, to: f.output)
+    case .onnx:
+      let bytes = [UInt8](try ONNXExport.model(model).serializedData())
+      progress.advance(detail: "graph built, \(bytes.count) bytes")
+      try ONNXExport.write(bytes, to: f.output)
     }
+    progress.finish(detail: "written")
     let c = model.config
     log.info("wrote \(f.output): \(c.modelName), input images [N, \(c.imageSize), \(c.imageSize), 3] NHWC float32 in [-1, 1], outputs logits and probabilities [N, \(c.numClasses)]\(ema ? ", moving-average weights" : "")")
   }
