@@ -25,19 +25,19 @@ public struct TrainFlags: ParsableArguments {
   @Option(name: .seed("image-size"), help: "Input height and width, a multiple of 32.")
   public var imageSize = ModelConfig.defaultImageSize
   @Option(name: .seed("batch-size"), help: "Examples per rank per step.")
-  public var batchSize = 256
+  public var batchSize = TrainerDefaults.batchSize
   @Option(name: .seed("max-epoch"), help: "Train this many epochs (exactly one of --max-epoch / --max-train-steps).")
   public var maxEpoch: Double?
   @Option(name: .seed("max-train-steps"), help: "Train this many global steps.")
   public var maxTrainSteps: Int?
   @Option(name: .seed("learning-rate"), help: "Base learning rate.")
-  public var learningRate = 0.1
+  public var learningRate = TrainerDefaults.learningRate
   @Option(name: .seed("learning-rate-decay-type"), help: "fixed, cosine_annealing, exponential or polynomial.")
-  public var learningRateDecayType = DecayType.cosineAnnealing
+  public var learningRateDecayType = TrainerDefaults.decay
   @Option(name: .seed("warmup-epochs"), help: "Linear warm-up length for cosine_annealing (0: none).")
-  public var warmupEpochs = 5.0
+  public var warmupEpochs = TrainerDefaults.warmupEpochs
   @Option(name: .seed("optimizer"), help: "momentum or sgd.")
-  public var optimizer = OptimizerKind.momentum
+  public var optimizer = TrainerDefaults.optimizer
   @Option(name: .seed("momentum"), help: "Momentum coefficient.")
   public var momentum: Float = Optimizer.defaultMomentum
   @Option(name: .seed("weight-decay"), help: "L2 weight decay on conv and logits weights (wd·Σw²/2).")
@@ -51,15 +51,15 @@ public struct TrainFlags: ParsableArguments {
   @Option(name: .seed("save-checkpoints-steps"), help: "Checkpoint interval in steps (default one epoch).")
   public var saveCheckpointsSteps: Int?
   @Option(name: .seed("keep-checkpoint-max"), help: "Newest checkpoints kept.")
-  public var keepCheckpointMax = 5
+  public var keepCheckpointMax = TrainerDefaults.keepCheckpointMax
   @Option(name: .seed("log-every-n-steps"), help: "Log interval in steps.")
-  public var logEveryNSteps = 10
+  public var logEveryNSteps = TrainerDefaults.logEveryNSteps
   @Option(name: .seed("seed"), help: "Random seed (weights, data order, augmentation, dropout).")
   public var seed: UInt64 = 0
   @Option(name: .seed("restore-path"), help: "Checkpoint to fine-tune from: .safetensors, TensorFlow prefix (model.ckpt-N) or directory.")
   public var restorePath: String?
   @Option(name: .seed("restore-exclude"), help: "Comma-separated name prefixes not restored.")
-  public var restoreExclude = "MobilenetV2/Logits/"
+  public var restoreExclude = TrainerDefaults.restoreExclude.joined(separator: ",")
   @Option(name: .seed("labels-offset"), help: "Subtracted from every label (slim's labels_offset).")
   public var labelsOffset = 0
   @Option(name: .seed("preprocessing-name"), help: "inception_v2 (TF-slim inception preprocessing; also inception, mobilenet_v2).")
@@ -104,7 +104,7 @@ public struct TrainFlags: ParsableArguments {
 
   // Interop (issue 10)
   @Option(name: .seed("checkpoint-format"), help: "Checkpoint files: safetensors, tf (TensorFlow V2: .index + .data, and the `checkpoint` state file) or both.")
-  public var checkpointFormat = CheckpointFormat.both
+  public var checkpointFormat = TrainerDefaults.checkpointFormat
   @Flag(name: .seed("restore-moving-average"), help: "Fine-tuning: restore the weights from the checkpoint's ExponentialMovingAverage shadows.")
   public var restoreMovingAverage = false
 

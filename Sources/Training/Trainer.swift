@@ -12,16 +12,32 @@ import Kernels
 import MobileNet
 import Telemetry
 
+/// The seed's defaults for a training run, defined once: `TrainerOptions` and the `worker train`
+/// flags both take them from here (step hyperparameters: `StepHyperparameters`; BN: `BatchNormDefaults`).
+public enum TrainerDefaults {
+  public static let batchSize = 256
+  public static let learningRate = 0.1
+  public static let decay = DecayType.cosineAnnealing
+  public static let warmupEpochs = 5.0
+  public static let optimizer = OptimizerKind.momentum
+  public static let keepCheckpointMax = 5
+  public static let logEveryNSteps = 10
+  /// Fine-tuning replaces the classifier: TF-slim's usual exclusion.
+  public static let restoreExclude = ["MobilenetV2/Logits/"]
+  /// Both formats: TensorFlow's tools and ours read the train dir unchanged.
+  public static let checkpointFormat = CheckpointFormat.both
+}
+
 public struct TrainerOptions: Sendable {
   public var model: ModelConfig
-  public var batchSize = 256
+  public var batchSize = TrainerDefaults.batchSize
   public var maxEpochs: Double? = nil
   public var maxTrainSteps: Int? = nil
-  public var learningRate = 0.1
-  public var decay = DecayType.cosineAnnealing
-  public var warmupEpochs = 5.0
-  public var optimizer = OptimizerKind.momentum
-  public var momentum: Float = 0.9
+  public var learningRate = TrainerDefaults.learningRate
+  public var decay = TrainerDefaults.decay
+  public var warmupEpochs = TrainerDefaults.warmupEpochs
+  public var optimizer = TrainerDefaults.optimizer
+  public var momentum = Optimizer.defaultMomentum
   public var weightDecay = StepHyperparameters.defaultWeightDecay
   public var labelSmoothing = StepHyperparameters.defaultLabelSmoothing
   /// BN moving-statistics decay (slim's bn_decay).
@@ -30,14 +46,14 @@ public struct TrainerOptions: Sendable {
   public var trainDir = "result"
   /// nil: one epoch.
   public var saveCheckpointsSteps: Int? = nil
-  public var keepCheckpointMax = 5
-  public var logEveryNSteps = 10
+  public var keepCheckpointMax = TrainerDefaults.keepCheckpointMax
+  public var logEveryNSteps = TrainerDefaults.logEveryNSteps
   public var seed: UInt64 = 0
   public var restorePath: String? = nil
-  public var restoreExclude = ["MobilenetV2/Logits/"]
+  public var restoreExclude = TrainerDefaults.restoreExclude
   // Interop (issue 10)
   /// Which files every checkpoint is written as (safetensors, a TensorFlow V2 checkpoint, or both).
-  public var checkpointFormat = CheckpointFormat.both
+  public var checkpointFormat = TrainerDefaults.checkpointFormat
   /// Fine-tuning restores the weights from the `/ExponentialMovingAverage` shadows.
   public var restoreMovingAverage = false
 
