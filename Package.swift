@@ -123,7 +123,7 @@ let distributedTargets: [Target] = [
 // library that does long work), TensorBoard event files and curves (Observability), `report`.
 let observabilityTargets: [Target] = [
   // Progress bars/lines and the Chrome-trace timeline; Foundation only.
-  .target(name: "Telemetry", swiftSettings: fastFlags),
+  .target(name: "Telemetry", dependencies: ["Common"], swiftSettings: fastFlags),
   // TensorBoard event files (Event/Summary protos, generated code committed; .proto in Proto/,
   // TFRecord framing from DataPipeline) and the SVG curves of metrics.jsonl.
   .target(name: "Observability", dependencies: [

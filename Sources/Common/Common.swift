@@ -10,8 +10,9 @@ public func fnv1a<Bytes: Sequence>(_ bytes: Bytes) -> UInt64 where Bytes.Element
   return h
 }
 
-/// Writes one line to standard error (a newline is added when missing), unbuffered, so that a
-/// supervising `launch` sees it at once and it lands in the rank's log.
-public func writeStderr(_ line: String) {
-  FileHandle.standardError.write(Data((line.hasSuffix("\n") ? line : line + "\n").utf8))
+/// Writes one line to standard error (a newline is added when missing, unless `newline` is false,
+/// as for a progress bar redrawn with "\r"), unbuffered, so that a supervising `launch` sees it at
+/// once and it lands in the rank's log.
+public func writeStderr(_ text: String, newline: Bool = true) {
+  FileHandle.standardError.write(Data((!newline || text.hasSuffix("\n") ? text : text + "\n").utf8))
 }

@@ -1,6 +1,7 @@
 // Progress of long work (dataset conversion, the record scan, evaluation, export) on stderr: a
 // redrawn bar with rate and ETA when stderr is a terminal, otherwise one plain line per ~10 % so
 // that log files stay short and grep-able. Work that ends within `quietSeconds` prints nothing.
+import Common
 import Foundation
 
 public final class ProgressReporter {
@@ -47,7 +48,7 @@ public final class ProgressReporter {
     self.unit = unit
     self.interactive = interactive ?? (isatty(STDERR_FILENO) != 0)
     self.quietSeconds = quietSeconds
-    self.write = write ?? { FileHandle.standardError.write(Data($0.utf8)) }
+    self.write = write ?? { writeStderr($0, newline: false) }
     let clock = clock ?? { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
     self.clock = clock
     start = clock()
