@@ -88,7 +88,7 @@ let dataTargets: [Target] = [
 // `export` executable. Checkpoint formats themselves live in Checkpoint.
 let interopTargets: [Target] = [
   .target(name: "Export", dependencies: [
-    "Checkpoint", "MobileNet", "Kernels", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+    "Checkpoint", "MobileNet", "Kernels", "Common", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
   ], exclude: ["Proto"], swiftSettings: fastFlags),
   .executableTarget(name: "export", dependencies: [
     "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -127,7 +127,7 @@ let observabilityTargets: [Target] = [
   // TensorBoard event files (Event/Summary protos, generated code committed; .proto in Proto/,
   // TFRecord framing from DataPipeline) and the SVG curves of metrics.jsonl.
   .target(name: "Observability", dependencies: [
-    "DataPipeline", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+    "DataPipeline", "Common", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
   ], exclude: ["Proto"], swiftSettings: fastFlags),
   .executableTarget(name: "report", dependencies: [
     "Observability", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -7,6 +7,7 @@
 // `resolve` is the one place a user's checkpoint path is interpreted, the TensorFlow way: a file
 // (.safetensors, or a bundle's .index / .data-*), a prefix (`dir/model.ckpt-1000`), or a directory
 // (its `checkpoint` state file's model_checkpoint_path, else the newest checkpoint of any format).
+import Common
 import Foundation
 
 public enum CheckpointFormat: String, CaseIterable, Sendable {
@@ -91,9 +92,7 @@ public struct CheckpointDirectory {
     var text = "model_checkpoint_path: \(SafeTensors.jsonString(newest))\n"
     for p in tf { text += "all_model_checkpoint_paths: \(SafeTensors.jsonString(p))\n" }
     let bytes = Array(text.utf8)
-    try SafeTensors.writeAtomically(to: file) { fd in
-      try bytes.withUnsafeBytes { try SafeTensors.writeAll(fd, $0.baseAddress!, $0.count, file) }
-    }
+    try AtomicFile.write(bytes, to: file)
   }
 
   /// `model_checkpoint_path` of a `checkpoint` state file (nil when absent or unset).

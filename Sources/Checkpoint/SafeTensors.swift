@@ -1,7 +1,8 @@
 // The safetensors container: an 8-byte little-endian header length, a JSON header
 // {"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}, then the raw
 // little-endian tensor bytes back to back. Readable by Python's `safetensors` and by numpy alone.
-// Writes are atomic: a temporary file in the same directory, fsync, rename, fsync of the directory.
+// Writes are atomic (Common.AtomicFile: a temporary file in the same directory, fsync, rename, fsync of the directory).
+import Common
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -64,49 +65,11 @@ public enum SafeTensors {
     var headerBytes = Array(header.utf8)
     while (8 + headerBytes.count) % 8 != 0 { headerBytes.append(0x20) }  // pad with spaces to 8-byte alignment
 
-    try writeAtomically(to: path) { fd in
+    try AtomicFile.write(to: path) { fd in
       var len = UInt64(headerBytes.count).littleEndian
-      try withUnsafeBytes(of: &len) { try writeAll(fd, $0.baseAddress!, 8, path) }
-      try headerBytes.withUnsafeBytes { try writeAll(fd, $0.baseAddress!, $0.count, path) }
-      for t in tensors { try writeAll(fd, t.data, t.byteCount, path) }
-    }
-  }
-
-  /// Writes through `body` into a temporary file next to `path`, then fsyncs and renames it over
-  /// `path`: a crash at any moment leaves either the old file or the complete new one.
-  public static func writeAtomically(to path: String, _ body: (Int32) throws -> Void) throws {
-    let url = URL(fileURLWithPath: path)
-    let dir = url.deletingLastPathComponent().path
-    let tmp = "\(dir)/.\(url.lastPathComponent).tmp-\(getpid())"
-    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    guard fd >= 0 else { throw CheckpointError("cannot create \(tmp): \(String(cString: strerror(errno)))") }
-    do {
-      try body(fd)
-      guard fsync(fd) == 0 else { throw CheckpointError("fsync \(tmp): \(String(cString: strerror(errno)))") }
-      close(fd)
-    } catch {
-      close(fd)
-      unlink(tmp)
-      throw error
-    }
-    guard rename(tmp, path) == 0 else {
-      let msg = String(cString: strerror(errno))
-      unlink(tmp)
-      throw CheckpointError("cannot rename \(tmp) to \(path): \(msg)")
-    }
-    let dfd = open(dir, O_RDONLY)
-    if dfd >= 0 { fsync(dfd); close(dfd) }
-  }
-
-  public static func writeAll(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int, _ path: String) throws {
-    var done = 0
-    while done < n {
-      let r = Glibc.write(fd, p + done, n - done)
-      if r < 0 {
-        if errno == EINTR { continue }
-        throw CheckpointError("write to \(path) failed: \(String(cString: strerror(errno)))")
-      }
-      done += r
+      try withUnsafeBytes(of: &len) { try AtomicFile.writeAll(fd, $0.baseAddress!, 8, path) }
+      try headerBytes.withUnsafeBytes { try AtomicFile.writeAll(fd, $0.baseAddress!, $0.count, path) }
+      for t in tensors { try AtomicFile.writeAll(fd, t.data, t.byteCount, path) }
     }
   }
 

@@ -84,8 +84,8 @@ public enum TFCheckpoint {
         offset += t.byteCount
       }
       let path = dataPath(prefix: prefix, shard: s, of: shards)
-      try SafeTensors.writeAtomically(to: path) { fd in
-        for t in list { try SafeTensors.writeAll(fd, t.data, t.byteCount, path) }
+      try AtomicFile.write(to: path) { fd in
+        for t in list { try AtomicFile.writeAll(fd, t.data, t.byteCount, path) }
       }
     }
     var header = Tensorflow_BundleHeaderProto()
@@ -96,9 +96,7 @@ public enum TFCheckpoint {
     entries.sort { $0.key.lexicographicallyPrecedes($1.key) }
     let table = SSTable.build(entries)
     let indexPath = prefix + indexSuffix
-    try SafeTensors.writeAtomically(to: indexPath) { fd in
-      try table.withUnsafeBytes { try SafeTensors.writeAll(fd, $0.baseAddress!, $0.count, indexPath) }
-    }
+    try AtomicFile.write(table, to: indexPath)
   }
 
   /// Every file of the checkpoint `prefix` that exists (index first, then the data shards).

@@ -80,10 +80,7 @@ public enum RecordCounts {
     // Best effort and atomic (several ranks may write at once); a read-only dataset is just
     // scanned again next time.
     if let data = try? JSONEncoder().encode(CountCache(version: CountCache.version, files: entries)) {
-      let tmp = path + ".\(getpid()).tmp"
-      if FileManager.default.createFile(atPath: tmp, contents: data) {
-        if rename(tmp, path) != 0 { unlink(tmp) }
-      }
+      try? AtomicFile.write(data, to: path)
     }
     return entries
   }

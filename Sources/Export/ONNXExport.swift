@@ -12,6 +12,7 @@
 // padding is written out explicitly per layer (stride 2 on an even input pads 0 before, 1 after;
 // ONNX's auto_pad SAME_UPPER would agree but explicit pads leave nothing to interpretation).
 import Checkpoint
+import Common
 import Foundation
 import Kernels
 import MobileNet
@@ -160,8 +161,6 @@ public enum ONNXExport {
 
   /// Writes a serialized model atomically to `path`.
   public static func write(_ bytes: [UInt8], to path: String) throws {
-    try SafeTensors.writeAtomically(to: path) { fd in
-      try bytes.withUnsafeBytes { try SafeTensors.writeAll(fd, $0.baseAddress!, $0.count, path) }
-    }
+    try AtomicFile.write(bytes, to: path)
   }
 }

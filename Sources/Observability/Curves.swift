@@ -1,6 +1,7 @@
 // Training curves without TensorBoard: metrics.jsonl (and eval/metrics.jsonl when `evaluate` wrote
 // it) drawn as one self-contained SVG: loss and total loss, train accuracy (and eval top-1), learning
 // rate, throughput, each against the global step. No scripts, fonts or external references.
+import Common
 import Foundation
 
 /// One row `evaluate` appends to `<checkpoint dir>/eval/metrics.jsonl`.
@@ -23,11 +24,7 @@ public struct EvalRow: Codable, Sendable, Equatable {
     enc.outputFormatting = .sortedKeys
     var line = try enc.encode(self)
     line.append(0x0A)
-    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw ObservabilityError("cannot write \(path): \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
-    let n = line.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
-    if n != line.count { throw ObservabilityError("cannot append to \(path)") }
+    try AppendOnlyFile(path: path).append(line)
   }
 }
 

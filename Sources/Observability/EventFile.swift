@@ -3,6 +3,7 @@
 // is the file_version event ("brain.Event:2"); scalars are Summary.Value simple_value (float32).
 // Every event is one write(2) on an O_APPEND descriptor the moment it is added: nothing waits
 // in a buffer, so a crash loses at most the event being written.
+import Common
 import DataPipeline
 import Foundation
 import SwiftProtobuf
@@ -10,31 +11,29 @@ import SwiftProtobuf
 public final class EventFileWriter {
   public static let fileVersion = "brain.Event:2"
   public static let prefix = "events.out.tfevents."
-  public let path: String
-  private let fd: Int32
+  public var path: String { file.path }
+  private let file: AppendOnlyFile
 
   /// A new file in `directory` (created if missing).
   public init(directory: String, time: Date = Date(), host: String = EventFileWriter.hostName()) throws {
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     let base = (directory as NSString).appendingPathComponent("\(Self.prefix)\(Int(time.timeIntervalSince1970)).\(host)")
     // Two writers in the same second (evaluate run twice): a suffix keeps both files.
-    var candidate = base, n = 0, fd: Int32 = -1
+    var candidate = base, n = 0
     while true {
-      fd = open(candidate, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-      if fd >= 0 || errno != EEXIST { break }
-      n += 1
-      candidate = "\(base).\(n)"
+      do {
+        file = try AppendOnlyFile(path: candidate, exclusive: true)
+        break
+      } catch let e as FileError where e.code == EEXIST {
+        n += 1
+        candidate = "\(base).\(n)"
+      }
     }
-    if fd < 0 { throw ObservabilityError("cannot create the event file \(candidate): \(String(cString: strerror(errno)))") }
-    self.fd = fd
-    path = candidate
     var e = Tensorflow_Event()
     e.wallTime = time.timeIntervalSince1970
     e.fileVersion = Self.fileVersion
     try append(e)
   }
-
-  deinit { close(fd) }
 
   /// One Summary with a simple_value per (tag, value) at `step`.
   public func addScalars(_ values: [(tag: String, value: Double)], step: Int, wallTime: Date = Date()) throws {
@@ -59,11 +58,7 @@ public final class EventFileWriter {
 
   func append(_ event: Tensorflow_Event) throws {
     let payload: [UInt8] = try event.serializedBytes()
-    let record = payload.withUnsafeBytes { TFRecord.frame($0) }
-    let n = record.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
-    if n != record.count {
-      throw ObservabilityError("cannot append to \(path): \(n < 0 ? String(cString: strerror(errno)) : "short write")")
-    }
+    try file.append(payload.withUnsafeBytes { TFRecord.frame($0) })
   }
 
   /// The host name as TensorFlow puts it in the file name (gethostname, no lookup).

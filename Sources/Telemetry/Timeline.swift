@@ -4,6 +4,7 @@
 // complete event (ph "X", ts/dur in µs) with the step in its args. Only a window of steps is
 // kept (after a warm-up), so the file stays small whatever the run's length; when the timeline
 // is off the loop pays one nil check per span.
+import Common
 import Foundation
 
 public final class Timeline: @unchecked Sendable {
@@ -126,14 +127,7 @@ public final class Timeline: @unchecked Sendable {
     let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     let dir = (path as NSString).deletingLastPathComponent
     if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-    let tmp = path + ".\(getpid()).tmp"
-    guard FileManager.default.createFile(atPath: tmp, contents: data) else {
-      throw TelemetryError("cannot write the timeline \(tmp)")
-    }
-    guard rename(tmp, path) == 0 else {
-      unlink(tmp)
-      throw TelemetryError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))")
-    }
+    try AtomicFile.write(data, to: path)
   }
 
   /// The events of a trace file (the object form, or a bare array).

@@ -1,5 +1,6 @@
 // What a logged step tells the user: the seed's console line, one JSON object per line in
 // metrics.jsonl, and observers (TensorBoard event files) on rank 0.
+import Common
 import Foundation
 
 /// One logged step: the seed's console line and one JSON object per line in metrics.jsonl.
@@ -54,25 +55,20 @@ public protocol TrainObserver: AnyObject {
 /// leaves at most a missing last line, never a torn one in the middle; `resume` drops what a
 /// resumed run will log again.
 public final class MetricsWriter {
-  public let path: String
-  private let fd: Int32
+  public var path: String { file.path }
+  private let file: AppendOnlyFile
   private let encoder: JSONEncoder
 
   public init(path: String) throws {
-    self.path = path
-    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-    if fd < 0 { throw TrainingError("cannot write \(path): \(String(cString: strerror(errno)))") }
+    file = try AppendOnlyFile(path: path)
     encoder = JSONEncoder()
     encoder.outputFormatting = .sortedKeys
   }
 
-  deinit { close(fd) }
-
   public func append(_ r: StepRecord) throws {
     var line = try encoder.encode(r)
     line.append(0x0A)
-    let n = line.withUnsafeBytes { Foundation.write(fd, $0.baseAddress!, $0.count) }
-    if n != line.count { throw TrainingError("cannot append to \(path): \(n < 0 ? String(cString: strerror(errno)) : "short write")") }
+    try file.append(line)
   }
 
   /// Keeps the rows a run resumed at `step` will not log again (step ≤ `step`) and drops a torn
@@ -93,12 +89,7 @@ public final class MetricsWriter {
       kept.append(0x0A)
     }
     if dropped == 0 { return 0 }
-    let tmp = path + ".\(getpid()).tmp"
-    guard FileManager.default.createFile(atPath: tmp, contents: kept) else { throw TrainingError("cannot write \(tmp)") }
-    guard rename(tmp, path) == 0 else {
-      unlink(tmp)
-      throw TrainingError("cannot replace \(path): \(String(cString: strerror(errno)))")
-    }
+    try AtomicFile.write(kept, to: path)
     return dropped
   }
 }
