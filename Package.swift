@@ -104,7 +104,10 @@ let distributedTargets: [Target] = [
   .systemLibrary(name: "CZMQ", path: "Sources/CZMQ", pkgConfig: "libzmq",
                  providers: [.apt(["libzmq3-dev"])]),
   // Transports (ZeroMQ, in-process), the group context and the collective algorithms.
-  .target(name: "Collective", dependencies: ["CZMQ", "Common", "Telemetry"], swiftSettings: fastFlags),
+  // Every executable linking Collective exports its accept4, so that libzmq's accept resolves to it
+  // and the source address of a stray connection is recorded before libzmq closes it (AcceptLog.swift).
+  .target(name: "Collective", dependencies: ["CZMQ", "Common", "Telemetry"], swiftSettings: fastFlags,
+          linkerSettings: [.unsafeFlags(["-Xlinker", "--export-dynamic-symbol=accept4"])]),
   // Rank tables, the launcher/worker environment contract, local-address checks, supervision.
   .target(name: "Cluster", dependencies: ["Collective"], swiftSettings: fastFlags),
   .executableTarget(name: "launch", dependencies: [

@@ -1,8 +1,8 @@
 // Reads a socket monitor on its own thread, the moment libzmq emits an event, and forwards each
 // event to a PAIR socket the transport polls, with the connection's source address added for
-// ACCEPTED. The address must be read at once: a stray that sends garbage is closed by libzmq
-// microseconds after it was accepted (with a reset, so the kernel keeps no trace of it), long
-// before the transport's own thread reads its events between collectives.
+// ACCEPTED. A stray that sends garbage is closed by libzmq microseconds after it was accepted
+// (with a reset, so the kernel keeps no trace of it), long before the transport's own thread reads
+// its events between collectives: the address comes from AcceptLog, recorded inside accept4.
 
 import CZMQ
 import Foundation
@@ -13,7 +13,11 @@ final class MonitorRelay {
   let output: UnsafeMutableRawPointer
   private let done = DispatchSemaphore(value: 0)
 
-  init(context: UnsafeMutableRawPointer, monitorEndpoint: String, name: String) throws {
+  private let port: UInt16
+
+  /// `port`: the monitored socket's bound port, whose accepted connections AcceptLog records.
+  init(context: UnsafeMutableRawPointer, monitorEndpoint: String, name: String, port: UInt16) throws {
+    self.port = port
     func pair() throws -> UnsafeMutableRawPointer {
       guard let s = zmq_socket(context, ZMQ_PAIR) else { throw CollectiveError.transport("cannot create a monitor relay: \(zmqError())") }
       var zero: Int32 = 0
@@ -29,8 +33,10 @@ final class MonitorRelay {
       throw CollectiveError.transport("cannot start the monitor relay: \(e)")
     }
     let sockets = Sockets(input: input, relay: relay)  // used only by the relay thread from now on
+    AcceptLog.watch(port: port)
     let t = Thread { [done] in
-      Self.forward(from: sockets.input, to: sockets.relay)
+      Self.forward(from: sockets.input, to: sockets.relay, port: port)
+      AcceptLog.unwatch(port: port)
       zmq_close(sockets.input)
       zmq_close(sockets.relay)
       done.signal()
@@ -44,17 +50,20 @@ final class MonitorRelay {
   /// Returns after the context was shut down (zmq_ctx_shutdown) and the relay's sockets closed.
   func waitUntilStopped() { done.wait() }
 
-  /// Blocks for an event, takes every event already queued behind it, asks the kernel for the
-  /// source address of each ACCEPTED descriptor that is not closed (or reused) later in the same
-  /// batch, and forwards them in order.
-  private static func forward(from input: UnsafeMutableRawPointer, to relay: UnsafeMutableRawPointer) {
+  /// Blocks for an event, takes every event already queued behind it, adds the source address of
+  /// each ACCEPTED descriptor (recorded by accept4; failing that, asked of the kernel unless the
+  /// descriptor is closed or reused later in the same batch), and forwards them in order.
+  private static func forward(from input: UnsafeMutableRawPointer, to relay: UnsafeMutableRawPointer, port: UInt16) {
     while true {
       guard let first = receiveEvent(input, flags: 0) else { return }  // ETERM: the context is shutting down
       var batch = [first]
       while let e = receiveEvent(input, flags: ZMQ_DONTWAIT) { batch.append(e) }
       for (i, (event, value)) in batch.enumerated() {
         var address = ""
-        if event == ZMQTransport.eventAccepted,
+        if event == ZMQTransport.eventAccepted, let recorded = AcceptLog.take(fd: Int32(bitPattern: value), port: port),
+           !recorded.isEmpty {
+          address = recorded
+        } else if event == ZMQTransport.eventAccepted,
            !batch[(i + 1)...].contains(where: { $0.1 == value && ($0.0 == ZMQTransport.eventDisconnected || $0.0 == ZMQTransport.eventAccepted) }) {
           address = peerAddress(fd: Int32(bitPattern: value)) ?? ""
         }

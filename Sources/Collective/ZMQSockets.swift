@@ -37,7 +37,7 @@ extension ZMQTransport {
     case .plain:
       try setOption(pull, ZMQ_PLAIN_SERVER, int: 1)
     }
-    inMonitor = try monitor(pull, name: "in", relayed: true)
+    inMonitor = try monitor(pull, name: "in", relayedPort: UInt16(me.port))
     if zmq_bind(pull, "tcp://\(me.host):\(me.port)") != 0 {
       let code = zmq_errno()
       switch code {
@@ -87,14 +87,14 @@ extension ZMQTransport {
     return s
   }
 
-  func monitor(_ socket: UnsafeMutableRawPointer, name: String, relayed: Bool = false) throws -> UnsafeMutableRawPointer {
+  func monitor(_ socket: UnsafeMutableRawPointer, name: String, relayedPort: UInt16? = nil) throws -> UnsafeMutableRawPointer {
     let endpoint = "inproc://monitor.\(name)"
     let events = Int32(Self.eventHandshakeSucceeded | Self.eventDisconnected | Self.eventHandshakeFailedAuth
                        | Self.eventHandshakeFailedProtocol | Self.eventHandshakeFailedNoDetail
                        | Self.eventAccepted | Self.eventConnected)
     guard zmq_socket_monitor(socket, endpoint, events) == 0 else { throw CollectiveError.transport("cannot monitor socket: \(zmqError())") }
-    if relayed {
-      let relay = try MonitorRelay(context: context, monitorEndpoint: endpoint, name: name)
+    if let port = relayedPort {
+      let relay = try MonitorRelay(context: context, monitorEndpoint: endpoint, name: name, port: port)
       inRelay = relay
       return relay.output
     }
