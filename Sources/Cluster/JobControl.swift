@@ -181,7 +181,8 @@ public final class JobControl {
       absorb()
       let got = reports[attempt] ?? [:]
       let lost = Set(lostServers().map(\.id))
-      let missing = servers.filter { got[$0] == nil && !lost.contains($0) }
+      // (This server's own report is `local`: none when a remote failure stopped its workers.)
+      let missing = servers.filter { $0 != server && got[$0] == nil && !lost.contains($0) }
       if missing.isEmpty { break }
       if got.values.contains(where: { $0.kind == .own }) && Date() >= windowEnd { break }
       let suspicious = missing.contains { (channel.silence(of: $0) ?? 0) > Self.suspiciousSilence }

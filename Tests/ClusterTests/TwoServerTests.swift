@@ -87,8 +87,11 @@ final class TwoServerTests: XCTestCase {
     XCTAssertTrue(cause.contains("server 127.0.2.1 (ranks 2,3) stopped answering"), cause)
     let ra = a.wait(timeout: 20)
     XCTAssertEqual(ra.status, 1, ra.output)
-    for p in stopped { kill(p, SIGKILL) }
-    _ = b.wait(timeout: 10)
+    // Resumed, server 2's launch learns the decision (queued for it) and stops its workers.
+    for p in stopped { kill(p, SIGCONT) }
+    let rb = b.wait(timeout: 30)
+    XCTAssertEqual(rb.status, 1, rb.output)
+    XCTAssertEqual(jobCause(rb.output), cause, rb.output)
     assertNoneAlive(workerPIDs(in: allLogs(dir)))
     print("stopped server named after \(String(format: "%.1f", detected)) s")
   }
