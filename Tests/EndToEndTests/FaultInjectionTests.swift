@@ -417,7 +417,8 @@ final class FaultInjectionTests: XCTestCase {
        "not valid JSON: line 2, column 36: invalid value"),
       (table("0.0.0.0"), #"group_list[0].instance_list[1].devices[0].device_ip: "0.0.0.0" is the wildcard"#),
       // 192.0.2.0/24 is TEST-NET-1 (documentation only): never an address of this host, never dialled.
-      (table("192.0.2.10"), #"group_list[0].instance_list[1].devices[0].device_ip "192.0.2.10" (rank 1, server_id s) is not one of them"#),
+      // A device_ip not on this host is simulated on its server's address; "s" is a name, not one.
+      (table("192.0.2.10"), #"group_list[0].instance_list[1].devices[0].device_ip: "192.0.2.10" (rank 1) is not on this host, so the device is simulated on its server's address, but group_list[0].instance_list[1].server_id "s""#),
     ]
     var survived = 0
     for (i, (json, expected)) in cases.enumerated() {
