@@ -378,6 +378,8 @@ final class FaultInjectionTests: XCTestCase {
       (["--grace-period", "-1"], "--grace-period -1.0 is out of range"),
       (["--max-restarts=-2"], "--max-restarts -2 is out of range"),
       (["--running-timeout", "-4"], "--running-timeout -4.0 is out of range"),
+      (["--control_port", "70000"], "--control-port 70000 is out of range: must be in 1...65535"),
+      (["--server_address", "0.0.0.0"], #"--server-address 0.0.0.0: "0.0.0.0" is the wildcard"#),
     ]
     for (flags, expected) in launchCases {
       let r = try runTool(launch.path, ["--local-ranks", "2", "--log-dir", "\(dir!)/logs"] + flags + ["--", "self-test"])
