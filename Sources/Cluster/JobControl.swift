@@ -166,11 +166,19 @@ public final class JobControl {
   public func decide(attempt: Int, local: LocalCause?, wait: (Double) -> Void) -> JobDecision {
     if !isCoordinator {
       if let c = local { channel.send("failed\t\(attempt)\t\(c.kind.rawValue)\t\(c.rank)\t\(c.how)") }
+      // The coordinator decides within its window plus a heartbeat timeout; a coordinator that
+      // still beats but never decides (its launch wedged) must not hold this server forever.
+      let deadline = Date(timeIntervalSinceNow: Self.reportWindow + 2 * heartbeatTimeout)
       while true {
         absorb()
         if let d = decisions[attempt] { return d }
         if let lost = lostServers().first {
           return JobDecision(attempt: attempt, restart: false, cause: describeLost(lost.id, lost.silence))
+        }
+        if Date() >= deadline {
+          let own = local.map { "\(place($0.rank)) failed first: \($0.how)" } ?? "unknown"
+          return JobDecision(attempt: attempt, restart: false,
+                             cause: "no decision from the coordinating launch (server \(coordinator)) within \(Int(Self.reportWindow + 2 * heartbeatTimeout)) s; this server saw: \(own)")
         }
         wait(0.05)
       }
