@@ -6,7 +6,8 @@ CONFIG      ?= release
 # Release tests: numerical tests are 10-100x slower in debug builds.
 SWIFT_FLAGS ?= -c $(CONFIG)
 # dataset-fashion-mnist: real images for the end-to-end accuracy floor and `make demo`.
-DEB_PACKAGES = libturbojpeg0-dev libzmq3-dev libopenblas-dev pkg-config dataset-fashion-mnist
+# iproute2 (`ip link set lo up`) and util-linux (`unshare`): the seed rank table's tests run in a private network namespace.
+DEB_PACKAGES = libturbojpeg0-dev libzmq3-dev libopenblas-dev pkg-config dataset-fashion-mnist iproute2
 # Python packages the interop tests use (checkpoints read back by Python's safetensors).
 PY_PACKAGES  = numpy safetensors
 BENCH_PY    ?= $(HOME)/bench-venv/bin/python

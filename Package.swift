@@ -119,7 +119,7 @@ let distributedTargets: [Target] = [
     "Cluster", "Collective", "CollectiveCheck", "Jobs", .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   .testTarget(name: "CollectiveTests", dependencies: ["Collective", "CollectiveCheck", "CZMQ", "TestSupport"], swiftSettings: fastFlags),
-  .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collective"], swiftSettings: fastFlags),
+  .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Collective"], exclude: ["Fixtures"], swiftSettings: fastFlags),
 ]
 
 // What users look at besides the log line: progress and the timeline (Telemetry, below every

@@ -30,6 +30,9 @@ public enum ContractKey: String, CaseIterable, Sendable {
   case jobSecretFile = "MNV2_JOB_SECRET_FILE"
   /// PID of launch: a worker whose parent is no longer launch exits (no orphans).
   case launcherPID = "MNV2_LAUNCHER_PID"
+  /// Addresses of servers whose server_id is a name (launch --server-address), "name=address,…":
+  /// devices whose device_ip is not on their host are simulated there (RankTable.placed).
+  case serverAddresses = "MNV2_SERVER_ADDRESSES"
   /// Group timeouts in seconds and security mode (see GroupOptions).
   case connectTimeout = "MNV2_CONNECT_TIMEOUT"
   case runningTimeout = "MNV2_RUNNING_TIMEOUT"

@@ -29,6 +29,9 @@ public struct LaunchPlan {
   /// Observability (issue 13): each worker writes its timeline to timelinePath(rank:).
   public var timeline = false
   public var timelineSteps: Int?
+  /// Multi-server jobs (issue 11): the control channel to the other servers' launches, which
+  /// makes the restart budget and the root cause job-wide. nil for a one-server job.
+  public var control: JobControl?
 
   public init(table: RankTable, tablePath: String, serverID: String, workerExecutable: String,
               workerArguments: [String], logDir: String, jobID: String, secret: JobSecret) {
@@ -73,15 +76,21 @@ public final class Launcher {
   }
 
   /// Chooses the server this launch runs: the requested one, or the only server whose devices
-  /// are all on this host.
-  public static func selectServer(table: RankTable, requested: String?) throws -> String {
-    let interfaces = LocalAddress.interfaceAddresses()
+  /// all run on this host. `table` is placed (`RankTable.placed`): simulated devices carry their
+  /// server's address.
+  public static func selectServer(table: RankTable, requested: String?,
+                                  interfaces: Set<String> = LocalAddress.interfaceAddresses()) throws -> String {
+    func notHere(_ d: Device) -> String {
+      d.simulated
+        ? "\(RankTable.serverPath(of: d)).server_id: \"\(d.address)\" (where rank \(d.rank), device_ip \(d.deviceIP), is simulated) is not an address of this host"
+        : "\(d.path).device_ip: \"\(d.address)\" (rank \(d.rank), server_id \(d.serverID)) is not an address of this host"
+    }
     if let id = requested {
       guard table.serverIDs.contains(id) else {
         throw RankTableError("--server-id \(id) is not in the rank table (servers: \(table.serverIDs.joined(separator: ", ")))")
       }
       if let d = table.devices(onServer: id).first(where: { !LocalAddress.isLocal($0.address, interfaces: interfaces) }) {
-        throw RankTableError("\(d.path).device_ip: \"\(d.address)\" (rank \(d.rank) of server \(id)) is not an address of this host")
+        throw RankTableError(notHere(d) + " (server \(id))")
       }
       return id
     }
@@ -93,8 +102,7 @@ public final class Launcher {
     case 0:
       // Name the first address that is not local, with its place in the table.
       let d = table.devices.first { !LocalAddress.isLocal($0.address, interfaces: interfaces) }!
-      throw RankTableError("no server of the rank table has all its device addresses on this host: \(d.path).device_ip "
-                           + "\"\(d.address)\" (rank \(d.rank), server_id \(d.serverID)) is not one of them; fix the table or pass --server-id")
+      throw RankTableError("no server of the rank table runs on this host: \(notHere(d)); fix the table or pass --server-id")
     default:
       throw RankTableError("servers \(local.joined(separator: ", ")) all have local addresses (a loopback simulation?); "
                            + "start one launch per server with --server-id")
@@ -110,14 +118,42 @@ public final class Launcher {
     defer { signal(SIGINT, SIG_DFL); signal(SIGTERM, SIG_DFL) }
     var attempt = 0
     while true {
-      switch runGroup(restartCount: attempt) {
+      let outcome = runGroup(restartCount: attempt)
+      if case let .interrupted(sig) = outcome {
+        say("stopped all workers on signal \(sig)")
+        plan.control?.close()
+        return 128 + sig
+      }
+      if let job = plan.control {
+        // One job across servers: the coordinator's decision, the same on every launch.
+        let decision: JobDecision?
+        switch outcome {
+        case .succeeded: decision = job.finish(attempt: attempt, wait: pause)
+        case let .failed(cause): decision = job.decide(attempt: attempt, local: cause, wait: pause)
+        case .mustDecide: decision = job.decide(attempt: attempt, local: nil, wait: pause)
+        case let .decided(d): decision = d
+        case .interrupted: decision = nil
+        }
+        guard let d = decision else {
+          say("all \(localDevices.count) workers finished (job of \(job.servers.count) servers finished)")
+          job.close()
+          return 0
+        }
+        say("job: \(d.cause)")
+        if d.restart {
+          attempt = d.attempt + 1
+          say("restarting the job on every server (restart \(attempt) of \(job.maxRestarts))")
+          continue
+        }
+        say(job.maxRestarts > 0 && d.attempt >= job.maxRestarts ? "giving up after \(job.maxRestarts) restarts (job-wide)" : "giving up")
+        job.close()
+        return 1
+      }
+      switch outcome {
       case .succeeded:
         say("all \(localDevices.count) workers finished")
         return 0
-      case let .interrupted(sig):
-        say("stopped all workers on signal \(sig)")
-        return 128 + sig
-      case .failed:
+      case .failed, .mustDecide, .decided, .interrupted:
         if attempt < plan.maxRestarts {
           attempt += 1
           say("restarting the group (restart \(attempt) of \(plan.maxRestarts))")
@@ -129,9 +165,18 @@ public final class Launcher {
     }
   }
 
+  /// Waits while the control channel settles (launch's own loop is single-threaded).
+  private func pause(_ seconds: Double) { usleep(UInt32(seconds * 1e6)) }
+
   // MARK: One run of the group
 
-  private enum Outcome { case succeeded, interrupted(Int32), failed }
+  private enum Outcome {
+    case succeeded, interrupted(Int32)
+    /// This server's workers failed; the local root cause.
+    case failed(LocalCause?)
+    /// Multi-server: the coordinator decided (another server failed), or must decide now.
+    case decided(JobDecision), mustDecide
+  }
 
   private final class Worker {
     let device: Device
@@ -157,7 +202,7 @@ public final class Launcher {
       } catch {
         say("cannot start rank \(w.device.rank): \(error)")
         stop(workers, reason: nil)
-        return .failed
+        return .failed(LocalCause(kind: .own, rank: w.device.rank, how: "launch cannot start it: \(error)"))
       }
     }
     say("started \(workers.count) workers (ranks \(workers.map { String($0.device.rank) }.joined(separator: ","))) of "
@@ -170,6 +215,20 @@ public final class Launcher {
         let sig = receivedSignal
         stop(workers, reason: "signal \(sig)")
         return .interrupted(sig)
+      }
+      if let job = plan.control {
+        // Another server failed (or went silent): stop ours at once, the job decides.
+        switch job.poll(attempt: restartCount) {
+        case .none: break
+        case let .decided(d):
+          stop(workers, reason: "job decision")
+          closeLogs(workers)
+          return .decided(d)
+        case .mustDecide:
+          stop(workers, reason: "another server failed")
+          closeLogs(workers)
+          return .mustDecide
+        }
       }
       if workers.contains(where: { $0.status.map { $0 != 0 } ?? false }) {
         // A dead rank's neighbours notice its closed sockets while the kernel is still tearing
@@ -196,7 +255,7 @@ public final class Launcher {
     stop(workers, reason: "rank failure")
     report(cause)
     closeLogs(workers)
-    return .failed
+    return .failed(LocalCause(kind: cause.kind, rank: cause.rank, how: cause.how))
   }
 
   private func isPeerFailure(_ w: Worker) -> Bool {
@@ -222,6 +281,8 @@ public final class Launcher {
     var rank: Int
     var worker: Worker?
     var how: String
+    /// Failed for its own reasons, stopped, or blamed by peers (the job-wide choice ranks them).
+    var kind: LocalCause.Kind = .own
   }
 
   /// The root cause: a rank that failed for its own reasons (lowest first); else the rank the
@@ -237,19 +298,21 @@ public final class Launcher {
       let by = "named by rank\(namers.count > 1 ? "s" : "") \(namers.sorted().map(String.init).joined(separator: ", "))"
       let w = workers.first { $0.device.rank == rank }
       let how: String
+      var kind = LocalCause.Kind.peer
       switch w {
       case nil: how = "lost by its peers (it runs on another server: see that server's launch); \(by)"
       case let w? where w.status == nil:
+        kind = isStopped(w.pid) ? .stopped : .silent
         how = (isStopped(w.pid) ? "stopped (SIGSTOP or a debugger: process state T)" : "hung (still running, not answering)") + "; \(by)"
       case let w?: how = "\(describeExit(w)); \(by)"
       }
-      return RootCause(rank: rank, worker: w, how: how)
+      return RootCause(rank: rank, worker: w, how: how, kind: kind)
     }
     if let w = stopped.min(by: { $0.device.rank < $1.device.rank }) {
-      return RootCause(rank: w.device.rank, worker: w, how: "stopped (SIGSTOP or a debugger: process state T)")
+      return RootCause(rank: w.device.rank, worker: w, how: "stopped (SIGSTOP or a debugger: process state T)", kind: .stopped)
     }
     let w = failures.min { $0.device.rank < $1.device.rank }!
-    return RootCause(rank: w.device.rank, worker: w, how: describeExit(w))
+    return RootCause(rank: w.device.rank, worker: w, how: describeExit(w), kind: .peer)
   }
 
   private func describeExit(_ w: Worker) -> String {

@@ -1,6 +1,13 @@
-// Rank tables: the Ascend seed's schema ("group_list" of instances, ranks in order of appearance)
-// and HCCL's newer one ("server_list" with explicit "rank_id"). Values are strings in both.
+// Rank tables as Ascend tools write them: the seed's schema ("group_list" of instances, ranks in
+// order of appearance), its HCCL variant (group "device_num"/"server_num", each instance with its
+// "rank_id"), and HCCL 1.0 ("server_list" with explicit "rank_id"). Values are strings in all.
 // Validation errors are one line naming the field (a JSON path) and what is wrong with it.
+//
+// Placement (`placed`): on an Ascend server `device_ip` is the NPU's own address, never the
+// host's. A device whose device_ip is an address of this host binds there; any other device is
+// simulated on its server's address (server_id, or --server-address for a server named by a
+// name), port base + rank. A non-local device_ip is never dialled, bound or probed: the check
+// reads the interface list (getifaddrs) only.
 
 import Foundation
 
@@ -8,9 +15,14 @@ import Foundation
 public struct Device: Equatable, Sendable {
   public var rank: Int
   public var deviceID: Int
-  /// The address this rank binds to (an IPv4 literal).
+  /// The address this rank binds to and is dialled at (an IPv4 literal): the table's device_ip
+  /// as parsed; after `placed`, its server's address when the device is simulated.
   public var address: String
   public var port: Int
+  /// device_ip exactly as the table gives it.
+  public var deviceIP: String = ""
+  /// True after `placed` when device_ip is not on this host and the device runs on its server's address.
+  public var simulated = false
   /// The server (host) the device belongs to, as the table names it.
   public var serverID: String
   public var podName: String?
@@ -28,11 +40,18 @@ public struct RankTable: Equatable, Sendable {
   /// Port of rank r when the table gives no `device_port`: basePort + r.
   public static let defaultBasePort = 29500
 
-  public enum Schema: String, Sendable { case groupList = "group_list", serverList = "server_list (HCCL 1.0)" }
+  public enum Schema: String, Sendable {
+    case groupList = "group_list"
+    /// group_list with "device_num"/"server_num" and a "rank_id" per instance (older HCCL tools).
+    case groupListRanked = "group_list with rank_id (HCCL)"
+    case serverList = "server_list (HCCL 1.0)"
+  }
 
   public let schema: Schema
   /// Devices in rank order.
   public let devices: [Device]
+  /// Port of rank r is basePort + r unless the table gives device_port (simulated devices always).
+  public var basePort = RankTable.defaultBasePort
   public var worldSize: Int { devices.count }
 
   /// Server ids in order of first appearance.
@@ -70,40 +89,143 @@ public struct RankTable: Equatable, Sendable {
     let status = try string(root, "status", at: "")
     guard status == "completed" else { throw RankTableError("status: expected \"completed\", got \"\(status)\"") }
     var devices: [Device]
-    let schema: Schema
+    var schema: Schema
     if root["server_list"] != nil {
       schema = .serverList
       devices = try parseServerList(root, basePort: basePort)
     } else if root["group_list"] != nil {
-      schema = .groupList
-      devices = try parseGroupList(root, basePort: basePort)
+      var ranked = false
+      devices = try parseGroupList(root, basePort: basePort, ranked: &ranked)
+      schema = ranked ? .groupListRanked : .groupList
     } else {
       throw RankTableError("missing field: group_list (seed schema) or server_list (HCCL 1.0 schema)")
     }
     guard !devices.isEmpty else { throw RankTableError("the table lists no devices") }
     devices.sort { $0.rank < $1.rank }
-    var endpoints = [String: Int]()
     var perServerDevice = [String: Int]()
     for d in devices {
-      let key = "\(d.address):\(d.port)"
-      if let other = endpoints[key] {
-        throw RankTableError("ranks \(other) and \(d.rank) both use address:port \(key) (set distinct device_ip or device_port)")
-      }
-      endpoints[key] = d.rank
       let dev = "\(d.serverID)/\(d.deviceID)"
       if let other = perServerDevice[dev] {
         throw RankTableError("ranks \(other) and \(d.rank) both use device_id \(d.deviceID) on server \(d.serverID)")
       }
       perServerDevice[dev] = d.rank
     }
-    return RankTable(schema: schema, devices: devices)
+    try checkDistinctEndpoints(devices)
+    return RankTable(schema: schema, devices: devices, basePort: basePort)
+  }
+
+  private static func checkDistinctEndpoints(_ devices: [Device]) throws {
+    var endpoints = [String: Int]()
+    for d in devices {
+      let key = "\(d.address):\(d.port)"
+      if let other = endpoints[key] {
+        throw RankTableError("ranks \(other) and \(d.rank) both use address:port \(key) (set distinct device_ip or device_port)")
+      }
+      endpoints[key] = d.rank
+    }
+  }
+
+  // MARK: Placement on this host
+
+  /// The table as this host runs it: a device whose device_ip is local (any 127.x, or an address of
+  /// an interface) keeps it; every other device is simulated on its server's address — the
+  /// server_id when it is an IPv4 address, else `serverAddresses[server_id]` (`--server-address`) —
+  /// with port basePort + rank. `interfaces` comes from getifaddrs: nothing is dialled or probed.
+  public func placed(interfaces: Set<String>, serverAddresses: [String: String] = [:]) throws -> RankTable {
+    var out: [Device] = []
+    for var d in devices {
+      if LocalAddress.isLocal(d.deviceIP, interfaces: interfaces) {
+        out.append(d)
+        continue
+      }
+      guard let server = Self.serverAddress(d.serverID, given: serverAddresses) else {
+        throw RankTableError("\(d.path).device_ip: \"\(d.deviceIP)\" (rank \(d.rank)) is not on this host, so the device is simulated "
+                             + "on its server's address, but \(Self.serverPath(of: d)).server_id \"\(d.serverID)\" is not a usable IPv4 address: "
+                             + "pass --server-address \(d.serverID)=ADDRESS (e.g. 127.0.0.1)")
+      }
+      d.address = server
+      d.port = basePort + d.rank
+      guard (1...65535).contains(d.port) else { throw RankTableError("\(d.path): simulated port \(d.port) is outside 1...65535") }
+      d.simulated = true
+      out.append(d)
+    }
+    do {
+      try Self.checkDistinctEndpoints(out)
+    } catch let e as RankTableError {
+      throw RankTableError("after simulating devices on their servers' addresses: \(e.message)")
+    }
+    return RankTable(schema: schema, devices: out, basePort: basePort)
+  }
+
+  /// The address of a server: given (--server-address), else its server_id if that is a usable IPv4 address.
+  static func serverAddress(_ id: String, given: [String: String]) -> String? {
+    if let a = given[id] { return a }
+    return isIPv4(id) && unusableAddress(id) == nil ? id : nil
+  }
+
+  /// "group_list[0].instance_list[3]" for "group_list[0].instance_list[3].devices[0]".
+  static func serverPath(of d: Device) -> String {
+    guard let dot = d.path.range(of: ".", options: .backwards) else { return d.path }
+    return String(d.path[..<dot.lowerBound])
+  }
+
+  /// One line per simulated device of `server` (or of all servers): what runs where instead.
+  public func simulationNotes(server: String? = nil) -> [String] {
+    devices.filter { $0.simulated && (server == nil || $0.serverID == server) }.map {
+      "device_ip \($0.deviceIP) is not on this host: rank \($0.rank) simulated on \($0.address):\($0.port)"
+    }
+  }
+
+  /// The server of `id` as the table's devices give it (nil if no device is on it).
+  public func address(ofServer id: String) -> String? {
+    devices(onServer: id).first(where: \.simulated)?.address ?? Self.serverAddress(id, given: [:])
+  }
+
+  /// Parses `--server-address` values: "NAME=ADDRESS", or a bare "ADDRESS" for `defaultServer`.
+  public static func parseServerAddresses(_ values: [String], defaultServer: String?, table: RankTable) throws -> [String: String] {
+    var out: [String: String] = [:]
+    for v in values {
+      let name: String, address: String
+      if let eq = v.firstIndex(of: "=") {
+        name = String(v[..<eq]); address = String(v[v.index(after: eq)...])
+      } else if let only = defaultServer ?? (table.serverIDs.count == 1 ? table.serverIDs[0] : nil) {
+        name = only; address = v
+      } else {
+        throw RankTableError("--server-address \(v): the table has \(table.serverIDs.count) servers: write SERVER_ID=ADDRESS (or pass --server-id)")
+      }
+      guard table.serverIDs.contains(name) else {
+        throw RankTableError("--server-address \(v): \(name) is not a server_id of the table (servers: \(table.serverIDs.joined(separator: ", ")))")
+      }
+      if let problem = unusableAddress(address) { throw RankTableError("--server-address \(v): \"\(address)\" \(problem)") }
+      out[name] = address
+    }
+    return out
+  }
+
+  /// The contract form of server addresses (MNV2_SERVER_ADDRESSES): "name=address,…".
+  public static func encodeServerAddresses(_ m: [String: String]) -> String {
+    m.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+  }
+
+  public static func decodeServerAddresses(_ s: String) throws -> [String: String] {
+    var out: [String: String] = [:]
+    for item in s.split(separator: ",") where !item.isEmpty {
+      guard let eq = item.lastIndex(of: "="), isIPv4(String(item[item.index(after: eq)...])) else {
+        throw RankTableError("MNV2_SERVER_ADDRESSES=\(s): expected name=IPv4,…")
+      }
+      out[String(item[..<eq])] = String(item[item.index(after: eq)...])
+    }
+    return out
   }
 
   // MARK: Schemas
 
   /// {"group_count","group_list":[{"group_name","device_count","instance_count",
   ///   "instance_list":[{"devices":[{"device_id","device_ip"}],"pod_name","server_id"}]}],"status"}
-  private static func parseGroupList(_ root: [String: Any], basePort: Int) throws -> [Device] {
+  /// or the HCCL variant: the group counts "device_num" and "server_num", and each instance (one
+  /// device) carries its "rank_id" (a device may carry its own "rank_id" too). Ranks are the
+  /// rank_ids when given (all or none), else the order of appearance.
+  private static func parseGroupList(_ root: [String: Any], basePort: Int, ranked: inout Bool) throws -> [Device] {
     let groups = try array(root, "group_list", at: "")
     let groupCount = try number(root, "group_count", at: "")
     guard groupCount == groups.count else {
@@ -119,20 +241,52 @@ public struct RankTable: Equatable, Sendable {
     guard instanceCount == instances.count else {
       throw RankTableError("\(gp).instance_count: says \(instanceCount) but instance_list has \(instances.count) instances")
     }
-    var devices: [Device] = []
+    // First pass: every device with its explicit rank_id, if any.
+    var listed: [(dev: [String: Any], path: String, server: String, pod: String?, rank: Int?, rankPath: String)] = []
     for (i, inst) in instances.enumerated() {
       let ip = "\(gp).instance_list[\(i)]"
       let server = try string(inst, "server_id", at: ip)
       let pod = inst["pod_name"] as? String
-      for (j, dev) in try array(inst, "devices", at: ip).enumerated() {
+      let devs = try array(inst, "devices", at: ip)
+      let instanceRank = inst["rank_id"] != nil ? try number(inst, "rank_id", at: ip) : nil
+      if instanceRank != nil && devs.count != 1 {
+        throw RankTableError("\(ip).rank_id: an instance with \(devs.count) devices cannot have one rank_id; give each device its rank_id")
+      }
+      for (j, dev) in devs.enumerated() {
         let dp = "\(ip).devices[\(j)]"
-        let rank = devices.count
-        devices.append(try device(dev, at: dp, rank: rank, server: server, pod: pod, basePort: basePort))
+        let own = dev["rank_id"] != nil ? try number(dev, "rank_id", at: dp) : nil
+        listed.append((dev, dp, server, pod, own ?? instanceRank, own != nil ? "\(dp).rank_id" : "\(ip).rank_id"))
       }
     }
-    let deviceCount = try number(g, "device_count", at: gp)
-    guard deviceCount == devices.count else {
-      throw RankTableError("\(gp).device_count: says \(deviceCount) but the instances list \(devices.count) devices")
+    ranked = listed.contains { $0.rank != nil }
+    if ranked, let missing = listed.first(where: { $0.rank == nil }) {
+      throw RankTableError("\(missing.path): no rank_id, but other devices of the table have one (give all or none)")
+    }
+    var devices: [Device] = []
+    var rankOwner = [Int: String]()
+    for (k, item) in listed.enumerated() {
+      let rank = item.rank ?? k
+      if let other = rankOwner[rank] { throw RankTableError("\(item.rankPath): rank \(rank) is also given by \(other)") }
+      rankOwner[rank] = item.rankPath
+      devices.append(try device(item.dev, at: item.path, rank: rank, server: item.server, pod: item.pod, basePort: basePort))
+    }
+    for r in 0..<devices.count where rankOwner[r] == nil {
+      throw RankTableError("rank_id: ranks must be 0..<\(devices.count), rank \(r) is missing")
+    }
+    // The seed says device_count, the HCCL variant device_num (and server_num): whichever is given must agree.
+    var counted = false
+    for key in ["device_count", "device_num"] where g[key] != nil {
+      counted = true
+      let n = try number(g, key, at: gp)
+      guard n == devices.count else {
+        throw RankTableError("\(gp).\(key): says \(n) but the instances list \(devices.count) devices")
+      }
+    }
+    if !counted { throw RankTableError("\(gp).device_count: missing field (or device_num)") }
+    if g["server_num"] != nil {
+      let n = try number(g, "server_num", at: gp)
+      let servers = Set(listed.map(\.server)).count
+      guard n == servers else { throw RankTableError("\(gp).server_num: says \(n) but the instances name \(servers) server_ids") }
     }
     return devices
   }
@@ -172,7 +326,7 @@ public struct RankTable: Equatable, Sendable {
     var port = basePort + rank
     if dev["device_port"] != nil { port = try number(dev, "device_port", at: path) }
     guard (1...65535).contains(port) else { throw RankTableError("\(path): port \(port) is outside 1...65535") }
-    return Device(rank: rank, deviceID: id, address: ip, port: port, serverID: server, podName: pod, path: path)
+    return Device(rank: rank, deviceID: id, address: ip, port: port, deviceIP: ip, serverID: server, podName: pod, path: path)
   }
 
   // MARK: Field access with paths in errors

@@ -76,6 +76,8 @@ public struct WorkerContext: Sendable {
       return ctx
     }
     let table = try RankTable.load(path: path, basePort: try int(.basePort) ?? RankTable.defaultBasePort)
+      .placed(interfaces: LocalAddress.interfaceAddresses(),
+              serverAddresses: try value(.serverAddresses).map(RankTable.decodeServerAddresses) ?? [:])
     guard let rank = try overrideRank ?? int(.rankID) else {
       throw RankTableError("no rank: pass --rank or set \(ContractKey.rankID.rawValue)")
     }
@@ -158,7 +160,9 @@ extension ProcessGroup {
     guard ctx.worldSize > 1, let table = ctx.table, let secret = ctx.secret else { return single() }
     let me = table.devices[ctx.rank]
     guard LocalAddress.isLocal(me.address) else {
-      throw RankTableError("\(me.path.isEmpty ? "" : me.path + ".")device_ip: \"\(me.address)\" (rank \(ctx.rank), server_id \(me.serverID)) "
+      let field = me.simulated ? "\(RankTable.serverPath(of: me)).server_id (rank \(ctx.rank) is simulated there)"
+                               : "\(me.path.isEmpty ? "" : me.path + ".")device_ip"
+      throw RankTableError("\(field): \"\(me.address)\" (rank \(ctx.rank), server_id \(me.serverID)) "
                            + "is not an address of this host; refusing to start (wrong --server-id or rank table?)")
     }
     let spec = GroupSpec(rank: ctx.rank, endpoints: table.devices.map { Endpoint(host: $0.address, port: $0.port) },

@@ -8,6 +8,10 @@ public struct GroupOptions: Sendable {
   public static let defaultRunningTimeout = 120.0
   public static let defaultSegmentBytes = 256 << 10
   public static let defaultMaxSegmentBytes = 1 << 20
+  /// Seconds without any ZMTP traffic (pings are answered by libzmq's I/O thread, not the
+  /// training loop) after which a connection is dropped: a stopped or vanished peer is named
+  /// within this time (issue 11: ≤ 15 s). Half the running timeout when that is shorter.
+  public static let heartbeatTimeout = 10.0
 
   /// Seconds to wait for the ring to form (neighbours starting, binding, handshaking). Long,
   /// because on several servers workers start minutes apart (image pulls, slow file systems).

@@ -77,11 +77,13 @@ extension ZMQTransport {
     try setOption(s, ZMQ_RCVHWM, int: Self.highWaterMark)
     try setOption(s, ZMQ_LINGER, int: Self.lingerMilliseconds)
     try setOption(s, ZMQ_HEARTBEAT_IVL, int: Self.heartbeatIntervalMilliseconds)
-    // Half the running timeout: a stopped or vanished peer is dropped by its neighbours, which
-    // report it by name and tell the ring, before the other ranks' own receive timeouts fire
+    // At most half the running timeout: a stopped or vanished peer is dropped by its neighbours,
+    // which report it by name and tell the ring, before the other ranks' own receive timeouts fire
     // (they would name their blocked, innocent neighbours). A busy peer still answers: libzmq's
-    // I/O thread replies to pings whatever the application thread is doing.
-    let heartbeatTimeout = Int32(clamping: Int(runningTimeout * 500))
+    // I/O thread replies to pings whatever the application thread is doing (a long checkpoint
+    // write, the first dataset scan), so the cap of GroupOptions.heartbeatTimeout (10 s) detects a
+    // stopped rank in seconds without false alarms, whatever the running timeout.
+    let heartbeatTimeout = Int32(clamping: Int(min(GroupOptions.heartbeatTimeout, runningTimeout / 2) * 1000))
     try setOption(s, ZMQ_HEARTBEAT_TIMEOUT, int: heartbeatTimeout)
     try setOption(s, ZMQ_HEARTBEAT_TTL, int: heartbeatTimeout)
     return s

@@ -18,6 +18,12 @@ struct Launch: ParsableCommand {
   var localRanks: Int?
   @Option(help: "Server of the table to run (default: the one whose devices are on this host).")
   var serverID: String?
+  @Option(name: [.customLong("server-address"), .customLong("server_address")],
+          help: "SERVER_ID=ADDRESS (repeatable), or ADDRESS for this launch's server: where a server named by a name runs; devices whose device_ip is not on this host are simulated on their server's address.")
+  var serverAddress: [String] = []
+  @Option(name: [.customLong("control-port"), .customLong("control_port")],
+          help: "Several servers: port of the launches' control channel, on the first server's address (default: the table's highest port + 1).")
+  var controlPort: Int?
   @Option(help: "Restart the whole group up to N times after a failure (workers see MNV2_RESTART_COUNT).")
   var maxRestarts = 0
   @Option(help: "Log directory (default result/<N>p); rank r logs to <dir>/<r>/worker.log.")
@@ -66,6 +72,7 @@ struct Launch: ParsableCommand {
     let maxPort = 65535 - max(0, (localRanks ?? 1) - 1)
     try check((0...maxPort).contains(basePort), "base-port", basePort, "in 0...\(maxPort) (0: free ports, with --local-ranks)")
     if let t = threads { try check(t >= 1, "threads", t, "≥ 1") }
+    if let p = controlPort { try check((1...65535).contains(p), "control-port", p, "in 1...65535") }
     if let t = connectTimeout { try check(t > 0 && t.isFinite, "connect-timeout", t, "> 0 seconds") }
     if let t = runningTimeout { try check(t > 0 && t.isFinite, "running-timeout", t, "> 0 seconds") }
     try check(gracePeriod >= 0 && gracePeriod.isFinite, "grace-period", gracePeriod, "≥ 0 seconds")
@@ -91,12 +98,17 @@ struct Launch: ParsableCommand {
       tablePath = rankTable!
     }
     tablePath = URL(fileURLWithPath: tablePath).standardizedFileURL.path
+    let serverAddresses: [String: String]
     do {
-      table = try RankTable.load(path: tablePath, basePort: basePort)
+      let parsed = try RankTable.load(path: tablePath, basePort: basePort)
+      serverAddresses = try RankTable.parseServerAddresses(serverAddress, defaultServer: serverID, table: parsed)
+      table = try parsed.placed(interfaces: LocalAddress.interfaceAddresses(), serverAddresses: serverAddresses)
     } catch {
       throw ValidationError("\(error)")
     }
     let server = try Launcher.selectServer(table: table, requested: serverID)
+    // Once per device of this server: a real table's NPU addresses are not this host's.
+    for note in table.simulationNotes(server: server) { print("launch: \(note)") }
 
     let secret: JobSecret
     if let file = secretFile ?? environment[ContractKey.jobSecretFile.rawValue] {
@@ -123,8 +135,23 @@ struct Launch: ParsableCommand {
     if let t = connectTimeout { plan.extraEnvironment[.connectTimeout] = String(t) }
     if let t = runningTimeout { plan.extraEnvironment[.runningTimeout] = String(t) }
     if let s = security { plan.extraEnvironment[.security] = s }
+    if !serverAddresses.isEmpty { plan.extraEnvironment[.serverAddresses] = RankTable.encodeServerAddresses(serverAddresses) }
     plan.timeline = timeline != nil
     plan.timelineSteps = timelineSteps
+    if table.serverIDs.count > 1 {
+      // One job across servers: the launches agree on restarts and the root cause (JobControl).
+      do {
+        let port = controlPort ?? JobControl.defaultPort(table: table)
+        guard (1...65535).contains(port) else { throw RankTableError("control port \(port) is outside 1...65535: pass --control-port") }
+        let endpoint = try JobControl.endpoint(table: table, serverAddresses: serverAddresses, port: port)
+        let own = serverAddresses[server] ?? table.address(ofServer: server) ?? table.devices(onServer: server)[0].address
+        plan.control = try JobControl(table: table, server: server, endpoint: endpoint, localHost: own, secret: secret,
+                                      maxRestarts: maxRestarts, joinTimeout: connectTimeout ?? GroupOptions.defaultConnectTimeout,
+                                      say: { print("launch: \($0)"); fflush(stdout) })
+      } catch {
+        throw ValidationError("\(error)")
+      }
+    }
     let parts = plan.localRanks.map { plan.timelinePath(rank: $0) }
     if timeline != nil { for p in parts { try? FileManager.default.removeItem(atPath: p) } }
     let status = Launcher(plan: plan).run()

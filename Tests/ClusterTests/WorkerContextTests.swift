@@ -91,10 +91,21 @@ final class WorkerContextTests: XCTestCase {
     let json = RankTable.seedSchemaJSON(servers: [("a", ["127.0.0.1"], [21999]), ("b", ["192.0.2.1"], [21999])], podName: "p")
     let path = dir.appendingPathComponent("t.json").path
     try json.write(toFile: path, atomically: true, encoding: .utf8)
-    let ctx = try WorkerContext.fromEnvironment(environment: ["RANK_TABLE_FILE": path, "RANK_ID": "1",
-                                                              "MNV2_JOB_SECRET": JobSecret.generate().hex])
+    let env = ["RANK_TABLE_FILE": path, "RANK_ID": "1", "MNV2_JOB_SECRET": JobSecret.generate().hex]
+    // 192.0.2.0/24 is TEST-NET-1: never this host's. The device is simulated on its server's
+    // address, which a server named "b" does not have: refused before anything is bound or dialled.
+    XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: env)) { e in
+      XCTAssertTrue("\(e)".contains(#"group_list[0].instance_list[1].devices[0].device_ip: "192.0.2.1" (rank 1) is not on this host"#)
+                    && "\(e)".contains("pass --server-address b=ADDRESS"), "\(e)")
+    }
+    // With a server address that is not this host's either, join refuses before connecting.
+    var withAddress = env
+    withAddress["MNV2_JOB_SECRET"] = JobSecret.generate().hex
+    withAddress["MNV2_SERVER_ADDRESSES"] = "b=192.0.2.50"
+    let ctx = try WorkerContext.fromEnvironment(environment: withAddress)
+    XCTAssertEqual(ctx.table?.devices[1].address, "192.0.2.50")
     XCTAssertThrowsError(try ProcessGroup.join(ctx, modelSignature: [("w", 1)])) { e in
-      XCTAssertTrue("\(e)".contains(#"group_list[0].instance_list[1].devices[0].device_ip: "192.0.2.1" (rank 1, server_id b) is not an address of this host"#), "\(e)")
+      XCTAssertTrue("\(e)".contains(#"group_list[0].instance_list[1].server_id (rank 1 is simulated there): "192.0.2.50" (rank 1, server_id b) is not an address of this host"#), "\(e)")
     }
   }
 }

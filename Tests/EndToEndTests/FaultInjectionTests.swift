@@ -378,6 +378,8 @@ final class FaultInjectionTests: XCTestCase {
       (["--grace-period", "-1"], "--grace-period -1.0 is out of range"),
       (["--max-restarts=-2"], "--max-restarts -2 is out of range"),
       (["--running-timeout", "-4"], "--running-timeout -4.0 is out of range"),
+      (["--control_port", "70000"], "--control-port 70000 is out of range: must be in 1...65535"),
+      (["--server_address", "0.0.0.0"], #"--server-address 0.0.0.0: "0.0.0.0" is the wildcard"#),
     ]
     for (flags, expected) in launchCases {
       let r = try runTool(launch.path, ["--local-ranks", "2", "--log-dir", "\(dir!)/logs"] + flags + ["--", "self-test"])
@@ -417,7 +419,8 @@ final class FaultInjectionTests: XCTestCase {
        "not valid JSON: line 2, column 36: invalid value"),
       (table("0.0.0.0"), #"group_list[0].instance_list[1].devices[0].device_ip: "0.0.0.0" is the wildcard"#),
       // 192.0.2.0/24 is TEST-NET-1 (documentation only): never an address of this host, never dialled.
-      (table("192.0.2.10"), #"group_list[0].instance_list[1].devices[0].device_ip "192.0.2.10" (rank 1, server_id s) is not one of them"#),
+      // A device_ip not on this host is simulated on its server's address; "s" is a name, not one.
+      (table("192.0.2.10"), #"group_list[0].instance_list[1].devices[0].device_ip: "192.0.2.10" (rank 1) is not on this host, so the device is simulated on its server's address, but group_list[0].instance_list[1].server_id "s""#),
     ]
     var survived = 0
     for (i, (json, expected)) in cases.enumerated() {
