@@ -343,7 +343,7 @@ public final class Trainer {
     let perStep = ranks * batch
     if let k = explicit {
       guard let g = saved, g != perStep * k else { return (k, nil) }
-      return (k, "the checkpoint's global batch was \(g); --gradient-accumulation-steps \(k) on \(ranks) ranks × batch \(batch) makes it \(perStep * k) from here on")
+      return (k, "the checkpoint's global batch was \(g); --gradient-accumulation-steps \(k) on \(ranks) rank\(ranks == 1 ? "" : "s") × batch \(batch) makes it \(perStep * k) from here on")
     }
     guard let g = saved, g != perStep else { return (1, nil) }
     guard g % perStep == 0 else {
@@ -351,7 +351,7 @@ public final class Trainer {
                           + "pass --gradient-accumulation-steps to choose a new global batch, or a --batch-size that divides \(g / max(1, ranks)) exactly")
     }
     let k = g / perStep
-    return (k, "keeping the checkpoint's global batch \(g) on \(ranks) ranks × batch \(batch): gradient accumulation over \(k) micro-batches per step")
+    return (k, "keeping the checkpoint's global batch \(g) on \(ranks) rank\(ranks == 1 ? "" : "s") × batch \(batch): gradient accumulation over \(k) micro-batches per step")
   }
 
   /// FNV-1a of the weight bytes, allgathered: a mismatch means the ranks diverged.
