@@ -195,6 +195,33 @@ public enum SchedulerEnvironment {
                               jobID: jobID.map { "slurm-\($0)" + (step.map { ".\($0)" } ?? "") })
   }
 
+  // MARK: One launch per node
+
+  /// `launch --ranks-per-node N` under an engine that started one launch per node (srun
+  /// --ntasks-per-node=1, mpirun --map-by ppr:1:node): N ranks on every node of the job, this node's
+  /// index from the engine. The placement's rank is this node's first rank.
+  public static func perNodeLaunch(_ env: [String: String], ranksPerNode n: Int) throws -> SchedulerPlacement {
+    guard let one = try detect(env) else {
+      throw RankTableError("--ranks-per-node needs a Slurm (SLURM_PROCID) or Open MPI (OMPI_COMM_WORLD_RANK) environment: one launch per node")
+    }
+    guard one.engine != .torchrun else {
+      throw RankTableError("RANK/WORLD_SIZE: a torchrun-style launcher starts the workers itself; run worker under it, not launch")
+    }
+    guard one.localWorldSize == 1 else {
+      throw RankTableError("\(one.engine.displayName) started \(one.localWorldSize) launches on this node: start one per node "
+                           + (one.engine == .slurm ? "(srun --ntasks-per-node=1)" : "(mpirun --map-by ppr:1:node)"))
+    }
+    let node = SchedulerPlacement.nodeIndex(rank: one.rank, ranksPerNode: one.ranksPerNode)
+    let v = Reader(env)
+    let jobKey = one.engine == .slurm ? (v.string("SLURM_JOB_ID") ?? v.string("SLURM_JOBID"))
+                                      : ["OMPI_MCA_ess_base_jobid", "PMIX_NAMESPACE"].lazy.compactMap { v.string($0) }.first
+    let (port, rule) = try basePort(v, localWorld: n, jobKey: jobKey, jobKeyName: one.engine == .slurm ? "SLURM_JOB_ID" : "OMPI_MCA_ess_base_jobid",
+                                    numericKey: one.engine == .slurm)
+    return SchedulerPlacement(engine: one.engine, rank: node * n, worldSize: one.nodes.count * n, localRank: 0, localWorldSize: n,
+                              nodes: one.nodes, ranksPerNode: Array(repeating: n, count: one.nodes.count), basePort: port,
+                              portRule: rule, jobID: one.jobID)
+  }
+
   // MARK: Shared rules
 
   /// One node (all ranks local) or the nodes of MNV2_NODE_LIST, `localWorld` ranks each.
@@ -283,17 +310,22 @@ extension SchedulerPlacement {
   /// The rank table this placement describes: node i's ranks on its resolved address, ports
   /// base + local rank. `resolve` maps a host name to an IPv4 address (getaddrinfo by default).
   public func rankTable(resolve: (String) throws -> String = HostResolver.ipv4) throws -> RankTable {
-    var servers: [(id: String, addresses: [String], ports: [Int]?)] = []
-    for (i, host) in nodes.enumerated() {
-      let address = try resolve(host)
-      servers.append((host, Array(repeating: address, count: ranksPerNode[i]), (0..<ranksPerNode[i]).map { basePort + $0 }))
-    }
-    let json = RankTable.seedSchemaJSON(servers: servers, podName: engine.rawValue)
+    let json = try rankTableJSON(resolve: resolve)
     do {
       return try RankTable.parse(Data(json.utf8))
     } catch {
       throw RankTableError("the rank table from the \(engine.displayName) environment is invalid: \(error)")
     }
+  }
+
+  /// The same table as a seed-schema rank table (what `launch --ranks-per-node` writes to its log dir).
+  public func rankTableJSON(resolve: (String) throws -> String = HostResolver.ipv4) throws -> String {
+    var servers: [(id: String, addresses: [String], ports: [Int]?)] = []
+    for (i, host) in nodes.enumerated() {
+      let address = try resolve(host)
+      servers.append((host, Array(repeating: address, count: ranksPerNode[i]), (0..<ranksPerNode[i]).map { basePort + $0 }))
+    }
+    return RankTable.seedSchemaJSON(servers: servers, podName: engine.rawValue)
   }
 
   /// The start-up line: where this rank is and where its ports come from.

@@ -202,6 +202,27 @@ final class SchedulerEnvironmentTests: XCTestCase {
     XCTAssertEqual(try WorkerContext.fromEnvironment(environment: torchrun(rank: 0, world: 1)).worldSize, 1)
   }
 
+  /// `launch --ranks-per-node N`, one launch per node: N ranks on each node, this node's first rank.
+  func testPerNodeLaunchPlacement() throws {
+    let env = ["SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+               "SLURM_JOB_NODELIST": "127.0.0.[1-2]", "SLURM_TASKS_PER_NODE": "1(x2)", "SLURM_JOB_ID": "7"]
+    let p = try SchedulerEnvironment.perNodeLaunch(env, ranksPerNode: 3)
+    XCTAssertEqual(p.worldSize, 6)
+    XCTAssertEqual(p.rank, 3)
+    XCTAssertEqual(p.nodeOfRank, [0, 0, 0, 1, 1, 1])
+    XCTAssertEqual(p.basePort, 20000 + 7 * 64)
+    let table = try RankTable.parse(Data(try p.rankTableJSON().utf8))
+    XCTAssertEqual(table.devices.map(\.address), ["127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.2"])
+    XCTAssertEqual(table.devices.map(\.port), [20448, 20449, 20450, 20448, 20449, 20450])
+    XCTAssertEqual(table.serverIDs, ["127.0.0.1", "127.0.0.2"])
+    // Two launches on one node, or torchrun, or nothing: one line each.
+    var two = env
+    two["SLURM_TASKS_PER_NODE"] = "2"; two["SLURM_JOB_NODELIST"] = "localhost"; two["SLURM_NODEID"] = "0"; two["SLURM_LOCALID"] = "1"
+    XCTAssertThrowsError(try SchedulerEnvironment.perNodeLaunch(two, ranksPerNode: 2)) { XCTAssertTrue("\($0)".contains("--ntasks-per-node=1"), "\($0)") }
+    XCTAssertThrowsError(try SchedulerEnvironment.perNodeLaunch(torchrun(rank: 0), ranksPerNode: 2)) { XCTAssertTrue("\($0)".contains("torchrun"), "\($0)") }
+    XCTAssertThrowsError(try SchedulerEnvironment.perNodeLaunch([:], ranksPerNode: 2)) { XCTAssertTrue("\($0)".contains("--ranks-per-node"), "\($0)") }
+  }
+
   func testResolverUsesGetaddrinfoAndRefusesUnknownHosts() throws {
     XCTAssertEqual(try HostResolver.ipv4("localhost"), "127.0.0.1")
     XCTAssertEqual(try HostResolver.ipv4("127.0.0.2"), "127.0.0.2")

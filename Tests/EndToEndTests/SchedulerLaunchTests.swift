@@ -18,9 +18,9 @@ final class SchedulerLaunchTests: XCTestCase {
 
   /// Starts `worker` with `args` and exactly `extra` on top of this process's environment minus
   /// any engine's variables (a test run under srun or mpirun must not leak them in).
-  func start(_ args: [String], _ extra: [String: String], log name: String) throws -> (Process, String) {
+  func start(_ args: [String], _ extra: [String: String], log name: String, executable: String = "worker") throws -> (Process, String) {
     let p = Process()
-    p.executableURL = SmokeTrainingTests.products.appendingPathComponent("worker")
+    p.executableURL = SmokeTrainingTests.products.appendingPathComponent(executable)
     p.arguments = args
     p.currentDirectoryURL = URL(fileURLWithPath: dir)
     var env = ProcessInfo.processInfo.environment.filter { k, _ in
@@ -89,5 +89,33 @@ final class SchedulerLaunchTests: XCTestCase {
     XCTAssertTrue(text.contains("keeping the checkpoint's global batch 32 on 1 rank × batch 8: gradient accumulation over 4 micro-batches per step"), text)
     XCTAssertTrue(text.contains("resumed from") && text.contains("done: global step 3"), text)
     XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir!)/train/model.ckpt-3.safetensors"))
+  }
+
+  /// `srun --ntasks-per-node=1 launch --ranks-per-node 2`: launch builds the table from Slurm's node
+  /// list (here one node, localhost) and supervises its 2 workers as with a rank table.
+  func testLaunchRanksPerNodeFromASlurmEnvironment() throws {
+    var synth = SyntheticOptions()
+    synth.classes = 4
+    synth.examples = 64
+    synth.width = 32
+    synth.height = 32
+    try Synthetic.write(to: "\(dir!)/data", split: "train", shards: 2, options: synth)
+    let ports = try XCTUnwrap(LoopbackPorts.findFree(count: 2), "no free loopback ports")
+    let (p, log) = try start(["--ranks-per-node", "2", "--log-dir", "\(dir!)/logs", "--threads", "1", "--",
+                              "--dataset-dir", "\(dir!)/data", "--model-name", "mobilenet_v2_035", "--num-classes", "4",
+                              "--image-size", "32", "--batch-size", "8", "--max-train-steps", "2", "--train-dir", "\(dir!)/train",
+                              "--checkpoint-format", "safetensors", "--no-summaries", "--decode-threads", "1"],
+                             ["SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+                              "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242",
+                              "MNV2_BASE_PORT": "\(ports)"],
+                             log: "launch", executable: "launch")
+    wait(p)
+    let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+    XCTAssertEqual(p.terminationStatus, 0, String(text.suffix(2000)))
+    XCTAssertTrue(text.contains("launch: Slurm environment: node 0 (localhost) of 1 runs ranks 0…1 of 2, ports \(ports)…\(ports + 1)"), text)
+    let rank1 = (try? String(contentsOfFile: "\(dir!)/logs/1/worker.log", encoding: .utf8)) ?? ""
+    XCTAssertTrue(rank1.contains("done: global step 2"), rank1)
+    XCTAssertTrue(rank1.contains("job slurm-4242"), rank1)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir!)/train/model.ckpt-2.safetensors"))
   }
 }
