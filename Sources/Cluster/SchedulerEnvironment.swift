@@ -154,6 +154,10 @@ public enum SchedulerEnvironment {
     let worldVar = ["SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS"].first { v.string($0) != nil }
     guard let wv = worldVar, let world = try v.int(wv, atLeast: 1) else { throw RankTableError("SLURM_NTASKS is not set (SLURM_PROCID is; run the workers with srun)") }
     try v.below(rank, "SLURM_PROCID", world, wv)
+    // The batch script itself also has SLURM_PROCID=0 and SLURM_NTASKS; only srun's steps have a step id.
+    if world > 1, v.string("SLURM_STEP_ID") == nil, v.string("SLURM_STEPID") == nil {
+      throw RankTableError("SLURM_PROCID is set but SLURM_STEP_ID is not: this is the batch script itself, not one of \(world) tasks; start the workers with srun")
+    }
     guard let localRank = try v.int("SLURM_LOCALID", atLeast: 0) else { throw RankTableError("SLURM_LOCALID is not set (SLURM_PROCID is)") }
     let listVar = ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"].first { v.string($0) != nil }
     guard let lv = listVar else { throw RankTableError("SLURM_JOB_NODELIST is not set (SLURM_PROCID is)") }

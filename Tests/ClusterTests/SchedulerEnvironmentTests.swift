@@ -83,7 +83,11 @@ final class SchedulerEnvironmentTests: XCTestCase {
     expectError(slurm(rank: 0, local: 0, node: 0, extra: ["SLURM_DISTRIBUTION": "cyclic"]), mentions: ["SLURM_DISTRIBUTION=cyclic"])
     expectError(slurm(rank: 0, local: 0, node: 0, extra: ["SLURM_JOB_NODELIST": "n[1-"]), mentions: ["SLURM_JOB_NODELIST=n[1-"])
     expectError(slurm(rank: 0, local: 0, node: 0, extra: ["SLURM_NTASKS": "two"]), mentions: ["SLURM_NTASKS=two"])
-    expectError(["SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0"], mentions: ["SLURM_JOB_NODELIST"])
+    expectError(["SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_STEP_ID": "0"], mentions: ["SLURM_JOB_NODELIST"])
+    // The batch script's own environment (measured under make slurm-test): no step id.
+    var batchStep = slurm(rank: 0, local: 0, node: 0)
+    batchStep["SLURM_STEP_ID"] = nil
+    expectError(batchStep, mentions: ["SLURM_STEP_ID", "srun"])
     var noJob = slurm(rank: 0, local: 0, node: 0)
     noJob["SLURM_JOB_ID"] = nil
     expectError(noJob, mentions: ["MASTER_PORT", "SLURM_JOB_ID"])
@@ -205,7 +209,7 @@ final class SchedulerEnvironmentTests: XCTestCase {
   /// `launch --ranks-per-node N`, one launch per node: N ranks on each node, this node's first rank.
   func testPerNodeLaunchPlacement() throws {
     let env = ["SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
-               "SLURM_JOB_NODELIST": "127.0.0.[1-2]", "SLURM_TASKS_PER_NODE": "1(x2)", "SLURM_JOB_ID": "7"]
+               "SLURM_JOB_NODELIST": "127.0.0.[1-2]", "SLURM_TASKS_PER_NODE": "1(x2)", "SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0"]
     let p = try SchedulerEnvironment.perNodeLaunch(env, ranksPerNode: 3)
     XCTAssertEqual(p.worldSize, 6)
     XCTAssertEqual(p.rank, 3)

@@ -106,7 +106,7 @@ final class SchedulerLaunchTests: XCTestCase {
                               "--image-size", "32", "--batch-size", "8", "--max-train-steps", "2", "--train-dir", "\(dir!)/train",
                               "--checkpoint-format", "safetensors", "--no-summaries", "--decode-threads", "1"],
                              ["SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-                              "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242",
+                              "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0",
                               "MNV2_BASE_PORT": "\(ports)"],
                              log: "launch", executable: "launch")
     wait(p)
