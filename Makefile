@@ -12,7 +12,7 @@ DEB_PACKAGES = libturbojpeg0-dev libzmq3-dev libopenblas-dev pkg-config dataset-
 PY_PACKAGES  = numpy safetensors
 BENCH_PY    ?= $(HOME)/bench-venv/bin/python
 
-.PHONY: all deps build test bench clean demo interop
+.PHONY: all deps build test bench clean demo interop slurm-test
 
 all: build
 
@@ -167,3 +167,9 @@ interop: deps $(INTEROP_VENV)/.installed
 	    || { status=1; echo "$$check failed (stderr: $(INTEROP_DIR)/$$(basename $$check .py).err)"; tail -3 $(INTEROP_DIR)/$$(basename $$check .py).err; }; \
 	done; \
 	if [ $$status = 0 ]; then echo "make interop: all checks passed"; else echo "make interop: FAILED"; fi; exit $$status
+
+# A real one-node Slurm cluster on 127.0.0.1 runs cluster/slurm/train.sbatch for 2 tasks (issue 11,
+# docs/clusters.md): installs slurm-wlm and munge if missing, root only, daemons stopped on exit.
+slurm-test: deps
+	$(SWIFT) build $(SWIFT_FLAGS)
+	BIN=$$($(SWIFT) build $(SWIFT_FLAGS) --show-bin-path) cluster/slurm/local-test.sh

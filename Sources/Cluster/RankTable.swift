@@ -134,7 +134,9 @@ public struct RankTable: Equatable, Sendable {
   public func placed(interfaces: Set<String>, serverAddresses: [String: String] = [:]) throws -> RankTable {
     var out: [Device] = []
     for var d in devices {
-      if LocalAddress.isLocal(d.deviceIP, interfaces: interfaces) {
+      // A device_ip that is this host's, or its server's own address (a table of hosts, such as
+      // the one launch --ranks-per-node writes), is where the device really runs, on every host alike.
+      if LocalAddress.isLocal(d.deviceIP, interfaces: interfaces) || Self.serverAddress(d.serverID, given: serverAddresses) == d.deviceIP {
         out.append(d)
         continue
       }

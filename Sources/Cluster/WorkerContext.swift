@@ -25,6 +25,8 @@ public struct WorkerContext: Sendable {
   /// Observability (issue 13): the timeline launch asked for (file, steps recorded).
   public var timelineFile: String? = nil
   public var timelineSteps: Int? = nil
+  /// Issue 11: where a cluster engine's environment placed this rank (nil: launch or flags did).
+  public var scheduler: SchedulerPlacement? = nil
 
   /// A context for one process alone: no table, no sockets.
   public static func single(threads: Int? = nil) -> WorkerContext {
@@ -39,7 +41,9 @@ public struct WorkerContext: Sendable {
   }
 
   /// Reads the contract. `overrideRank` (a `--rank` flag) wins over RANK_ID; `rankTablePath`
-  /// over RANK_TABLE_FILE. Without a table the worker runs alone (world size 1, no sockets).
+  /// over RANK_TABLE_FILE. Without a table, a cluster engine's environment (Slurm, Open MPI,
+  /// torchrun-style; `SchedulerEnvironment`) places the rank; without either the worker runs alone
+  /// (world size 1, no sockets).
   /// Removes the job secret from the process environment so that children do not inherit it.
   public static func fromEnvironment(overrideRank: Int? = nil, rankTablePath: String? = nil,
                                      environment: [String: String] = ProcessInfo.processInfo.environment) throws -> WorkerContext {
@@ -66,7 +70,20 @@ public struct WorkerContext: Sendable {
     }
     let secret = try readSecret(environment)
 
-    guard let path = rankTablePath ?? value(.rankTableFile) else {
+    var scheduled: SchedulerPlacement? = nil
+    let table: RankTable
+    let path: String
+    if let p = rankTablePath ?? value(.rankTableFile) {
+      path = p
+      // Devices whose device_ip is not on this host run on their server's address, as launch placed them.
+      table = try RankTable.load(path: path, basePort: try int(.basePort) ?? RankTable.defaultBasePort)
+        .placed(interfaces: LocalAddress.interfaceAddresses(),
+                serverAddresses: try value(.serverAddresses).map(RankTable.decodeServerAddresses) ?? [:])
+    } else if let placement = try SchedulerEnvironment.detect(environment), placement.worldSize > 1 {
+      scheduled = placement
+      table = try placement.rankTable()
+      path = "(\(placement.engine.displayName) environment)"
+    } else {
       var ctx = single(threads: try int(.threads))
       ctx.logDir = value(.logDir)
       ctx.restartCount = try int(.restartCount) ?? 0
@@ -75,10 +92,7 @@ public struct WorkerContext: Sendable {
       ctx.timelineSteps = try int(.timelineSteps)
       return ctx
     }
-    let table = try RankTable.load(path: path, basePort: try int(.basePort) ?? RankTable.defaultBasePort)
-      .placed(interfaces: LocalAddress.interfaceAddresses(),
-              serverAddresses: try value(.serverAddresses).map(RankTable.decodeServerAddresses) ?? [:])
-    guard let rank = try overrideRank ?? int(.rankID) else {
+    guard let rank = try overrideRank ?? int(.rankID) ?? scheduled?.rank else {
       throw RankTableError("no rank: pass --rank or set \(ContractKey.rankID.rawValue)")
     }
     guard rank < table.worldSize else {
@@ -103,10 +117,11 @@ public struct WorkerContext: Sendable {
       rank: rank, worldSize: table.worldSize,
       localRank: try int(.localRank) ?? local.firstIndex(of: me) ?? 0, localWorldSize: localWorldSize,
       deviceID: me.deviceID,
-      jobID: value(.jobID) ?? "job-\(secret?.fingerprint ?? "single")",
+      jobID: value(.jobID) ?? scheduled?.jobID ?? "job-\(secret?.fingerprint ?? "single")",
       threads: try int(.threads) ?? defaultThreads(localWorkers: localWorldSize),
       logDir: value(.logDir), restartCount: try int(.restartCount) ?? 0,
-      rankTablePath: path, table: table, secret: secret, groupOptions: options)
+      rankTablePath: scheduled == nil ? path : nil, table: table, secret: secret, groupOptions: options)
+    ctx.scheduler = scheduled
     ctx.timelineFile = value(.timelineFile)
     ctx.timelineSteps = try int(.timelineSteps)
     return ctx

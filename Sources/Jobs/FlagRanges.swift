@@ -33,6 +33,10 @@ extension TrainFlags {
     try checkRange(minCropArea > 0 && minCropArea <= 1, "min-crop-area", minCropArea, "in (0, 1]")
     try checkRange(fusionMiB > 0 && fusionMiB <= 1024, "fusion-mib", fusionMiB, "in (0, 1024]")
     try checkRange(timelineSteps >= 1, "timeline-steps", timelineSteps, "≥ 1")
+    if let k = gradientAccumulationSteps {
+      try checkRange((1...TrainFlags.maxGradientAccumulationSteps).contains(k), "gradient-accumulation-steps", k,
+                     "in 1...\(TrainFlags.maxGradientAccumulationSteps)")
+    }
   }
 }
 

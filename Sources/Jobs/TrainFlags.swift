@@ -108,6 +108,12 @@ public struct TrainFlags: ParsableArguments {
   @Flag(name: .seed("restore-moving-average"), help: "Fine-tuning: restore the weights from the checkpoint's ExponentialMovingAverage shadows.")
   public var restoreMovingAverage = false
 
+  // Issue 11: gradient accumulation (docs/distributed.md)
+  @Option(name: .seed("gradient-accumulation-steps"), help: "Micro-batches of --batch-size summed per optimizer step, one allreduce per step (global batch = ranks × batch × K; the LR schedule counts optimizer steps). Default 1, or on resume the K that keeps the checkpoint's global batch.")
+  public var gradientAccumulationSteps: Int?
+
+  /// Beyond this a step is one epoch on any realistic shard: a typo rather than a plan.
+  public static let maxGradientAccumulationSteps = 65536
   static let preprocessingNames = ["inception_v2", "inception", "inception_v1", "inception_v3", "mobilenet_v2"]
 
   /// `worker train` parses these flags, so parsing checks them.
@@ -159,6 +165,7 @@ public struct TrainFlags: ParsableArguments {
     // Interop (issue 10)
     o.checkpointFormat = checkpointFormat
     o.restoreMovingAverage = restoreMovingAverage
+    o.gradientAccumulationSteps = gradientAccumulationSteps
     return o
   }
 }

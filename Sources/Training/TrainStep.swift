@@ -53,16 +53,34 @@ public final class TrainStep {
   /// process) receives each gradient range as backward finishes it and must hold the average over
   /// all ranks when its `finish()` returns; only then are the gradients read again. `step` is the
   /// global step the update belongs to (for the averaging's decay).
+  ///
+  /// Gradient accumulation: with `microBatches` K > 1, `loadMicroBatch(m)` writes micro-batch m
+  /// (1..<K) into the input before its forward; backward sums each micro-batch's gradient into the
+  /// slab, only the last backward feeds the reducer (so the one allreduce overlaps it), and the
+  /// reduced sum is divided by K: the mean over K × ranks micro-batches, as K times more ranks would
+  /// average. BN normalises each micro-batch over itself. The result's loss is the micro-batches' mean.
   @discardableResult
   public func run(batch: Int, lr: Float, step: Int, rng: inout RandomState,
-                  reducer: GradientReducing? = nil) throws -> StepResult {
-    let l = span(Timeline.Name.forward) { () -> LossResult in
-      model.zeroGradients()
-      model.forward(batch: batch, mode: mode, rng: &rng)
-      return model.loss(batch: batch, labelSmoothing: hyper.labelSmoothing)
+                  reducer: GradientReducing? = nil, microBatches: Int = 1,
+                  loadMicroBatch: ((Int) throws -> Void)? = nil) throws -> StepResult {
+    precondition(microBatches >= 1 && (microBatches == 1 || loadMicroBatch != nil), "micro-batches need a loader")
+    var loss: Float = 0, correct = 0
+    model.zeroGradients()
+    for m in 0..<microBatches {
+      if m > 0 { try span(Timeline.Name.dataWait) { try loadMicroBatch!(m) } }
+      let l = span(Timeline.Name.forward) { () -> LossResult in
+        model.forward(batch: batch, mode: mode, rng: &rng)
+        return model.loss(batch: batch, labelSmoothing: hyper.labelSmoothing)
+      }
+      loss += l.loss
+      correct += l.correct
+      let last = m == microBatches - 1
+      span(Timeline.Name.backward) {
+        model.backward(batch: batch, onGradientsReady: last ? reducer.map { r in { r.ready($0) } } : nil)
+      }
     }
-    span(Timeline.Name.backward) { model.backward(batch: batch, onGradientsReady: reducer.map { r in { r.ready($0) } }) }
     try span(Timeline.Name.allreduceWait) { try reducer?.finish() }
+    if microBatches > 1 { scale(model.gradients.base, count: model.parameterCount, by: 1 / Float(microBatches)) }
     let reg = span(Timeline.Name.optimizer) { () -> Float in
       // Weight decay after averaging: the weights are identical on all ranks, so is its gradient.
       let reg = Profile.time(.optimizer) { applyWeightDecay(model: model, weightDecay: hyper.weightDecay) }
@@ -72,7 +90,13 @@ public final class TrainStep {
       average?.update(from: model, step: step)
       return reg
     }
-    return StepResult(loss: l.loss, totalLoss: l.loss + reg, correct: l.correct)
+    let meanLoss = loss / Float(microBatches)
+    return StepResult(loss: meanLoss, totalLoss: meanLoss + reg, correct: correct)
+  }
+
+  /// The accumulated gradient's 1/K (a flat loop the compiler vectorises).
+  private func scale(_ p: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {
+    for i in 0..<count { p[i] *= factor }
   }
 
   private func span<T>(_ name: String, _ body: () throws -> T) rethrows -> T {

@@ -56,6 +56,9 @@ public struct TrainerOptions: Sendable {
   public var checkpointFormat = TrainerDefaults.checkpointFormat
   /// Fine-tuning restores the weights from the `/ExponentialMovingAverage` shadows.
   public var restoreMovingAverage = false
+  // Issue 11: micro-batches per optimizer step (nil: 1, or whatever keeps a resumed checkpoint's
+  // global batch on this world size; see `Trainer.accumulationSteps`).
+  public var gradientAccumulationSteps: Int? = nil
 
   public init(model: ModelConfig) { self.model = model }
 }
@@ -67,6 +70,8 @@ public struct TrainSummary: Sendable {
   public var lastLoss: Float
   public var resumedFrom: String?
   public var checksum: UInt64
+  /// Micro-batches per step this run used (gradient accumulation).
+  public var accumulationSteps: Int = 1
 }
 
 public struct TrainingError: Error, CustomStringConvertible {
@@ -87,6 +92,8 @@ public final class Trainer {
   let dir: CheckpointDirectory
 
   public static let metricsFile = "metrics.jsonl"
+  /// Micro-batches per optimizer step of the current run (set by `run`, recorded in checkpoints).
+  private var accumulation = 1
 
   // Observability (issue 13): the timeline (every rank) and observers of logged steps (rank 0).
   public var timeline: Timeline?
@@ -135,22 +142,9 @@ public final class Trainer {
     let o = options
     let ranks = comm.size
     let examples = data.examplesInSplit
-    let stepsPerEpoch = examples / (o.batchSize * ranks)
-    guard stepsPerEpoch > 0 else {
-      throw TrainingError("the split has \(examples) examples, fewer than one global batch of \(o.batchSize) × \(ranks) ranks; lower --batch-size")
-    }
-    let totalSteps: Int
-    switch (o.maxEpochs, o.maxTrainSteps) {
-    case (let e?, nil): totalSteps = Int((e * Double(stepsPerEpoch)).rounded())
-    case (nil, let s?): totalSteps = s
-    default: throw TrainingError("give exactly one of --max-epoch and --max-train-steps")
-    }
-    let schedule = LearningRateSchedule(base: o.learningRate, decay: o.decay, stepsPerEpoch: stepsPerEpoch,
-                                        totalSteps: totalSteps, warmupEpochs: o.warmupEpochs)
-    let saveEvery = max(1, o.saveCheckpointsSteps ?? stepsPerEpoch)
-
     // Start: resume (rank 0 reads, everyone receives), else fine-tune restore, else fresh weights.
     var startStep = 0
+    var savedGlobalBatch = 0  // 0: none recorded (fresh run, or a checkpoint without our metadata)
     var resumedFrom: String? = nil
     if comm.rank == 0 {
       try FileManager.default.createDirectory(atPath: o.trainDir, withIntermediateDirectories: true)
@@ -158,7 +152,8 @@ public final class Trainer {
         // Either format; a TensorFlow checkpoint has no metadata, so its tensor shapes are checked.
         let file = try CheckpointDirectory.open(latest)
         if ModelCheckpoint.hasMetadata(file) {
-          let saved = try ModelCheckpoint.config(of: file)
+          var saved = try ModelCheckpoint.config(of: file)
+          saved.dropoutKeepProb = o.model.dropoutKeepProb  // a training setting, not recorded
           guard saved == o.model else {
             throw TrainingError("\(latest) was written for \(saved.modelName)/\(saved.numClasses) classes/\(saved.imageSize)px but this run trains \(o.model.modelName)/\(o.model.numClasses)/\(o.model.imageSize); use another --train-dir")
           }
@@ -167,6 +162,7 @@ public final class Trainer {
           throw TrainingError("cannot resume from \(latest) (use another --train-dir for another model or optimizer): \(error)")
         }
         startStep = Int(try ModelCheckpoint.globalStep(of: file))
+        savedGlobalBatch = Self.globalBatch(recordedIn: file.metadata) ?? 0
         resumedFrom = latest
       } else if let restore = o.restorePath {
         let path = try CheckpointDirectory.resolve(restore)[0]
@@ -184,14 +180,37 @@ public final class Trainer {
     for slab in model.checkpointSlabs + slotSlabs {
       try comm.broadcast(slab.buffer.base, count: slab.buffer.count, root: 0)
     }
-    var stepWord = [Double(startStep)]
-    if comm.rank != 0 { stepWord[0] = 0 }
-    try stepWord.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 1) }
-    startStep = Int(stepWord[0])
+    var startWords = [Double(startStep), Double(savedGlobalBatch)]
+    if comm.rank != 0 { startWords = [0, 0] }
+    try startWords.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 2) }
+    startStep = Int(startWords[0])
+    savedGlobalBatch = Int(startWords[1])
     if let r = resumedFrom { log.info("resumed from \(r) at global step \(startStep)") }
 
+    // Every rank has the same inputs here, so a refusal is the same one line on every rank.
+    let (accumulation, note) = try Self.accumulationSteps(explicit: o.gradientAccumulationSteps,
+                                                          savedGlobalBatch: savedGlobalBatch == 0 ? nil : savedGlobalBatch,
+                                                          ranks: ranks, batch: o.batchSize)
+    if let n = note { log.info(n) }
+    self.accumulation = accumulation
+    let globalBatch = o.batchSize * ranks * accumulation
+    let stepsPerEpoch = examples / globalBatch
+    guard stepsPerEpoch > 0 else {
+      throw TrainingError("the split has \(examples) examples, fewer than one global batch of \(o.batchSize) × \(ranks) ranks"
+                          + (accumulation > 1 ? " × \(accumulation) micro-batches" : "") + "; lower --batch-size")
+    }
+    let totalSteps: Int
+    switch (o.maxEpochs, o.maxTrainSteps) {
+    case (let e?, nil): totalSteps = Int((e * Double(stepsPerEpoch)).rounded())
+    case (nil, let s?): totalSteps = s
+    default: throw TrainingError("give exactly one of --max-epoch and --max-train-steps")
+    }
+    let schedule = LearningRateSchedule(base: o.learningRate, decay: o.decay, stepsPerEpoch: stepsPerEpoch,
+                                        totalSteps: totalSteps, warmupEpochs: o.warmupEpochs)
+    let saveEvery = max(1, o.saveCheckpointsSteps ?? stepsPerEpoch)
+
     log.info("model \(o.model.modelName) (depth multiplier \(o.model.depthMultiplier)), \(model.parameterCount) parameters, \(o.model.numClasses) classes, \(o.model.imageSize)x\(o.model.imageSize) input")
-    log.info("ranks \(ranks), batch \(o.batchSize) per rank (global \(o.batchSize * ranks)), \(examples) training examples, steps_per_epoch \(stepsPerEpoch), total steps \(totalSteps), compute threads \(Compute.threads)")
+    log.info("ranks \(ranks), batch \(o.batchSize) per rank\(accumulation > 1 ? " × \(accumulation) accumulated micro-batches" : "") (global \(globalBatch)), \(examples) training examples, steps_per_epoch \(stepsPerEpoch), total steps \(totalSteps), compute threads \(Compute.threads)")
     log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), lr \(o.learningRate) \(o.decay.rawValue) warm-up \(o.warmupEpochs) epochs, weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing), BN decay \(o.batchNormDecay)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
 
     let batch = o.batchSize
@@ -225,23 +244,28 @@ public final class Trainer {
       let epoch = step / stepsPerEpoch
       let n = try span(Timeline.Name.dataWait) { () throws -> Int in
         if epoch != currentEpoch {
-          try data.start(epoch: epoch, skipBatches: step % stepsPerEpoch)
+          try data.start(epoch: epoch, skipBatches: (step % stepsPerEpoch) * accumulation)
           currentEpoch = epoch
         }
         return try data.next(images: images, labels: labels)
       }
-      guard n == batch else {
-        throw TrainingError("rank \(comm.rank): data ended after \(n) examples in epoch \(epoch) at step \(step) (expected \(stepsPerEpoch) full batches)")
+      func checkFull(_ n: Int) throws {
+        guard n == batch else {
+          throw TrainingError("rank \(comm.rank): data ended after \(n) examples in epoch \(epoch) at step \(step) (expected \(stepsPerEpoch * accumulation) full batches)")
+        }
       }
+      try checkFull(n)
       let lr = Float(schedule.rate(at: step))
       var rng = RandomState(seed: o.seed &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(comm.rank) << 48 ^ UInt64(step))
-      let l = try self.step.run(batch: batch, lr: lr, step: step, rng: &rng, reducer: reducer)
+      let l = try self.step.run(batch: batch, lr: lr, step: step, rng: &rng, reducer: reducer, microBatches: accumulation) { _ in
+        try checkFull(try self.data.next(images: images, labels: labels))
+      }
       guard l.loss.isFinite else { throw TrainingError("rank \(comm.rank): loss is \(l.loss) at step \(step); lower --learning-rate") }
       lastLoss = l.loss
       step += 1
 
       window.loss += Double(l.loss); window.total += Double(l.totalLoss)
-      window.correct += Double(l.correct); window.examples += Double(batch); window.steps += 1
+      window.correct += Double(l.correct); window.examples += Double(batch * accumulation); window.steps += 1
       if step % max(1, o.logEveryNSteps) == 0 || step == totalSteps {
         let metricsStart = timeline?.begin()
         var sums = [window.loss, window.total, window.correct, window.examples]
@@ -270,7 +294,7 @@ public final class Trainer {
     if data.skippedCorrupt > 0 { log.warning("skipped \(data.skippedCorrupt) corrupt examples on rank \(comm.rank)") }
     let sum = try verifyIdenticalWeights()
     return TrainSummary(firstStep: startStep, globalStep: step, stepsPerEpoch: stepsPerEpoch, lastLoss: lastLoss,
-                        resumedFrom: resumedFrom, checksum: sum)
+                        resumedFrom: resumedFrom, checksum: sum, accumulationSteps: accumulation)
   }
 
   /// Rank 0 writes the checkpoint; everyone checks the weights are still identical first.
@@ -290,6 +314,9 @@ public final class Trainer {
         "epoch": String(step / stepsPerEpoch), "batch_in_epoch": String(step % stepsPerEpoch),
         "steps_per_epoch": String(stepsPerEpoch), "world_size": String(comm.size),
         "batch_size": String(options.batchSize), "seed": String(options.seed),
+        "gradient_accumulation_steps": String(accumulation),
+        "global_batch": String(options.batchSize * comm.size * accumulation),
+        "examples_consumed": String(step * options.batchSize * comm.size * accumulation),
         "rng": "derived from (seed, epoch, example) for data and (seed, rank, step) for dropout",
         "weights_checksum": String(sum, radix: 16),
       ], to: path)
@@ -297,6 +324,34 @@ public final class Trainer {
     }
     try dir.prune(keep: options.keepCheckpointMax)
     log.info("saved checkpoint \(written.joined(separator: " and "))")
+  }
+
+  /// The global batch (world × batch × micro-batches) a checkpoint's metadata records; checkpoints
+  /// from before gradient accumulation record world_size and batch_size only (K = 1).
+  public static func globalBatch(recordedIn m: [String: String]) -> Int? {
+    if let g = m["global_batch"].flatMap({ Int($0) }), g > 0 { return g }
+    guard let w = m["world_size"].flatMap({ Int($0) }), let b = m["batch_size"].flatMap({ Int($0) }), w > 0, b > 0 else { return nil }
+    return w * b * (m["gradient_accumulation_steps"].flatMap { Int($0) } ?? 1)
+  }
+
+  /// Micro-batches per step: `explicit` (--gradient-accumulation-steps) when given, else the K that
+  /// keeps the resumed checkpoint's global batch on `ranks` × `batch` (1 without a checkpoint), with
+  /// the one line to log when the world size changed. A global batch that cannot be kept exactly is
+  /// an error unless K was given.
+  public static func accumulationSteps(explicit: Int?, savedGlobalBatch saved: Int?, ranks: Int,
+                                       batch: Int) throws -> (steps: Int, note: String?) {
+    let perStep = ranks * batch
+    if let k = explicit {
+      guard let g = saved, g != perStep * k else { return (k, nil) }
+      return (k, "the checkpoint's global batch was \(g); --gradient-accumulation-steps \(k) on \(ranks) rank\(ranks == 1 ? "" : "s") × batch \(batch) makes it \(perStep * k) from here on")
+    }
+    guard let g = saved, g != perStep else { return (1, nil) }
+    guard g % perStep == 0 else {
+      throw TrainingError("the checkpoint's global batch \(g) is not a multiple of \(ranks) ranks × --batch-size \(batch); "
+                          + "pass --gradient-accumulation-steps to choose a new global batch, or a --batch-size that divides \(g / max(1, ranks)) exactly")
+    }
+    let k = g / perStep
+    return (k, "keeping the checkpoint's global batch \(g) on \(ranks) rank\(ranks == 1 ? "" : "s") × batch \(batch): gradient accumulation over \(k) micro-batches per step")
   }
 
   /// FNV-1a of the weight bytes, allgathered: a mismatch means the ranks diverged.

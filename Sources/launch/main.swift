@@ -16,6 +16,8 @@ struct Launch: ParsableCommand {
   var rankTable: String?
   @Option(help: "Instead of a table: N ranks on 127.0.0.1, ports --base-port + rank (a generated table is written to the log dir).")
   var localRanks: Int?
+  @Option(name: [.customLong("ranks-per-node"), .customLong("ranks_per_node")], help: "Instead of a table: N ranks on every node of a Slurm or Open MPI job that runs one launch per node (docs/clusters.md).")
+  var ranksPerNode: Int?
   @Option(help: "Server of the table to run (default: the one whose devices are on this host).")
   var serverID: String?
   @Option(name: [.customLong("server-address"), .customLong("server_address")],
@@ -55,7 +57,9 @@ struct Launch: ParsableCommand {
   var workerArguments: [String] = []
 
   func validate() throws {
-    if (rankTable == nil) == (localRanks == nil) { throw ValidationError("give exactly one of --rank-table and --local-ranks") }
+    if [rankTable != nil, localRanks != nil, ranksPerNode != nil].filter({ $0 }).count != 1 {
+      throw ValidationError("give exactly one of --rank-table, --local-ranks and --ranks-per-node")
+    }
     if let s = security, SecurityMode(rawValue: s) == nil { throw ValidationError("--security \(s): must be curve or plain") }
     if let n = timelineSteps, n < 1 { throw ValidationError("--timeline-steps \(n) is out of range: must be ≥ 1") }
     if timelineSteps != nil && timeline == nil { throw ValidationError("--timeline-steps needs --timeline FILE") }
@@ -68,6 +72,7 @@ struct Launch: ParsableCommand {
       if !ok { throw ValidationError("--\(flag) \(value) is out of range: must be \(range)") }
     }
     if let n = localRanks { try check(n >= 1, "local-ranks", n, "≥ 1") }
+    if let n = ranksPerNode { try check((1...SchedulerEnvironment.portSlotWidth).contains(n), "ranks-per-node", n, "in 1...\(SchedulerEnvironment.portSlotWidth)") }
     try check(maxRestarts >= 0, "max-restarts", maxRestarts, "≥ 0")
     let maxPort = 65535 - max(0, (localRanks ?? 1) - 1)
     try check((0...maxPort).contains(basePort), "base-port", basePort, "in 0...\(maxPort) (0: free ports, with --local-ranks)")
@@ -82,6 +87,7 @@ struct Launch: ParsableCommand {
     let environment = ProcessInfo.processInfo.environment
     var tablePath: String
     let table: RankTable
+    var schedulerServer: String? = nil, schedulerJobID: String? = nil
     if let n = localRanks {
       var basePort = self.basePort
       if basePort == 0 {
@@ -94,6 +100,21 @@ struct Launch: ParsableCommand {
       let json = RankTable.seedSchemaJSON(servers: [("127.0.0.1", Array(repeating: "127.0.0.1", count: n),
                                                      (0..<n).map { basePort + $0 })], podName: "local\(n)p")
       try json.write(toFile: tablePath, atomically: true, encoding: .utf8)
+    } else if let n = ranksPerNode {
+      // Issue 11: the table from the engine's node list; this node is the engine's node index.
+      let placed: SchedulerPlacement
+      do {
+        placed = try SchedulerEnvironment.perNodeLaunch(environment, ranksPerNode: n)
+        let json = try placed.rankTableJSON()
+        let dir = logDir ?? defaultResultDir(worldSize: placed.worldSize)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        tablePath = "\(dir)/rank_table.json"
+        try json.write(toFile: tablePath, atomically: true, encoding: .utf8)
+      } catch { throw ValidationError("\(error)") }
+      schedulerServer = placed.nodes[placed.rank / n]
+      schedulerJobID = placed.jobID
+      print("launch: \(placed.engine.displayName) environment: node \(placed.rank / n) (\(placed.nodes[placed.rank / n])) of \(placed.nodes.count) "
+            + "runs ranks \(placed.rank)…\(placed.rank + n - 1) of \(placed.worldSize), ports \(placed.basePort)…\(placed.basePort + n - 1) (\(placed.portRule) + local rank); table \(tablePath)")
     } else {
       tablePath = rankTable!
     }
@@ -101,12 +122,17 @@ struct Launch: ParsableCommand {
     let serverAddresses: [String: String]
     do {
       let parsed = try RankTable.load(path: tablePath, basePort: basePort)
-      serverAddresses = try RankTable.parseServerAddresses(serverAddress, defaultServer: serverID, table: parsed)
+      var given = try RankTable.parseServerAddresses(serverAddress, defaultServer: serverID, table: parsed)
+      if schedulerServer != nil {
+        // The engine's nodes are named servers whose devices are the nodes' own resolved addresses.
+        for d in parsed.devices where given[d.serverID] == nil { given[d.serverID] = d.deviceIP }
+      }
+      serverAddresses = given
       table = try parsed.placed(interfaces: LocalAddress.interfaceAddresses(), serverAddresses: serverAddresses)
     } catch {
       throw ValidationError("\(error)")
     }
-    let server = try Launcher.selectServer(table: table, requested: serverID)
+    let server = try Launcher.selectServer(table: table, requested: serverID ?? schedulerServer)
     // Once per device of this server: a real table's NPU addresses are not this host's.
     for note in table.simulationNotes(server: server) { print("launch: \(note)") }
 
@@ -127,7 +153,7 @@ struct Launch: ParsableCommand {
     }
     var plan = LaunchPlan(table: table, tablePath: tablePath, serverID: server, workerExecutable: executable,
                           workerArguments: workerArguments, logDir: logDir ?? defaultResultDir(worldSize: table.worldSize),
-                          jobID: jobID ?? environment[ContractKey.jobID.rawValue] ?? "job-\(secret.fingerprint)", secret: secret)
+                          jobID: jobID ?? environment[ContractKey.jobID.rawValue] ?? schedulerJobID ?? "job-\(secret.fingerprint)", secret: secret)
     plan.maxRestarts = maxRestarts
     plan.basePort = basePort
     plan.threads = threads

@@ -21,9 +21,9 @@ struct Worker: ParsableCommand {
 
 /// Where this rank sits in the job and how its group behaves: every subcommand has these.
 struct Placement: ParsableArguments {
-  @Option(help: "This worker's rank (default: RANK_ID from launch).")
+  @Option(help: "This worker's rank (default: RANK_ID from launch, else SLURM_PROCID, OMPI_COMM_WORLD_RANK or RANK; see docs/clusters.md).")
   var rank: Int?
-  @Option(name: [.customLong("rank-table"), .customLong("rank_table")], help: "Rank table (default: RANK_TABLE_FILE). Without one the worker runs alone, without sockets.")
+  @Option(name: [.customLong("rank-table"), .customLong("rank_table")], help: "Rank table (default: RANK_TABLE_FILE). Without one, a Slurm, Open MPI or torchrun-style environment places the worker (docs/clusters.md); without that it runs alone, without sockets.")
   var rankTable: String?
   @Option(help: "Seconds to wait for the ring to form (default \(Int(GroupOptions.defaultConnectTimeout)), or MNV2_CONNECT_TIMEOUT).")
   var connectTimeout: Double?
@@ -53,6 +53,7 @@ struct Placement: ParsableArguments {
     } catch {
       fail("\(error)", code: 1)
     }
+    if let placed = ctx.scheduler { say(placed.summary) }
     say("worker pid \(getpid()) rank \(ctx.rank)/\(ctx.worldSize) device \(ctx.deviceID) local \(ctx.localRank)/\(ctx.localWorldSize) "
         + "threads \(ctx.threads) job \(ctx.jobID) restart \(ctx.restartCount)")
     if ctx.worldSize == 1, let r = rank, r != 0 { say("note: no rank table, so running alone as rank 0 of 1 (--rank \(r) ignored)") }

@@ -52,6 +52,14 @@ final class FlagsTests: XCTestCase {
     XCTAssertTrue(f.ignoredNotes[0].contains("iterations_per_loop"))
   }
 
+  /// Issue 11: both spellings; unset means "1, or what keeps a resumed checkpoint's global batch".
+  func testGradientAccumulationFlag() throws {
+    let base = ["--dataset-dir=/d", "--max-train-steps=1"]
+    XCTAssertNil(try TrainFlags.parse(base).trainerOptions(worldSize: 2).gradientAccumulationSteps)
+    XCTAssertEqual(try TrainFlags.parse(base + ["--gradient-accumulation-steps", "4"]).trainerOptions(worldSize: 2).gradientAccumulationSteps, 4)
+    XCTAssertEqual(try TrainFlags.parse(base + ["--gradient_accumulation_steps=8"]).trainerOptions(worldSize: 2).gradientAccumulationSteps, 8)
+  }
+
   func testExactlyOneStopCondition() throws {
     XCTAssertThrowsError(try TrainFlags.parse(["--dataset-dir", "/d"]).checkForTraining())
     XCTAssertThrowsError(try TrainFlags.parse(["--dataset-dir", "/d", "--max-epoch", "1", "--max-train-steps", "5"]).checkForTraining())
@@ -81,6 +89,8 @@ final class FlagsTests: XCTestCase {
       ("--fusion-mib=0", "--fusion-mib 0.0 is out of range"),
       ("--num-classes=1", "--num-classes 1 is out of range"),
       ("--image-size=33", "--image-size 33 is out of range"),
+      ("--gradient-accumulation-steps=0", "--gradient-accumulation-steps 0 is out of range: must be in 1...65536"),
+      ("--gradient_accumulation_steps=65537", "--gradient-accumulation-steps 65537 is out of range"),
     ]
     for (flag, expected) in cases {
       // Parsing runs validate() (= checkForTraining), as `worker train` does.
