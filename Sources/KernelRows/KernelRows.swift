@@ -51,6 +51,26 @@ public struct ChannelStatistics {
   public func with(sums: UnsafeMutablePointer<Double>) -> ChannelStatistics { ChannelStatistics(shift: shift, sums: sums) }
 }
 
+/// A depthwise input given as the producing layer's conv output z: x = act(z·scale + shift) (its
+/// batch norm and ReLU6) is made row by row into `buffer` (`bufferRows` input rows of W·C floats, at
+/// least K) as the depthwise reads it, so x itself is never stored (the expand layers' activations,
+/// the largest tensors of the network, exist only as these few cache-resident rows).
+public struct DepthwiseInputTransform {
+  public var scale, shift: UnsafePointer<Float>
+  public var relu6: Bool
+  public var buffer: UnsafeMutablePointer<Float>
+  public var bufferRows: Int
+  public init(scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool,
+              buffer: UnsafeMutablePointer<Float>, bufferRows: Int) {
+    self.scale = scale; self.shift = shift; self.relu6 = relu6; self.buffer = buffer; self.bufferRows = bufferRows
+  }
+  public func with(buffer: UnsafeMutablePointer<Float>) -> DepthwiseInputTransform {
+    var t = self
+    t.buffer = buffer
+    return t
+  }
+}
+
 /// Pixels summed in float before folding into the double accumulators.
 public let rowKernelBlockPixels = 32
 
@@ -60,17 +80,20 @@ public protocol RowKernelSet {
   /// Name for logs ("AVX-512", "AVX2").
   static var name: String { get }
 
-  /// y rows (n·Ho + oy) of the depthwise forward; statistics of the written outputs if `stats`.
+  /// y rows (n·Ho + oy) of the depthwise forward; statistics of the written outputs if `stats`;
+  /// x is z of the previous layer, transformed as read, if `input`.
   static func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                               _ g: DepthwiseGeometry, rows: Range<Int>, stats: ChannelStatistics?)
+                               _ g: DepthwiseGeometry, rows: Range<Int>, stats: ChannelStatistics?,
+                               input: DepthwiseInputTransform?)
   /// dx rows (n·H + iy) of the depthwise input gradient (a gather), plus `residual` if given, and the
   /// batch-norm backward reductions of the layer that produced x over the finished dx if `reduce`.
   static func depthwiseInputGradient(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
                                      w: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
                                      residual: UnsafePointer<Float>?, reduce: BatchNormReduction?)
-  /// dw[K·K·C] += Σ x·dy over output rows (n·Ho + oy).
+  /// dw[K·K·C] += Σ x·dy over output rows (n·Ho + oy) (x transformed as read if `input`).
   static func depthwiseWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
-                                      x: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>)
+                                      x: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
+                                      input: DepthwiseInputTransform?)
   /// Statistics of z[rows, C].
   static func channelStatistics(z: UnsafePointer<Float>, channels: Int, rows: Range<Int>, _ stats: ChannelStatistics)
   /// a = act(z·scale + shift) (+ residual) over rows.

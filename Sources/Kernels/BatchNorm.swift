@@ -86,9 +86,10 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
 
 /// The apply half: mean/invStd from the shifted sums (training) or the moving statistics
 /// (inference), moving averages updated in training, then a = act(BN(z)) + residual in one pass.
-/// `scaleShift` ([2·C], optional) receives the per-channel scale and shift used.
+/// `scaleShift` ([2·C], optional) receives the per-channel scale and shift used. With `a` nil nothing
+/// is applied: the consumer applies scale and shift as it reads z (`PendingBatchNorm`).
 public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShift: UnsafePointer<Float>,
-                             a: UnsafeMutablePointer<Float>, z: UnsafePointer<Float>,
+                             a: UnsafeMutablePointer<Float>?, z: UnsafePointer<Float>,
                              gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
                              mean: UnsafeMutablePointer<Float>, invStd: UnsafeMutablePointer<Float>,
                              movingMean: UnsafeMutablePointer<Float>, movingVariance: UnsafeMutablePointer<Float>,
@@ -117,6 +118,7 @@ public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShi
     let ss = scaleShift ?? buf.baseAddress!
     let scale = ss, shift = ss + C
     batchNormScaleShift(scale: scale, shift: shift, gamma: gamma, beta: beta, mean: mean, invStd: invStd, channels: C)
+    guard let a else { return }
     let rows = KernelISA.rows
     parallelChunks(M, minPerChunk: 64) { _, range in
       rows.batchNormApply(a: a, z: z, scale: scale, shift: shift, channels: C, rows: range, relu6: relu6, residual: residual)

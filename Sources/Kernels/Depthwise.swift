@@ -26,18 +26,57 @@ extension DepthwiseShape {
   }
 }
 
-/// y[N,Ho,Wo,C] = depthwise(x[N,H,W,C], w[K,K,C]).
+/// A depthwise input not stored as such: the previous layer's conv output z, whose batch norm (the
+/// per-channel `scale`, `shift` of `batchNormScaleShift`) and ReLU6 the depthwise applies as it reads.
+public struct PendingBatchNorm {
+  public let scale, shift: UnsafePointer<Float>
+  public let relu6: Bool
+  public init(scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool) {
+    self.scale = scale; self.shift = shift; self.relu6 = relu6
+  }
+  /// x = act(z·scale + shift), one value (the row kernels vectorise the same expression).
+  @inline(__always) func apply(_ z: Float, channel c: Int) -> Float {
+    let v = z * scale[c] + shift[c]
+    return relu6 ? min(max(v, 0), 6) : v
+  }
+}
+
+/// Input rows a thread transforms at a time for a `PendingBatchNorm` input: a group of output rows
+/// whose input rows fill about 256 KiB (kept in L2 while the group's taps read them).
+func transformRows(_ s: DepthwiseShape) -> Int {
+  let outRows = max(1, 65536 / max(1, s.width * s.channels * s.stride))
+  return (outRows - 1) * s.stride + s.kernel
+}
+
+/// Floats of transform buffers `chunks` threads need.
+func transformFloats(_ s: DepthwiseShape, chunks: Int) -> Int { chunks * transformRows(s) * s.width * s.channels }
+
+extension PendingBatchNorm {
+  func transform(_ s: DepthwiseShape, buffers: UnsafeMutablePointer<Float>, chunk: Int) -> DepthwiseInputTransform {
+    let rows = transformRows(s)
+    return DepthwiseInputTransform(scale: scale, shift: shift, relu6: relu6,
+                                   buffer: buffers + chunk * rows * s.width * s.channels, bufferRows: rows)
+  }
+}
+
+/// y[N,Ho,Wo,C] = depthwise(x[N,H,W,C], w[K,K,C]); with `input`, x is act(BN(z)) of the given z (see
+/// `PendingBatchNorm`), made as read.
 public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                             _ s: DepthwiseShape) {
+                             _ s: DepthwiseShape, input: PendingBatchNorm? = nil, scratch: Scratch? = nil) {
   let g = s.geometry, rows = KernelISA.rows
-  parallelChunks(s.batch * s.outHeight) { _, r in rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: nil) }
+  let total = s.batch * s.outHeight
+  let buffers = input.map { _ in (scratch ?? Scratch()).uninitialized(transformFloats(s, chunks: chunkCount(total))) }
+  parallelChunks(total) { chunk, r in
+    rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: nil,
+                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) })
+  }
 }
 
 /// The same, also accumulating the batch-norm statistics of y while each output pixel is in
 /// registers: `shift` (C floats) receives output pixel 0, `sums` (2·C doubles) Σ(y − shift), Σ(y − shift)².
 public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                              _ s: DepthwiseShape, statisticsShift shift: UnsafeMutablePointer<Float>,
-                             sums: UnsafeMutablePointer<Double>, scratch: Scratch) {
+                             sums: UnsafeMutablePointer<Double>, scratch: Scratch, input: PendingBatchNorm? = nil) {
   let C = s.channels
   let rowsTotal = s.batch * s.outHeight
   guard rowsTotal > 0 && s.outWidth > 0 else { sums.update(repeating: 0, count: 2 * C); return }
@@ -45,22 +84,26 @@ public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   shift.update(repeating: 0, count: C)
   s.window.forEachTap(oy: 0, ox: 0) { tap, iy, ix in
     let xin = x + (iy * s.width + ix) * C, wk = w + tap * C
-    for c in 0..<C { shift[c] += xin[c] * wk[c] }
+    for c in 0..<C { shift[c] += (input?.apply(xin[c], channel: c) ?? xin[c]) * wk[c] }
   }
   let g = s.geometry, rows = KernelISA.rows
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
-  parallelChannelSums(rows: rowsTotal, channels: C, minPerChunk: 1, scratch: scratch, into: sums) { _, r, partial in
-    rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: stats.with(sums: partial))
+  let buffers = input.map { _ in scratch.uninitialized(transformFloats(s, chunks: chunkCount(rowsTotal))) }
+  parallelChannelSums(rows: rowsTotal, channels: C, minPerChunk: 1, scratch: scratch, into: sums) { chunk, r, partial in
+    rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: stats.with(sums: partial),
+                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) })
   }
 }
 
 /// dw[K,K,C] += Σ x·dy; dx (if given) = depthwiseᵀ(dy) (overwritten), plus `residual` if given.
 /// With `reduce`, the batch-norm backward reductions of the layer that produced x are made over dx
-/// while it is in registers (`reduce.sums` is overwritten), so that layer's BN backward needs no pass of its own.
+/// while it is in registers (`reduce.sums` is overwritten), so that layer's BN backward needs no pass
+/// of its own. With `input`, x is act(BN(z)) of the given z, remade as read (as in forward).
 public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
                               dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                               _ s: DepthwiseShape, scratch: Scratch,
-                              residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil) {
+                              residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil,
+                              input: PendingBatchNorm? = nil) {
   let g = s.geometry, rows = KernelISA.rows
   let C = s.channels
   if let dx {
@@ -77,9 +120,14 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
   }
   let wc = s.weightCount
   let rowsTotal = s.batch * s.outHeight
-  let partial = scratch.zeroed(chunkCount(rowsTotal) * wc)
+  let chunks = chunkCount(rowsTotal)
+  // One scratch region: the per-thread weight partials (zeroed), then the transform buffers.
+  let region = scratch.uninitialized(chunks * wc + (input == nil ? 0 : transformFloats(s, chunks: chunks)))
+  let partial = region
+  partial.update(repeating: 0, count: chunks * wc)
   let used = parallelChunks(rowsTotal) { chunk, r in
-    rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: dy, x: x, g, rows: r)
+    rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: dy, x: x, g, rows: r,
+                                 input: input.map { $0.transform(s, buffers: region + chunks * wc, chunk: chunk) })
   }
   for ch in 0..<used {
     let p = partial + ch * wc

@@ -108,31 +108,77 @@ public enum RowKernels: RowKernelSet {
     }
   }
 
+  /// Splits output rows into groups within one image and calls body(n, oyRange, base, rowOrigin), where
+  /// base + ((iy − rowOrigin)·W + ix)·C is input pixel (iy, ix) of image n: x itself, or the rows the
+  /// group reads, transformed into the buffer of `input`.
+  @inline(__always)
+  private static func forEachInputWindow(rows: Range<Int>, _ g: DepthwiseGeometry, x: UnsafePointer<Float>,
+                                         input: DepthwiseInputTransform?,
+                                         _ body: (_ n: Int, _ oy: Range<Int>, _ base: UnsafePointer<Float>, _ rowOrigin: Int) -> Void) {
+    let (H, W, C, K, S, Ho, pt) = (g.height, g.width, g.channels, g.kernel, g.stride, g.outHeight, g.padTop)
+    let group = input.map { max(1, ($0.bufferRows - K) / S + 1) } ?? Ho  // (group − 1)·S + K input rows fit
+    var r = rows.lowerBound
+    while r < rows.upperBound {
+      let n = r / Ho
+      let end = min(rows.upperBound, (n + 1) * Ho, r + group)
+      let oy0 = r - n * Ho, oy1 = end - n * Ho
+      if let t = input {
+        let lo = max(0, oy0 * S - pt), hi = min(H, (oy1 - 1) * S - pt + K)
+        for iy in lo..<hi {
+          let src = x + (n * H + iy) * W * C, dst = t.buffer + (iy - lo) * W * C
+          for px in 0..<W {
+            let zi = src + px * C, ai = dst + px * C
+            var c = 0
+            while c + 16 <= C {
+              // The same expression as batchNormApply: the backward's ReLU6 mask recomputes it from z.
+              var v = load16(zi + c) * load16(t.scale + c) + load16(t.shift + c)
+              if t.relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
+              store16(v, ai + c)
+              c += 16
+            }
+            while c < C {
+              let v = zi[c] * t.scale[c] + t.shift[c]
+              ai[c] = t.relu6 ? min(max(v, 0), 6) : v
+              c += 1
+            }
+          }
+        }
+        body(n, oy0..<oy1, UnsafePointer(t.buffer), lo)
+      } else {
+        body(n, oy0..<oy1, x + n * H * W * C, 0)
+      }
+      r = end
+    }
+  }
+
   public static func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                                      _ g: DepthwiseGeometry, rows: Range<Int>, stats: ChannelStatistics?) {
+                                      _ g: DepthwiseGeometry, rows: Range<Int>, stats: ChannelStatistics?,
+                                      input: DepthwiseInputTransform?) {
     let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
     let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
     withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * K * K) { tapBuf in
       let taps = tapBuf.baseAddress!
       func run(_ sums: inout BlockSums?) {
-        for row in rows {
-          let n = row / Ho, oy = row % Ho
-          for ox in 0..<Wo {
-            var count = 0
-            for ky in 0..<K {
-              let iy = oy * S - pt + ky
-              if iy < 0 || iy >= H { continue }
-              for kx in 0..<K {
-                let ix = ox * S - pl + kx
-                if ix < 0 || ix >= W { continue }
-                taps[2 * count] = ((n * H + iy) * W + ix) * C
-                taps[2 * count + 1] = (ky * K + kx) * C
-                count += 1
+        forEachInputWindow(rows: rows, g, x: x, input: input) { n, oys, base, origin in
+          for oy in oys {
+            let row = n * Ho + oy
+            for ox in 0..<Wo {
+              var count = 0
+              for ky in 0..<K {
+                let iy = oy * S - pt + ky
+                if iy < 0 || iy >= H { continue }
+                for kx in 0..<K {
+                  let ix = ox * S - pl + kx
+                  if ix < 0 || ix >= W { continue }
+                  taps[2 * count] = ((iy - origin) * W + ix) * C
+                  taps[2 * count + 1] = (ky * K + kx) * C
+                  count += 1
+                }
               }
+              multiplyAccumulateTaps(out: y + (row * Wo + ox) * C, a: base, b: w, taps: taps, tapCount: count,
+                                     channels: C, shift: stats?.shift, sums: sums)
+              sums?.pixelDone()
             }
-            multiplyAccumulateTaps(out: y + (row * Wo + ox) * C, a: x, b: w, taps: taps, tapCount: count,
-                                   channels: C, shift: stats?.shift, sums: sums)
-            sums?.pixelDone()
           }
         }
       }
@@ -240,11 +286,13 @@ public enum RowKernels: RowKernelSet {
   }
 
   public static func depthwiseWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
-                                             x: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>) {
+                                             x: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
+                                             input: DepthwiseInputTransform?) {
     let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
     let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
-    for row in rows {
-      let n = row / Ho, oy = row % Ho
+    forEachInputWindow(rows: rows, g, x: x, input: input) { n, oys, base, origin in
+    for oy in oys {
+      let row = n * Ho + oy
       for ox in 0..<Wo {
         let gp = dy + (row * Wo + ox) * C
         for ky in 0..<K {
@@ -253,7 +301,7 @@ public enum RowKernels: RowKernelSet {
           for kx in 0..<K {
             let ix = ox * S - pl + kx
             if ix < 0 || ix >= W { continue }
-            let xin = x + ((n * H + iy) * W + ix) * C
+            let xin = base + ((iy - origin) * W + ix) * C
             let pk = dw + (ky * K + kx) * C
             var c = 0
             while c + 16 <= C {
@@ -271,6 +319,7 @@ public enum RowKernels: RowKernelSet {
           }
         }
       }
+    }
     }
   }
 

@@ -202,23 +202,25 @@ public final class MobileNetV2 {
     act.mode = mode
     var x = UnsafePointer(act.input)
     convBNForward(stemIndex, x: x, act: act)
-    x = UnsafePointer(act.a[stemIndex])
+    x = UnsafePointer(act.a[stemIndex]!)
     for b in blocks {
       if let e = b.expand {
+        // The expand layer's activation is never stored: the depthwise applies its BN + ReLU6 to z as
+        // it reads (and its backward does the same), so the largest tensors are written once, as z.
         convBNForward(e, x: x, act: act)
-        convBNForward(b.depthwise, x: UnsafePointer(act.a[e]), act: act)
+        convBNForward(b.depthwise, x: UnsafePointer(act.z[e]), act: act, input: pendingBatchNorm(e, act))
       } else {
         convBNForward(b.depthwise, x: x, act: act)
       }
       // The project layer has no activation, so its BN output is not needed by backward: the
       // residual sum is written in its place, by the same pass that applies BN.
-      convBNForward(b.project, x: UnsafePointer(act.a[b.depthwise]), act: act, residual: b.residual ? x : nil)
-      x = UnsafePointer(act.a[b.project])
+      convBNForward(b.project, x: UnsafePointer(act.a[b.depthwise]!), act: act, residual: b.residual ? x : nil)
+      x = UnsafePointer(act.a[b.project]!)
     }
     convBNForward(lastConvIndex, x: x, act: act)
     let last = layers[lastConvIndex]
     let C = featureDepth
-    globalAvgPoolForward(y: act.pooled, x: act.a[lastConvIndex], batch: batch,
+    globalAvgPoolForward(y: act.pooled, x: act.a[lastConvIndex]!, batch: batch,
                          pixels: last.outSize * last.outSize, channels: C)
     var features = UnsafePointer(act.pooled)
     if mode.dropout && config.dropoutKeepProb < 1 {
@@ -234,10 +236,11 @@ public final class MobileNetV2 {
 
   /// The conv, then BN(+ReLU6)(+residual) in one pass. In training the conv kernel itself makes the
   /// batch statistics of z while it writes it (fused: no statistics pass over z).
-  private func convBNForward(_ i: Int, x: UnsafePointer<Float>, act: Activations, residual: UnsafePointer<Float>? = nil) {
+  private func convBNForward(_ i: Int, x: UnsafePointer<Float>, act: Activations, residual: UnsafePointer<Float>? = nil,
+                             input: PendingBatchNorm? = nil) {
     let l = layers[i]
     let n = act.batch
-    let z = act.z[i], a = act.a[i]
+    let z = act.z[i], a = act.a[i]  // a is nil for expand layers (see forward)
     let training = act.mode.batchNormTraining
     let (shift, sums) = (act.statShift[i], act.statSums[i])
     switch l.op {
@@ -264,9 +267,9 @@ public final class MobileNetV2 {
       Profile.time(.depthwise) {
         let s = depthwiseShape(l, batch: n, kernel: k)
         if training {
-          depthwiseForward(y: z, x: x, w: w(l.weight), s, statisticsShift: shift, sums: sums, scratch: scratch)
+          depthwiseForward(y: z, x: x, w: w(l.weight), s, statisticsShift: shift, sums: sums, scratch: scratch, input: input)
         } else {
-          depthwiseForward(y: z, x: x, w: w(l.weight), s)
+          depthwiseForward(y: z, x: x, w: w(l.weight), s, input: input, scratch: scratch)
         }
       }
     }
@@ -278,6 +281,11 @@ public final class MobileNetV2 {
                        training: training, relu6: l.relu6, residual: residual, scaleShift: act.scaleShift[i],
                        decay: batchNormDecay)
     }
+  }
+
+  /// Layer i's BN + ReLU6 as its consumer applies them to z (layer i's activation is not stored).
+  private func pendingBatchNorm(_ i: Int, _ act: Activations) -> PendingBatchNorm {
+    PendingBatchNorm(scale: act.scaleShift[i], shift: act.scaleShift[i] + layers[i].outChannels, relu6: layers[i].relu6)
   }
 
   /// What the kernel producing layer i's output gradient needs to make that layer's BN backward
@@ -341,28 +349,28 @@ public final class MobileNetV2 {
       batchNormReduce(da: act.exp0, residual: nil, rows: last.outputCount(batch: batch) / C, channels: C,
                       reduction(lastConvIndex, act), scratch: scratch)
     }
-    convBNBackward(lastConvIndex, dA: act.exp0, x: UnsafePointer(act.a[lastBlock.project]), dx: gOut,
+    convBNBackward(lastConvIndex, dA: act.exp0, x: UnsafePointer(act.a[lastBlock.project]!), dx: gOut,
                    dxReduce: reduction(lastBlock.project, act), act: act)
     ready(upTo: lastConvIndex)
     for bi in blocks.indices.reversed() {
       let b = blocks[bi]
       let inputLayer = bi == 0 ? stemIndex : blocks[bi - 1].project
-      let x = UnsafePointer(act.a[inputLayer])
+      let x = UnsafePointer(act.a[inputLayer]!)
       // The block input's gradient (+ the residual's, added by the same pass) goes to gIn with the
       // reductions of the layer that produced the block input.
       let residual = b.residual ? UnsafePointer(gOut) : nil
       // project (linear): dz into T, then the 1×1 backward writes the depthwise output's gradient.
-      convBNBackward(b.project, dA: gOut, dZ: act.ioT, x: UnsafePointer(act.a[b.depthwise]), dx: act.exp1,
+      convBNBackward(b.project, dA: gOut, dZ: act.ioT, x: UnsafePointer(act.a[b.depthwise]!), dx: act.exp1,
                      dxReduce: reduction(b.depthwise, act), act: act)
       ready(upTo: b.project)
-      let dwInput = b.expand.map { UnsafePointer(act.a[$0]) } ?? x
       if let e = b.expand {
-        convBNBackward(b.depthwise, dA: act.exp1, x: dwInput, dx: act.exp0, dxReduce: reduction(e, act), act: act)
+        convBNBackward(b.depthwise, dA: act.exp1, x: UnsafePointer(act.z[e]), dx: act.exp0, dxReduce: reduction(e, act),
+                       input: pendingBatchNorm(e, act), act: act)
         ready(upTo: b.depthwise)
         convBNBackward(e, dA: act.exp0, x: x, dx: gIn, dxReduce: reduction(inputLayer, act), dxResidual: residual, act: act)
         ready(upTo: e)
       } else {
-        convBNBackward(b.depthwise, dA: act.exp1, x: dwInput, dx: gIn, dxReduce: reduction(inputLayer, act),
+        convBNBackward(b.depthwise, dA: act.exp1, x: x, dx: gIn, dxReduce: reduction(inputLayer, act),
                        dxResidual: residual, act: act)
         ready(upTo: b.depthwise)
       }
@@ -379,7 +387,7 @@ public final class MobileNetV2 {
   private func convBNBackward(_ i: Int, dA: UnsafeMutablePointer<Float>, dZ: UnsafeMutablePointer<Float>? = nil,
                               x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
                               dxReduce: BatchNormReduction? = nil, dxResidual: UnsafePointer<Float>? = nil,
-                              act: Activations) {
+                              input: PendingBatchNorm? = nil, act: Activations) {
     let l = layers[i]
     let n = act.batch
     let dz = dZ ?? dA
@@ -409,7 +417,8 @@ public final class MobileNetV2 {
     case .depthwise(let k):
       Profile.time(.depthwise, backward: true) {
         depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight),
-                          depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce)
+                          depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
+                          input: input)
       }
     }
   }
@@ -424,7 +433,9 @@ final class Activations {
   let input: UnsafeMutablePointer<Float>
   let labelStorage: UnsafeMutablePointer<Int32>
   var labels: UnsafeMutablePointer<Int32> { labelStorage }
-  var z: [UnsafeMutablePointer<Float>] = [], a: [UnsafeMutablePointer<Float>] = []
+  /// Per layer: conv output z and activation a; a is nil for expand layers, whose activation is
+  /// applied by the depthwise as it reads z and never stored.
+  var z: [UnsafeMutablePointer<Float>] = [], a: [UnsafeMutablePointer<Float>?] = []
   var mean: [UnsafeMutablePointer<Float>] = [], invStd: [UnsafeMutablePointer<Float>] = []
   /// Per layer: the BN scale and shift forward applied ([2·C]: γ·invStd, β − μ·γ·invStd), the shift of
   /// the fused statistics ([C]) and, in double storage, the forward statistics and the backward
@@ -448,11 +459,13 @@ final class Activations {
 
     let inputSlot = reserve(n * m.config.imageSize * m.config.imageSize * 3)
     var ioMax = 0, expMax = 0
-    var layerSlots: [(Int, Int, Int, Int)] = []
+    var layerSlots: [(Int, Int?, Int, Int)] = []
+    let expandLayers = Set(m.blocks.compactMap(\.expand))
     var smallSlots: [(Int, Int)] = []
     var doubleCount = 0
     for (i, l) in m.layers.enumerated() {
-      layerSlots.append((reserve(l.outputCount(batch: n)), reserve(l.outputCount(batch: n)),
+      layerSlots.append((reserve(l.outputCount(batch: n)),
+                         expandLayers.contains(i) ? nil : reserve(l.outputCount(batch: n)),
                          reserve(l.outChannels), reserve(l.outChannels)))
       smallSlots.append((reserve(2 * l.outChannels), reserve(l.outChannels)))
       doubleCount += 4 * l.outChannels
@@ -472,7 +485,7 @@ final class Activations {
     func at(_ slot: Int) -> UnsafeMutablePointer<Float> { base + offsets[slot] }
     input = at(inputSlot)
     for (zS, aS, mS, iS) in layerSlots {
-      z.append(at(zS)); a.append(at(aS)); mean.append(at(mS)); invStd.append(at(iS))
+      z.append(at(zS)); a.append(aS.map(at)); mean.append(at(mS)); invStd.append(at(iS))
     }
     doubles = UnsafeMutablePointer<Double>.allocate(capacity: max(doubleCount, 1))
     doubles.initialize(repeating: 0, count: max(doubleCount, 1))

@@ -225,4 +225,44 @@ final class FusedKernelsTests: XCTestCase {
       }
     }
   }
+  /// The depthwise reading z of the previous layer and applying its BN + ReLU6 as it reads (forward,
+  /// with statistics, and the weight gradient), against the naive depthwise of the stored activation.
+  /// Large enough that a thread processes several groups of transformed rows.
+  func testDepthwiseWithPendingBatchNormInputMatchesNaive() {
+    let shapes = depthwiseShapes + [DepthwiseShape(batch: 2, height: 40, width: 40, channels: 48, stride: 1),
+                                    DepthwiseShape(batch: 2, height: 41, width: 40, channels: 48, stride: 2)]
+    forEachInstructionSet { isa in
+      for (k, s) in shapes.enumerated() {
+        for relu6 in [true, false] {
+          let producer = Layer(rows: s.inputCount / s.channels, channels: s.channels, relu6: relu6, seed: 100 + UInt64(k))
+          let c = s.channels
+          let pending = PendingBatchNorm(scale: producer.scaleShift.base, shift: producer.scaleShift.base + c, relu6: relu6)
+          // The activation as BN + ReLU6 would store it (the same scale/shift expression).
+          let x = FloatBuffer(count: s.inputCount)
+          for i in 0..<s.inputCount {
+            let v = producer.z[i] * producer.scaleShift[i % c] + producer.scaleShift[c + i % c]
+            x[i] = relu6 ? min(max(v, 0), 6) : v
+          }
+          let w = randomBuffer(s.weightCount, seed: 101)
+          let y = FloatBuffer(count: s.outputCount), y2 = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
+          let shift = FloatBuffer(count: c)
+          var sums = [Double](repeating: .nan, count: 2 * c)
+          let scratch = Scratch()
+          depthwiseForward(y: y.base, x: producer.z.base, w: w.base, s, statisticsShift: shift.base, sums: &sums,
+                           scratch: scratch, input: pending)
+          depthwiseForward(y: y2.base, x: producer.z.base, w: w.base, s, input: pending, scratch: scratch)
+          depthwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
+          let what = "\(isa) pending-BN depthwise \(s) relu6=\(relu6)"
+          assertClose(y, yRef, atol: 1e-4, rtol: 1e-5, what)
+          assertClose(y2, yRef, atol: 1e-4, rtol: 1e-5, what + " (inference)")
+          assertStatistics(shift: shift, sums: sums, of: yRef.base, rows: s.outputCount / c, channels: c, what)
+          let dy = randomBuffer(s.outputCount, seed: 102)
+          let dw = FloatBuffer(count: s.weightCount), dwRef = FloatBuffer(count: s.weightCount)
+          depthwiseBackward(dx: nil, dw: dw.base, dy: dy.base, x: producer.z.base, w: w.base, s, scratch: scratch, input: pending)
+          depthwiseBackwardNaive(dx: nil, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+          assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, what + " dw")
+        }
+      }
+    }
+  }
 }
