@@ -291,35 +291,75 @@ public enum RowKernels: RowKernelSet {
     let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
     let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
     forEachInputWindow(rows: rows, g, x: x, input: input) { n, oys, base, origin in
-    for oy in oys {
-      let row = n * Ho + oy
-      for ox in 0..<Wo {
-        let gp = dy + (row * Wo + ox) * C
-        for ky in 0..<K {
-          let iy = oy * S - pt + ky
-          if iy < 0 || iy >= H { continue }
-          for kx in 0..<K {
-            let ix = ox * S - pl + kx
-            if ix < 0 || ix >= W { continue }
-            let xin = base + ((iy - origin) * W + ix) * C
-            let pk = dw + (ky * K + kx) * C
-            var c = 0
-            while c + 16 <= C {
-              store16(load16(pk + c).addingProduct(load16(xin + c), load16(gp + c)), pk + c)
-              c += 16
+      for oy in oys {
+        let row = n * Ho + oy
+        var c0 = 0
+        if K == 3 {
+          // 3×3: the nine taps' sums for 16 channels stay in registers along the output row and are
+          // added to dw once per row (instead of a load and a store of dw per tap and pixel).
+          let iy0 = oy * S - pt
+          let v0 = iy0 >= 0 && iy0 < H, v1 = iy0 + 1 >= 0 && iy0 + 1 < H, v2 = iy0 + 2 >= 0 && iy0 + 2 < H
+          let r0 = base + max(0, iy0 - origin) * W * C, r1 = base + max(0, iy0 + 1 - origin) * W * C
+          let r2 = base + max(0, iy0 + 2 - origin) * W * C
+          while c0 + 16 <= C {
+            var a0 = SIMD16<Float>(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0
+            for ox in 0..<Wo {
+              let gv = load16(dy + (row * Wo + ox) * C + c0)
+              let ix = ox * S - pl
+              let u0 = ix >= 0 && ix < W, u1 = ix + 1 >= 0 && ix + 1 < W, u2 = ix + 2 >= 0 && ix + 2 < W
+              let o0 = ix * C + c0, o1 = o0 + C, o2 = o1 + C
+              if v0 {
+                if u0 { a0 = a0.addingProduct(load16(r0 + o0), gv) }
+                if u1 { a1 = a1.addingProduct(load16(r0 + o1), gv) }
+                if u2 { a2 = a2.addingProduct(load16(r0 + o2), gv) }
+              }
+              if v1 {
+                if u0 { a3 = a3.addingProduct(load16(r1 + o0), gv) }
+                if u1 { a4 = a4.addingProduct(load16(r1 + o1), gv) }
+                if u2 { a5 = a5.addingProduct(load16(r1 + o2), gv) }
+              }
+              if v2 {
+                if u0 { a6 = a6.addingProduct(load16(r2 + o0), gv) }
+                if u1 { a7 = a7.addingProduct(load16(r2 + o1), gv) }
+                if u2 { a8 = a8.addingProduct(load16(r2 + o2), gv) }
+              }
             }
-            while c + 8 <= C {
-              store8(load8(pk + c).addingProduct(load8(xin + c), load8(gp + c)), pk + c)
-              c += 8
-            }
-            while c < C {
-              pk[c] += xin[c] * gp[c]
-              c += 1
+            let pk = dw + c0
+            store16(load16(pk) + a0, pk); store16(load16(pk + C) + a1, pk + C); store16(load16(pk + 2 * C) + a2, pk + 2 * C)
+            store16(load16(pk + 3 * C) + a3, pk + 3 * C); store16(load16(pk + 4 * C) + a4, pk + 4 * C)
+            store16(load16(pk + 5 * C) + a5, pk + 5 * C); store16(load16(pk + 6 * C) + a6, pk + 6 * C)
+            store16(load16(pk + 7 * C) + a7, pk + 7 * C); store16(load16(pk + 8 * C) + a8, pk + 8 * C)
+            c0 += 16
+          }
+        }
+        guard c0 < C else { continue }
+        for ox in 0..<Wo {
+          let gp = dy + (row * Wo + ox) * C
+          for ky in 0..<K {
+            let iy = oy * S - pt + ky
+            if iy < 0 || iy >= H { continue }
+            for kx in 0..<K {
+              let ix = ox * S - pl + kx
+              if ix < 0 || ix >= W { continue }
+              let xin = base + ((iy - origin) * W + ix) * C
+              let pk = dw + (ky * K + kx) * C
+              var c = c0
+              while c + 16 <= C {
+                store16(load16(pk + c).addingProduct(load16(xin + c), load16(gp + c)), pk + c)
+                c += 16
+              }
+              while c + 8 <= C {
+                store8(load8(pk + c).addingProduct(load8(xin + c), load8(gp + c)), pk + c)
+                c += 8
+              }
+              while c < C {
+                pk[c] += xin[c] * gp[c]
+                c += 1
+              }
             }
           }
         }
       }
-    }
     }
   }
 
