@@ -7,10 +7,16 @@ import Foundation
 // references instead) and target a deliberate CPU baseline. haswell = AVX2 + FMA (2013,
 // and every AMD Zen): a binary built for a newer CPU than the user's dies with SIGILL, so the default
 // is conservative. Override with MNV2_TARGET_CPU=native (or znver4, ...) for a local build.
+// The hot row kernels are built a second time for AVX-512 (KernelsAVX512) and chosen at start-up
+// from the CPU's flags (Kernels/ISA.swift), so the default build runs AVX-512 where the CPU has it.
 let targetCPU = ProcessInfo.processInfo.environment["MNV2_TARGET_CPU"] ?? "haswell"
-var fastFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+let optimize: SwiftSetting = .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))
+var fastFlags: [SwiftSetting] = [optimize]
+/// AVX-512 F/CD/BW/DQ/VL (Skylake-SP and later, AMD Zen 4): what KernelsAVX512 may use.
+var avx512Flags: [SwiftSetting] = [optimize, .define("KERNELS_AVX512")]
 #if arch(x86_64)
 fastFlags.append(.unsafeFlags(["-target-cpu", targetCPU]))
+avx512Flags.append(.unsafeFlags(["-target-cpu", "skylake-avx512"]))
 #endif
 
 // Targets are grouped by concern, each group in its own array so that work on one concern
@@ -24,7 +30,13 @@ let coreTargets: [Target] = [
   // Helpers several libraries share (FNV-1a, stderr lines): one definition each, no dependencies.
   .target(name: "Common", swiftSettings: fastFlags),
   // Numerical kernels: NHWC float32 forward/backward pairs, each with a naive reference.
-  .target(name: "Kernels", dependencies: ["CBLAS", "Common"], swiftSettings: fastFlags),
+  // Per-instruction-set row kernels: one source (KernelsAVX2), compiled twice (KernelsAVX512 holds
+  // symlinks); KernelRows is their protocol. Kernels picks one at start-up.
+  .target(name: "KernelRows", swiftSettings: fastFlags),
+  .target(name: "KernelsAVX2", dependencies: ["KernelRows"], swiftSettings: fastFlags),
+  .target(name: "KernelsAVX512", dependencies: ["KernelRows"], swiftSettings: avx512Flags),
+  .target(name: "Kernels", dependencies: ["CBLAS", "Common", "KernelRows", "KernelsAVX2", "KernelsAVX512"],
+          swiftSettings: fastFlags),
   // MobileNetV2 exactly as TF-slim defines it: architecture, parameters, forward/backward.
   .target(name: "MobileNet", dependencies: ["Kernels", "Common"], swiftSettings: fastFlags),
   // Checkpoints with TF-slim variable names: safetensors and TensorFlow's V2 tensor bundles

@@ -17,6 +17,7 @@ public enum TrainJob {
     try flags.checkForTraining()
     for note in flags.ignoredNotes { log.info(note) }
     Compute.setThreads(flags.threads ?? ctx.threads)
+    log.info("rank \(ctx.rank): \(Compute.threads) compute threads, \(KernelISA.summary)")
     var options = try flags.trainerOptions(worldSize: ctx.worldSize)
     // One job per train dir: rank 0 alone writes it (and holds its lock); other ranks never touch it.
     let trainDirLock = ctx.rank == 0 ? try TrainDirLock.acquire(dir: (options.trainDir as NSString).standardizingPath) : nil

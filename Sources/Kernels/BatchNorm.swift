@@ -1,3 +1,5 @@
+import KernelRows
+
 // Batch normalisation over the N·H·W rows of an NHWC tensor, with the following ReLU6 fused in
 // (TF-slim: conv → BatchNorm → ReLU6; the `project` layer has no activation).
 //
@@ -15,32 +17,23 @@ public enum BatchNormDefaults {
   public static let decay: Float = 0.997
   /// slim.batch_norm default epsilon.
   public static let epsilon: Float = 0.001
-  /// Pixels summed in float before folding into the double accumulators.
-  static let blockPixels = 32
 }
 
-/// Per-channel sums Σ f0(row,c), Σ f1(row,c) over `rows`, in double, parallel over row chunks.
-/// `body(rowPointerOffset, s0, s1)` adds one row's contribution into the float block sums.
-@inline(__always)
-private func channelSums(rows M: Int, channels C: Int, scratch: Scratch,
+// The pieces below are what the fused MobileNet graph calls (issue 12, item 3): the producer of an
+// activation accumulates its statistics (`ChannelStatistics`, see Depthwise/Pointwise/Conv2D),
+// `batchNormForward(fromSums:)` turns them into mean/σ and applies BN(+ReLU6)(+residual) in one pass;
+// in backward the producer of `da` accumulates the reductions (`BatchNormReduction`) and
+// `batchNormBackward(fromSums:)` writes dz in one pass. `batchNormForward`/`batchNormBackward` with
+// no sums compute them in a separate pass (the unfused path, and what the tests compare against).
+
+/// Runs `body(chunk, rows, partialSums)` over row chunks in parallel, each chunk with zeroed [2·C]
+/// double partials, and writes their total into `out` (2·C doubles).
+func parallelChannelSums(rows M: Int, channels C: Int, minPerChunk: Int = 64, scratch: Scratch,
                          into out: UnsafeMutablePointer<Double>,
-                         _ body: (_ row: Int, _ s0: UnsafeMutablePointer<Float>, _ s1: UnsafeMutablePointer<Float>) -> Void) {
-  let chunks = chunkCount(M, minPerChunk: 64)
+                         _ body: (_ chunk: Int, _ rows: Range<Int>, _ partial: UnsafeMutablePointer<Double>) -> Void) {
+  let chunks = chunkCount(M, minPerChunk: minPerChunk)
   let partial = scratch.zeroedDoubles(max(chunks, 1) * 2 * C)
-  let used = parallelChunks(M, minPerChunk: 64) { chunk, range in
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * C) { blk in
-      let s0 = blk.baseAddress!, s1 = s0 + C
-      let acc = partial + chunk * 2 * C
-      var p = range.lowerBound
-      while p < range.upperBound {
-        let end = min(p + BatchNormDefaults.blockPixels, range.upperBound)
-        s0.update(repeating: 0, count: 2 * C)
-        for r in p..<end { body(r, s0, s1) }
-        for c in 0..<(2 * C) { acc[c] += Double(s0[c]) }
-        p = end
-      }
-    }
-  }
+  let used = parallelChunks(M, minPerChunk: minPerChunk) { chunk, range in body(chunk, range, partial + chunk * 2 * C) }
   out.update(repeating: 0, count: 2 * C)
   for ch in 0..<used {
     let acc = partial + ch * 2 * C
@@ -48,8 +41,31 @@ private func channelSums(rows M: Int, channels C: Int, scratch: Scratch,
   }
 }
 
+/// Shifted sums of z (Σ(z − shift), Σ(z − shift)²) in a separate pass; `shift` = z's first row.
+public func batchNormStatistics(z: UnsafePointer<Float>, rows M: Int, channels C: Int, shift: UnsafeMutablePointer<Float>,
+                                sums: UnsafeMutablePointer<Double>, scratch: Scratch) {
+  guard M > 0 else { sums.update(repeating: 0, count: 2 * C); return }
+  shift.update(from: z, count: C)
+  let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
+  let rows = KernelISA.rows
+  parallelChannelSums(rows: M, channels: C, scratch: scratch, into: sums) { _, range, partial in
+    rows.channelStatistics(z: z, channels: C, rows: range, stats.with(sums: partial))
+  }
+}
+
+/// scale = γ·invStd, shift = β − μ·scale: the per-channel affine map of BN, as forward applies it and
+/// backward recomputes the ReLU6 mask with it.
+public func batchNormScaleShift(scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>,
+                                gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
+                                mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>, channels C: Int) {
+  for c in 0..<C {
+    scale[c] = gamma[c] * invStd[c]
+    shift[c] = beta[c] - mean[c] * scale[c]
+  }
+}
+
 /// a = act((z − mean)·invStd·γ + β). Fills `mean`/`invStd` (saved for backward) and, in training,
-/// updates the moving statistics.
+/// updates the moving statistics. Statistics in a separate pass over z.
 public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Float>,
                              gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
                              mean: UnsafeMutablePointer<Float>, invStd: UnsafeMutablePointer<Float>,
@@ -57,37 +73,40 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
                              rows M: Int, channels C: Int, training: Bool, relu6: Bool,
                              decay: Float = BatchNormDefaults.decay, epsilon: Float = BatchNormDefaults.epsilon,
                              scratch: Scratch) {
-  if training && M > 0 {
-    withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * C) { sumsBuf in
-    let sums = sumsBuf.baseAddress!
-    let shift = z  // first row: a sample of each channel close to its mean
-    channelSums(rows: M, channels: C, scratch: scratch, into: sums) { r, s0, s1 in
-      let row = z + r * C
-      var c = 0
-      while c + 16 <= C {
-        let d = load16(row + c) - load16(shift + c)
-        store16(load16(s0 + c) + d, s0 + c)
-        store16(load16(s1 + c) + d * d, s1 + c)
-        c += 16
-      }
-      while c < C {
-        let d = row[c] - shift[c]
-        s0[c] += d
-        s1[c] += d * d
-        c += 1
-      }
+  withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * C) { sumsBuf in
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: C) { shiftBuf in
+      let sums = sumsBuf.baseAddress!, shift = shiftBuf.baseAddress!
+      if training { batchNormStatistics(z: z, rows: M, channels: C, shift: shift, sums: sums, scratch: scratch) }
+      batchNormForward(fromSums: UnsafePointer(sums), shift: UnsafePointer(shift), a: a, z: z, gamma: gamma, beta: beta,
+                       mean: mean, invStd: invStd, movingMean: movingMean, movingVariance: movingVariance,
+                       rows: M, channels: C, training: training, relu6: relu6, decay: decay, epsilon: epsilon)
     }
+  }
+}
+
+/// The apply half: mean/invStd from the shifted sums (training) or the moving statistics
+/// (inference), moving averages updated in training, then a = act(BN(z)) + residual in one pass.
+/// `scaleShift` ([2·C], optional) receives the per-channel scale and shift used. With `a` nil nothing
+/// is applied: the consumer applies scale and shift as it reads z (`PendingBatchNorm`).
+public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShift: UnsafePointer<Float>,
+                             a: UnsafeMutablePointer<Float>?, z: UnsafePointer<Float>,
+                             gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
+                             mean: UnsafeMutablePointer<Float>, invStd: UnsafeMutablePointer<Float>,
+                             movingMean: UnsafeMutablePointer<Float>, movingVariance: UnsafeMutablePointer<Float>,
+                             rows M: Int, channels C: Int, training: Bool, relu6: Bool,
+                             residual: UnsafePointer<Float>? = nil, scaleShift: UnsafeMutablePointer<Float>? = nil,
+                             decay: Float = BatchNormDefaults.decay, epsilon: Float = BatchNormDefaults.epsilon) {
+  if training && M > 0 {
     let m = Double(M)
     for c in 0..<C {
       let meanShifted = sums[c] / m
       let variance = max(sums[C + c] / m - meanShifted * meanShifted, 0)
-      let mu = meanShifted + Double(shift[c])
+      let mu = meanShifted + Double(statShift[c])
       mean[c] = Float(mu)
       invStd[c] = Float(1 / (variance + Double(epsilon)).squareRoot())
       let unbiased = M > 1 ? variance * m / (m - 1) : variance
       movingMean[c] -= (movingMean[c] - Float(mu)) * (1 - decay)
       movingVariance[c] -= (movingVariance[c] - Float(unbiased)) * (1 - decay)
-    }
     }
   } else {
     for c in 0..<C {
@@ -96,29 +115,13 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
     }
   }
   withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * C) { buf in
-    let scale = buf.baseAddress!, shift = scale + C
-    for c in 0..<C {
-      scale[c] = gamma[c] * invStd[c]
-      shift[c] = beta[c] - mean[c] * scale[c]
-    }
-    let scaleP = UnsafePointer(scale), shiftP = UnsafePointer(shift)
+    let ss = scaleShift ?? buf.baseAddress!
+    let scale = ss, shift = ss + C
+    batchNormScaleShift(scale: scale, shift: shift, gamma: gamma, beta: beta, mean: mean, invStd: invStd, channels: C)
+    guard let a else { return }
+    let rows = KernelISA.rows
     parallelChunks(M, minPerChunk: 64) { _, range in
-      for r in range {
-        let zi = z + r * C, ai = a + r * C
-        var c = 0
-        while c + 16 <= C {
-          var v = load16(zi + c) * load16(scaleP + c) + load16(shiftP + c)
-          // replacing(with:where:) compiles to blends; clamped(lowerBound:upperBound:) did not vectorise.
-          if relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
-          store16(v, ai + c)
-          c += 16
-        }
-        while c < C {
-          let v = zi[c] * scaleP[c] + shiftP[c]
-          ai[c] = relu6 ? min(max(v, 0), 6) : v
-          c += 1
-        }
-      }
+      rows.batchNormApply(a: a, z: z, scale: scale, shift: shift, channels: C, rows: range, relu6: relu6, residual: residual)
     }
   }
 }
@@ -128,6 +131,7 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
 /// Training: dz = γ·invStd·(g − mean(g) − x̂·mean(g·x̂)); inference: dz = γ·invStd·g.
 /// The ReLU6 mask is recomputed from z exactly as forward computed y (same scale/shift, same
 /// rounding) rather than read from the saved activation: one memory stream less per pass.
+/// This form makes the reductions in a separate pass over da.
 public func batchNormBackward(dz: UnsafeMutablePointer<Float>, da: UnsafePointer<Float>,
                               z: UnsafePointer<Float>,
                               gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
@@ -135,70 +139,50 @@ public func batchNormBackward(dz: UnsafeMutablePointer<Float>, da: UnsafePointer
                               dGamma: UnsafeMutablePointer<Float>, dBeta: UnsafeMutablePointer<Float>,
                               rows M: Int, channels C: Int, training: Bool, relu6: Bool, scratch: Scratch) {
   guard M > 0 else { return }
-  withUnsafeTemporaryAllocation(of: Float.self, capacity: 5 * C) { buf in
-    let scale = buf.baseAddress!, shift = scale + C, k = scale + 2 * C, meanG = scale + 3 * C, meanGX = scale + 4 * C
-    for c in 0..<C {
-      scale[c] = gamma[c] * invStd[c]
-      shift[c] = beta[c] - mean[c] * scale[c]
-    }
-    let scaleP = UnsafePointer(scale), shiftP = UnsafePointer(shift)
+  withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * C) { buf in
     withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * C) { sumsBuf in
-      let sums = sumsBuf.baseAddress!
-      channelSums(rows: M, channels: C, scratch: scratch, into: sums) { r, s0, s1 in
-        let dai = da + r * C, zi = z + r * C
-        var c = 0
-        while c + 16 <= C {
-          let zv = load16(zi + c)
-          let xhat = (zv - load16(mean + c)) * load16(invStd + c)
-          var g = load16(dai + c)
-          if relu6 { g = relu6Mask16(g, zv * load16(scaleP + c) + load16(shiftP + c)) }
-          store16(load16(s0 + c) + g, s0 + c)
-          store16(load16(s1 + c) + g * xhat, s1 + c)
-          c += 16
-        }
-        while c < C {
-          let xhat = (zi[c] - mean[c]) * invStd[c]
-          let g = relu6 ? relu6Gradient(dai[c], zi[c] * scaleP[c] + shiftP[c]) : dai[c]
-          s0[c] += g
-          s1[c] += g * xhat
-          c += 1
-        }
-      }
-      for c in 0..<C {
-        dBeta[c] += Float(sums[c])
-        dGamma[c] += Float(sums[C + c])
-        k[c] = scale[c]
-        meanG[c] = training ? Float(sums[c] / Double(M)) : 0
-        // x̂·mean(g·x̂) = (z − μ)·invStd·Σ(g·x̂)/M, folded as (z − μ)·meanGX.
-        meanGX[c] = training ? Float(sums[C + c] / Double(M)) * invStd[c] : 0
-      }
-    }
-    let kP = UnsafePointer(k), mgP = UnsafePointer(meanG), mgxP = UnsafePointer(meanGX)
-    parallelChunks(M, minPerChunk: 64) { _, range in
-      for r in range {
-        let dai = da + r * C, zi = z + r * C, dzi = dz + r * C
-        var c = 0
-        while c + 16 <= C {
-          let zv = load16(zi + c)
-          var g = load16(dai + c)
-          if relu6 { g = relu6Mask16(g, zv * load16(scaleP + c) + load16(shiftP + c)) }
-          store16(load16(kP + c) * (g - load16(mgP + c) - (zv - load16(mean + c)) * load16(mgxP + c)), dzi + c)
-          c += 16
-        }
-        while c < C {
-          let g = relu6 ? relu6Gradient(dai[c], zi[c] * scaleP[c] + shiftP[c]) : dai[c]
-          dzi[c] = kP[c] * (g - mgP[c] - (zi[c] - mean[c]) * mgxP[c])
-          c += 1
-        }
-      }
+      let scale = buf.baseAddress!, shift = scale + C, sums = sumsBuf.baseAddress!
+      batchNormScaleShift(scale: scale, shift: shift, gamma: gamma, beta: beta, mean: mean, invStd: invStd, channels: C)
+      let red = BatchNormReduction(z: z, scale: scale, shift: shift, mean: mean, invStd: invStd, relu6: relu6, sums: sums)
+      batchNormReduce(da: UnsafeMutablePointer(mutating: da), residual: nil, rows: M, channels: C, red, scratch: scratch)
+      batchNormBackward(fromSums: UnsafePointer(sums), dz: dz, da: da, red, dGamma: dGamma, dBeta: dBeta,
+                        rows: M, channels: C, training: training)
     }
   }
 }
 
-/// g where 0 < y < 6, else 0 (Relu6Grad, 16 lanes).
-@inline(__always)
-private func relu6Mask16(_ g: SIMD16<Float>, _ y: SIMD16<Float>) -> SIMD16<Float> {
-  g.replacing(with: 0, where: (y .<= 0) .| (y .>= 6))
+/// The reductions of a BN backward in their own pass: red.sums = (Σg, Σg·x̂) over da (+ residual,
+/// written back into da first when given; da is only written then).
+public func batchNormReduce(da: UnsafeMutablePointer<Float>, residual: UnsafePointer<Float>?, rows M: Int, channels C: Int,
+                            _ red: BatchNormReduction, scratch: Scratch) {
+  let rows = KernelISA.rows
+  parallelChannelSums(rows: M, channels: C, scratch: scratch, into: red.sums) { _, range, partial in
+    rows.batchNormReduce(da: da, residual: residual, channels: C, rows: range, red.with(sums: partial))
+  }
+}
+
+/// The apply half of the BN backward, from reductions already made (by the kernel that produced da,
+/// or by `batchNormReduce`): dγ, dβ accumulated, dz written in one pass (dz may alias da).
+public func batchNormBackward(fromSums sums: UnsafePointer<Double>, dz: UnsafeMutablePointer<Float>,
+                              da: UnsafePointer<Float>, _ red: BatchNormReduction,
+                              dGamma: UnsafeMutablePointer<Float>, dBeta: UnsafeMutablePointer<Float>,
+                              rows M: Int, channels C: Int, training: Bool) {
+  guard M > 0 else { return }
+  withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * C) { buf in
+    let k = buf.baseAddress!, meanG = k + C, meanGX = k + 2 * C
+    for c in 0..<C {
+      dBeta[c] += Float(sums[c])
+      dGamma[c] += Float(sums[C + c])
+      k[c] = red.scale[c]
+      meanG[c] = training ? Float(sums[c] / Double(M)) : 0
+      // x̂·mean(g·x̂) = (z − μ)·invStd·Σ(g·x̂)/M, folded as (z − μ)·meanGX.
+      meanGX[c] = training ? Float(sums[C + c] / Double(M)) * red.invStd[c] : 0
+    }
+    let rows = KernelISA.rows
+    parallelChunks(M, minPerChunk: 64) { _, range in
+      rows.batchNormBackwardApply(dz: dz, da: da, red, k: k, meanG: meanG, meanGX: meanGX, channels: C, rows: range)
+    }
+  }
 }
 
 // MARK: - Naive reference (two-pass statistics in double, separate ReLU6)

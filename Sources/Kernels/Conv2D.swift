@@ -5,6 +5,7 @@
 // multiple of 16, else im2col + GEMM; the backward is im2col + GEMM. The naive path is the
 // textbook loop nest used as the test reference.
 import CBLAS
+import KernelRows
 
 /// Shape of a convolution: batch, input size, channels, kernel and stride.
 public struct ConvShape: Equatable, SamePaddedShape {
@@ -31,6 +32,33 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
   gemmRows(c: y, a: patches, b: w, rows: rows, k: depth, n: s.outChannels, transposeB: false)
 }
 
+/// The same, with the batch-norm statistics of y (see `pointwiseForward(statisticsShift:)`): on the
+/// direct path each output row's statistics are made right after the row is written (still in L1/L2);
+/// the GEMM path makes them in a separate pass.
+public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                          _ s: ConvShape, statisticsShift shift: UnsafeMutablePointer<Float>,
+                          sums: UnsafeMutablePointer<Double>, scratch: Scratch) {
+  let Co = s.outChannels, rows = s.batch * s.outHeight * s.outWidth
+  guard s.outChannels % 16 == 0, rows > 0 else {
+    conv2dForward(y: y, x: x, w: w, s, scratch: scratch)
+    return batchNormStatistics(z: y, rows: rows, channels: Co, shift: shift, sums: sums, scratch: scratch)
+  }
+  // Output pixel (0, 0, 0), computed directly, as the shift.
+  shift.update(repeating: 0, count: Co)
+  s.window.forEachTap(oy: 0, ox: 0) { tap, iy, ix in
+    let xin = x + (iy * s.width + ix) * s.inChannels
+    for ci in 0..<s.inChannels { for co in 0..<Co { shift[co] += xin[ci] * w[(tap * s.inChannels + ci) * Co + co] } }
+  }
+  let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
+  let kernels = KernelISA.rows, Wo = s.outWidth
+  parallelChannelSums(rows: s.batch * s.outHeight, channels: Co, minPerChunk: 1, scratch: scratch, into: sums) { _, r, partial in
+    for row in r {
+      conv2dForwardDirect16(y: y, x: x, w: w, s, rows: row..<(row + 1))
+      kernels.channelStatistics(z: y, channels: Co, rows: (row * Wo)..<((row + 1) * Wo), stats.with(sums: partial))
+    }
+  }
+}
+
 /// The stems of mobilenet_v2_035/_050 (16), _100 (32) and _140 (48) output channels (_075 has 24 and
 /// _130 40, which take the GEMM path): one SIMD16 accumulator per 16 output
 /// channels stays in registers across all K·K·Ci taps, so each tap is one broadcast FMA and the
@@ -38,10 +66,15 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
 /// writing and reading the patch matrix).
 func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                            _ s: ConvShape) {
+  parallelChunks(s.batch * s.outHeight) { _, rows in conv2dForwardDirect16(y: y, x: x, w: w, s, rows: rows) }
+}
+
+/// Output rows (n·Ho + oy) of the direct stem forward, single-threaded.
+func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                           _ s: ConvShape, rows: Range<Int>) {
   let (H, W, Ci, Co) = (s.height, s.width, s.inChannels, s.outChannels)
   let (Ho, Wo, window) = (s.outHeight, s.outWidth, s.window)
-  parallelChunks(s.batch * Ho) { _, rows in
-    for row in rows {
+  for row in rows {
       let n = row / Ho, oy = row % Ho
       for ox in 0..<Wo {
         let out = y + (row * Wo + ox) * Co
@@ -55,7 +88,6 @@ func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
           store16(acc, out + cb)
         }
       }
-    }
   }
 }
 

@@ -6,6 +6,8 @@
 // computed as a gather (each input pixel sums the taps that read it), so threads never write the
 // same memory; the weight gradient uses per-thread partials reduced at the end.
 
+import KernelRows
+
 public struct DepthwiseShape: Equatable, SamePaddedShape {
   public var batch, height, width, channels, kernel, stride: Int
   public init(batch: Int, height: Int, width: Int, channels: Int, kernel: Int = 3, stride: Int) {
@@ -17,114 +19,115 @@ public struct DepthwiseShape: Equatable, SamePaddedShape {
   public var weightCount: Int { kernel * kernel * channels }
 }
 
-/// out[c] = Σ_taps a[tap][c] · b[tap][c] over `tapCount` (aOffset, bOffset) pairs, channels vectorised.
-@inline(__always)
-private func multiplyAccumulateTaps(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>,
-                                    b: UnsafePointer<Float>, taps: UnsafePointer<Int>, tapCount: Int, channels C: Int) {
-  var c = 0
-  while c + 16 <= C {
-    var acc = SIMD16<Float>()
-    for t in 0..<tapCount { acc += load16(a + taps[2 * t] + c) * load16(b + taps[2 * t + 1] + c) }
-    store16(acc, out + c)
-    c += 16
-  }
-  while c + 8 <= C {
-    var acc = SIMD8<Float>()
-    for t in 0..<tapCount { acc += load8(a + taps[2 * t] + c) * load8(b + taps[2 * t + 1] + c) }
-    store8(acc, out + c)
-    c += 8
-  }
-  while c < C {
-    var acc: Float = 0
-    for t in 0..<tapCount { acc += a[taps[2 * t] + c] * b[taps[2 * t + 1] + c] }
-    out[c] = acc
-    c += 1
+extension DepthwiseShape {
+  var geometry: DepthwiseGeometry {
+    DepthwiseGeometry(height: height, width: width, channels: channels, kernel: kernel, stride: stride,
+                      outHeight: outHeight, outWidth: outWidth, padTop: padTop, padLeft: padLeft)
   }
 }
 
-/// y[N,Ho,Wo,C] = depthwise(x[N,H,W,C], w[K,K,C]).
+/// A depthwise input not stored as such: the previous layer's conv output z, whose batch norm (the
+/// per-channel `scale`, `shift` of `batchNormScaleShift`) and ReLU6 the depthwise applies as it reads.
+public struct PendingBatchNorm {
+  public let scale, shift: UnsafePointer<Float>
+  public let relu6: Bool
+  public init(scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool) {
+    self.scale = scale; self.shift = shift; self.relu6 = relu6
+  }
+  /// x = act(z·scale + shift), one value (the row kernels vectorise the same expression).
+  @inline(__always) func apply(_ z: Float, channel c: Int) -> Float {
+    let v = z * scale[c] + shift[c]
+    return relu6 ? min(max(v, 0), 6) : v
+  }
+}
+
+/// Input rows a thread transforms at a time for a `PendingBatchNorm` input: a group of output rows
+/// whose input rows fill about 256 KiB (kept in L2 while the group's taps read them).
+func transformRows(_ s: DepthwiseShape) -> Int {
+  let outRows = max(1, 65536 / max(1, s.width * s.channels * s.stride))
+  return (outRows - 1) * s.stride + s.kernel
+}
+
+/// Floats of transform buffers `chunks` threads need.
+func transformFloats(_ s: DepthwiseShape, chunks: Int) -> Int { chunks * transformRows(s) * s.width * s.channels }
+
+extension PendingBatchNorm {
+  func transform(_ s: DepthwiseShape, buffers: UnsafeMutablePointer<Float>, chunk: Int) -> DepthwiseInputTransform {
+    let rows = transformRows(s)
+    return DepthwiseInputTransform(scale: scale, shift: shift, relu6: relu6,
+                                   buffer: buffers + chunk * rows * s.width * s.channels, bufferRows: rows)
+  }
+}
+
+/// y[N,Ho,Wo,C] = depthwise(x[N,H,W,C], w[K,K,C]); with `input`, x is act(BN(z)) of the given z (see
+/// `PendingBatchNorm`), made as read.
 public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                             _ s: DepthwiseShape) {
-  let (H, W, C, K) = (s.height, s.width, s.channels, s.kernel)
-  let (Ho, Wo, window) = (s.outHeight, s.outWidth, s.window)
-  parallelChunks(s.batch * Ho) { _, rows in
-    withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * K * K) { tapBuf in
-      let taps = tapBuf.baseAddress!
-      for row in rows {
-        let n = row / Ho, oy = row % Ho
-        for ox in 0..<Wo {
-          var count = 0
-          window.forEachTap(oy: oy, ox: ox) { tap, iy, ix in
-            taps[2 * count] = ((n * H + iy) * W + ix) * C
-            taps[2 * count + 1] = tap * C
-            count += 1
-          }
-          multiplyAccumulateTaps(out: y + ((n * Ho + oy) * Wo + ox) * C, a: x, b: w,
-                                 taps: taps, tapCount: count, channels: C)
-        }
-      }
-    }
+                             _ s: DepthwiseShape, input: PendingBatchNorm? = nil, scratch: Scratch? = nil) {
+  let g = s.geometry, rows = KernelISA.rows
+  let total = s.batch * s.outHeight
+  let buffers = input.map { _ in (scratch ?? Scratch()).uninitialized(transformFloats(s, chunks: chunkCount(total))) }
+  parallelChunks(total) { chunk, r in
+    rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: nil,
+                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) })
   }
 }
 
-/// dw[K,K,C] += Σ x·dy; dx (if given) = depthwiseᵀ(dy) (overwritten).
+/// The same, also accumulating the batch-norm statistics of y while each output pixel is in
+/// registers: `shift` (C floats) receives output pixel 0, `sums` (2·C doubles) Σ(y − shift), Σ(y − shift)².
+public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                             _ s: DepthwiseShape, statisticsShift shift: UnsafeMutablePointer<Float>,
+                             sums: UnsafeMutablePointer<Double>, scratch: Scratch, input: PendingBatchNorm? = nil) {
+  let C = s.channels
+  let rowsTotal = s.batch * s.outHeight
+  guard rowsTotal > 0 && s.outWidth > 0 else { sums.update(repeating: 0, count: 2 * C); return }
+  // Output pixel (0, 0, 0) as the shift: a sample of each channel close to its mean.
+  shift.update(repeating: 0, count: C)
+  s.window.forEachTap(oy: 0, ox: 0) { tap, iy, ix in
+    let xin = x + (iy * s.width + ix) * C, wk = w + tap * C
+    for c in 0..<C { shift[c] += (input?.apply(xin[c], channel: c) ?? xin[c]) * wk[c] }
+  }
+  let g = s.geometry, rows = KernelISA.rows
+  let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
+  let buffers = input.map { _ in scratch.uninitialized(transformFloats(s, chunks: chunkCount(rowsTotal))) }
+  parallelChannelSums(rows: rowsTotal, channels: C, minPerChunk: 1, scratch: scratch, into: sums) { chunk, r, partial in
+    rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: stats.with(sums: partial),
+                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) })
+  }
+}
+
+/// dw[K,K,C] += Σ x·dy; dx (if given) = depthwiseᵀ(dy) (overwritten), plus `residual` if given.
+/// With `reduce`, the batch-norm backward reductions of the layer that produced x are made over dx
+/// while it is in registers (`reduce.sums` is overwritten), so that layer's BN backward needs no pass
+/// of its own. With `input`, x is act(BN(z)) of the given z, remade as read (as in forward).
 public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
                               dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                              _ s: DepthwiseShape, scratch: Scratch) {
-  let (H, W, C, K, S) = (s.height, s.width, s.channels, s.kernel, s.stride)
-  let (Ho, Wo, pt, pl, window) = (s.outHeight, s.outWidth, s.padTop, s.padLeft, s.window)
+                              _ s: DepthwiseShape, scratch: Scratch,
+                              residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil,
+                              input: PendingBatchNorm? = nil) {
+  let g = s.geometry, rows = KernelISA.rows
+  let C = s.channels
   if let dx {
-    // Gather: input pixel (iy, ix) is read by output (oy, ox) through tap (ky, kx) when
-    // oy·S − pt + ky = iy, i.e. oy = (iy + pt − ky) / S exactly.
-    parallelChunks(s.batch * H) { _, rows in
-      withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * K * K) { tapBuf in
-        let taps = tapBuf.baseAddress!
-        for row in rows {
-          let n = row / H, iy = row % H
-          for ix in 0..<W {
-            var count = 0
-            for ky in 0..<K {
-              let ty = iy + pt - ky
-              if ty < 0 || ty % S != 0 || ty / S >= Ho { continue }
-              for kx in 0..<K {
-                let tx = ix + pl - kx
-                if tx < 0 || tx % S != 0 || tx / S >= Wo { continue }
-                taps[2 * count] = ((n * Ho + ty / S) * Wo + tx / S) * C
-                taps[2 * count + 1] = (ky * K + kx) * C
-                count += 1
-              }
-            }
-            multiplyAccumulateTaps(out: dx + ((n * H + iy) * W + ix) * C, a: dy, b: w,
-                                   taps: taps, tapCount: count, channels: C)
-          }
-        }
+    let inRows = s.batch * s.height
+    if let reduce {
+      parallelChannelSums(rows: inRows, channels: C, minPerChunk: 1, scratch: scratch, into: reduce.sums) { _, r, partial in
+        rows.depthwiseInputGradient(dx: dx, dy: dy, w: w, g, rows: r, residual: residual, reduce: reduce.with(sums: partial))
+      }
+    } else {
+      parallelChunks(inRows) { _, r in
+        rows.depthwiseInputGradient(dx: dx, dy: dy, w: w, g, rows: r, residual: residual, reduce: nil)
       }
     }
   }
   let wc = s.weightCount
-  let rowsTotal = s.batch * Ho
-  let partial = scratch.zeroed(chunkCount(rowsTotal) * wc)
-  let used = parallelChunks(rowsTotal) { chunk, rows in
-    let p = partial + chunk * wc
-    for row in rows {
-      let n = row / Ho, oy = row % Ho
-      for ox in 0..<Wo {
-        let g = dy + ((n * Ho + oy) * Wo + ox) * C
-        window.forEachTap(oy: oy, ox: ox) { tap, iy, ix in
-          let xin = x + ((n * H + iy) * W + ix) * C
-          let pk = p + tap * C
-          var c = 0
-          while c + 16 <= C {
-            store16(load16(pk + c) + load16(xin + c) * load16(g + c), pk + c)
-            c += 16
-          }
-          while c < C {
-            pk[c] += xin[c] * g[c]
-            c += 1
-          }
-        }
-      }
-    }
+  let rowsTotal = s.batch * s.outHeight
+  let chunks = chunkCount(rowsTotal)
+  // One scratch region: the per-thread weight partials (zeroed), then the transform buffers.
+  let region = scratch.uninitialized(chunks * wc + (input == nil ? 0 : transformFloats(s, chunks: chunks)))
+  let partial = region
+  partial.update(repeating: 0, count: chunks * wc)
+  let used = parallelChunks(rowsTotal) { chunk, r in
+    rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: dy, x: x, g, rows: r,
+                                 input: input.map { $0.transform(s, buffers: region + chunks * wc, chunk: chunk) })
   }
   for ch in 0..<used {
     let p = partial + ch * wc

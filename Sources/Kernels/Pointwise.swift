@@ -5,6 +5,7 @@
 // w is TF's [1,1,Ci,Co] layout, which is exactly the row-major [Ci,Co] matrix GEMM wants.
 // Also the logits layer: the same product on [N, C] plus a bias.
 import CBLAS
+import KernelRows
 
 public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                              rows: Int, inChannels: Int, outChannels: Int) {
@@ -18,6 +19,71 @@ public func pointwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
   let partials = scratch.uninitialized(gemmPartialsCount(rows: rows, m: inChannels, n: outChannels))
   gemmTransposedRows(c: dw, a: x, b: dy, rows: rows, m: inChannels, n: outChannels, partials: partials)
   if let dx { gemmRows(c: dx, a: dy, b: w, rows: rows, k: outChannels, n: inChannels, transposeB: true) }
+}
+
+/// The forward GEMM with the batch-norm statistics of y made while each block of rows is still in
+/// cache (the GEMM runs in blocks of `fusedBlockRows` rows per thread, each followed by its statistics):
+/// `shift` (Co floats) receives y's first row, `sums` (2·Co doubles) Σ(y − shift), Σ(y − shift)².
+public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                             rows: Int, inChannels: Int, outChannels: Int,
+                             statisticsShift shift: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>,
+                             scratch: Scratch) {
+  let (k, n) = (inChannels, outChannels)
+  guard rows > 0 else { sums.update(repeating: 0, count: 2 * n); return }
+  // Row 0 of y, computed directly, as the shift (any value near the mean will do).
+  for o in 0..<n {
+    var acc: Float = 0
+    for i in 0..<k { acc += x[i] * w[i * n + o] }
+    shift[o] = acc
+  }
+  let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
+  let kernels = KernelISA.rows
+  _ = Compute.blasSingleThreaded
+  parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
+    forEachBlock(r, blockRows: fusedBlockRows(k: k, n: n)) { b in
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
+                  1, x + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
+      kernels.channelStatistics(z: y, channels: n, rows: b, stats.with(sums: partial))
+    }
+  }
+}
+
+/// Rows per GEMM block in the fused kernels: the output block stays within ~128 KiB (in L2 when its
+/// epilogue reads it back), but at least 2·k rows so that packing the [k, n] weights, redone by every
+/// call, stays small against the block's own work.
+func fusedBlockRows(k: Int, n: Int) -> Int { max(2 * k, 32768 / max(n, 1), 64) }
+
+@inline(__always)
+func forEachBlock(_ r: Range<Int>, blockRows: Int, _ body: (Range<Int>) -> Void) {
+  var lo = r.lowerBound
+  while lo < r.upperBound {
+    let hi = min(lo + blockRows, r.upperBound)
+    body(lo..<hi)
+    lo = hi
+  }
+}
+
+/// dw += xᵀ·dy; dx = dy·wᵀ (+ residual), with the batch-norm backward reductions of the layer
+/// that produced x made over each block of dx while it is in cache (`reduce.sums` overwritten):
+/// that layer's BN backward then needs no reduction pass of its own, and the residual gradient no add pass.
+public func pointwiseBackward(dx: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
+                              dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                              rows: Int, inChannels: Int, outChannels: Int, scratch: Scratch,
+                              residual: UnsafePointer<Float>?, reduce: BatchNormReduction) {
+  let partials = scratch.uninitialized(gemmPartialsCount(rows: rows, m: inChannels, n: outChannels))
+  gemmTransposedRows(c: dw, a: x, b: dy, rows: rows, m: inChannels, n: outChannels, partials: partials)
+  let (k, n) = (outChannels, inChannels)  // dx[rows, n] = dy[rows, k] · wᵀ
+  guard rows > 0 else { reduce.sums.update(repeating: 0, count: 2 * n); return }
+  let kernels = KernelISA.rows
+  _ = Compute.blasSingleThreaded
+  parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
+                      into: reduce.sums) { _, r, partial in
+    forEachBlock(r, blockRows: fusedBlockRows(k: k, n: n)) { b in
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(b.count), Int32(n), Int32(k),
+                  1, dy + b.lowerBound * k, Int32(k), w, Int32(k), 0, dx + b.lowerBound * n, Int32(n))
+      kernels.batchNormReduce(da: dx, residual: residual, channels: n, rows: b, reduce.with(sums: partial))
+    }
+  }
 }
 
 // Threading of the GEMMs: our threads split the rows (N·H·W) and each makes a single-threaded BLAS

@@ -202,27 +202,25 @@ public final class MobileNetV2 {
     act.mode = mode
     var x = UnsafePointer(act.input)
     convBNForward(stemIndex, x: x, act: act)
-    x = UnsafePointer(act.a[stemIndex])
+    x = UnsafePointer(act.a[stemIndex]!)
     for b in blocks {
       if let e = b.expand {
+        // The expand layer's activation is never stored: the depthwise applies its BN + ReLU6 to z as
+        // it reads (and its backward does the same), so the largest tensors are written once, as z.
         convBNForward(e, x: x, act: act)
-        convBNForward(b.depthwise, x: UnsafePointer(act.a[e]), act: act)
+        convBNForward(b.depthwise, x: UnsafePointer(act.z[e]), act: act, input: pendingBatchNorm(e, act))
       } else {
         convBNForward(b.depthwise, x: x, act: act)
       }
-      convBNForward(b.project, x: UnsafePointer(act.a[b.depthwise]), act: act)
-      let out = act.a[b.project]
       // The project layer has no activation, so its BN output is not needed by backward: the
-      // residual sum is written over it.
-      if b.residual {
-        Profile.time(.residual) { addInPlace(out, x, count: layers[b.project].outputCount(batch: batch)) }
-      }
-      x = UnsafePointer(out)
+      // residual sum is written in its place, by the same pass that applies BN.
+      convBNForward(b.project, x: UnsafePointer(act.a[b.depthwise]!), act: act, residual: b.residual ? x : nil)
+      x = UnsafePointer(act.a[b.project]!)
     }
     convBNForward(lastConvIndex, x: x, act: act)
     let last = layers[lastConvIndex]
     let C = featureDepth
-    globalAvgPoolForward(y: act.pooled, x: act.a[lastConvIndex], batch: batch,
+    globalAvgPoolForward(y: act.pooled, x: act.a[lastConvIndex]!, batch: batch,
                          pixels: last.outSize * last.outSize, channels: C)
     var features = UnsafePointer(act.pooled)
     if mode.dropout && config.dropoutKeepProb < 1 {
@@ -236,26 +234,66 @@ public final class MobileNetV2 {
     return act.logits
   }
 
-  private func convBNForward(_ i: Int, x: UnsafePointer<Float>, act: Activations) {
+  /// The conv, then BN(+ReLU6)(+residual) in one pass. In training the conv kernel itself makes the
+  /// batch statistics of z while it writes it (fused: no statistics pass over z).
+  private func convBNForward(_ i: Int, x: UnsafePointer<Float>, act: Activations, residual: UnsafePointer<Float>? = nil,
+                             input: PendingBatchNorm? = nil) {
     let l = layers[i]
     let n = act.batch
-    let z = act.z[i], a = act.a[i]
+    let z = act.z[i], a = act.a[i]  // a is nil for expand layers (see forward)
+    let training = act.mode.batchNormTraining
+    let (shift, sums) = (act.statShift[i], act.statSums[i])
     switch l.op {
     case .conv(let k):
-      Profile.time(.stemConv) { conv2dForward(y: z, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k), scratch: scratch) }
+      Profile.time(.stemConv) {
+        let s = convShape(l, batch: n, kernel: k)
+        if training {
+          conv2dForward(y: z, x: x, w: w(l.weight), s, statisticsShift: shift, sums: sums, scratch: scratch)
+        } else {
+          conv2dForward(y: z, x: x, w: w(l.weight), s, scratch: scratch)
+        }
+      }
     case .pointwise:
       Profile.time(.pointwise) {
-        pointwiseForward(y: z, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
-                         inChannels: l.inChannels, outChannels: l.outChannels)
+        let rows = n * l.inSize * l.inSize
+        if training {
+          pointwiseForward(y: z, x: x, w: w(l.weight), rows: rows, inChannels: l.inChannels, outChannels: l.outChannels,
+                           statisticsShift: shift, sums: sums, scratch: scratch)
+        } else {
+          pointwiseForward(y: z, x: x, w: w(l.weight), rows: rows, inChannels: l.inChannels, outChannels: l.outChannels)
+        }
       }
     case .depthwise(let k):
-      Profile.time(.depthwise) { depthwiseForward(y: z, x: x, w: w(l.weight), depthwiseShape(l, batch: n, kernel: k)) }
+      Profile.time(.depthwise) {
+        let s = depthwiseShape(l, batch: n, kernel: k)
+        if training {
+          depthwiseForward(y: z, x: x, w: w(l.weight), s, statisticsShift: shift, sums: sums, scratch: scratch, input: input)
+        } else {
+          depthwiseForward(y: z, x: x, w: w(l.weight), s, input: input, scratch: scratch)
+        }
+      }
     }
-    Profile.time(.batchNorm) { batchNormForward(a: a, z: z, gamma: w(l.gamma), beta: w(l.beta), mean: act.mean[i], invStd: act.invStd[i],
-                     movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
-                     rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                     training: act.mode.batchNormTraining, relu6: l.relu6, decay: batchNormDecay,
-                     scratch: scratch) }
+    Profile.time(.batchNorm) {
+      batchNormForward(fromSums: sums, shift: shift, a: a, z: z, gamma: w(l.gamma), beta: w(l.beta),
+                       mean: act.mean[i], invStd: act.invStd[i],
+                       movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
+                       rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
+                       training: training, relu6: l.relu6, residual: residual, scaleShift: act.scaleShift[i],
+                       decay: batchNormDecay)
+    }
+  }
+
+  /// Layer i's BN + ReLU6 as its consumer applies them to z (layer i's activation is not stored).
+  private func pendingBatchNorm(_ i: Int, _ act: Activations) -> PendingBatchNorm {
+    PendingBatchNorm(scale: act.scaleShift[i], shift: act.scaleShift[i] + layers[i].outChannels, relu6: layers[i].relu6)
+  }
+
+  /// What the kernel producing layer i's output gradient needs to make that layer's BN backward
+  /// reductions on the fly (they land in act.gradSums[i]).
+  private func reduction(_ i: Int, _ act: Activations) -> BatchNormReduction {
+    let C = layers[i].outChannels
+    return BatchNormReduction(z: act.z[i], scale: act.scaleShift[i], shift: act.scaleShift[i] + C, mean: act.mean[i],
+                              invStd: act.invStd[i], relu6: layers[i].relu6, sums: act.gradSums[i])
   }
 
   func convShape(_ l: ConvBNLayer, batch: Int, kernel: Int) -> ConvShape {
@@ -305,23 +343,36 @@ public final class MobileNetV2 {
     globalAvgPoolBackward(dx: act.exp0, dy: act.dPooled, batch: batch, pixels: last.outSize * last.outSize, channels: C)
     var gOut = act.io0, gIn = act.io1
     let lastBlock = blocks[blocks.count - 1]
-    convBNBackward(lastConvIndex, dA: act.exp0, x: UnsafePointer(act.a[lastBlock.project]), dx: gOut, act: act)
+    // Every layer's BN backward reductions are made by the kernel that produces its output gradient
+    // (fused, see convBNBackward), except the last conv's, whose gradient comes from the pooling.
+    Profile.time(.batchNorm, backward: true) {
+      batchNormReduce(da: act.exp0, residual: nil, rows: last.outputCount(batch: batch) / C, channels: C,
+                      reduction(lastConvIndex, act), scratch: scratch)
+    }
+    convBNBackward(lastConvIndex, dA: act.exp0, x: UnsafePointer(act.a[lastBlock.project]!), dx: gOut,
+                   dxReduce: reduction(lastBlock.project, act), act: act)
     ready(upTo: lastConvIndex)
     for bi in blocks.indices.reversed() {
       let b = blocks[bi]
-      let x = bi == 0 ? UnsafePointer(act.a[stemIndex]) : UnsafePointer(act.a[blocks[bi - 1].project])
+      let inputLayer = bi == 0 ? stemIndex : blocks[bi - 1].project
+      let x = UnsafePointer(act.a[inputLayer]!)
+      // The block input's gradient (+ the residual's, added by the same pass) goes to gIn with the
+      // reductions of the layer that produced the block input.
+      let residual = b.residual ? UnsafePointer(gOut) : nil
       // project (linear): dz into T, then the 1×1 backward writes the depthwise output's gradient.
-      convBNBackward(b.project, dA: gOut, dZ: act.ioT, x: UnsafePointer(act.a[b.depthwise]), dx: act.exp1, act: act)
+      convBNBackward(b.project, dA: gOut, dZ: act.ioT, x: UnsafePointer(act.a[b.depthwise]!), dx: act.exp1,
+                     dxReduce: reduction(b.depthwise, act), act: act)
       ready(upTo: b.project)
-      let dwInput = b.expand.map { UnsafePointer(act.a[$0]) } ?? x
-      convBNBackward(b.depthwise, dA: act.exp1, x: dwInput, dx: b.expand == nil ? gIn : act.exp0, act: act)
-      ready(upTo: b.depthwise)
       if let e = b.expand {
-        convBNBackward(e, dA: act.exp0, x: x, dx: gIn, act: act)
+        convBNBackward(b.depthwise, dA: act.exp1, x: UnsafePointer(act.z[e]), dx: act.exp0, dxReduce: reduction(e, act),
+                       input: pendingBatchNorm(e, act), act: act)
+        ready(upTo: b.depthwise)
+        convBNBackward(e, dA: act.exp0, x: x, dx: gIn, dxReduce: reduction(inputLayer, act), dxResidual: residual, act: act)
         ready(upTo: e)
-      }
-      if b.residual {
-        Profile.time(.residual, backward: true) { addInPlace(gIn, gOut, count: layers[b.project].outputCount(batch: batch)) }
+      } else {
+        convBNBackward(b.depthwise, dA: act.exp1, x: x, dx: gIn, dxReduce: reduction(inputLayer, act),
+                       dxResidual: residual, act: act)
+        ready(upTo: b.depthwise)
       }
       swap(&gOut, &gIn)
     }
@@ -329,18 +380,21 @@ public final class MobileNetV2 {
     ready(upTo: stemIndex)
   }
 
-  /// BN(+ReLU6) backward from dA into dZ (in place over dA unless dZ is given), then the conv's backward:
-  /// weight gradient accumulated, input gradient written to dx (skipped if nil).
+  /// BN(+ReLU6) backward from dA into dZ (in place over dA unless dZ is given) from the reductions
+  /// already in act.gradSums[i], then the conv's backward: weight gradient accumulated, input gradient
+  /// written to dx (skipped if nil) plus `dxResidual`, with the reductions `dxReduce` of the layer that
+  /// produced x made over dx as it is written.
   private func convBNBackward(_ i: Int, dA: UnsafeMutablePointer<Float>, dZ: UnsafeMutablePointer<Float>? = nil,
-                              x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?, act: Activations) {
+                              x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
+                              dxReduce: BatchNormReduction? = nil, dxResidual: UnsafePointer<Float>? = nil,
+                              input: PendingBatchNorm? = nil, act: Activations) {
     let l = layers[i]
     let n = act.batch
     let dz = dZ ?? dA
     Profile.time(.batchNorm, backward: true) {
-      batchNormBackward(dz: dz, da: dA, z: act.z[i], gamma: w(l.gamma), beta: w(l.beta), mean: act.mean[i],
-                        invStd: act.invStd[i], dGamma: g(l.gamma), dBeta: g(l.beta),
-                        rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                        training: act.mode.batchNormTraining, relu6: l.relu6, scratch: scratch)
+      batchNormBackward(fromSums: act.gradSums[i], dz: dz, da: dA, reduction(i, act), dGamma: g(l.gamma),
+                        dBeta: g(l.beta), rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
+                        training: act.mode.batchNormTraining)
     }
     switch l.op {
     case .conv(let k):
@@ -350,13 +404,21 @@ public final class MobileNetV2 {
       }
     case .pointwise:
       Profile.time(.pointwise, backward: true) {
-        pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
-                          inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch)
+        let rows = n * l.inSize * l.inSize
+        if let dx, let dxReduce {
+          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: rows, inChannels: l.inChannels,
+                            outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce)
+        } else {
+          precondition(dxResidual == nil, "a residual gradient needs the fused pointwise backward")
+          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: rows,
+                            inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch)
+        }
       }
     case .depthwise(let k):
       Profile.time(.depthwise, backward: true) {
         depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight),
-                          depthwiseShape(l, batch: n, kernel: k), scratch: scratch)
+                          depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
+                          input: input)
       }
     }
   }
@@ -371,8 +433,16 @@ final class Activations {
   let input: UnsafeMutablePointer<Float>
   let labelStorage: UnsafeMutablePointer<Int32>
   var labels: UnsafeMutablePointer<Int32> { labelStorage }
-  var z: [UnsafeMutablePointer<Float>] = [], a: [UnsafeMutablePointer<Float>] = []
+  /// Per layer: conv output z and activation a; a is nil for expand layers, whose activation is
+  /// applied by the depthwise as it reads z and never stored.
+  var z: [UnsafeMutablePointer<Float>] = [], a: [UnsafeMutablePointer<Float>?] = []
   var mean: [UnsafeMutablePointer<Float>] = [], invStd: [UnsafeMutablePointer<Float>] = []
+  /// Per layer: the BN scale and shift forward applied ([2·C]: γ·invStd, β − μ·γ·invStd), the shift of
+  /// the fused statistics ([C]) and, in double storage, the forward statistics and the backward
+  /// reductions ([2·C] each).
+  var scaleShift: [UnsafeMutablePointer<Float>] = [], statShift: [UnsafeMutablePointer<Float>] = []
+  var statSums: [UnsafeMutablePointer<Double>] = [], gradSums: [UnsafeMutablePointer<Double>] = []
+  let doubles: UnsafeMutablePointer<Double>
   let pooled, dropped, dropoutMask, dPooled, logits, dLogits: UnsafeMutablePointer<Float>
   /// Backward scratch: io0/io1 ping-pong block gradients, ioT holds the project layer's dz,
   /// exp0/exp1 hold gradients of expanded (inner) tensors.
@@ -389,10 +459,16 @@ final class Activations {
 
     let inputSlot = reserve(n * m.config.imageSize * m.config.imageSize * 3)
     var ioMax = 0, expMax = 0
-    var layerSlots: [(Int, Int, Int, Int)] = []
+    var layerSlots: [(Int, Int?, Int, Int)] = []
+    let expandLayers = Set(m.blocks.compactMap(\.expand))
+    var smallSlots: [(Int, Int)] = []
+    var doubleCount = 0
     for (i, l) in m.layers.enumerated() {
-      layerSlots.append((reserve(l.outputCount(batch: n)), reserve(l.outputCount(batch: n)),
+      layerSlots.append((reserve(l.outputCount(batch: n)),
+                         expandLayers.contains(i) ? nil : reserve(l.outputCount(batch: n)),
                          reserve(l.outChannels), reserve(l.outChannels)))
+      smallSlots.append((reserve(2 * l.outChannels), reserve(l.outChannels)))
+      doubleCount += 4 * l.outChannels
       let isBlockIO = i == m.stemIndex || m.blocks.contains { $0.project == i }
       if isBlockIO { ioMax = max(ioMax, l.outputCount(batch: n)) } else { expMax = max(expMax, l.outputCount(batch: n)) }
       if case .depthwise = l.op { expMax = max(expMax, l.inputCount(batch: n)) }
@@ -409,7 +485,15 @@ final class Activations {
     func at(_ slot: Int) -> UnsafeMutablePointer<Float> { base + offsets[slot] }
     input = at(inputSlot)
     for (zS, aS, mS, iS) in layerSlots {
-      z.append(at(zS)); a.append(at(aS)); mean.append(at(mS)); invStd.append(at(iS))
+      z.append(at(zS)); a.append(aS.map(at)); mean.append(at(mS)); invStd.append(at(iS))
+    }
+    doubles = UnsafeMutablePointer<Double>.allocate(capacity: max(doubleCount, 1))
+    doubles.initialize(repeating: 0, count: max(doubleCount, 1))
+    var d = 0
+    for (l, (ssS, shS)) in zip(m.layers, smallSlots) {
+      scaleShift.append(at(ssS)); statShift.append(at(shS))
+      statSums.append(doubles + d); gradSums.append(doubles + d + 2 * l.outChannels)
+      d += 4 * l.outChannels
     }
     pooled = at(slots[0]); dropped = at(slots[1]); dropoutMask = at(slots[2]); dPooled = at(slots[3])
     logits = at(slots[4]); dLogits = at(slots[5])
@@ -417,4 +501,6 @@ final class Activations {
     labelStorage = UnsafeMutableRawPointer(at(labelSlot)).bindMemory(to: Int32.self, capacity: n)
     features = UnsafePointer(pooled)
   }
+
+  deinit { doubles.deallocate() }
 }

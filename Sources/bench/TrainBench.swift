@@ -29,6 +29,7 @@ struct TrainBench: ParsableCommand {
   func run() throws {
     Compute.setThreads(threads)
     let list = try BenchConfig.parseList(configs)  // bad input fails before any output
+    print(KernelISA.summary)
     print("threads=\(threads) steps=\(steps) (median) warmup=\(warmup) rounds=\(rounds) (ours then PyTorch; medians over rounds)")
     print("config                          ours img/s   ours RSS MiB   torch img/s   torch RSS MiB   ratio   per-round ratios")
     for c in list {

@@ -20,40 +20,42 @@ final class BatchNormTests: XCTestCase {
   func testFastMatchesNaiveBothModes() {
     Compute.setThreads(2)
     defer { Compute.setThreads(1) }
-    // Includes a large row count with a big mean offset, where naive one-pass variance would fail.
-    for (m, c, off) in [(40, 16, Float(0.5)), (257, 24, 0.5), (9, 37, 0.5), (5000, 8, 100)] {
-      for training in [true, false] {
-        for relu6 in [true, false] {
-          let k = Case(m: m, c: c, seed: 30, offset: off, betaOffset: 2)
-          let mm2 = FloatBuffer(count: c), mv2 = FloatBuffer(count: c)
-          mm2.copy(from: k.mm.array); mv2.copy(from: k.mv.array)
-          let a = FloatBuffer(count: m * c), aRef = FloatBuffer(count: m * c)
-          let mean = FloatBuffer(count: c), inv = FloatBuffer(count: c), meanRef = FloatBuffer(count: c), invRef = FloatBuffer(count: c)
-          batchNormForward(a: a.base, z: k.x.base, gamma: k.gamma.base, beta: k.beta.base, mean: mean.base, invStd: inv.base,
-                           movingMean: k.mm.base, movingVariance: k.mv.base, rows: m, channels: c,
-                           training: training, relu6: relu6, scratch: Scratch())
-          batchNormForwardNaive(a: aRef.base, z: k.x.base, gamma: k.gamma.base, beta: k.beta.base, mean: meanRef.base,
-                                invStd: invRef.base, movingMean: mm2.base, movingVariance: mv2.base, rows: m, channels: c,
-                                training: training, relu6: relu6)
-          let what = "bn m=\(m) c=\(c) training=\(training) relu6=\(relu6)"
-          assertClose(a, aRef, atol: 2e-4, rtol: 2e-4, what)
-          assertClose(mean, meanRef, atol: 1e-4, rtol: 1e-5, what + " mean")
-          assertClose(inv, invRef, atol: 1e-5, rtol: 1e-4, what + " invstd")
-          assertClose(k.mm, mm2, atol: 1e-5, rtol: 1e-5, what + " moving mean")
-          assertClose(k.mv, mv2, atol: 1e-4, rtol: 1e-4, what + " moving variance")
+    forEachInstructionSet { _ in
+      // Includes a large row count with a big mean offset, where naive one-pass variance would fail.
+      for (m, c, off) in [(40, 16, Float(0.5)), (257, 24, 0.5), (9, 37, 0.5), (5000, 8, 100)] {
+        for training in [true, false] {
+          for relu6 in [true, false] {
+            let k = Case(m: m, c: c, seed: 30, offset: off, betaOffset: 2)
+            let mm2 = FloatBuffer(count: c), mv2 = FloatBuffer(count: c)
+            mm2.copy(from: k.mm.array); mv2.copy(from: k.mv.array)
+            let a = FloatBuffer(count: m * c), aRef = FloatBuffer(count: m * c)
+            let mean = FloatBuffer(count: c), inv = FloatBuffer(count: c), meanRef = FloatBuffer(count: c), invRef = FloatBuffer(count: c)
+            batchNormForward(a: a.base, z: k.x.base, gamma: k.gamma.base, beta: k.beta.base, mean: mean.base, invStd: inv.base,
+                             movingMean: k.mm.base, movingVariance: k.mv.base, rows: m, channels: c,
+                             training: training, relu6: relu6, scratch: Scratch())
+            batchNormForwardNaive(a: aRef.base, z: k.x.base, gamma: k.gamma.base, beta: k.beta.base, mean: meanRef.base,
+                                  invStd: invRef.base, movingMean: mm2.base, movingVariance: mv2.base, rows: m, channels: c,
+                                  training: training, relu6: relu6)
+            let what = "bn m=\(m) c=\(c) training=\(training) relu6=\(relu6)"
+            assertClose(a, aRef, atol: 2e-4, rtol: 2e-4, what)
+            assertClose(mean, meanRef, atol: 1e-4, rtol: 1e-5, what + " mean")
+            assertClose(inv, invRef, atol: 1e-5, rtol: 1e-4, what + " invstd")
+            assertClose(k.mm, mm2, atol: 1e-5, rtol: 1e-5, what + " moving mean")
+            assertClose(k.mv, mv2, atol: 1e-4, rtol: 1e-4, what + " moving variance")
 
-          let da = randomBuffer(m * c, seed: 31)
-          let dz = FloatBuffer(count: m * c), dzRef = FloatBuffer(count: m * c)
-          let dg = FloatBuffer(count: c), db = FloatBuffer(count: c), dgRef = FloatBuffer(count: c), dbRef = FloatBuffer(count: c)
-          batchNormBackward(dz: dz.base, da: da.base, z: k.x.base, gamma: k.gamma.base, beta: k.beta.base, mean: mean.base,
-                            invStd: inv.base, dGamma: dg.base, dBeta: db.base, rows: m, channels: c,
-                            training: training, relu6: relu6, scratch: Scratch())
-          batchNormBackwardNaive(dz: dzRef.base, da: da.base, a: aRef.base, z: k.x.base, gamma: k.gamma.base,
-                                 mean: meanRef.base, invStd: invRef.base, dGamma: dgRef.base, dBeta: dbRef.base,
-                                 rows: m, channels: c, training: training, relu6: relu6)
-          assertClose(dz, dzRef, atol: 1e-4, rtol: 1e-3, what + " dz")
-          assertClose(dg, dgRef, atol: 1e-3, rtol: 1e-3, what + " dgamma")
-          assertClose(db, dbRef, atol: 1e-3, rtol: 1e-4, what + " dbeta")
+            let da = randomBuffer(m * c, seed: 31)
+            let dz = FloatBuffer(count: m * c), dzRef = FloatBuffer(count: m * c)
+            let dg = FloatBuffer(count: c), db = FloatBuffer(count: c), dgRef = FloatBuffer(count: c), dbRef = FloatBuffer(count: c)
+            batchNormBackward(dz: dz.base, da: da.base, z: k.x.base, gamma: k.gamma.base, beta: k.beta.base, mean: mean.base,
+                              invStd: inv.base, dGamma: dg.base, dBeta: db.base, rows: m, channels: c,
+                              training: training, relu6: relu6, scratch: Scratch())
+            batchNormBackwardNaive(dz: dzRef.base, da: da.base, a: aRef.base, z: k.x.base, gamma: k.gamma.base,
+                                   mean: meanRef.base, invStd: invRef.base, dGamma: dgRef.base, dBeta: dbRef.base,
+                                   rows: m, channels: c, training: training, relu6: relu6)
+            assertClose(dz, dzRef, atol: 1e-4, rtol: 1e-3, what + " dz")
+            assertClose(dg, dgRef, atol: 1e-3, rtol: 1e-3, what + " dgamma")
+            assertClose(db, dbRef, atol: 1e-3, rtol: 1e-4, what + " dbeta")
+          }
         }
       }
     }

@@ -37,20 +37,22 @@ final class ConvTests: XCTestCase {
   func testFastMatchesNaive() {
     Compute.setThreads(2)
     defer { Compute.setThreads(1) }
-    for (k, s) in shapes.enumerated() {
-      let x = randomBuffer(s.inputCount, seed: 1 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 2)
-      let dy = randomBuffer(s.outputCount, seed: 3)
-      let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
-      conv2dForward(y: y.base, x: x.base, w: w.base, s, scratch: Scratch())
-      conv2dForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
-      assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, "conv forward \(s)")
-      let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
-      let dw = randomBuffer(s.weightCount, seed: 4), dwRef = FloatBuffer(count: s.weightCount)
-      dwRef.copy(from: dw.array)  // backward accumulates into dw
-      conv2dBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
-      conv2dBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
-      assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, "conv dx \(s)")
-      assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "conv dw \(s)")
+    forEachInstructionSet { _ in
+      for (k, s) in shapes.enumerated() {
+        let x = randomBuffer(s.inputCount, seed: 1 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 2)
+        let dy = randomBuffer(s.outputCount, seed: 3)
+        let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
+        conv2dForward(y: y.base, x: x.base, w: w.base, s, scratch: Scratch())
+        conv2dForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
+        assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, "conv forward \(s)")
+        let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
+        let dw = randomBuffer(s.weightCount, seed: 4), dwRef = FloatBuffer(count: s.weightCount)
+        dwRef.copy(from: dw.array)  // backward accumulates into dw
+        conv2dBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
+        conv2dBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+        assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, "conv dx \(s)")
+        assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "conv dw \(s)")
+      }
     }
   }
 

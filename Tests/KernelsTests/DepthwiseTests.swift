@@ -15,20 +15,22 @@ final class DepthwiseTests: XCTestCase {
   func testFastMatchesNaive() {
     Compute.setThreads(2)
     defer { Compute.setThreads(1) }
-    for (k, s) in shapes.enumerated() {
-      let x = randomBuffer(s.inputCount, seed: 20 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 21)
-      let dy = randomBuffer(s.outputCount, seed: 22)
-      let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
-      depthwiseForward(y: y.base, x: x.base, w: w.base, s)
-      depthwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
-      assertClose(y, yRef, atol: 1e-5, rtol: 1e-5, "depthwise forward \(s)")
-      let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
-      let dw = randomBuffer(s.weightCount, seed: 23), dwRef = FloatBuffer(count: s.weightCount)
-      dwRef.copy(from: dw.array)
-      depthwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
-      depthwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
-      assertClose(dx, dxRef, atol: 1e-5, rtol: 1e-5, "depthwise dx \(s)")
-      assertClose(dw, dwRef, atol: 1e-4, rtol: 1e-5, "depthwise dw \(s)")
+    forEachInstructionSet { _ in
+      for (k, s) in shapes.enumerated() {
+        let x = randomBuffer(s.inputCount, seed: 20 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 21)
+        let dy = randomBuffer(s.outputCount, seed: 22)
+        let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
+        depthwiseForward(y: y.base, x: x.base, w: w.base, s)
+        depthwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
+        assertClose(y, yRef, atol: 1e-5, rtol: 1e-5, "depthwise forward \(s)")
+        let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
+        let dw = randomBuffer(s.weightCount, seed: 23), dwRef = FloatBuffer(count: s.weightCount)
+        dwRef.copy(from: dw.array)
+        depthwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
+        depthwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+        assertClose(dx, dxRef, atol: 1e-5, rtol: 1e-5, "depthwise dx \(s)")
+        assertClose(dw, dwRef, atol: 1e-4, rtol: 1e-5, "depthwise dw \(s)")
+      }
     }
   }
 

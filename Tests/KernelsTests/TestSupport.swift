@@ -56,3 +56,36 @@ func dot(_ r: FloatBuffer, _ y: UnsafePointer<Float>) -> Double {
   for i in 0..<r.count { s += Double(r[i]) * Double(y[i]) }
   return s
 }
+
+/// Runs `body` once per instruction set this CPU runs (AVX-512 and AVX2 on an AVX-512 machine), with
+/// the kernels switched to it; restores the start-up choice after.
+func forEachInstructionSet(_ body: (InstructionSet) -> Void) {
+  let saved = KernelISA.current
+  defer { KernelISA.use(saved) }
+  for isa in KernelISA.available {
+    KernelISA.use(isa)
+    body(isa)
+  }
+}
+
+/// Per-channel mean and biased variance of x[M, C], two-pass in double.
+func naiveMoments(_ x: UnsafePointer<Float>, rows M: Int, channels C: Int) -> (mean: [Double], variance: [Double]) {
+  var mean = [Double](repeating: 0, count: C), variance = [Double](repeating: 0, count: C)
+  for r in 0..<M { for c in 0..<C { mean[c] += Double(x[r * C + c]) } }
+  for c in 0..<C { mean[c] /= Double(M) }
+  for r in 0..<M { for c in 0..<C { let d = Double(x[r * C + c]) - mean[c]; variance[c] += d * d } }
+  for c in 0..<C { variance[c] /= Double(M) }
+  return (mean, variance)
+}
+
+/// Checks shifted sums (Σ(y − shift), Σ(y − shift)²) against the two-pass moments of y.
+func assertStatistics(shift: FloatBuffer, sums: UnsafePointer<Double>, of y: UnsafePointer<Float>, rows M: Int,
+                      channels C: Int, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+  let (mean, variance) = naiveMoments(y, rows: M, channels: C)
+  for c in 0..<C {
+    let ms = sums[c] / Double(M)
+    let m = ms + Double(shift[c]), v = sums[C + c] / Double(M) - ms * ms
+    XCTAssertEqual(m, mean[c], accuracy: 1e-4 + 1e-5 * abs(mean[c]), "\(what) mean[\(c)]", file: file, line: line)
+    XCTAssertEqual(v, variance[c], accuracy: 1e-4 + 1e-4 * variance[c], "\(what) variance[\(c)]", file: file, line: line)
+  }
+}

@@ -1,0 +1,110 @@
+// The contract between `Kernels` and its per-instruction-set row kernels (issue 12, item 2).
+//
+// The hot inner loops (depthwise, batch-norm apply/backward, per-channel statistics) are compiled
+// twice from ONE source: `KernelsAVX2` (-target-cpu haswell) holds the files, `KernelsAVX512`
+// (-target-cpu skylake-avx512) holds symlinks to them. Each module exposes an enum conforming to
+// `RowKernelSet`; `Kernels.KernelISA` picks one at start-up from the CPU's flags, so one binary runs
+// AVX-512 code where the CPU has it and AVX2 elsewhere. A row kernel is single-threaded over a range
+// of rows; `Kernels` splits the rows over threads and reduces per-thread partial sums.
+//
+// This module holds only plain data and the protocol (no loops), so nothing in it depends on the
+// instruction set it is compiled for.
+
+/// A depthwise K×K, stride-S convolution over NHWC with TF `SAME` padding, as the row kernels see it.
+public struct DepthwiseGeometry {
+  public var height, width, channels, kernel, stride, outHeight, outWidth, padTop, padLeft: Int
+  public init(height: Int, width: Int, channels: Int, kernel: Int, stride: Int, outHeight: Int, outWidth: Int,
+              padTop: Int, padLeft: Int) {
+    self.height = height; self.width = width; self.channels = channels; self.kernel = kernel; self.stride = stride
+    self.outHeight = outHeight; self.outWidth = outWidth; self.padTop = padTop; self.padLeft = padLeft
+  }
+}
+
+/// What the batch-norm backward reductions of a layer need while its output gradient `da` is produced:
+/// the layer's saved conv output `z`, its BN scale/shift (γ·invStd, β − μ·γ·invStd: the ReLU6 mask is
+/// recomputed from z exactly as forward computed the activation), mean and 1/σ. The reductions
+/// Σg and Σg·x̂ (g = da masked by 0 < y < 6 when `relu6`) are added into `sums` ([2·C] doubles: Σg then Σg·x̂).
+public struct BatchNormReduction {
+  public var z, scale, shift, mean, invStd: UnsafePointer<Float>
+  public var relu6: Bool
+  public var sums: UnsafeMutablePointer<Double>
+  public init(z: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+              mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>, relu6: Bool, sums: UnsafeMutablePointer<Double>) {
+    self.z = z; self.scale = scale; self.shift = shift; self.mean = mean; self.invStd = invStd
+    self.relu6 = relu6; self.sums = sums
+  }
+  /// The same reduction writing into other sums (a thread's partials).
+  public func with(sums: UnsafeMutablePointer<Double>) -> BatchNormReduction {
+    var r = self
+    r.sums = sums
+    return r
+  }
+}
+
+/// Per-channel forward statistics accumulated while an activation is produced: Σ(z − shift) and
+/// Σ(z − shift)² into `sums` ([2·C] doubles). `shift` is any value close to the channel mean (the
+/// shifted-data algorithm: one pass, no cancellation).
+public struct ChannelStatistics {
+  public var shift: UnsafePointer<Float>
+  public var sums: UnsafeMutablePointer<Double>
+  public init(shift: UnsafePointer<Float>, sums: UnsafeMutablePointer<Double>) { self.shift = shift; self.sums = sums }
+  public func with(sums: UnsafeMutablePointer<Double>) -> ChannelStatistics { ChannelStatistics(shift: shift, sums: sums) }
+}
+
+/// A depthwise input given as the producing layer's conv output z: x = act(z·scale + shift) (its
+/// batch norm and ReLU6) is made row by row into `buffer` (`bufferRows` input rows of W·C floats, at
+/// least K) as the depthwise reads it, so x itself is never stored (the expand layers' activations,
+/// the largest tensors of the network, exist only as these few cache-resident rows).
+public struct DepthwiseInputTransform {
+  public var scale, shift: UnsafePointer<Float>
+  public var relu6: Bool
+  public var buffer: UnsafeMutablePointer<Float>
+  public var bufferRows: Int
+  public init(scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool,
+              buffer: UnsafeMutablePointer<Float>, bufferRows: Int) {
+    self.scale = scale; self.shift = shift; self.relu6 = relu6; self.buffer = buffer; self.bufferRows = bufferRows
+  }
+  public func with(buffer: UnsafeMutablePointer<Float>) -> DepthwiseInputTransform {
+    var t = self
+    t.buffer = buffer
+    return t
+  }
+}
+
+/// Pixels summed in float before folding into the double accumulators.
+public let rowKernelBlockPixels = 32
+
+/// The row kernels one instruction set provides. Rows are NHWC pixels (or, for depthwise, image rows
+/// n·H + y); every pointer is the tensor's base, the range says which rows this call handles.
+public protocol RowKernelSet {
+  /// Name for logs ("AVX-512", "AVX2").
+  static var name: String { get }
+
+  /// y rows (n·Ho + oy) of the depthwise forward; statistics of the written outputs if `stats`;
+  /// x is z of the previous layer, transformed as read, if `input`.
+  static func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                               _ g: DepthwiseGeometry, rows: Range<Int>, stats: ChannelStatistics?,
+                               input: DepthwiseInputTransform?)
+  /// dx rows (n·H + iy) of the depthwise input gradient (a gather), plus `residual` if given, and the
+  /// batch-norm backward reductions of the layer that produced x over the finished dx if `reduce`.
+  static func depthwiseInputGradient(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                                     w: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
+                                     residual: UnsafePointer<Float>?, reduce: BatchNormReduction?)
+  /// dw[K·K·C] += Σ x·dy over output rows (n·Ho + oy) (x transformed as read if `input`).
+  static func depthwiseWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                                      x: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
+                                      input: DepthwiseInputTransform?)
+  /// Statistics of z[rows, C].
+  static func channelStatistics(z: UnsafePointer<Float>, channels: Int, rows: Range<Int>, _ stats: ChannelStatistics)
+  /// a = act(z·scale + shift) (+ residual) over rows.
+  static func batchNormApply(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                             shift: UnsafePointer<Float>, channels: Int, rows: Range<Int>, relu6: Bool,
+                             residual: UnsafePointer<Float>?)
+  /// g = da (+ residual, written back into da) over rows, then the reductions of `reduce`.
+  static func batchNormReduce(da: UnsafeMutablePointer<Float>, residual: UnsafePointer<Float>?, channels: Int,
+                              rows: Range<Int>, _ reduce: BatchNormReduction)
+  /// dz = k·(g − meanG − (z − μ)·meanGX), g = da masked as in forward, over rows. dz may alias da.
+  static func batchNormBackwardApply(dz: UnsafeMutablePointer<Float>, da: UnsafePointer<Float>,
+                                     _ r: BatchNormReduction, k: UnsafePointer<Float>, meanG: UnsafePointer<Float>,
+                                     meanGX: UnsafePointer<Float>, channels: Int, rows: Range<Int>)
+}

@@ -1,0 +1,466 @@
+// The row kernels of one instruction set (see Sources/KernelRows/KernelRows.swift). This file is
+// compiled into KernelsAVX2 (-target-cpu haswell) and, through the symlink in Sources/KernelsAVX512,
+// into KernelsAVX512 (-target-cpu skylake-avx512): edit it here, both builds follow. It must stay
+// self-contained (no calls into other modules inside the loops) so that all of its machine code is
+// generated for the module's instruction set.
+import KernelRows
+
+@inline(__always) private func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+  UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+}
+@inline(__always) private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+  UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+}
+@inline(__always) private func load16(_ p: UnsafeMutablePointer<Float>) -> SIMD16<Float> { load16(UnsafePointer(p)) }
+@inline(__always) private func load8(_ p: UnsafeMutablePointer<Float>) -> SIMD8<Float> { load8(UnsafePointer(p)) }
+@inline(__always) private func store16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
+  UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
+}
+@inline(__always) private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+  UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+}
+/// g where 0 < y < 6, else 0 (TF's Relu6Grad).
+@inline(__always) private func relu6Mask(_ g: SIMD16<Float>, _ y: SIMD16<Float>) -> SIMD16<Float> {
+  g.replacing(with: 0, where: (y .<= 0) .| (y .>= 6))
+}
+@inline(__always) private func relu6Mask(_ g: SIMD8<Float>, _ y: SIMD8<Float>) -> SIMD8<Float> {
+  g.replacing(with: 0, where: (y .<= 0) .| (y .>= 6))
+}
+@inline(__always) private func relu6Mask(_ g: Float, _ y: Float) -> Float { (y > 0 && y < 6) ? g : 0 }
+
+/// Float block sums [2·C] (s0 then s1) folded into double sums every `rowKernelBlockPixels` pixels.
+private struct BlockSums {
+  let s0, s1: UnsafeMutablePointer<Float>
+  let out: UnsafeMutablePointer<Double>
+  let channels: Int
+  var pending = 0
+  init(_ buffer: UnsafeMutablePointer<Float>, channels: Int, out: UnsafeMutablePointer<Double>) {
+    s0 = buffer; s1 = buffer + channels; self.channels = channels; self.out = out
+    buffer.update(repeating: 0, count: 2 * channels)
+  }
+  @inline(__always) mutating func pixelDone() {
+    pending += 1
+    if pending == rowKernelBlockPixels { fold() }
+  }
+  mutating func fold() {
+    guard pending > 0 else { return }
+    for c in 0..<(2 * channels) { out[c] += Double(s0[c]) }
+    s0.update(repeating: 0, count: 2 * channels)
+    pending = 0
+  }
+}
+
+/// Runs body with block sums over 2·C floats of stack/heap scratch, folding at the end.
+@inline(__always)
+private func withBlockSums(channels C: Int, out: UnsafeMutablePointer<Double>, _ body: (inout BlockSums) -> Void) {
+  withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * C) { buf in
+    var b = BlockSums(buf.baseAddress!, channels: C, out: out)
+    body(&b)
+    b.fold()
+  }
+}
+
+public enum RowKernels: RowKernelSet {
+#if KERNELS_AVX512
+  public static let name = "AVX-512"
+#else
+  public static let name = "AVX2"
+#endif
+
+  /// out[c] = Σ_taps a[tap][c]·b[tap][c]; with `shift`, also s0 += out − shift, s1 += (out − shift)².
+  @inline(__always)
+  private static func multiplyAccumulateTaps(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>,
+                                             b: UnsafePointer<Float>, taps: UnsafePointer<Int>, tapCount: Int,
+                                             channels C: Int, shift: UnsafePointer<Float>?, sums: BlockSums?) {
+    var c = 0
+    while c + 16 <= C {
+      var acc = SIMD16<Float>()
+      for t in 0..<tapCount { acc = acc.addingProduct(load16(a + taps[2 * t] + c), load16(b + taps[2 * t + 1] + c)) }
+      store16(acc, out + c)
+      if let shift, let s = sums {
+        let d = acc - load16(shift + c)
+        store16(load16(s.s0 + c) + d, s.s0 + c)
+        store16(load16(s.s1 + c).addingProduct(d, d), s.s1 + c)
+      }
+      c += 16
+    }
+    while c + 8 <= C {
+      var acc = SIMD8<Float>()
+      for t in 0..<tapCount { acc = acc.addingProduct(load8(a + taps[2 * t] + c), load8(b + taps[2 * t + 1] + c)) }
+      store8(acc, out + c)
+      if let shift, let s = sums {
+        let d = acc - load8(shift + c)
+        store8(load8(s.s0 + c) + d, s.s0 + c)
+        store8(load8(s.s1 + c).addingProduct(d, d), s.s1 + c)
+      }
+      c += 8
+    }
+    while c < C {
+      var acc: Float = 0
+      for t in 0..<tapCount { acc += a[taps[2 * t] + c] * b[taps[2 * t + 1] + c] }
+      out[c] = acc
+      if let shift, let s = sums {
+        let d = acc - shift[c]
+        s.s0[c] += d
+        s.s1[c] += d * d
+      }
+      c += 1
+    }
+  }
+
+  /// Splits output rows into groups within one image and calls body(n, oyRange, base, rowOrigin), where
+  /// base + ((iy − rowOrigin)·W + ix)·C is input pixel (iy, ix) of image n: x itself, or the rows the
+  /// group reads, transformed into the buffer of `input`.
+  @inline(__always)
+  private static func forEachInputWindow(rows: Range<Int>, _ g: DepthwiseGeometry, x: UnsafePointer<Float>,
+                                         input: DepthwiseInputTransform?,
+                                         _ body: (_ n: Int, _ oy: Range<Int>, _ base: UnsafePointer<Float>, _ rowOrigin: Int) -> Void) {
+    let (H, W, C, K, S, Ho, pt) = (g.height, g.width, g.channels, g.kernel, g.stride, g.outHeight, g.padTop)
+    let group = input.map { max(1, ($0.bufferRows - K) / S + 1) } ?? Ho  // (group − 1)·S + K input rows fit
+    var r = rows.lowerBound
+    while r < rows.upperBound {
+      let n = r / Ho
+      let end = min(rows.upperBound, (n + 1) * Ho, r + group)
+      let oy0 = r - n * Ho, oy1 = end - n * Ho
+      if let t = input {
+        let lo = max(0, oy0 * S - pt), hi = min(H, (oy1 - 1) * S - pt + K)
+        for iy in lo..<hi {
+          let src = x + (n * H + iy) * W * C, dst = t.buffer + (iy - lo) * W * C
+          for px in 0..<W {
+            let zi = src + px * C, ai = dst + px * C
+            var c = 0
+            while c + 16 <= C {
+              // The same expression as batchNormApply: the backward's ReLU6 mask recomputes it from z.
+              var v = load16(zi + c) * load16(t.scale + c) + load16(t.shift + c)
+              if t.relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
+              store16(v, ai + c)
+              c += 16
+            }
+            while c < C {
+              let v = zi[c] * t.scale[c] + t.shift[c]
+              ai[c] = t.relu6 ? min(max(v, 0), 6) : v
+              c += 1
+            }
+          }
+        }
+        body(n, oy0..<oy1, UnsafePointer(t.buffer), lo)
+      } else {
+        body(n, oy0..<oy1, x + n * H * W * C, 0)
+      }
+      r = end
+    }
+  }
+
+  public static func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                                      _ g: DepthwiseGeometry, rows: Range<Int>, stats: ChannelStatistics?,
+                                      input: DepthwiseInputTransform?) {
+    let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
+    let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
+    withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * K * K) { tapBuf in
+      let taps = tapBuf.baseAddress!
+      func run(_ sums: inout BlockSums?) {
+        forEachInputWindow(rows: rows, g, x: x, input: input) { n, oys, base, origin in
+          for oy in oys {
+            let row = n * Ho + oy
+            for ox in 0..<Wo {
+              var count = 0
+              for ky in 0..<K {
+                let iy = oy * S - pt + ky
+                if iy < 0 || iy >= H { continue }
+                for kx in 0..<K {
+                  let ix = ox * S - pl + kx
+                  if ix < 0 || ix >= W { continue }
+                  taps[2 * count] = ((iy - origin) * W + ix) * C
+                  taps[2 * count + 1] = (ky * K + kx) * C
+                  count += 1
+                }
+              }
+              multiplyAccumulateTaps(out: y + (row * Wo + ox) * C, a: base, b: w, taps: taps, tapCount: count,
+                                     channels: C, shift: stats?.shift, sums: sums)
+              sums?.pixelDone()
+            }
+          }
+        }
+      }
+      if let stats {
+        withBlockSums(channels: C, out: stats.sums) { b in
+          var s: BlockSums? = b
+          run(&s)
+          b = s!
+        }
+      } else {
+        var none: BlockSums? = nil
+        run(&none)
+      }
+    }
+  }
+
+  public static func depthwiseInputGradient(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                                            w: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
+                                            residual: UnsafePointer<Float>?, reduce: BatchNormReduction?) {
+    let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
+    let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
+    withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * K * K) { tapBuf in
+      let taps = tapBuf.baseAddress!
+      // Gather: input pixel (iy, ix) is read by output (oy, ox) through tap (ky, kx) when
+      // oy·S − pt + ky = iy, i.e. oy = (iy + pt − ky) / S exactly.
+      func run(_ sums: inout BlockSums?) {
+        for row in rows {
+          let n = row / H, iy = row % H
+          for ix in 0..<W {
+            var count = 0
+            for ky in 0..<K {
+              let ty = iy + pt - ky
+              if ty < 0 || ty % S != 0 || ty / S >= Ho { continue }
+              for kx in 0..<K {
+                let tx = ix + pl - kx
+                if tx < 0 || tx % S != 0 || tx / S >= Wo { continue }
+                taps[2 * count] = ((n * Ho + ty / S) * Wo + tx / S) * C
+                taps[2 * count + 1] = (ky * K + kx) * C
+                count += 1
+              }
+            }
+            let p = (row * W + ix) * C
+            let out = dx + p
+            if residual == nil && reduce == nil {
+              multiplyAccumulateTaps(out: out, a: dy, b: w, taps: taps, tapCount: count, channels: C, shift: nil, sums: nil)
+              continue
+            }
+            var c = 0
+            while c + 16 <= C {
+              var acc = SIMD16<Float>()
+              for t in 0..<count { acc = acc.addingProduct(load16(dy + taps[2 * t] + c), load16(w + taps[2 * t + 1] + c)) }
+              if let residual { acc += load16(residual + p + c) }
+              store16(acc, out + c)
+              if let r = reduce, let s = sums {
+                let zv = load16(r.z + p + c)
+                let gm = r.relu6 ? relu6Mask(acc, zv * load16(r.scale + c) + load16(r.shift + c)) : acc
+                let xhat = (zv - load16(r.mean + c)) * load16(r.invStd + c)
+                store16(load16(s.s0 + c) + gm, s.s0 + c)
+                store16(load16(s.s1 + c).addingProduct(gm, xhat), s.s1 + c)
+              }
+              c += 16
+            }
+            while c + 8 <= C {
+              var acc = SIMD8<Float>()
+              for t in 0..<count { acc = acc.addingProduct(load8(dy + taps[2 * t] + c), load8(w + taps[2 * t + 1] + c)) }
+              if let residual { acc += load8(residual + p + c) }
+              store8(acc, out + c)
+              if let r = reduce, let s = sums {
+                let zv = load8(r.z + p + c)
+                let gm = r.relu6 ? relu6Mask(acc, zv * load8(r.scale + c) + load8(r.shift + c)) : acc
+                let xhat = (zv - load8(r.mean + c)) * load8(r.invStd + c)
+                store8(load8(s.s0 + c) + gm, s.s0 + c)
+                store8(load8(s.s1 + c).addingProduct(gm, xhat), s.s1 + c)
+              }
+              c += 8
+            }
+            while c < C {
+              var acc: Float = 0
+              for t in 0..<count { acc += dy[taps[2 * t] + c] * w[taps[2 * t + 1] + c] }
+              if let residual { acc += residual[p + c] }
+              out[c] = acc
+              if let r = reduce, let s = sums {
+                let zv = r.z[p + c]
+                let gm = r.relu6 ? relu6Mask(acc, zv * r.scale[c] + r.shift[c]) : acc
+                s.s0[c] += gm
+                s.s1[c] += gm * ((zv - r.mean[c]) * r.invStd[c])
+              }
+              c += 1
+            }
+            sums?.pixelDone()
+          }
+        }
+      }
+      if let reduce {
+        withBlockSums(channels: C, out: reduce.sums) { b in
+          var s: BlockSums? = b
+          run(&s)
+          b = s!
+        }
+      } else {
+        var none: BlockSums? = nil
+        run(&none)
+      }
+    }
+  }
+
+  public static func depthwiseWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                                             x: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
+                                             input: DepthwiseInputTransform?) {
+    let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
+    let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
+    forEachInputWindow(rows: rows, g, x: x, input: input) { n, oys, base, origin in
+      for oy in oys {
+        let row = n * Ho + oy
+        var c0 = 0
+        if K == 3 {
+          // 3×3: the nine taps' sums for 16 channels stay in registers along the output row and are
+          // added to dw once per row (instead of a load and a store of dw per tap and pixel).
+          let iy0 = oy * S - pt
+          let v0 = iy0 >= 0 && iy0 < H, v1 = iy0 + 1 >= 0 && iy0 + 1 < H, v2 = iy0 + 2 >= 0 && iy0 + 2 < H
+          let r0 = base + max(0, iy0 - origin) * W * C, r1 = base + max(0, iy0 + 1 - origin) * W * C
+          let r2 = base + max(0, iy0 + 2 - origin) * W * C
+          while c0 + 16 <= C {
+            var a0 = SIMD16<Float>(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0
+            for ox in 0..<Wo {
+              let gv = load16(dy + (row * Wo + ox) * C + c0)
+              let ix = ox * S - pl
+              let u0 = ix >= 0 && ix < W, u1 = ix + 1 >= 0 && ix + 1 < W, u2 = ix + 2 >= 0 && ix + 2 < W
+              let o0 = ix * C + c0, o1 = o0 + C, o2 = o1 + C
+              if v0 {
+                if u0 { a0 = a0.addingProduct(load16(r0 + o0), gv) }
+                if u1 { a1 = a1.addingProduct(load16(r0 + o1), gv) }
+                if u2 { a2 = a2.addingProduct(load16(r0 + o2), gv) }
+              }
+              if v1 {
+                if u0 { a3 = a3.addingProduct(load16(r1 + o0), gv) }
+                if u1 { a4 = a4.addingProduct(load16(r1 + o1), gv) }
+                if u2 { a5 = a5.addingProduct(load16(r1 + o2), gv) }
+              }
+              if v2 {
+                if u0 { a6 = a6.addingProduct(load16(r2 + o0), gv) }
+                if u1 { a7 = a7.addingProduct(load16(r2 + o1), gv) }
+                if u2 { a8 = a8.addingProduct(load16(r2 + o2), gv) }
+              }
+            }
+            let pk = dw + c0
+            store16(load16(pk) + a0, pk); store16(load16(pk + C) + a1, pk + C); store16(load16(pk + 2 * C) + a2, pk + 2 * C)
+            store16(load16(pk + 3 * C) + a3, pk + 3 * C); store16(load16(pk + 4 * C) + a4, pk + 4 * C)
+            store16(load16(pk + 5 * C) + a5, pk + 5 * C); store16(load16(pk + 6 * C) + a6, pk + 6 * C)
+            store16(load16(pk + 7 * C) + a7, pk + 7 * C); store16(load16(pk + 8 * C) + a8, pk + 8 * C)
+            c0 += 16
+          }
+        }
+        guard c0 < C else { continue }
+        for ox in 0..<Wo {
+          let gp = dy + (row * Wo + ox) * C
+          for ky in 0..<K {
+            let iy = oy * S - pt + ky
+            if iy < 0 || iy >= H { continue }
+            for kx in 0..<K {
+              let ix = ox * S - pl + kx
+              if ix < 0 || ix >= W { continue }
+              let xin = base + ((iy - origin) * W + ix) * C
+              let pk = dw + (ky * K + kx) * C
+              var c = c0
+              while c + 16 <= C {
+                store16(load16(pk + c).addingProduct(load16(xin + c), load16(gp + c)), pk + c)
+                c += 16
+              }
+              while c + 8 <= C {
+                store8(load8(pk + c).addingProduct(load8(xin + c), load8(gp + c)), pk + c)
+                c += 8
+              }
+              while c < C {
+                pk[c] += xin[c] * gp[c]
+                c += 1
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  public static func channelStatistics(z: UnsafePointer<Float>, channels C: Int, rows: Range<Int>,
+                                       _ stats: ChannelStatistics) {
+    let shift = stats.shift
+    withBlockSums(channels: C, out: stats.sums) { b in
+      for r in rows {
+        let row = z + r * C
+        var c = 0
+        while c + 16 <= C {
+          let d = load16(row + c) - load16(shift + c)
+          store16(load16(b.s0 + c) + d, b.s0 + c)
+          store16(load16(b.s1 + c).addingProduct(d, d), b.s1 + c)
+          c += 16
+        }
+        while c < C {
+          let d = row[c] - shift[c]
+          b.s0[c] += d
+          b.s1[c] += d * d
+          c += 1
+        }
+        b.pixelDone()
+      }
+    }
+  }
+
+  public static func batchNormApply(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Float>,
+                                    scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, channels C: Int,
+                                    rows: Range<Int>, relu6: Bool, residual: UnsafePointer<Float>?) {
+    for r in rows {
+      let zi = z + r * C, ai = a + r * C
+      var c = 0
+      while c + 16 <= C {
+        var v = load16(zi + c) * load16(scale + c) + load16(shift + c)
+        // replacing(with:where:) compiles to blends; clamped(lowerBound:upperBound:) did not vectorise.
+        if relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
+        if let residual { v += load16(residual + r * C + c) }
+        store16(v, ai + c)
+        c += 16
+      }
+      while c < C {
+        var v = zi[c] * scale[c] + shift[c]
+        if relu6 { v = min(max(v, 0), 6) }
+        if let residual { v += residual[r * C + c] }
+        ai[c] = v
+        c += 1
+      }
+    }
+  }
+
+  public static func batchNormReduce(da: UnsafeMutablePointer<Float>, residual: UnsafePointer<Float>?, channels C: Int,
+                                     rows: Range<Int>, _ red: BatchNormReduction) {
+    withBlockSums(channels: C, out: red.sums) { b in
+      for r in rows {
+        let p = r * C
+        var c = 0
+        while c + 16 <= C {
+          var g = load16(da + p + c)
+          if let residual { g += load16(residual + p + c); store16(g, da + p + c) }
+          let zv = load16(red.z + p + c)
+          if red.relu6 { g = relu6Mask(g, zv * load16(red.scale + c) + load16(red.shift + c)) }
+          let xhat = (zv - load16(red.mean + c)) * load16(red.invStd + c)
+          store16(load16(b.s0 + c) + g, b.s0 + c)
+          store16(load16(b.s1 + c).addingProduct(g, xhat), b.s1 + c)
+          c += 16
+        }
+        while c < C {
+          var g = da[p + c]
+          if let residual { g += residual[p + c]; da[p + c] = g }
+          let zv = red.z[p + c]
+          if red.relu6 { g = relu6Mask(g, zv * red.scale[c] + red.shift[c]) }
+          b.s0[c] += g
+          b.s1[c] += g * ((zv - red.mean[c]) * red.invStd[c])
+          c += 1
+        }
+        b.pixelDone()
+      }
+    }
+  }
+
+  public static func batchNormBackwardApply(dz: UnsafeMutablePointer<Float>, da: UnsafePointer<Float>,
+                                            _ r: BatchNormReduction, k: UnsafePointer<Float>,
+                                            meanG: UnsafePointer<Float>, meanGX: UnsafePointer<Float>,
+                                            channels C: Int, rows: Range<Int>) {
+    for row in rows {
+      let p = row * C
+      var c = 0
+      while c + 16 <= C {
+        let zv = load16(r.z + p + c)
+        var g = load16(da + p + c)
+        if r.relu6 { g = relu6Mask(g, zv * load16(r.scale + c) + load16(r.shift + c)) }
+        store16(load16(k + c) * (g - load16(meanG + c) - (zv - load16(r.mean + c)) * load16(meanGX + c)), dz + p + c)
+        c += 16
+      }
+      while c < C {
+        let zv = r.z[p + c]
+        let g = r.relu6 ? relu6Mask(da[p + c], zv * r.scale[c] + r.shift[c]) : da[p + c]
+        dz[p + c] = k[c] * (g - meanG[c] - (zv - r.mean[c]) * meanGX[c])
+        c += 1
+      }
+    }
+  }
+}
