@@ -47,6 +47,9 @@ final class ZMQTransport: RingTransport {
   var phase = "connecting"
   var failed = false
   var closed = false
+  /// The Unix-domain socket file this rank bound (GroupOptions.localSockets), removed at close:
+  /// libzmq leaves it behind.
+  var boundLocalSocket: String?
 
   /// Inbound connections that closed without completing the security handshake (rogue
   /// processes, other jobs, port scanners, HTTP probes); each was logged and ignored.
@@ -55,7 +58,8 @@ final class ZMQTransport: RingTransport {
   var isConnectedToNext: Bool { outboundConnections.mayBeAuthenticated }
 
   init(rank: Int, endpoints: [Endpoint], secret: JobSecret, security: SecurityMode,
-       timeout: Double, runningTimeout: Double, logMonitorEvents: Bool = false, log: @escaping (String) -> Void) throws {
+       timeout: Double, runningTimeout: Double, logMonitorEvents: Bool = false, localSockets: Bool = true,
+       log: @escaping (String) -> Void) throws {
     precondition(endpoints.count >= 2 && endpoints.indices.contains(rank))
     self.rank = rank
     self.size = endpoints.count
@@ -67,7 +71,7 @@ final class ZMQTransport: RingTransport {
     context = ctx
     zmq_ctx_set(ctx, ZMQ_IO_THREADS, 1)  // one I/O thread: one connection each way
     do {
-      try setUp(secret: secret, security: security, runningTimeout: runningTimeout, log: log)
+      try setUp(secret: secret, security: security, runningTimeout: runningTimeout, localSockets: localSockets, log: log)
     } catch {
       close()
       throw error
@@ -254,6 +258,7 @@ final class ZMQTransport: RingTransport {
     zap?.waitUntilStopped()
     inRelay?.waitUntilStopped()
     zmq_ctx_term(context)
+    if let path = boundLocalSocket { unlink(path) }
   }
 
   deinit { close() }
