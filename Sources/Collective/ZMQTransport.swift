@@ -110,11 +110,19 @@ final class ZMQTransport: RingTransport {
     try transmit(.data, tag: tag, payload: &payload)
   }
 
+  /// Waits in slices, watching the monitors: sends queued to a next rank that died are never
+  /// released, and that loss (not a timeout long after) is the error to report.
   func flush() throws {
-    guard releases.wait(seconds: timeout) else {
-      throw CollectiveError.peerSilent(peer: describe(rank: right), seconds: timeout, phase: "\(phase) (sends not taken)")
+    let deadline = Date(timeIntervalSinceNow: timeout)
+    while !releases.wait(seconds: min(Self.flushSliceSeconds, max(0, deadline.timeIntervalSinceNow))) {
+      try drainMonitors()
+      if rightLost || rightRefusedUs { throw rightFailure() }
+      if deadline.timeIntervalSinceNow <= 0 {
+        throw CollectiveError.peerSilent(peer: describe(rank: right), seconds: timeout, phase: "\(phase) (sends not taken)")
+      }
     }
   }
+  static let flushSliceSeconds = 0.1
 
   private func post(_ kind: WireKind, tag: UInt32, byteCount: Int,
                     _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws {
