@@ -37,9 +37,12 @@ test: deps
 	$(SWIFT) build $(SWIFT_FLAGS) --build-tests
 	$(SWIFT) test $(SWIFT_FLAGS) --skip-build --disable-swift-testing
 
-# Training-step throughput beside PyTorch (../shared/baselines/torch_train_step.py --channels-last).
+# Training-step throughput of our fp32 (and bf16) steps beside PyTorch eager, torch.compile and bf16
+# autocast (../shared/baselines/torch_train_step.py --channels-last) in one alternating run; prints
+# ratio_vs_best_torch, roofline (against the sgemm peak it measures) and peak RSS per row.
 bench: build
-	$(SWIFT) run $(SWIFT_FLAGS) --skip-build bench train --threads 2 --python $(BENCH_PY)
+	$(SWIFT) run $(SWIFT_FLAGS) --skip-build bench train --threads 2 --python $(BENCH_PY) \
+	  --baseline $(BASELINES)/torch_train_step.py
 
 clean:
 	rm -rf .build

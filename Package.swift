@@ -46,8 +46,11 @@ let coreTargets: [Target] = [
   ], exclude: ["Proto"], swiftSettings: fastFlags),
   // Optimizer, learning-rate schedules, weight averaging, the training loop and evaluation.
   .target(name: "Training", dependencies: ["MobileNet", "Kernels", "Checkpoint", "Common", "Telemetry"], swiftSettings: fastFlags),
+  // The arithmetic of the benchmark reports (medians, ratios, roofline, CPU flags); Foundation only.
+  .target(name: "BenchReport", swiftSettings: fastFlags),
+  .testTarget(name: "BenchReportTests", dependencies: ["BenchReport"], swiftSettings: fastFlags),
   .executableTarget(name: "bench", dependencies: [
-    "Training", "MobileNet", "Kernels", "Cluster", "DataPipeline",
+    "Training", "MobileNet", "Kernels", "Cluster", "DataPipeline", "BenchReport",
     .product(name: "ArgumentParser", package: "swift-argument-parser"),
   ], swiftSettings: fastFlags),
   // The jobs behind the executables: flags, wiring of data, process group and training loop.

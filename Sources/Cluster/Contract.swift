@@ -37,6 +37,8 @@ public enum ContractKey: String, CaseIterable, Sendable {
   case connectTimeout = "MNV2_CONNECT_TIMEOUT"
   case runningTimeout = "MNV2_RUNNING_TIMEOUT"
   case security = "MNV2_SECURITY"
+  /// 0 keeps loopback neighbours on TCP instead of a Unix-domain socket (GroupOptions.localSockets).
+  case localSockets = "MNV2_LOCAL_SOCKETS"
   /// Set (any value) to log every socket-monitor event of the ring (debugging liveness).
   case debugEvents = "MNV2_DEBUG_EVENTS"
   /// Observability (issue 13): where this rank writes its timeline (launch --timeline merges the

@@ -62,6 +62,10 @@ public struct WorkerContext: Sendable {
     options.logMonitorEvents = value(.debugEvents) != nil
     if let t = try seconds(.connectTimeout) { options.connectTimeout = t }
     if let t = try seconds(.runningTimeout) { options.runningTimeout = t }
+    if let s = value(.localSockets) {
+      guard s == "0" || s == "1" else { throw RankTableError("\(ContractKey.localSockets.rawValue)=\(s): expected 0 or 1") }
+      options.localSockets = s == "1"
+    }
     if let s = value(.security) {
       guard let mode = SecurityMode(rawValue: s) else {
         throw RankTableError("\(ContractKey.security.rawValue)=\(s): expected one of \(SecurityMode.allCases.map(\.rawValue))")

@@ -64,7 +64,7 @@ public final class ProcessGroup: @unchecked Sendable {
     let transport = try ZMQTransport(rank: spec.rank, endpoints: spec.endpoints, secret: spec.secret,
                                      security: options.security, timeout: options.connectTimeout,
                                      runningTimeout: options.runningTimeout, logMonitorEvents: options.logMonitorEvents,
-                                     log: options.log)
+                                     localSockets: options.localSockets, log: options.log)
     do {
       try transport.waitForNext(seconds: options.connectTimeout)
       return try join(transport: transport, jobID: spec.jobID, address: spec.endpoints[spec.rank].description,

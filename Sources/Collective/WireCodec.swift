@@ -32,9 +32,34 @@ func accumulate<T: RingElement>(_ dst: UnsafeMutablePointer<T>, count: Int, wire
   if wire == .float16, T.self == Float.self {
     let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self)
     for i in 0..<count { d[i] += Float(src.loadUnaligned(fromByteOffset: 2 * i, as: Float16.self)) }
+  } else if T.self == Float.self {
+    accumulateFloats(UnsafeMutableRawPointer(dst), count: count, from: src)
   } else {
     let stride = MemoryLayout<T>.stride
     for i in 0..<count { dst[i] += src.loadUnaligned(fromByteOffset: stride * i, as: T.self) }
+  }
+}
+
+/// Lanes per step of the float32 sum: 64 bytes, one AVX-512 register or two AVX2 ones.
+let accumulateLanes = 16
+
+/// dst[i] += payload[i] for float32, explicitly vectorized: this sum is the only arithmetic of the
+/// reduce-scatter and runs on every byte a rank receives (the scalar unaligned-load loop was 1.5x
+/// Gloo's AVX2 sum in the 8-rank profile).
+@inline(__always)
+func accumulateFloats(_ dst: UnsafeMutableRawPointer, count: Int, from src: UnsafeRawPointer) {
+  typealias Vector = SIMD16<Float>
+  let vectorBytes = MemoryLayout<Vector>.size
+  let whole = count / accumulateLanes
+  for v in 0..<whole {
+    let o = v * vectorBytes
+    let sum = dst.loadUnaligned(fromByteOffset: o, as: Vector.self) + src.loadUnaligned(fromByteOffset: o, as: Vector.self)
+    dst.storeBytes(of: sum, toByteOffset: o, as: Vector.self)
+  }
+  for i in (whole * accumulateLanes)..<count {
+    let o = 4 * i
+    dst.storeBytes(of: dst.loadUnaligned(fromByteOffset: o, as: Float.self) + src.loadUnaligned(fromByteOffset: o, as: Float.self),
+                   toByteOffset: o, as: Float.self)
   }
 }
 

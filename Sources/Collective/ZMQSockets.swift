@@ -14,8 +14,8 @@ extension ZMQTransport {
   /// ZMTP ping interval; the heartbeat timeout is half the running timeout.
   static let heartbeatIntervalMilliseconds: Int32 = 1000
 
-  func setUp(secret: JobSecret, security: SecurityMode, runningTimeout: Double,
-                     log: @escaping (String) -> Void) throws {
+  func setUp(secret: JobSecret, security: SecurityMode, runningTimeout: Double, localSockets: Bool,
+             log: @escaping (String) -> Void) throws {
     let me = endpoints[rank]
     let keys = try secret.curveKeys()
     var publicKey = [UInt8](repeating: 0, count: 32)
@@ -51,6 +51,16 @@ extension ZMQTransport {
         throw CollectiveError.transport("rank \(rank) cannot bind \(me): \(zmqError(code))")
       }
     }
+    // The local socket is bound only after the TCP port: owning host:port is what makes its path
+    // (which names them) ours, so a file left by a crashed run on this port may be replaced.
+    if localSockets && Self.isLoopback(me.host) {
+      let path = Self.localSocketPath(for: me)
+      guard zmq_bind(pull, "ipc://\(path)") == 0 else {
+        throw CollectiveError.transport("rank \(rank) cannot bind the local socket \(path): \(zmqError()) "
+                                        + "(MNV2_LOCAL_SOCKETS=0 uses TCP only)")
+      }
+      boundLocalSocket = path
+    }
 
     // Outbound: client side, connecting from our own address (never the wildcard).
     let push = try makeSocket(ZMQ_PUSH, runningTimeout: runningTimeout)
@@ -66,9 +76,23 @@ extension ZMQTransport {
     }
     outMonitor = try monitor(push, name: "out")
     let next = endpoints[(rank + 1) % size]
-    guard zmq_connect(push, "tcp://\(me.host):0;\(next.host):\(next.port)") == 0 else {
+    let address = localSockets && Self.isLoopback(me.host) && Self.isLoopback(next.host)
+      ? "ipc://\(Self.localSocketPath(for: next))" : "tcp://\(me.host):0;\(next.host):\(next.port)"
+    guard zmq_connect(push, address) == 0 else {
       throw CollectiveError.transport("rank \(rank) cannot connect to \(describe(rank: (rank + 1) % size)): \(zmqError())")
     }
+  }
+
+  /// Loopback addresses (127.0.0.0/8, ::1, localhost) name this host's own network namespace.
+  static func isLoopback(_ host: String) -> Bool {
+    host.hasPrefix("127.") || host == "::1" || host == "localhost"
+  }
+
+  /// The local socket of the rank listening at `endpoint`: a function of its address only, so both
+  /// neighbours derive it; under /tmp (not $TMPDIR, which ranks need not share; a Unix socket path
+  /// is at most 107 bytes), with the user id so users never collide.
+  static func localSocketPath(for endpoint: Endpoint) -> String {
+    "/tmp/mnv2-ring-\(getuid())-\(endpoint.host)-\(endpoint.port).sock"
   }
 
   func makeSocket(_ type: Int32, runningTimeout: Double) throws -> UnsafeMutableRawPointer {

@@ -47,6 +47,9 @@ final class ZMQTransport: RingTransport {
   var phase = "connecting"
   var failed = false
   var closed = false
+  /// The Unix-domain socket file this rank bound (GroupOptions.localSockets), removed at close:
+  /// libzmq leaves it behind.
+  var boundLocalSocket: String?
 
   /// Inbound connections that closed without completing the security handshake (rogue
   /// processes, other jobs, port scanners, HTTP probes); each was logged and ignored.
@@ -55,7 +58,8 @@ final class ZMQTransport: RingTransport {
   var isConnectedToNext: Bool { outboundConnections.mayBeAuthenticated }
 
   init(rank: Int, endpoints: [Endpoint], secret: JobSecret, security: SecurityMode,
-       timeout: Double, runningTimeout: Double, logMonitorEvents: Bool = false, log: @escaping (String) -> Void) throws {
+       timeout: Double, runningTimeout: Double, logMonitorEvents: Bool = false, localSockets: Bool = true,
+       log: @escaping (String) -> Void) throws {
     precondition(endpoints.count >= 2 && endpoints.indices.contains(rank))
     self.rank = rank
     self.size = endpoints.count
@@ -67,7 +71,7 @@ final class ZMQTransport: RingTransport {
     context = ctx
     zmq_ctx_set(ctx, ZMQ_IO_THREADS, 1)  // one I/O thread: one connection each way
     do {
-      try setUp(secret: secret, security: security, runningTimeout: runningTimeout, log: log)
+      try setUp(secret: secret, security: security, runningTimeout: runningTimeout, localSockets: localSockets, log: log)
     } catch {
       close()
       throw error
@@ -106,11 +110,19 @@ final class ZMQTransport: RingTransport {
     try transmit(.data, tag: tag, payload: &payload)
   }
 
+  /// Waits in slices, watching the monitors: sends queued to a next rank that died are never
+  /// released, and that loss (not a timeout long after) is the error to report.
   func flush() throws {
-    guard releases.wait(seconds: timeout) else {
-      throw CollectiveError.peerSilent(peer: describe(rank: right), seconds: timeout, phase: "\(phase) (sends not taken)")
+    let deadline = Date(timeIntervalSinceNow: timeout)
+    while !releases.wait(seconds: min(Self.flushSliceSeconds, max(0, deadline.timeIntervalSinceNow))) {
+      try drainMonitors()
+      if rightLost || rightRefusedUs { throw rightFailure() }
+      if deadline.timeIntervalSinceNow <= 0 {
+        throw CollectiveError.peerSilent(peer: describe(rank: right), seconds: timeout, phase: "\(phase) (sends not taken)")
+      }
     }
   }
+  static let flushSliceSeconds = 0.1
 
   private func post(_ kind: WireKind, tag: UInt32, byteCount: Int,
                     _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws {
@@ -254,6 +266,7 @@ final class ZMQTransport: RingTransport {
     zap?.waitUntilStopped()
     inRelay?.waitUntilStopped()
     zmq_ctx_term(context)
+    if let path = boundLocalSocket { unlink(path) }
   }
 
   deinit { close() }

@@ -86,7 +86,10 @@ public enum CollectiveSelfTest {
     let buf = UnsafeMutablePointer<Float>.allocate(capacity: max(1, maxElements))
     defer { buf.deallocate() }
     buf.initialize(repeating: 0, count: max(1, maxElements))  // fault the pages in once
-    log(row(["backend", "size", "iters", "median_us", "min_us", "algbw_GB/s", "busbw_GB/s"]))
+    // cpu_ms: CPU time (user + system, every thread, barriers included) per op summed over ranks:
+    // with more ranks than cores the CPU, not the wire, bounds the ring, and this column is what a
+    // change saves even when a shared machine makes the wall-clock columns noisy.
+    log(row(["backend", "size", "iters", "median_us", "min_us", "algbw_GB/s", "busbw_GB/s", "cpu_ms"]))
     for size in sizes {
       let count = size / 4
       func op() throws {
@@ -109,28 +112,49 @@ public enum CollectiveSelfTest {
       let slowest = try maxOverRanks(g, [last])[0]
       let iterations = max(minIterations, min(maxIterations, Int(budgetSeconds / max(slowest, 1e-9))))
       var times = [Double](repeating: 0, count: iterations)
+      let cpuBefore = processCPUSeconds()
       for i in 0..<iterations {
         try g.barrier()
         let t = DispatchTime.now().uptimeNanoseconds
         try op()
         times[i] = Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
       }
+      let cpu = try sumOverRanks(g, (processCPUSeconds() - cpuBefore) / Double(iterations))
       times = try maxOverRanks(g, times)
       let median = times.sorted()[iterations / 2]
       let algbw = Double(size) / median / 1e9
       let busbw = algbw * 2 * Double(n - 1) / Double(n)
       log(row([fp16 ? "ours-fp16" : "ours", formatBytes(size), String(iterations), String(format: "%.1f", median * 1e6),
-               String(format: "%.1f", times.min()! * 1e6), String(format: "%.3f", algbw), String(format: "%.3f", busbw)]))
+               String(format: "%.1f", times.min()! * 1e6), String(format: "%.3f", algbw), String(format: "%.3f", busbw),
+               String(format: "%.1f", cpu * 1e3)]))
     }
   }
 
   /// Columns laid out like the Gloo baseline's table.
   private static func row(_ cells: [String]) -> String {
-    let widths = [-9, 7, 5, 11, 11, 10, 10]
+    let widths = [-9, 7, 5, 11, 11, 10, 10, 8]
     return zip(cells, widths).map { cell, w in
       let pad = String(repeating: " ", count: max(0, abs(w) - cell.count))
       return w < 0 ? cell + pad : pad + cell
     }.joined(separator: " ")
+  }
+
+  /// User + system seconds of this process so far (all threads, libzmq's I/O thread included).
+  private static func processCPUSeconds() -> Double {
+    var u = rusage()
+    #if os(Linux)
+    getrusage(RUSAGE_SELF.rawValue, &u)
+    #else
+    getrusage(RUSAGE_SELF, &u)
+    #endif
+    func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+    return seconds(u.ru_utime) + seconds(u.ru_stime)
+  }
+
+  private static func sumOverRanks(_ g: ProcessGroup, _ value: Double) throws -> Double {
+    var v = [value]
+    try g.allreduceSum(&v, count: 1)
+    return v[0]
   }
 
   private static func maxOverRanks(_ g: ProcessGroup, _ values: [Double]) throws -> [Double] {

@@ -1,6 +1,9 @@
-// Training-step throughput (forward + backward + momentum update, synthetic input) beside
-// ../shared/baselines/torch_train_step.py --channels-last with the same settings.
+// Training-step throughput (forward + backward + momentum update, synthetic input) of our fp32 and
+// bf16 steps beside ../shared/baselines/torch_train_step.py's eager, torch.compile and bf16
+// variants (channels-last) with the same settings, in one alternating run; each row of ours gets
+// its ratio to the fastest PyTorch variant of its precision and its fraction of the GEMM peak.
 import ArgumentParser
+import BenchReport
 import Cluster
 import Foundation
 import Kernels
@@ -9,87 +12,206 @@ import Training
 
 struct TrainBench: ParsableCommand {
   static let configuration = CommandConfiguration(commandName: "train",
-    abstract: "Images/s of one training step, ours vs PyTorch channels-last.")
+    abstract: "Images/s of one training step, ours (fp32, bf16) vs PyTorch eager, compiled and bf16, in one alternating run.")
 
   @Option(help: "Configurations as model:imageSize:batch:classes, comma separated.")
   var configs = "mobilenet_v2:224:32:1001,mobilenet_v2_035:96:64:10"
-  @Option(help: "Compute threads (ours: kernels + BLAS; PyTorch: torch.set_num_threads).")
+  @Option(help: "Compute threads (ours: kernels + BLAS; PyTorch: torch.set_num_threads; the GEMM peak).")
   var threads = 2
   @Option(help: "Timed steps (the median is reported).")
   var steps = 6
   @Option(help: "Untimed warm-up steps.")
   var warmup = 2
-  @Option(help: "Rounds, each one run of ours then one of PyTorch (the machine's noise hits both alike); medians.")
+  @Option(name: [.customLong("compile-warmup"), .customLong("compile_warmup")],
+          help: "Untimed warm-up steps of the torch.compile variants (the first steps compile for minutes).")
+  var compileWarmup = 3
+  @Option(help: "Rounds; each runs every row once, ours first, so the machine's noise hits all rows alike; medians.")
   var rounds = 3
+  @Option(help: "Our precisions, comma separated (fp32, bf16); a row the step cannot run is reported as absent.")
+  var precisions = "fp32,bf16"
+  @Option(name: [.customLong("torch-variants"), .customLong("torch_variants")],
+          help: "PyTorch variants, comma separated: \(TorchVariant.allCases.map(\.rawValue).joined(separator: ", ")).")
+  var torchVariants = TorchVariant.allCases.map(\.rawValue).joined(separator: ",")
+  @Option(name: [.customLong("gemm-size"), .customLong("gemm_size")],
+          help: "Side of the square sgemm that measures the fp32 peak.")
+  var gemmSize = 2048
   @Option(help: "Python with torch + torchvision for the baseline; empty to skip it.")
   var python = "\(NSHomeDirectory())/bench-venv/bin/python"
   @Option(help: "The baseline script.")
   var baseline = "../shared/baselines/torch_train_step.py"
 
+  func validate() throws {
+    func check(_ ok: Bool, _ flag: String, _ value: Any, _ range: String) throws {
+      if !ok { throw ValidationError("--\(flag) \(value): must be \(range)") }
+    }
+    try check(threads >= 1, "threads", threads, "≥ 1")
+    try check(steps >= 1, "steps", steps, "≥ 1")
+    try check(warmup >= 0, "warmup", warmup, "≥ 0")
+    try check(compileWarmup >= 1, "compile-warmup", compileWarmup, "≥ 1 (compilation must stay out of the timed steps)")
+    try check(rounds >= 1, "rounds", rounds, "≥ 1")
+    try check((64...8192).contains(gemmSize), "gemm-size", gemmSize, "in 64...8192")
+    _ = try precisionList()
+    _ = try variantList()
+  }
+
+  func precisionList() throws -> [PrecisionClass] {
+    let list = try precisions.split(separator: ",").map { p -> PrecisionClass in
+      guard let v = PrecisionClass(rawValue: String(p)) else { throw ValidationError("--precisions \(precisions): '\(p)' is not fp32 or bf16") }
+      return v
+    }
+    guard !list.isEmpty else { throw ValidationError("--precisions is empty") }
+    return list
+  }
+
+  func variantList() throws -> [TorchVariant] {
+    try torchVariants.split(separator: ",").map { v in
+      guard let t = TorchVariant(rawValue: String(v)) else {
+        throw ValidationError("--torch-variants \(torchVariants): '\(v)' is not one of \(TorchVariant.allCases.map(\.rawValue).joined(separator: ", "))")
+      }
+      return t
+    }
+  }
+
   func run() throws {
     Compute.setThreads(threads)
     let list = try BenchConfig.parseList(configs)  // bad input fails before any output
-    print(KernelISA.summary)
-    print("threads=\(threads) steps=\(steps) (median) warmup=\(warmup) rounds=\(rounds) (ours then PyTorch; medians over rounds)")
-    print("config                          ours img/s   ours RSS MiB   torch img/s   torch RSS MiB   ratio   per-round ratios")
+    let ours = try precisionList(), variants = try variantList()
+    let cpu = CPUDescription(cpuinfo: (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "")
+    print("cpu: \(cpu.model); flags: \(cpu.flags.joined(separator: " "))")
+    print("threads=\(threads) steps=\(steps) (median) warmup=\(warmup) compile-warmup=\(compileWarmup) rounds=\(rounds): "
+          + "each round runs every row once (ours, then PyTorch, then the GEMM peak); figures are medians over rounds")
+    let torchReady = !python.isEmpty && FileManager.default.isExecutableFile(atPath: python) && FileManager.default.fileExists(atPath: baseline)
+    if !torchReady && !variants.isEmpty {
+      print("note: PyTorch rows skipped (needs \(python) with torch and \(baseline); see ../shared/baselines/README.md)")
+    }
+    // The bf16 row needs a step with --precision (issue 12 item 1); asked once, answered in the table.
+    let bf16Absent: String? = ours.contains(.bf16) && !childSupportsPrecision()
+      ? "absent: this build's `bench train-one` has no --precision option (no bf16 step yet)" : nil
+
     for c in list {
-      let (size, batch, classes) = (c.size, c.batch, c.classes)
-      let config = try ModelConfig(modelName: c.model, numClasses: classes, imageSize: size)
-      var oursRuns: [Measure] = [], torchRuns: [Measure] = []
-      for _ in 0..<max(1, rounds) {
-        oursRuns.append(try runChild(["bench", "train-one", "--model", c.model, "--size", "\(size)", "--batch", "\(batch)",
-                                      "--classes", "\(classes)", "--threads", "\(threads)", "--steps", "\(steps)",
-                                      "--warmup", "\(warmup)"]))
-        if let t = try runBaseline(config: config, batch: batch) { torchRuns.append(t) }
+      let config = try ModelConfig(modelName: c.model, numClasses: c.classes, imageSize: c.size)
+      let net = MobileNetV2(config: config, seed: 1)
+      let flopsPerImage = net.trainStepFLOPsPerImage
+      print("\n== \(c.model) \(c.size)² batch \(c.batch) classes \(c.classes): "
+            + String(format: "%.2f GFLOP per image per training step (forward %.1f MMAC × 2 FLOP/MAC × 3 for forward + backward)",
+                     Double(flopsPerImage) / 1e9, Double(net.forwardMACsPerImage) / 1e6))
+      var oursRuns = [PrecisionClass: [Measure]](), torchRuns = [TorchVariant: [Measure]]()
+      var notes = [String: String](), peaks: [Double] = []
+      for round in 0..<rounds {
+        for p in ours {
+          if p == .bf16, let absent = bf16Absent { notes["ours bf16"] = absent; continue }
+          let extra = p == .fp32 ? [] : ["--precision", p.rawValue]  // fp32 is the step's default
+          let out = try runProcess(CommandLine.arguments[0], ["train-one", "--model", c.model, "--size", "\(c.size)",
+            "--batch", "\(c.batch)", "--classes", "\(c.classes)", "--threads", "\(threads)", "--steps", "\(steps)",
+            "--warmup", "\(warmup)"] + extra)
+          guard let ips = BenchMath.value("images_per_s", in: out) else { throw ValidationError("bench train-one printed no result:\n\(out)") }
+          // A bf16 request on a CPU without AVX512-BF16 runs fp32 and says so: report it, never as bf16.
+          if p == .bf16, out.contains("precision fp32") {
+            notes["ours bf16"] = "fell back to fp32: " + (out.split(separator: "\n").first { $0.hasPrefix("note:") }.map(String.init) ?? "")
+            continue
+          }
+          oursRuns[p, default: []].append(Measure(ips: ips, rssMiB: peakRSS(out)))
+        }
+        if torchReady {
+          for v in variants where round == 0 || torchRuns[v] != nil {  // a variant that failed once is not retried
+            switch try runBaseline(config: config, batch: c.batch, variant: v) {
+            case .success(let m): torchRuns[v, default: []].append(m)
+            case .failure(let why): notes["torch \(v.rawValue)"] = "failed: \(why)"; torchRuns[v] = nil
+            }
+          }
+        }
+        peaks.append(sgemmPeak())
       }
-      let ours = Measure.median(oursRuns)
-      let torch = torchRuns.count == oursRuns.count ? Measure.median(torchRuns) : nil
-      let label = "\(c.model) \(size)² b\(batch) k\(classes)".padding(toLength: 30, withPad: " ", startingAt: 0)
-      let ratio = torch.map { String(format: "%.2fx", ours.ips / $0.ips) } ?? "n/a"
-      let perRound = torch == nil ? "" : zip(oursRuns, torchRuns).map { String(format: "%.2f", $0.ips / $1.ips) }
-        .joined(separator: " ")
-      let tIps = torch.map { String(format: "%11.1f", $0.ips) } ?? "    skipped"
-      let tRss = torch.map { String(format: "%15.0f", $0.rssMiB) } ?? "        skipped"
-      print("\(label)  \(String(format: "%11.1f", ours.ips))   \(String(format: "%12.0f", ours.rssMiB))   \(tIps)   \(tRss)   \(ratio)   \(perRound)")
+      report(flopsPerImage: flopsPerImage, ours: ours, oursRuns: oursRuns, variants: variants, torchRuns: torchRuns,
+             notes: notes, peaks: peaks)
     }
   }
 
   struct Measure {
     var ips: Double
     var rssMiB: Double
-    /// Median images/s and median peak RSS of several runs.
-    static func median(_ runs: [Measure]) -> Measure {
-      func mid(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
-      return Measure(ips: mid(runs.map(\.ips)), rssMiB: mid(runs.map(\.rssMiB)))
+  }
+
+  /// The table of one configuration: PyTorch rows, then ours with the ratio, roofline and RSS.
+  func report(flopsPerImage: Int, ours: [PrecisionClass], oursRuns: [PrecisionClass: [Measure]], variants: [TorchVariant],
+              torchRuns: [TorchVariant: [Measure]], notes: [String: String], peaks: [Double]) {
+    func perRound(_ v: [Double]) -> String { v.map { String(format: "%.1f", $0) }.joined(separator: " ") }
+    let fp32Peak = BenchMath.median(peaks)
+    print(String(format: "  fp32 GEMM peak: %.1f GFLOP/s (OpenBLAS sgemm %d², %d threads as the kernels split it; rounds: %@)",
+                 fp32Peak, gemmSize, threads, perRound(peaks) as NSString))
+    var torchMedian = [TorchVariant: Double](), torchRSS = [TorchVariant: Double]()
+    for v in variants {
+      let name = "torch \(v.rawValue)"
+      guard let runs = torchRuns[v], !runs.isEmpty else {
+        print("  \(name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(notes[name] ?? "not run")")
+        continue
+      }
+      torchMedian[v] = BenchMath.median(runs.map(\.ips))
+      torchRSS[v] = BenchMath.median(runs.map(\.rssMiB))
+      print("  \(name.padding(toLength: 20, withPad: " ", startingAt: 0)) "
+            + String(format: "%8.1f img/s  peak_rss=%.0fMiB  rounds: %@", torchMedian[v]!, torchRSS[v]!, perRound(runs.map(\.ips)) as NSString))
+    }
+    for p in ours {
+      let name = "ours \(p.rawValue)"
+      let label = name.padding(toLength: 20, withPad: " ", startingAt: 0)
+      guard let runs = oursRuns[p], !runs.isEmpty else { print("  \(label) \(notes[name] ?? "not run")"); continue }
+      let ips = BenchMath.median(runs.map(\.ips)), rss = BenchMath.median(runs.map(\.rssMiB))
+      let gflops = BenchMath.gflops(flopsPerImage: flopsPerImage, imagesPerSecond: ips)
+      let peak = p == .fp32 ? fp32Peak : fp32Peak * BenchMath.bf16PeakOverFP32
+      let peakSource = p == .fp32 ? "measured sgemm peak" : "2 × the measured sgemm peak, theoretical AVX512-BF16"
+      var line = "  \(label) " + String(format: "%8.1f img/s  peak_rss=%.0fMiB  rounds: %@  %.1f GFLOP/s", ips, rss,
+                                         perRound(runs.map(\.ips)) as NSString, gflops)
+      if let best = BenchMath.best(of: torchMedian, for: p) {
+        let ratio = BenchMath.ratio(ours: ips, baseline: best.imagesPerSecond)
+        let roundRatios = zip(runs, torchRuns[best.variant] ?? []).map { String(format: "%.2f", $0.ips / $1.ips) }.joined(separator: " ")
+        line += String(format: "  ratio_vs_best_torch=%.2f (vs %@; rounds: %@)", ratio, best.variant.rawValue as NSString, roundRatios as NSString)
+        line += String(format: "  rss_vs_torch=%.0f/%.0fMiB", rss, torchRSS[best.variant] ?? .nan)
+      } else {
+        line += "  ratio_vs_best_torch=n/a (no PyTorch \(p.rawValue) variant ran)"
+      }
+      line += String(format: "  roofline=%.0f%% (of %.0f GFLOP/s, %@)", BenchMath.rooflinePercent(gflops: gflops, peakGflops: peak), peak,
+                     peakSource as NSString)
+      print(line)
     }
   }
 
-  /// Runs ourselves in a child process so each configuration's peak RSS is measured alone.
-  func runChild(_ args: [String]) throws -> Measure {
-    let out = try runProcess(CommandLine.arguments[0], Array(args.dropFirst()))
-    guard let line = out.split(separator: "\n").last(where: { $0.hasPrefix("images_per_s") }),
-          let ips = Double(line.split(separator: " ")[1]) else {
-      throw ValidationError("benchmark child printed no result:\n\(out)")
-    }
-    return Measure(ips: ips, rssMiB: peakRSS(out))
+  /// Whether `bench train-one` of this build takes --precision.
+  func childSupportsPrecision() -> Bool {
+    ((try? runProcess(CommandLine.arguments[0], ["train-one", "--help"])) ?? "").contains("--precision")
   }
 
-  func runBaseline(config: ModelConfig, batch: Int) throws -> Measure? {
-    guard !python.isEmpty, FileManager.default.isExecutableFile(atPath: python),
-          FileManager.default.fileExists(atPath: baseline) else {
-      print("note: baseline skipped (needs \(python) with torch and \(baseline); see ../shared/baselines/README.md)")
-      return nil
+  /// The fp32 GEMM peak, as our kernels run GEMMs: rows split over `threads`, one single-threaded
+  /// OpenBLAS sgemm per slice (pointwiseForward), on a large square; the best of a few repetitions.
+  func sgemmPeak() -> Double {
+    let n = gemmSize
+    let a = UnsafeMutablePointer<Float>.allocate(capacity: n * n), b = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
+    let c = UnsafeMutablePointer<Float>.allocate(capacity: n * n)
+    defer { a.deallocate(); b.deallocate(); c.deallocate() }
+    var rng = RandomState(seed: 3)
+    for i in 0..<(n * n) { a[i] = rng.uniform() - 0.5; b[i] = rng.uniform() - 0.5; c[i] = 0 }
+    var best = 0.0
+    for _ in 0..<Self.gemmRepetitions {
+      let t0 = DispatchTime.now().uptimeNanoseconds
+      pointwiseForward(y: c, x: a, w: b, rows: n, inChannels: n, outChannels: n)
+      let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+      best = max(best, BenchMath.gemmFLOPs(m: n, n: n, k: n) / dt / 1e9)
     }
+    return best
+  }
+  static let gemmRepetitions = 5
+
+  enum BaselineResult { case success(Measure), failure(String) }
+
+  func runBaseline(config: ModelConfig, batch: Int, variant: TorchVariant) throws -> BaselineResult {
     let out = try runProcess("/usr/bin/env", ["python3", "-c", Self.rssWrapper, python, baseline,
       "--width", "\(config.depthMultiplier)", "--res", "\(config.imageSize)", "--batch", "\(batch)",
       "--classes", "\(config.numClasses)", "--threads", "\(threads)", "--steps", "\(steps)",
-      "--warmup", "\(warmup)", "--channels-last"])
-    guard let line = out.split(separator: "\n").last(where: { $0.hasPrefix("images_per_s") }),
-          let ips = Double(line.split(separator: " ")[1]) else {
-      print("note: baseline failed:\n\(out)")
-      return nil
+      "--warmup", "\(variant.compiles ? compileWarmup : warmup)"] + variant.flags)
+    guard let ips = BenchMath.value("images_per_s", in: out) else {
+      let lines = out.split(separator: "\n").filter { !$0.hasPrefix("peak_rss_kib") }
+      return .failure(lines.last { $0.contains("Error") }.map(String.init) ?? lines.last.map(String.init) ?? "no output")
     }
-    return Measure(ips: ips, rssMiB: peakRSS(out))
+    return .success(Measure(ips: ips, rssMiB: peakRSS(out)))
   }
 
   /// Runs a command and reports the child's peak RSS (ru_maxrss of the waited child) as `peak_rss_kib N`.
@@ -101,9 +223,7 @@ struct TrainBench: ParsableCommand {
     """
 
   func peakRSS(_ out: String) -> Double {
-    guard let line = out.split(separator: "\n").last(where: { $0.hasPrefix("peak_rss_kib") }),
-          let kib = Double(line.split(separator: " ")[1]) else { return .nan }
-    return kib / 1024
+    BenchMath.value("peak_rss_kib", in: out).map { $0 / 1024 } ?? .nan
   }
 
   func runProcess(_ exe: String, _ args: [String]) throws -> String {

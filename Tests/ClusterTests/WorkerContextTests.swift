@@ -53,6 +53,15 @@ final class WorkerContextTests: XCTestCase {
     bad = env
     bad["MNV2_SECURITY"] = "none"
     XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: bad))
+    // Unix-domain sockets between loopback neighbours: on unless MNV2_LOCAL_SOCKETS=0.
+    XCTAssertTrue(ctx.groupOptions.localSockets)
+    var tcpOnly = env
+    tcpOnly["MNV2_LOCAL_SOCKETS"] = "0"
+    XCTAssertFalse(try WorkerContext.fromEnvironment(environment: tcpOnly).groupOptions.localSockets)
+    tcpOnly["MNV2_LOCAL_SOCKETS"] = "off"
+    XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: tcpOnly)) {
+      XCTAssertTrue("\($0)".contains("MNV2_LOCAL_SOCKETS=off: expected 0 or 1"), "\($0)")
+    }
   }
 
   /// Observability (issue 13): launch --timeline's per-rank file and step count.

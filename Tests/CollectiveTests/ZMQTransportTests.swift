@@ -29,6 +29,36 @@ final class ZMQTransportTests: XCTestCase {
     }
   }
 
+  /// Loopback neighbours talk over Unix-domain sockets by default and over TCP with the option
+  /// off; both rings give exact sums, each rank's socket file exists while its group lives (the
+  /// previous rank connected to it) and is gone after close.
+  func testLocalSocketsAndTCPBothCarryTheRing() throws {
+    for local in [true, false] {
+      let n = 3
+      let endpoints = try loopbackEndpoints(n)
+      let secret = JobSecret.generate()
+      let options: GroupOptions = { var o = zmqOptions(.plain); o.localSockets = local; return o }()
+      let paths = endpoints.map { "/tmp/mnv2-ring-\(getuid())-\($0.host)-\($0.port).sock" }
+      let bad = ResultBox(n)
+      let errors = runRanks(n) { r in
+        let g = try ProcessGroup.join(GroupSpec(rank: r, endpoints: endpoints, jobID: "j", secret: secret),
+                                      modelSignature: testSignature, options: options)
+        var buf = (0..<300_001).map { Float(r + $0 % 5) }
+        try g.allreduceSum(&buf, count: buf.count)
+        if let i = buf.indices.first(where: { buf[$0] != Float(n * (n - 1) / 2 + n * ($0 % 5)) }) {
+          bad.set(r, CollectiveSelfTest.Failure(description: "local=\(local) rank \(r): element \(i) = \(buf[i])"))
+        }
+        if FileManager.default.fileExists(atPath: paths[r]) != local {
+          bad.set(r, CollectiveSelfTest.Failure(description: "local=\(local) rank \(r): socket file present = \(!local)"))
+        }
+        try g.barrier()  // nobody closes before every rank looked
+        g.close()
+      }
+      XCTAssertEqual((errors + bad.all).compactMap { $0 }.map(message), [String](), "localSockets=\(local)")
+      for p in paths { XCTAssertFalse(FileManager.default.fileExists(atPath: p), "\(p) left behind") }
+    }
+  }
+
   func testPortInUseNamesRankAddressAndPort() throws {
     let endpoints = try loopbackEndpoints(2)
     // Occupy rank 1's port with another ZeroMQ socket.
