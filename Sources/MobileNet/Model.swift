@@ -80,6 +80,9 @@ public final class MobileNetV2 {
   public var batchNormDecay: Float = BatchNormDefaults.decay
   let scratch = Scratch()
   private var activations: Activations?
+  /// Arithmetic of the convolutions and the logits GEMM (MixedPrecision.swift); float32 by default.
+  public var precision: Precision = .fp32
+  private lazy var bf16 = BF16Operands(parameterCount: trainable.count)
 
   /// TF-slim training_scope default initializer: truncated normal, stddev 0.09.
   public static let initStddev = 0.09
@@ -192,6 +195,18 @@ public final class MobileNetV2 {
   private func w(_ offset: Int) -> UnsafeMutablePointer<Float> { parameters.base + offset }
   private func g(_ offset: Int) -> UnsafeMutablePointer<Float> { gradients.base + offset }
   private func st(_ offset: Int) -> UnsafeMutablePointer<Float> { stateValues.base + offset }
+  /// Conv/logits weights as the kernels read them: the float32 slab, or its bf16-rounded copy.
+  private func kw(_ offset: Int) -> UnsafeMutablePointer<Float> {
+    precision == .bf16 ? bf16.weights.base + offset : parameters.base + offset
+  }
+  /// A kernel's input activation (`count` floats) as it reads it: x, or a bf16-rounded copy.
+  private func kx(_ x: UnsafePointer<Float>, _ count: Int) -> UnsafePointer<Float> {
+    precision == .bf16 ? bf16.rounded(x, count: count, in: bf16.activation) : x
+  }
+  /// A kernel's output gradient as backward reads it: dy, or a bf16-rounded copy.
+  private func kdy(_ dy: UnsafePointer<Float>, _ count: Int) -> UnsafePointer<Float> {
+    precision == .bf16 ? bf16.rounded(dy, count: count, in: bf16.gradient) : dy
+  }
 
   // MARK: - Forward
 
@@ -200,6 +215,7 @@ public final class MobileNetV2 {
   public func forward(batch: Int, mode: ForwardMode, rng: inout RandomState) -> UnsafeMutablePointer<Float> {
     let act = activations(batch: batch)
     act.mode = mode
+    if precision == .bf16 { bf16.refreshWeights(from: parameters) }
     var x = UnsafePointer(act.input)
     convBNForward(stemIndex, x: x, act: act)
     x = UnsafePointer(act.a[stemIndex])
@@ -231,7 +247,7 @@ public final class MobileNetV2 {
       features = UnsafePointer(act.dropped)
     }
     act.features = features
-    denseForward(y: act.logits, x: features, w: w(logitsWeights), b: w(logitsBiases),
+    denseForward(y: act.logits, x: kx(features, batch * C), w: kw(logitsWeights), b: w(logitsBiases),
                  rows: batch, inChannels: C, outChannels: config.numClasses)
     return act.logits
   }
@@ -240,16 +256,17 @@ public final class MobileNetV2 {
     let l = layers[i]
     let n = act.batch
     let z = act.z[i], a = act.a[i]
+    let xCount = l.inputCount(batch: n)
     switch l.op {
     case .conv(let k):
-      Profile.time(.stemConv) { conv2dForward(y: z, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k), scratch: scratch) }
+      Profile.time(.stemConv) { conv2dForward(y: z, x: kx(x, xCount), w: kw(l.weight), convShape(l, batch: n, kernel: k), scratch: scratch) }
     case .pointwise:
       Profile.time(.pointwise) {
-        pointwiseForward(y: z, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
+        pointwiseForward(y: z, x: kx(x, xCount), w: kw(l.weight), rows: n * l.inSize * l.inSize,
                          inChannels: l.inChannels, outChannels: l.outChannels)
       }
     case .depthwise(let k):
-      Profile.time(.depthwise) { depthwiseForward(y: z, x: x, w: w(l.weight), depthwiseShape(l, batch: n, kernel: k)) }
+      Profile.time(.depthwise) { depthwiseForward(y: z, x: kx(x, xCount), w: kw(l.weight), depthwiseShape(l, batch: n, kernel: k)) }
     }
     Profile.time(.batchNorm) { batchNormForward(a: a, z: z, gamma: w(l.gamma), beta: w(l.beta), mean: act.mean[i], invStd: act.invStd[i],
                      movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
@@ -288,8 +305,9 @@ public final class MobileNetV2 {
     let C = featureDepth
     let last = layers[lastConvIndex]
     // Head: logits → dropout → pool.
-    denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases), dy: act.dLogits,
-                  x: act.features, w: w(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses,
+    denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases),
+                  dy: kdy(act.dLogits, batch * config.numClasses), x: kx(act.features, batch * C),
+                  w: kw(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses,
                   scratch: scratch)
     if act.features == UnsafePointer(act.dropped) {
       dropoutBackward(dx: act.dPooled, dy: act.dPooled, mask: act.dropoutMask, count: batch * C)
@@ -342,20 +360,22 @@ public final class MobileNetV2 {
                         rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
                         training: act.mode.batchNormTraining, relu6: l.relu6, scratch: scratch)
     }
+    let (xCount, dyCount) = (l.inputCount(batch: n), l.outputCount(batch: n))
     switch l.op {
     case .conv(let k):
       Profile.time(.stemConv, backward: true) {
-        conv2dBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k),
-                       scratch: scratch)
+        conv2dBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight),
+                       convShape(l, batch: n, kernel: k), scratch: scratch)
       }
     case .pointwise:
       Profile.time(.pointwise, backward: true) {
-        pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: n * l.inSize * l.inSize,
-                          inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch)
+        pointwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight),
+                          rows: n * l.inSize * l.inSize, inChannels: l.inChannels, outChannels: l.outChannels,
+                          scratch: scratch)
       }
     case .depthwise(let k):
       Profile.time(.depthwise, backward: true) {
-        depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight),
+        depthwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight),
                           depthwiseShape(l, batch: n, kernel: k), scratch: scratch)
       }
     }

@@ -56,6 +56,8 @@ public struct TrainerOptions: Sendable {
   public var checkpointFormat = TrainerDefaults.checkpointFormat
   /// Fine-tuning restores the weights from the `/ExponentialMovingAverage` shadows.
   public var restoreMovingAverage = false
+  /// Arithmetic of the convolutions and GEMMs (already resolved by PrecisionPolicy).
+  public var precision = Precision.fp32
 
   public init(model: ModelConfig) { self.model = model }
 }
@@ -115,6 +117,7 @@ public final class Trainer {
   public static func makeModel(_ options: TrainerOptions) -> MobileNetV2 {
     let net = MobileNetV2(config: options.model, seed: options.seed)
     net.batchNormDecay = options.batchNormDecay
+    net.precision = options.precision
     return net
   }
 
@@ -192,7 +195,7 @@ public final class Trainer {
 
     log.info("model \(o.model.modelName) (depth multiplier \(o.model.depthMultiplier)), \(model.parameterCount) parameters, \(o.model.numClasses) classes, \(o.model.imageSize)x\(o.model.imageSize) input")
     log.info("ranks \(ranks), batch \(o.batchSize) per rank (global \(o.batchSize * ranks)), \(examples) training examples, steps_per_epoch \(stepsPerEpoch), total steps \(totalSteps), compute threads \(Compute.threads)")
-    log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), lr \(o.learningRate) \(o.decay.rawValue) warm-up \(o.warmupEpochs) epochs, weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing), BN decay \(o.batchNormDecay)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
+    log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), lr \(o.learningRate) \(o.decay.rawValue) warm-up \(o.warmupEpochs) epochs, weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing), BN decay \(o.batchNormDecay), precision \(o.precision.rawValue)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
 
     let batch = o.batchSize
     let images = model.inputBuffer(batch: batch)

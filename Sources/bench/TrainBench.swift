@@ -7,6 +7,8 @@ import Kernels
 import MobileNet
 import Training
 
+extension Precision: ExpressibleByArgument {}
+
 struct TrainBench: ParsableCommand {
   static let configuration = CommandConfiguration(commandName: "train",
     abstract: "Images/s of one training step, ours vs PyTorch channels-last.")
@@ -25,31 +27,50 @@ struct TrainBench: ParsableCommand {
   var python = "\(NSHomeDirectory())/bench-venv/bin/python"
   @Option(help: "The baseline script.")
   var baseline = "../shared/baselines/torch_train_step.py"
+  @Option(help: "Our precisions, comma separated (fp32, bf16); each round runs them in this order, then PyTorch.")
+  var precisions = "fp32"
 
   func run() throws {
     Compute.setThreads(threads)
     let list = try BenchConfig.parseList(configs)  // bad input fails before any output
+    let precisionList = try precisions.split(separator: ",").map { p -> Precision in
+      guard let v = Precision(rawValue: String(p)) else { throw ValidationError("--precisions \(precisions): \(p) is not fp32 or bf16") }
+      return v
+    }
+    guard !precisionList.isEmpty else { throw ValidationError("--precisions is empty") }
     print("threads=\(threads) steps=\(steps) (median) warmup=\(warmup) rounds=\(rounds) (ours then PyTorch; medians over rounds)")
     print("config                          ours img/s   ours RSS MiB   torch img/s   torch RSS MiB   ratio   per-round ratios")
     for c in list {
       let (size, batch, classes) = (c.size, c.batch, c.classes)
       let config = try ModelConfig(modelName: c.model, numClasses: classes, imageSize: size)
-      var oursRuns: [Measure] = [], torchRuns: [Measure] = []
+      var oursRuns = [[Measure]](repeating: [], count: precisionList.count), torchRuns: [Measure] = []
       for _ in 0..<max(1, rounds) {
-        oursRuns.append(try runChild(["bench", "train-one", "--model", c.model, "--size", "\(size)", "--batch", "\(batch)",
-                                      "--classes", "\(classes)", "--threads", "\(threads)", "--steps", "\(steps)",
-                                      "--warmup", "\(warmup)"]))
+        for (pi, p) in precisionList.enumerated() {
+          oursRuns[pi].append(try runChild(["bench", "train-one", "--model", c.model, "--size", "\(size)", "--batch", "\(batch)",
+                                            "--classes", "\(classes)", "--threads", "\(threads)", "--steps", "\(steps)",
+                                            "--warmup", "\(warmup)", "--precision", p.rawValue]))
+        }
         if let t = try runBaseline(config: config, batch: batch) { torchRuns.append(t) }
       }
-      let ours = Measure.median(oursRuns)
-      let torch = torchRuns.count == oursRuns.count ? Measure.median(torchRuns) : nil
-      let label = "\(c.model) \(size)² b\(batch) k\(classes)".padding(toLength: 30, withPad: " ", startingAt: 0)
-      let ratio = torch.map { String(format: "%.2fx", ours.ips / $0.ips) } ?? "n/a"
-      let perRound = torch == nil ? "" : zip(oursRuns, torchRuns).map { String(format: "%.2f", $0.ips / $1.ips) }
-        .joined(separator: " ")
-      let tIps = torch.map { String(format: "%11.1f", $0.ips) } ?? "    skipped"
-      let tRss = torch.map { String(format: "%15.0f", $0.rssMiB) } ?? "        skipped"
-      print("\(label)  \(String(format: "%11.1f", ours.ips))   \(String(format: "%12.0f", ours.rssMiB))   \(tIps)   \(tRss)   \(ratio)   \(perRound)")
+      let torch = torchRuns.count == rounds ? Measure.median(torchRuns) : nil
+      for (pi, p) in precisionList.enumerated() {
+        let ours = Measure.median(oursRuns[pi])
+        let tag = p == .fp32 ? "" : " \(p.rawValue)"
+        let label = "\(c.model) \(size)² b\(batch) k\(classes)\(tag)".padding(toLength: 30, withPad: " ", startingAt: 0)
+        let ratio = torch.map { String(format: "%.2fx", ours.ips / $0.ips) } ?? "n/a"
+        let perRound = torch == nil ? "" : zip(oursRuns[pi], torchRuns).map { String(format: "%.2f", $0.ips / $1.ips) }
+          .joined(separator: " ")
+        let tIps = torch.map { String(format: "%11.1f", $0.ips) } ?? "    skipped"
+        let tRss = torch.map { String(format: "%15.0f", $0.rssMiB) } ?? "        skipped"
+        print("\(label)  \(String(format: "%11.1f", ours.ips))   \(String(format: "%12.0f", ours.rssMiB))   \(tIps)   \(tRss)   \(ratio)   \(perRound)")
+      }
+      if precisionList.count > 1 {
+        // Same-round ratios against the first precision: the fairest comparison under a noisy machine.
+        for pi in 1..<precisionList.count {
+          let r = zip(oursRuns[pi], oursRuns[0]).map { $0.ips / $1.ips }
+          print("  \(precisionList[pi].rawValue)/\(precisionList[0].rawValue) per round: \(r.map { String(format: "%.3f", $0) }.joined(separator: " ")), median \(String(format: "%.3f", r.sorted()[r.count / 2]))")
+        }
+      }
     }
   }
 
@@ -136,6 +157,8 @@ struct TrainOne: ParsableCommand {
   @Option var threads = 2
   @Option var steps = 6
   @Option var warmup = 2
+  @Option(help: "fp32 or bf16 (falls back to fp32 with a note on a CPU without AVX512-BF16).")
+  var precision = Precision.fp32
   @Flag(help: "Print time per layer type (forward/backward) over the timed steps.")
   var profile = false
 
@@ -143,9 +166,12 @@ struct TrainOne: ParsableCommand {
     Compute.setThreads(threads)
     let config = try ModelConfig(modelName: model, numClasses: classes, imageSize: size)
     let net = MobileNetV2(config: config, seed: 1)
+    let resolved = try PrecisionPolicy.resolve(precision)
+    if let note = resolved.note { print("note: \(note)") }
     // The production step (momentum, weight decay, label smoothing as the trainer's defaults).
     let trainStep = TrainStep(model: net, optimizer: Optimizer(kind: .momentum, parameterCount: net.parameterCount),
-                              hyper: StepHyperparameters())
+                              hyper: StepHyperparameters(), precision: resolved.precision)
+    print("precision \(resolved.precision.rawValue)")
     var rng = RandomState(seed: 7)
     let input = net.inputBuffer(batch: batch)
     for i in 0..<(batch * size * size * 3) { input[i] = rng.uniform() * 2 - 1 }
