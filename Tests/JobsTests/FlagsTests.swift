@@ -104,6 +104,14 @@ final class FlagsTests: XCTestCase {
       XCTAssertTrue(message.contains("fp16") && message.contains("bf16"), message)
       XCTAssertFalse(message.contains("\n"))
     }
+    // --allreduce-dtype (and its snake_case), the older --fp16-allreduce, and their contradiction.
+    XCTAssertEqual(try TrainFlags.parse(base).gradientWire, .fp32)
+    XCTAssertEqual(try TrainFlags.parse(base + ["--allreduce_dtype", "bf16"]).gradientWire, .bf16)
+    XCTAssertEqual(try TrainFlags.parse(base + ["--fp16-allreduce"]).gradientWire, .fp16)
+    XCTAssertThrowsError(try TrainFlags.parse(base + ["--fp16-allreduce", "--allreduce-dtype", "bf16"])) { e in
+      XCTAssertEqual(TrainFlags.message(for: e), "--fp16-allreduce contradicts --allreduce-dtype bf16")
+    }
+    XCTAssertThrowsError(try TrainFlags.parse(base + ["--allreduce-dtype", "int8"]))
     let e = try EvalFlags.parse(["--checkpoint_path", "/c", "--dataset_dir", "/d", "--precision", "bf16"])
     XCTAssertEqual(e.precision, .bf16)
     XCTAssertThrowsError(try EvalFlags.parse(["--checkpoint-path", "/c", "--dataset-dir", "/d", "--precision", "int8"]))
