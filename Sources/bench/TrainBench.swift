@@ -56,7 +56,8 @@ struct TrainBench: ParsableCommand {
       for (pi, p) in precisionList.enumerated() {
         let ours = Measure.median(oursRuns[pi])
         let tag = p == .fp32 ? "" : " \(p.rawValue)"
-        let label = "\(c.model) \(size)² b\(batch) k\(classes)\(tag)".padding(toLength: 30, withPad: " ", startingAt: 0)
+        let name = "\(c.model) \(size)² b\(batch) k\(classes)\(tag)"
+        let label = name.count >= 30 ? name + " " : name.padding(toLength: 30, withPad: " ", startingAt: 0)
         let ratio = torch.map { String(format: "%.2fx", ours.ips / $0.ips) } ?? "n/a"
         let perRound = torch == nil ? "" : zip(oursRuns[pi], torchRuns).map { String(format: "%.2f", $0.ips / $1.ips) }
           .joined(separator: " ")
