@@ -16,7 +16,7 @@ public final class GradientReducer {
   private let count: Int
   private let bucketElements: Int
   private let overlap: Bool
-  private let fp16: Bool
+  private let wire: GradientWire
   private let worker: CommunicationThread?
   private var readyUpTo = 0
   private var submittedUpTo = 0
@@ -28,13 +28,14 @@ public final class GradientReducer {
 
   /// `buffer[0..<count]` is averaged over the group at every `finish()`.
   public init(group: ProcessGroup, buffer: UnsafeMutablePointer<Float>, count: Int,
-              bucketBytes: Int = GradientReducer.defaultBucketBytes, overlap: Bool = true, fp16: Bool = false) {
+              bucketBytes: Int = GradientReducer.defaultBucketBytes, overlap: Bool = true, fp16: Bool = false,
+              wire: GradientWire? = nil) {
     self.group = group
     self.buffer = buffer
     self.count = count
     self.bucketElements = max(1, bucketBytes / MemoryLayout<Float>.stride)
     self.overlap = overlap && group.size > 1
-    self.fp16 = fp16
+    self.wire = wire ?? (fp16 ? .fp16 : .fp32)
     worker = self.overlap ? CommunicationThread() : nil
   }
 
@@ -84,7 +85,7 @@ public final class GradientReducer {
   private func reduce(_ bucket: Range<Int>, traced: (timeline: Timeline, args: [String: Int])? = nil,
                       track: Timeline.Track = .compute) throws {
     let t0 = traced == nil ? 0 : Timeline.now()
-    try group.allreduceAverage(buffer + bucket.lowerBound, count: bucket.count, fp16: fp16)
+    try group.allreduceAverage(buffer + bucket.lowerBound, count: bucket.count, wire: wire)
     if let traced { traced.timeline.record(Timeline.Name.allreduce, track: track, start: t0, end: Timeline.now(), args: traced.args) }
   }
 }

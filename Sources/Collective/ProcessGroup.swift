@@ -106,8 +106,14 @@ public final class ProcessGroup: @unchecked Sendable {
   /// As above; `fp16` sends half-precision values (sums stay float32; results are rounded to
   /// half precision identically on every rank).
   public func allreduceAverage(_ p: UnsafeMutablePointer<Float>, count: Int, fp16: Bool) throws {
+    try allreduceAverage(p, count: count, wire: fp16 ? .fp16 : .fp32)
+  }
+
+  /// As above with the values sent as `wire` (sums stay float32; results rounded to `wire`
+  /// identically on every rank).
+  public func allreduceAverage(_ p: UnsafeMutablePointer<Float>, count: Int, wire: GradientWire) throws {
     try run(.allreduce) { tag in
-      try ring?.allreduce(p, count: count, scale: 1 / Float(size), wire: fp16 ? .float16 : .float32, tag: tag)
+      try ring?.allreduce(p, count: count, scale: 1 / Float(size), wire: wire.floatWire, tag: tag)
     }
   }
 

@@ -1,5 +1,19 @@
 // Element codecs between buffers and message payloads. Payloads live inside transport messages
 // at arbitrary byte offsets, so every access is an unaligned load/store (free on x86-64 and arm64).
+import Common
+
+/// How a training run's gradients travel (`--allreduce-dtype`): sums and results stay float32 on
+/// every rank; fp16 and bf16 halve the bytes on the wire.
+public enum GradientWire: String, CaseIterable, Sendable {
+  case fp32, fp16, bf16
+  var floatWire: FloatWire {
+    switch self {
+    case .fp32: return .float32
+    case .fp16: return .float16
+    case .bf16: return .bfloat16
+    }
+  }
+}
 
 /// How floats travel on the wire.
 enum FloatWire {
@@ -7,6 +21,8 @@ enum FloatWire {
   case float32
   /// IEEE half precision: half the bytes; sums stay float32 on every rank.
   case float16
+  /// bfloat16 (round to nearest even): half the bytes, float32's range (no overflow of large gradients).
+  case bfloat16
 
   var bytesPerElement: Int { self == .float32 ? 4 : 2 }
 }
@@ -21,6 +37,9 @@ func encode<T: RingElement>(_ src: UnsafePointer<T>, count: Int, wire: FloatWire
   if wire == .float16, T.self == Float.self {
     let s = UnsafeRawPointer(src).assumingMemoryBound(to: Float.self)
     for i in 0..<count { dst.storeBytes(of: Float16(s[i]), toByteOffset: 2 * i, as: Float16.self) }
+  } else if wire == .bfloat16, T.self == Float.self {
+    let s = UnsafeRawPointer(src).assumingMemoryBound(to: Float.self)
+    for i in 0..<count { dst.storeBytes(of: bf16Bits(s[i]), toByteOffset: 2 * i, as: UInt16.self) }
   } else {
     dst.copyMemory(from: src, byteCount: count * MemoryLayout<T>.stride)
   }
@@ -32,6 +51,9 @@ func accumulate<T: RingElement>(_ dst: UnsafeMutablePointer<T>, count: Int, wire
   if wire == .float16, T.self == Float.self {
     let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self)
     for i in 0..<count { d[i] += Float(src.loadUnaligned(fromByteOffset: 2 * i, as: Float16.self)) }
+  } else if wire == .bfloat16, T.self == Float.self {
+    let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self)
+    for i in 0..<count { d[i] += bf16Value(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
   } else if T.self == Float.self {
     accumulateFloats(UnsafeMutableRawPointer(dst), count: count, from: src)
   } else {
@@ -69,6 +91,9 @@ func decode<T: RingElement>(_ dst: UnsafeMutablePointer<T>, count: Int, wire: Fl
   if wire == .float16, T.self == Float.self {
     let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self)
     for i in 0..<count { d[i] = Float(src.loadUnaligned(fromByteOffset: 2 * i, as: Float16.self)) }
+  } else if wire == .bfloat16, T.self == Float.self {
+    let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: Float.self)
+    for i in 0..<count { d[i] = bf16Value(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
   } else {
     UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: count * MemoryLayout<T>.stride)
   }
@@ -82,5 +107,8 @@ func finalize<T: RingElement>(_ p: UnsafeMutablePointer<T>, count: Int, scale: T
   if wire == .float16, T.self == Float.self {
     let d = UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
     for i in 0..<count { d[i] = Float(Float16(d[i])) }
+  } else if wire == .bfloat16, T.self == Float.self {
+    let d = UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
+    for i in 0..<count { d[i] = roundedToBF16(d[i]) }
   }
 }

@@ -22,12 +22,12 @@ public final class LoaderSource: BatchSource {
 /// reduced on a communication thread while backward continues (unless overlap is off).
 public final class GroupCommunicator: Communicator {
   public let group: ProcessGroup
-  let overlap: Bool, fp16: Bool, bucketBytes: Int
+  let overlap: Bool, wire: GradientWire, bucketBytes: Int
   /// Bucket allreduces become timeline spans (set before the trainer asks for its reducer).
   public var timeline: Timeline?
 
-  public init(_ group: ProcessGroup, overlap: Bool, fp16: Bool, bucketBytes: Int) {
-    self.group = group; self.overlap = overlap; self.fp16 = fp16; self.bucketBytes = bucketBytes
+  public init(_ group: ProcessGroup, overlap: Bool, fp16: Bool = false, wire: GradientWire? = nil, bucketBytes: Int) {
+    self.group = group; self.overlap = overlap; self.wire = wire ?? (fp16 ? .fp16 : .fp32); self.bucketBytes = bucketBytes
   }
   public var rank: Int { group.rank }
   public var size: Int { group.size }
@@ -38,7 +38,7 @@ public final class GroupCommunicator: Communicator {
   public func allgather(_ bytes: [UInt8]) throws -> [[UInt8]] { try group.allgather(bytes) }
   public func barrier() throws { try group.barrier() }
   public func gradientReducer(buffer: UnsafeMutablePointer<Float>, count: Int) -> GradientReducing {
-    let r = GradientReducer(group: group, buffer: buffer, count: count, bucketBytes: bucketBytes, overlap: overlap, fp16: fp16)
+    let r = GradientReducer(group: group, buffer: buffer, count: count, bucketBytes: bucketBytes, overlap: overlap, wire: wire)
     r.timeline = timeline
     return Reducer(r)
   }

@@ -38,6 +38,8 @@ public struct EvalFlags: ParsableArguments {
   public var threads: Int?
   @Option(name: .seed("decode-threads"), help: "JPEG decode threads (default: all cores).")
   public var decodeThreads: Int?
+  @Option(name: .seed("precision"), help: "fp32, or bf16 operands for the convolutions and GEMMs (fp32 with a note on a CPU without AVX512-BF16).")
+  public var precision = Precision.fp32
 
   // Observability (issue 13)
   @Flag(name: .customLong("no-summaries"), help: "Do not write eval/top1, eval/top5, eval/loss to <checkpoint dir>/eval/ (TensorBoard, metrics.jsonl).")
@@ -81,12 +83,15 @@ public enum EvaluateJob {
   public static func run(_ f: EvalFlags, log: TrainLog = PrintLog()) throws -> [CheckpointScore] {
     Compute.setThreads(f.threads ?? ProcessInfo.processInfo.activeProcessorCount)
     let paths = try CheckpointDirectory.resolve(f.checkpointPath, all: f.all)
+    let precision = try PrecisionPolicy.resolve(f.precision)
+    if let note = precision.note { log.info(note) }
     var scores: [CheckpointScore] = []
     var loader: DataLoader? = nil
     let summaries = EvalSummaries()
     for path in paths {
       let (model, file, ema) = try loadModel(path, modelName: f.modelName, numClasses: f.numClasses,
                                              imageSize: f.imageSize, useMovingAverage: f.useMovingAverage, log: log)
+      model.precision = precision.precision
       let config = model.config
       if loader == nil || loader!.config.imageSize != config.imageSize || loader!.config.numClasses != config.numClasses {
         var lc = LoaderConfig(datasetDir: f.datasetDir, split: f.split, batchSize: f.batchSize,

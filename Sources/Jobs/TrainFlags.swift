@@ -2,6 +2,7 @@
 import ArgumentParser
 import Checkpoint
 import Cluster
+import Collective
 import Foundation
 import Kernels
 import MobileNet
@@ -11,6 +12,8 @@ import Training
 extension DecayType: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
 extension CheckpointFormat: ExpressibleByArgument {}
+extension Precision: ExpressibleByArgument {}
+extension GradientWire: ExpressibleByArgument {}
 
 public struct TrainFlags: ParsableArguments {
   public init() {}
@@ -89,6 +92,13 @@ public struct TrainFlags: ParsableArguments {
   public var noOverlap = false
   @Flag(name: .customLong("fp16-allreduce"), help: "Send gradients as fp16 on the wire.")
   public var fp16Allreduce = false
+  @Option(name: .seed("allreduce-dtype"), help: "Gradients on the wire: fp32, fp16 or bf16 (sums and results stay fp32; default fp32, fp16 with --fp16-allreduce).")
+  public var allreduceDtype: GradientWire?
+  /// What the gradients travel as.
+  public var gradientWire: GradientWire { allreduceDtype ?? (fp16Allreduce ? .fp16 : .fp32) }
+  // Mixed precision (issue 12)
+  @Option(name: .seed("precision"), help: "fp32, or bf16: bf16 operands for the convolutions and GEMMs, fp32 accumulation, master weights, batch norm, loss and optimizer (fp32 with a note on a CPU without AVX512-BF16).")
+  public var precision = Precision.fp32
   @Option(name: .seed("fusion-mib"), help: "Gradient fusion bucket size in MiB.")
   public var fusionMiB = 4.0
   @Flag(name: .customLong("skip-corrupt-records"), help: "Skip TFRecords with bad CRCs instead of stopping.")
@@ -125,6 +135,9 @@ public struct TrainFlags: ParsableArguments {
     guard datasetDir != nil else { throw ValidationError("--dataset-dir is required") }
     if (maxEpoch == nil) == (maxTrainSteps == nil) {
       throw ValidationError("give exactly one of --max-epoch and --max-train-steps")
+    }
+    if fp16Allreduce, let d = allreduceDtype, d != .fp16 {
+      throw ValidationError("--fp16-allreduce contradicts --allreduce-dtype \(d.rawValue)")
     }
     guard Self.preprocessingNames.contains(preprocessingName) else {
       throw ValidationError("--preprocessing-name \(preprocessingName): only TF-slim inception preprocessing is provided (\(Self.preprocessingNames.joined(separator: ", ")))")
@@ -166,6 +179,7 @@ public struct TrainFlags: ParsableArguments {
     o.checkpointFormat = checkpointFormat
     o.restoreMovingAverage = restoreMovingAverage
     o.gradientAccumulationSteps = gradientAccumulationSteps
+    o.precision = precision  // the request; TrainJob resolves it against the CPU
     return o
   }
 }

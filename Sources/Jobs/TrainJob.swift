@@ -19,6 +19,9 @@ public enum TrainJob {
     Compute.setThreads(flags.threads ?? ctx.threads)
     log.info("rank \(ctx.rank): \(Compute.threads) compute threads, \(KernelISA.summary)")
     var options = try flags.trainerOptions(worldSize: ctx.worldSize)
+    let precision = try PrecisionPolicy.resolve(flags.precision)
+    options.precision = precision.precision
+    if let note = precision.note, ctx.rank == 0 { log.info(note) }
     // One job per train dir: rank 0 alone writes it (and holds its lock); other ranks never touch it.
     let trainDirLock = ctx.rank == 0 ? try TrainDirLock.acquire(dir: (options.trainDir as NSString).standardizingPath) : nil
     defer { trainDirLock?.release() }
@@ -48,7 +51,7 @@ public enum TrainJob {
     if ctx.restartCount > 0 { log.info("restart \(ctx.restartCount): resuming from the newest checkpoint in \(options.trainDir)") }
     log.info("rank \(ctx.rank)/\(ctx.worldSize): \(loader.examplesForRank) examples in this rank's shard (\(loader.shardingMode)), \(loader.decodeThreads) decode threads")
     options.trainDir = (options.trainDir as NSString).standardizingPath
-    let comm = GroupCommunicator(group, overlap: !flags.noOverlap, fp16: flags.fp16Allreduce,
+    let comm = GroupCommunicator(group, overlap: !flags.noOverlap, wire: flags.gradientWire,
                                  bucketBytes: Int(flags.fusionMiB * 1024 * 1024))
     let trainer = Trainer(options: options, data: LoaderSource(loader), comm: comm, log: log, model: model)
     try observe(trainer, comm: comm, flags: flags, context: ctx, trainDir: options.trainDir, log: log)

@@ -80,6 +80,9 @@ public final class MobileNetV2 {
   public var batchNormDecay: Float = BatchNormDefaults.decay
   let scratch = Scratch()
   private var activations: Activations?
+  /// Arithmetic of the convolutions and the logits GEMM (MixedPrecision.swift); float32 by default.
+  public var precision: Precision = .fp32
+  private lazy var bf16 = BF16Operands(parameterCount: trainable.count)
 
   /// TF-slim training_scope default initializer: truncated normal, stddev 0.09.
   public static let initStddev = 0.09
@@ -192,6 +195,18 @@ public final class MobileNetV2 {
   private func w(_ offset: Int) -> UnsafeMutablePointer<Float> { parameters.base + offset }
   private func g(_ offset: Int) -> UnsafeMutablePointer<Float> { gradients.base + offset }
   private func st(_ offset: Int) -> UnsafeMutablePointer<Float> { stateValues.base + offset }
+  /// Conv/logits weights as the kernels read them: the float32 slab, or its bf16-rounded copy.
+  private func kw(_ offset: Int) -> UnsafeMutablePointer<Float> {
+    precision == .bf16 ? bf16.weights.base + offset : parameters.base + offset
+  }
+  /// A kernel's input activation (`count` floats) as it reads it: x, or a bf16-rounded copy.
+  private func kx(_ x: UnsafePointer<Float>, _ count: Int) -> UnsafePointer<Float> {
+    precision == .bf16 ? bf16.rounded(x, count: count, in: bf16.activation) : x
+  }
+  /// A kernel's output gradient as backward reads it: dy, or a bf16-rounded copy.
+  private func kdy(_ dy: UnsafePointer<Float>, _ count: Int) -> UnsafePointer<Float> {
+    precision == .bf16 ? bf16.rounded(dy, count: count, in: bf16.gradient) : dy
+  }
 
   // MARK: - Forward
 
@@ -200,6 +215,7 @@ public final class MobileNetV2 {
   public func forward(batch: Int, mode: ForwardMode, rng: inout RandomState) -> UnsafeMutablePointer<Float> {
     let act = activations(batch: batch)
     act.mode = mode
+    if precision == .bf16 { bf16.refreshWeights(from: parameters) }
     var x = UnsafePointer(act.input)
     convBNForward(stemIndex, x: x, act: act)
     x = UnsafePointer(act.a[stemIndex]!)
@@ -229,7 +245,7 @@ public final class MobileNetV2 {
       features = UnsafePointer(act.dropped)
     }
     act.features = features
-    denseForward(y: act.logits, x: features, w: w(logitsWeights), b: w(logitsBiases),
+    denseForward(y: act.logits, x: kx(features, batch * C), w: kw(logitsWeights), b: w(logitsBiases),
                  rows: batch, inChannels: C, outChannels: config.numClasses)
     return act.logits
   }
@@ -242,34 +258,37 @@ public final class MobileNetV2 {
     let n = act.batch
     let z = act.z[i], a = act.a[i]  // a is nil for expand layers (see forward)
     let training = act.mode.batchNormTraining
+    // bf16: rounded operands (a depthwise reading the expand layer's raw z rounds z, before the
+    // BN + ReLU6 it applies as it reads: that activation is never stored).
+    let xk = kx(x, l.inputCount(batch: n)), weight = kw(l.weight)
     let (shift, sums) = (act.statShift[i], act.statSums[i])
     switch l.op {
     case .conv(let k):
       Profile.time(.stemConv) {
         let s = convShape(l, batch: n, kernel: k)
         if training {
-          conv2dForward(y: z, x: x, w: w(l.weight), s, statisticsShift: shift, sums: sums, scratch: scratch)
+          conv2dForward(y: z, x: xk, w: weight, s, statisticsShift: shift, sums: sums, scratch: scratch)
         } else {
-          conv2dForward(y: z, x: x, w: w(l.weight), s, scratch: scratch)
+          conv2dForward(y: z, x: xk, w: weight, s, scratch: scratch)
         }
       }
     case .pointwise:
       Profile.time(.pointwise) {
         let rows = n * l.inSize * l.inSize
         if training {
-          pointwiseForward(y: z, x: x, w: w(l.weight), rows: rows, inChannels: l.inChannels, outChannels: l.outChannels,
+          pointwiseForward(y: z, x: xk, w: weight, rows: rows, inChannels: l.inChannels, outChannels: l.outChannels,
                            statisticsShift: shift, sums: sums, scratch: scratch)
         } else {
-          pointwiseForward(y: z, x: x, w: w(l.weight), rows: rows, inChannels: l.inChannels, outChannels: l.outChannels)
+          pointwiseForward(y: z, x: xk, w: weight, rows: rows, inChannels: l.inChannels, outChannels: l.outChannels)
         }
       }
     case .depthwise(let k):
       Profile.time(.depthwise) {
         let s = depthwiseShape(l, batch: n, kernel: k)
         if training {
-          depthwiseForward(y: z, x: x, w: w(l.weight), s, statisticsShift: shift, sums: sums, scratch: scratch, input: input)
+          depthwiseForward(y: z, x: xk, w: weight, s, statisticsShift: shift, sums: sums, scratch: scratch, input: input)
         } else {
-          depthwiseForward(y: z, x: x, w: w(l.weight), s, input: input, scratch: scratch)
+          depthwiseForward(y: z, x: xk, w: weight, s, input: input, scratch: scratch)
         }
       }
     }
@@ -326,8 +345,9 @@ public final class MobileNetV2 {
     let C = featureDepth
     let last = layers[lastConvIndex]
     // Head: logits → dropout → pool.
-    denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases), dy: act.dLogits,
-                  x: act.features, w: w(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses,
+    denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases),
+                  dy: kdy(act.dLogits, batch * config.numClasses), x: kx(act.features, batch * C),
+                  w: kw(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses,
                   scratch: scratch)
     if act.features == UnsafePointer(act.dropped) {
       dropoutBackward(dx: act.dPooled, dy: act.dPooled, mask: act.dropoutMask, count: batch * C)
@@ -396,27 +416,28 @@ public final class MobileNetV2 {
                         dBeta: g(l.beta), rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
                         training: act.mode.batchNormTraining)
     }
+    let (xCount, dyCount) = (l.inputCount(batch: n), l.outputCount(batch: n))
     switch l.op {
     case .conv(let k):
       Profile.time(.stemConv, backward: true) {
-        conv2dBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), convShape(l, batch: n, kernel: k),
-                       scratch: scratch)
+        conv2dBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight),
+                       convShape(l, batch: n, kernel: k), scratch: scratch)
       }
     case .pointwise:
       Profile.time(.pointwise, backward: true) {
         let rows = n * l.inSize * l.inSize
         if let dx, let dxReduce {
-          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: rows, inChannels: l.inChannels,
+          pointwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight), rows: rows, inChannels: l.inChannels,
                             outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce)
         } else {
           precondition(dxResidual == nil, "a residual gradient needs the fused pointwise backward")
-          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight), rows: rows,
+          pointwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight), rows: rows,
                             inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch)
         }
       }
     case .depthwise(let k):
       Profile.time(.depthwise, backward: true) {
-        depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: x, w: w(l.weight),
+        depthwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight),
                           depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
                           input: input)
       }

@@ -39,14 +39,22 @@ public final class TrainStep {
   public var mode = ForwardMode.training
   /// When set, each phase of the step is a span (forward, backward, allreduce wait, optimizer).
   public var timeline: Timeline?
+  /// Arithmetic of the convolutions and GEMMs (the model's; bf16: bf16 operands, fp32 accumulation,
+  /// fp32 master weights, batch norm, loss and optimizer). Resolve a user's request with PrecisionPolicy.
+  public var precision: Precision {
+    get { model.precision }
+    set { model.precision = newValue }
+  }
 
-  public init(model: MobileNetV2, optimizer: Optimizer, average: WeightAverage? = nil, hyper: StepHyperparameters) {
+  public init(model: MobileNetV2, optimizer: Optimizer, average: WeightAverage? = nil, hyper: StepHyperparameters,
+              precision: Precision? = nil) {
     precondition(optimizer.kind == .sgd || optimizer.accumulators.count == model.parameterCount,
                  "optimizer built for \(optimizer.accumulators.count) parameters, the model has \(model.parameterCount)")
     self.model = model
     self.optimizer = optimizer
     self.average = average
     self.hyper = hyper
+    if let precision { model.precision = precision }
   }
 
   /// One step on the batch already in `model.inputBuffer`/`labelBuffer`. `reducer` (nil: a single

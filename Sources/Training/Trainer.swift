@@ -59,6 +59,8 @@ public struct TrainerOptions: Sendable {
   // Issue 11: micro-batches per optimizer step (nil: 1, or whatever keeps a resumed checkpoint's
   // global batch on this world size; see `Trainer.accumulationSteps`).
   public var gradientAccumulationSteps: Int? = nil
+  /// Arithmetic of the convolutions and GEMMs (already resolved by PrecisionPolicy).
+  public var precision = Precision.fp32
 
   public init(model: ModelConfig) { self.model = model }
 }
@@ -122,6 +124,7 @@ public final class Trainer {
   public static func makeModel(_ options: TrainerOptions) -> MobileNetV2 {
     let net = MobileNetV2(config: options.model, seed: options.seed)
     net.batchNormDecay = options.batchNormDecay
+    net.precision = options.precision
     return net
   }
 
@@ -211,7 +214,7 @@ public final class Trainer {
 
     log.info("model \(o.model.modelName) (depth multiplier \(o.model.depthMultiplier)), \(model.parameterCount) parameters, \(o.model.numClasses) classes, \(o.model.imageSize)x\(o.model.imageSize) input")
     log.info("ranks \(ranks), batch \(o.batchSize) per rank\(accumulation > 1 ? " × \(accumulation) accumulated micro-batches" : "") (global \(globalBatch)), \(examples) training examples, steps_per_epoch \(stepsPerEpoch), total steps \(totalSteps), compute threads \(Compute.threads)")
-    log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), lr \(o.learningRate) \(o.decay.rawValue) warm-up \(o.warmupEpochs) epochs, weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing), BN decay \(o.batchNormDecay)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
+    log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), lr \(o.learningRate) \(o.decay.rawValue) warm-up \(o.warmupEpochs) epochs, weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing), BN decay \(o.batchNormDecay), precision \(o.precision.rawValue)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
 
     let batch = o.batchSize
     let images = model.inputBuffer(batch: batch)

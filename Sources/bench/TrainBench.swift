@@ -10,6 +10,8 @@ import Kernels
 import MobileNet
 import Training
 
+extension Precision: ExpressibleByArgument {}
+
 struct TrainBench: ParsableCommand {
   static let configuration = CommandConfiguration(commandName: "train",
     abstract: "Images/s of one training step, ours (fp32, bf16) vs PyTorch eager, compiled and bf16, in one alternating run.")
@@ -257,6 +259,8 @@ struct TrainOne: ParsableCommand {
   @Option var threads = 2
   @Option var steps = 6
   @Option var warmup = 2
+  @Option(help: "fp32 or bf16 (falls back to fp32 with a note on a CPU without AVX512-BF16).")
+  var precision = Precision.fp32
   @Flag(help: "Print time per layer type (forward/backward) over the timed steps.")
   var profile = false
 
@@ -264,9 +268,12 @@ struct TrainOne: ParsableCommand {
     Compute.setThreads(threads)
     let config = try ModelConfig(modelName: model, numClasses: classes, imageSize: size)
     let net = MobileNetV2(config: config, seed: 1)
+    let resolved = try PrecisionPolicy.resolve(precision)
+    if let note = resolved.note { print("note: \(note)") }
     // The production step (momentum, weight decay, label smoothing as the trainer's defaults).
     let trainStep = TrainStep(model: net, optimizer: Optimizer(kind: .momentum, parameterCount: net.parameterCount),
-                              hyper: StepHyperparameters())
+                              hyper: StepHyperparameters(), precision: resolved.precision)
+    print("precision \(resolved.precision.rawValue)")
     var rng = RandomState(seed: 7)
     let input = net.inputBuffer(batch: batch)
     for i in 0..<(batch * size * size * 3) { input[i] = rng.uniform() * 2 - 1 }

@@ -92,6 +92,36 @@ final class RingAllreduceTests: XCTestCase {
     }
   }
 
+  /// --allreduce-dtype bf16: 8 significant bits, so each rounding of a partial sum (≤ n·0.05 here)
+  /// costs ≤ 2^-9 of it; n−1 hops plus the final rounding of the mean give ≤ n·0.05·2^-9 ≈ 1e-4·n
+  /// on the mean. The results are bf16 values and bit-identical on every rank.
+  func testBF16WireWithinToleranceAndIdenticalOnEveryRank() {
+    for n in [2, 3, 8] {
+      let count = 100_003
+      let (fabric, options) = inProcessGroups(n, segmentBytes: 32 << 10)
+      let failures = ResultBox(n)
+      let outputs = OutputBox(n)
+      let errors = runRanks(n) { r in
+        let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+        let values = { (rank: Int, i: Int) in Float(sin(Double(i) * 0.01 + Double(rank))) * 0.05 }
+        var buf = (0..<count).map { values(r, $0) }
+        try g.allreduceAverage(&buf, count: count, wire: .bf16)
+        var worst: Float = 0, notBF16 = 0
+        for i in 0..<count {
+          let exact = (0..<n).map { values($0, i) }.reduce(0, +) / Float(n)
+          worst = max(worst, abs(buf[i] - exact))
+          if buf[i].bitPattern & 0xFFFF != 0 { notBF16 += 1 }
+        }
+        if worst > 1e-4 * Float(n) { failures.set(r, CollectiveSelfTest.Failure(description: "n=\(n) rank \(r): max error \(worst)")) }
+        if worst < 1e-5 { failures.set(r, CollectiveSelfTest.Failure(description: "n=\(n): bf16 path not taken (error \(worst))")) }
+        if notBF16 > 0 { failures.set(r, CollectiveSelfTest.Failure(description: "n=\(n): \(notBF16) results are not bf16 values")) }
+        outputs.set(r, buf)
+      }
+      XCTAssertEqual((errors + failures.all).compactMap { $0 }.map(message), [String]())
+      for r in 1..<n { XCTAssertEqual(outputs.all[r], outputs.all[0], "n=\(n): rank \(r) differs from rank 0") }
+    }
+  }
+
   /// Segments grow with the buffer (about 32 per chunk) between the smallest and largest size,
   /// and every rank cuts the same ones: observed as the payload sizes rank 0 sends.
   func testSegmentsGrowWithBufferBetweenMinAndMax() {

@@ -102,6 +102,31 @@ final class FlagsTests: XCTestCase {
     }
   }
 
+  /// --precision on train and evaluate: fp32 by default, bf16 accepted, anything else one line.
+  func testPrecisionFlag() throws {
+    let base = ["--dataset-dir", "/d", "--max-epoch", "1"]
+    XCTAssertEqual(try TrainFlags.parse(base).precision, .fp32)
+    let f = try TrainFlags.parse(base + ["--precision", "bf16"])
+    XCTAssertEqual(f.precision, .bf16)
+    XCTAssertEqual(try f.trainerOptions(worldSize: 1).precision, .bf16)
+    XCTAssertThrowsError(try TrainFlags.parse(base + ["--precision=fp16"])) { e in
+      let message = TrainFlags.message(for: e)
+      XCTAssertTrue(message.contains("fp16") && message.contains("bf16"), message)
+      XCTAssertFalse(message.contains("\n"))
+    }
+    // --allreduce-dtype (and its snake_case), the older --fp16-allreduce, and their contradiction.
+    XCTAssertEqual(try TrainFlags.parse(base).gradientWire, .fp32)
+    XCTAssertEqual(try TrainFlags.parse(base + ["--allreduce_dtype", "bf16"]).gradientWire, .bf16)
+    XCTAssertEqual(try TrainFlags.parse(base + ["--fp16-allreduce"]).gradientWire, .fp16)
+    XCTAssertThrowsError(try TrainFlags.parse(base + ["--fp16-allreduce", "--allreduce-dtype", "bf16"])) { e in
+      XCTAssertEqual(TrainFlags.message(for: e), "--fp16-allreduce contradicts --allreduce-dtype bf16")
+    }
+    XCTAssertThrowsError(try TrainFlags.parse(base + ["--allreduce-dtype", "int8"]))
+    let e = try EvalFlags.parse(["--checkpoint_path", "/c", "--dataset_dir", "/d", "--precision", "bf16"])
+    XCTAssertEqual(e.precision, .bf16)
+    XCTAssertThrowsError(try EvalFlags.parse(["--checkpoint-path", "/c", "--dataset-dir", "/d", "--precision", "int8"]))
+  }
+
   func testEvaluateAndPredictRanges() {
     XCTAssertThrowsError(try EvalFlags.parse(["--checkpoint-path", "/c", "--dataset-dir", "/d", "--batch-size=0"])) { e in
       XCTAssertTrue(EvalFlags.message(for: e).contains("--batch-size 0 is out of range: must be ≥ 1"), EvalFlags.message(for: e))

@@ -18,6 +18,9 @@ final class ReferenceTests: XCTestCase {
   static let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("Reference/mobilenet_v2_035_r64.safetensors").path
   static let tolerance = 1e-4
+  /// bf16 step bounds (testBF16StepWithinStatedBound says why these quantities and values).
+  static let bf16LossBound = 1e-2
+  static let bf16InferenceLogitsBound = 0.3
 
   struct Fixture {
     let file: SafeTensorsFile
@@ -70,7 +73,7 @@ final class ReferenceTests: XCTestCase {
 
   /// max |ours − ref| / max |ref|, asserted below the tolerance; returns it.
   @discardableResult
-  func compare(_ ours: UnsafePointer<Float>, _ ref: [Double], _ what: String,
+  func compare(_ ours: UnsafePointer<Float>, _ ref: [Double], _ what: String, tolerance: Double = tolerance,
                file: StaticString = #filePath, line: UInt = #line) -> Double {
     var maxDiff = 0.0, maxRef = 0.0
     for i in ref.indices {
@@ -79,7 +82,7 @@ final class ReferenceTests: XCTestCase {
     }
     let rel = maxDiff / max(maxRef, 1e-30)
     XCTAssertGreaterThan(maxRef, 0, "\(what): the reference is all zero", file: file, line: line)
-    XCTAssertLessThan(rel, Self.tolerance, "\(what): max |diff| \(maxDiff) over max |ref| \(maxRef)", file: file, line: line)
+    XCTAssertLessThan(rel, tolerance, "\(what): max |diff| \(maxDiff) over max |ref| \(maxRef)", file: file, line: line)
     return rel
   }
 
@@ -89,6 +92,37 @@ final class ReferenceTests: XCTestCase {
     let logits = f.model.forward(batch: f.batch, mode: .inference, rng: &rng)
     let rel = compare(logits, try doubles(f.file, "ref/inference_logits"), "inference logits")
     print("reference: inference logits rel diff \(rel)")
+  }
+
+  /// One bf16 step (bf16 operands for every convolution and the logits GEMM; float32 accumulation,
+  /// batch norm, loss) against the same float64 reference. The bound is looser and on different
+  /// quantities than the fp32 test, for a stated reason: this fixture (slim's random init, batch 4,
+  /// training-mode batch norm) amplifies a relative perturbation of its inputs about a thousandfold
+  /// in the gradients (PyTorch's own float32 run, unit roundoff 6e-8, is off by 8e-5), so at bf16's
+  /// 2^-9 per-tensor gradients are O(1) apart, as they are for the fp32 step with only its weights
+  /// and input rounded to bf16 (MixedPrecisionTests). What bf16 must keep here: the loss within
+  /// 1% (measured 0.46%) and the inference logits within 0.3 of their max (measured 0.15); a wrong
+  /// layout or a missed rounding of a float32 operand read as bf16 bits is off by orders more.
+  func testBF16StepWithinStatedBound() throws {
+    let f = try loadFixture()
+    let m = f.model
+    m.precision = .bf16
+    var rng = RandomState(seed: 0)
+    let inference = m.forward(batch: f.batch, mode: .inference, rng: &rng)
+    let infRel = compare(inference, try doubles(f.file, "ref/inference_logits"), "bf16 inference logits",
+                         tolerance: Self.bf16InferenceLogitsBound)
+    m.zeroGradients()
+    _ = m.forward(batch: f.batch, mode: ForwardMode(batchNormTraining: true, dropout: false), rng: &rng)
+    let loss = Double(m.loss(batch: f.batch, labelSmoothing: f.labelSmoothing).loss)
+    let refLoss = try doubles(f.file, "ref/loss")[0]
+    XCTAssertEqual(loss, refLoss, accuracy: refLoss * Self.bf16LossBound)
+    // The bf16 arithmetic must show: far from float32's 1e-5 on the logits.
+    XCTAssertGreaterThan(infRel, 100 * Self.tolerance, "bf16 inference as exact as float32: operands not rounded?")
+    m.backward(batch: f.batch)
+    for spec in m.trainable.specs {
+      XCTAssertTrue((0..<spec.count).allSatisfy { m.gradients[spec.offset + $0].isFinite }, "\(spec.name): non-finite bf16 gradient")
+    }
+    print("reference (bf16): inference logits rel diff \(infRel), training loss \(loss) vs \(refLoss) (rel \(abs(loss - refLoss) / refLoss))")
   }
 
   func testTrainingStepMatchesPyTorch() throws {

@@ -1,0 +1,20 @@
+// bfloat16 conversions, one definition for the kernels (mixed precision) and the wire (gradients
+// allreduced as bf16). bf16 is the top half of a float32: same exponent, 7 mantissa bits.
+
+/// The bf16 bit pattern nearest to `x` (ties to even, as vcvtneps2bf16 and PyTorch's c10::BFloat16):
+/// NaN stays a quiet NaN, values past the largest bf16 round to ±infinity.
+@inlinable @inline(__always)
+public func bf16Bits(_ x: Float) -> UInt16 {
+  let b = x.bitPattern
+  if x.isNaN { return UInt16(truncatingIfNeeded: (b | 0x0040_0000) >> 16) }
+  let rounded = b &+ 0x7FFF &+ ((b >> 16) & 1)
+  return UInt16(truncatingIfNeeded: rounded >> 16)
+}
+
+/// The float32 value of a bf16 bit pattern (exact).
+@inlinable @inline(__always)
+public func bf16Value(_ bits: UInt16) -> Float { Float(bitPattern: UInt32(bits) << 16) }
+
+/// `x` rounded to the nearest bf16 value, kept as a float32.
+@inlinable @inline(__always)
+public func roundedToBF16(_ x: Float) -> Float { bf16Value(bf16Bits(x)) }
