@@ -58,11 +58,14 @@ public struct ChannelStatistics {
 public struct DepthwiseInputTransform {
   public var scale, shift: UnsafePointer<Float>
   public var relu6: Bool
+  /// Mixed precision: the transformed activation is rounded to bf16 (it is the depthwise's operand).
+  public var roundToBF16: Bool
   public var buffer: UnsafeMutablePointer<Float>
   public var bufferRows: Int
-  public init(scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool,
+  public init(scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool, roundToBF16: Bool = false,
               buffer: UnsafeMutablePointer<Float>, bufferRows: Int) {
-    self.scale = scale; self.shift = shift; self.relu6 = relu6; self.buffer = buffer; self.bufferRows = bufferRows
+    self.scale = scale; self.shift = shift; self.relu6 = relu6; self.roundToBF16 = roundToBF16
+    self.buffer = buffer; self.bufferRows = bufferRows
   }
   public func with(buffer: UnsafeMutablePointer<Float>) -> DepthwiseInputTransform {
     var t = self

@@ -6,6 +6,7 @@
 // computed as a gather (each input pixel sums the taps that read it), so threads never write the
 // same memory; the weight gradient uses per-thread partials reduced at the end.
 
+import Common
 import KernelRows
 
 public struct DepthwiseShape: Equatable, SamePaddedShape {
@@ -31,13 +32,17 @@ extension DepthwiseShape {
 public struct PendingBatchNorm {
   public let scale, shift: UnsafePointer<Float>
   public let relu6: Bool
-  public init(scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool) {
-    self.scale = scale; self.shift = shift; self.relu6 = relu6
+  /// Mixed precision: x is rounded to bf16 after the activation (it is the depthwise's operand;
+  /// rounding z before BN would be amplified by the normalisation).
+  public let roundToBF16: Bool
+  public init(scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool, roundToBF16: Bool = false) {
+    self.scale = scale; self.shift = shift; self.relu6 = relu6; self.roundToBF16 = roundToBF16
   }
   /// x = act(z·scale + shift), one value (the row kernels vectorise the same expression).
   @inline(__always) func apply(_ z: Float, channel c: Int) -> Float {
     let v = z * scale[c] + shift[c]
-    return relu6 ? min(max(v, 0), 6) : v
+    let a = relu6 ? min(max(v, 0), 6) : v
+    return roundToBF16 ? roundedToBF16(a) : a
   }
 }
 
@@ -54,7 +59,7 @@ func transformFloats(_ s: DepthwiseShape, chunks: Int) -> Int { chunks * transfo
 extension PendingBatchNorm {
   func transform(_ s: DepthwiseShape, buffers: UnsafeMutablePointer<Float>, chunk: Int) -> DepthwiseInputTransform {
     let rows = transformRows(s)
-    return DepthwiseInputTransform(scale: scale, shift: shift, relu6: relu6,
+    return DepthwiseInputTransform(scale: scale, shift: shift, relu6: relu6, roundToBF16: roundToBF16,
                                    buffer: buffers + chunk * rows * s.width * s.channels, bufferRows: rows)
   }
 }

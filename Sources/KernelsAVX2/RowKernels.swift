@@ -133,12 +133,15 @@ public enum RowKernels: RowKernelSet {
               // The same expression as batchNormApply: the backward's ReLU6 mask recomputes it from z.
               var v = load16(zi + c) * load16(t.scale + c) + load16(t.shift + c)
               if t.relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
+              if t.roundToBF16 { v = roundedToBF16(v) }
               store16(v, ai + c)
               c += 16
             }
             while c < C {
-              let v = zi[c] * t.scale[c] + t.shift[c]
-              ai[c] = t.relu6 ? min(max(v, 0), 6) : v
+              var v = zi[c] * t.scale[c] + t.shift[c]
+              if t.relu6 { v = min(max(v, 0), 6) }
+              if t.roundToBF16 { v = roundedToBF16(v) }
+              ai[c] = v
               c += 1
             }
           }
@@ -463,4 +466,19 @@ public enum RowKernels: RowKernelSet {
       }
     }
   }
+}
+
+/// Round to nearest even bf16, kept as float32 (the same rounding as Kernels.roundToBF16; finite
+/// values and the usual quiet NaN, which is all an activation can be here).
+@inline(__always)
+private func roundedToBF16(_ v: SIMD16<Float>) -> SIMD16<Float> {
+  let b = unsafeBitCast(v, to: SIMD16<UInt32>.self)
+  let r = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) & 0xFFFF_0000
+  return unsafeBitCast(r, to: SIMD16<Float>.self)
+}
+
+@inline(__always)
+private func roundedToBF16(_ x: Float) -> Float {
+  let b = x.bitPattern
+  return Float(bitPattern: (b &+ 0x7FFF &+ ((b >> 16) & 1)) & 0xFFFF_0000)
 }

@@ -258,9 +258,9 @@ public final class MobileNetV2 {
     let n = act.batch
     let z = act.z[i], a = act.a[i]  // a is nil for expand layers (see forward)
     let training = act.mode.batchNormTraining
-    // bf16: rounded operands (a depthwise reading the expand layer's raw z rounds z, before the
-    // BN + ReLU6 it applies as it reads: that activation is never stored).
-    let xk = kx(x, l.inputCount(batch: n)), weight = kw(l.weight)
+    // bf16: rounded operands. A depthwise reading the expand layer's raw z rounds the activation it
+    // makes from z as it reads (PendingBatchNorm.roundToBF16), never z itself.
+    let xk = input == nil ? kx(x, l.inputCount(batch: n)) : x, weight = kw(l.weight)
     let (shift, sums) = (act.statShift[i], act.statSums[i])
     switch l.op {
     case .conv(let k):
@@ -304,7 +304,8 @@ public final class MobileNetV2 {
 
   /// Layer i's BN + ReLU6 as its consumer applies them to z (layer i's activation is not stored).
   private func pendingBatchNorm(_ i: Int, _ act: Activations) -> PendingBatchNorm {
-    PendingBatchNorm(scale: act.scaleShift[i], shift: act.scaleShift[i] + layers[i].outChannels, relu6: layers[i].relu6)
+    PendingBatchNorm(scale: act.scaleShift[i], shift: act.scaleShift[i] + layers[i].outChannels, relu6: layers[i].relu6,
+                     roundToBF16: precision == .bf16)
   }
 
   /// What the kernel producing layer i's output gradient needs to make that layer's BN backward
@@ -437,7 +438,7 @@ public final class MobileNetV2 {
       }
     case .depthwise(let k):
       Profile.time(.depthwise, backward: true) {
-        depthwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight),
+        depthwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: input == nil ? kx(x, xCount) : x, w: kw(l.weight),
                           depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
                           input: input)
       }

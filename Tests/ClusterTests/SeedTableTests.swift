@@ -79,8 +79,10 @@ final class SeedTableTests: XCTestCase {
                                 "--image-size", "32", "--shards", "2"], timeout: 60)
     XCTAssertEqual(synth.status, 0, synth.output)
     // The fixture's ports are 29500 + rank; the namespace is private, so they are free whatever runs outside.
-    let job = try inPrivateNetwork(bin.appendingPathComponent("launch"), [
-      "--rank-table", seedTablePath, "--log-dir", logs, "--connect-timeout", "120", "--running-timeout", "60", "--grace-period", "2", "--",
+    // TCP between the ranks (MNV2_LOCAL_SOCKETS=0; by default loopback neighbours use Unix-domain
+    // sockets), so that the check below sees the ring's own connections and their addresses.
+    let job = try inPrivateNetwork(URL(fileURLWithPath: "/usr/bin/env"), [
+      "MNV2_LOCAL_SOCKETS=0", bin.appendingPathComponent("launch").path, "--rank-table", seedTablePath, "--log-dir", logs, "--connect-timeout", "120", "--running-timeout", "60", "--grace-period", "2", "--",
       "--dataset-dir", data, "--model-name", "mobilenet_v2_035", "--num-classes", "3", "--image-size", "32", "--batch-size", "4", "--learning-rate", "0.01", "--batch-norm-decay", "0.9",
       "--max-train-steps", "4", "--learning-rate-decay-type", "fixed", "--train-dir", dir.appendingPathComponent("train").path,
       "--log-every-n-steps", "1", "--decode-threads", "1"])
