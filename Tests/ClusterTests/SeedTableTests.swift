@@ -1,15 +1,15 @@
-// The seed's own rank table, byte for byte (Tests/ClusterTests/Fixtures/seed-8p.json: device_ip
-// 192.168.100.101…108, server_id 127.0.0.1). Its device addresses are not this host's, so every
-// device is simulated on 127.0.0.1. Every test that reads it runs the job inside a private network
-// namespace (`unshare --net`, only `lo` up): even a bug could not send a packet off the machine.
-// The test also reads the workers' sockets (/proc/<pid>/net/tcp, udp) while the job runs and fails
-// on any non-loopback address.
+// The seed's own rank table (Tests/ClusterTests/Fixtures/seed-8p.json: server_id 127.0.0.1, device
+// addresses that are an Ascend server's NPUs, not this host's), so every device is simulated on
+// 127.0.0.1. Every test that reads it runs, whole, inside a private network namespace
+// (`unshare --net`, only `lo` up: the test binary re-executes itself there for that one test), so
+// even a bug could not send a packet off the machine. The training test also reads the workers'
+// sockets (/proc/<pid>/net/tcp, udp) while the job runs and fails on any non-loopback address.
 
 import Cluster
 import Foundation
 import XCTest
 
-/// The fixture, verbatim (never shipped in rank_table/).
+/// The fixture (never shipped in rank_table/).
 let seedTablePath = repositoryRoot.appendingPathComponent("Tests/ClusterTests/Fixtures/seed-8p.json").path
 
 /// `argv` run inside a fresh network namespace with only the loopback interface up. Fails the
@@ -27,6 +27,35 @@ func inPrivateNetwork(_ executable: URL, _ arguments: [String], file: StaticStri
     throw CocoaError(.featureUnsupported)
   }
   return try Child(unshare, ["--net", "--", "/bin/sh", "-c", #"PATH=$PATH:/usr/sbin:/sbin; ip link set lo up && exec "$0" "$@""#, executable.path] + arguments)
+}
+
+/// Set (to the outer test's network namespace) in a test process re-executed inside a private one.
+let privateNetworkMarker = "MNV2_TEST_PRIVATE_NETWORK"
+
+/// Every test that reads the seed fixture starts with `guard try runsInPrivateNetwork(#function)
+/// else { return }`. Outside a private namespace this re-executes this test binary for that one test
+/// under `unshare --net` (only `lo` up), asserts that it passed, and returns false. Inside it checks
+/// that `lo` is the only interface and returns true: the body runs there.
+func runsInPrivateNetwork(_ test: String, file: StaticString = #filePath, line: UInt = #line) throws -> Bool {
+  if ProcessInfo.processInfo.environment[privateNetworkMarker] != nil {
+    let dev = try String(contentsOfFile: "/proc/net/dev", encoding: .utf8)
+    let interfaces = dev.split(separator: "\n").dropFirst(2).compactMap { $0.split(separator: ":").first?.trimmingCharacters(in: .whitespaces) }
+    guard interfaces == ["lo"] else {
+      XCTFail("expected a private network namespace with only lo, found \(interfaces)", file: file, line: line)
+      throw CocoaError(.featureUnsupported)
+    }
+    return true
+  }
+  let ours = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")) ?? "?"
+  let binary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+  let name = "ClusterTests.SeedTableTests/" + test.replacingOccurrences(of: "()", with: "")
+  let child = try inPrivateNetwork(URL(fileURLWithPath: "/usr/bin/env"), ["\(privateNetworkMarker)=\(ours)", binary, name],
+                                   file: file, line: line)
+  let r = child.wait(timeout: 900)
+  XCTAssertEqual(r.status, 0, "\(name) inside the private network namespace:\n\(r.output)", file: file, line: line)
+  XCTAssertTrue(r.output.contains("Executed 1 test, with 0 failures"), "\(name) did not run inside the namespace:\n\(r.output)",
+                file: file, line: line)
+  return false
 }
 
 /// One socket of /proc/<pid>/net/{tcp,udp}: IPv4 address:port, the address as a dotted quad.
@@ -48,28 +77,27 @@ func socketEntries(_ text: String, proto: String) -> [SocketEntry] {
 }
 
 final class SeedTableTests: XCTestCase {
-  func testSeedTableIsTheSeedsVerbatimAndParses() throws {
-    let text = try String(contentsOfFile: seedTablePath, encoding: .utf8)
-    XCTAssertTrue(text.contains(#""device_ip": "192.168.100.101""#) && text.contains(#""server_id": "127.0.0.1""#))
+  func testSeedTableParsesAndEveryDeviceIsSimulated() throws {
+    guard try runsInPrivateNetwork(#function) else { return }
     let t = try RankTable.load(path: seedTablePath)
     XCTAssertEqual(t.worldSize, 8)
-    XCTAssertEqual(t.devices.map(\.deviceIP), (1...8).map { "192.168.100.\(100 + $0)" })
+    XCTAssertEqual(t.serverIDs, ["127.0.0.1"])
+    XCTAssertTrue(t.devices.allSatisfy { !LocalAddress.isLoopback($0.deviceIP) }, "the fixture's device_ips are the NPUs', not loopback")
     // Placement reads the interface list only: with just loopback, every device is simulated on its server.
     let placed = try t.placed(interfaces: ["127.0.0.1"])
     XCTAssertEqual(placed.devices.map(\.address), Array(repeating: "127.0.0.1", count: 8))
     XCTAssertEqual(placed.devices.map(\.port), (0..<8).map { RankTable.defaultBasePort + $0 })
     XCTAssertTrue(placed.devices.allSatisfy(\.simulated))
-    XCTAssertEqual(placed.simulationNotes().first, "device_ip 192.168.100.101 is not on this host: rank 0 simulated on 127.0.0.1:29500")
+    XCTAssertEqual(placed.simulationNotes().first, "device_ip \(t.devices[0].deviceIP) is not on this host: rank 0 simulated on 127.0.0.1:29500")
     XCTAssertEqual(try Launcher.selectServer(table: placed, requested: nil, interfaces: ["127.0.0.1"]), "127.0.0.1")
-    // On a host that has 192.168.100.103 (an Ascend server's NIC), that device binds there.
-    let real = try t.placed(interfaces: ["127.0.0.1", "192.168.100.103"])
-    XCTAssertEqual(real.devices[2].address, "192.168.100.103")
-    XCTAssertFalse(real.devices[2].simulated)
   }
 
   /// The done-when of issue 11: the seed's 8p.json trains through launch with 8 simulated devices
   /// on 127.0.0.1, inside a private network namespace, and no socket of the job leaves loopback.
   func testSeedTableTrainsInAPrivateNetworkNamespaceOnLoopbackOnly() throws {
+    guard try runsInPrivateNetwork(#function) else { return }
+    let outer = ProcessInfo.processInfo.environment[privateNetworkMarker] ?? "?"
+    let table = try RankTable.load(path: seedTablePath)
     let bin = try productsDirectory()
     let dir = try temporaryDirectory("seed8p")
     defer { try? FileManager.default.removeItem(at: dir) }
@@ -81,7 +109,7 @@ final class SeedTableTests: XCTestCase {
     // The fixture's ports are 29500 + rank; the namespace is private, so they are free whatever runs outside.
     // TCP between the ranks (MNV2_LOCAL_SOCKETS=0; by default loopback neighbours use Unix-domain
     // sockets), so that the check below sees the ring's own connections and their addresses.
-    let job = try inPrivateNetwork(URL(fileURLWithPath: "/usr/bin/env"), [
+    let job = try Child(URL(fileURLWithPath: "/usr/bin/env"), [
       "MNV2_LOCAL_SOCKETS=0", bin.appendingPathComponent("launch").path, "--rank-table", seedTablePath, "--log-dir", logs, "--connect-timeout", "120", "--running-timeout", "60", "--grace-period", "2", "--",
       "--dataset-dir", data, "--model-name", "mobilenet_v2_035", "--num-classes", "3", "--image-size", "32", "--batch-size", "4", "--learning-rate", "0.01", "--batch-norm-decay", "0.9",
       "--max-train-steps", "4", "--learning-rate-decay-type", "fixed", "--train-dir", dir.appendingPathComponent("train").path,
@@ -105,12 +133,13 @@ final class SeedTableTests: XCTestCase {
     let r = job.wait(timeout: 600)
     XCTAssertEqual(r.status, 0, r.output)
     for rank in 0..<8 {
-      XCTAssertTrue(r.output.contains("launch: device_ip 192.168.100.\(101 + rank) is not on this host: rank \(rank) simulated on 127.0.0.1:\(29500 + rank)"),
+      XCTAssertTrue(r.output.contains("launch: device_ip \(table.devices[rank].deviceIP) is not on this host: rank \(rank) simulated on 127.0.0.1:\(29500 + rank)"),
                     r.output)
     }
     XCTAssertTrue(r.output.contains("weights identical on all 8 ranks"), r.output)
     XCTAssertFalse(namespaces.isEmpty, "no worker was seen running")
-    XCTAssertFalse(namespaces.contains(ours), "the workers ran in the test's own network namespace")
+    XCTAssertEqual(namespaces, [ours], "the workers ran outside this test's private network namespace")
+    XCTAssertNotEqual(ours, outer, "the test ran in the namespace it was started from")
     XCTAssertGreaterThan(sockets.filter { $0.proto == "tcp" }.count, 8, "the ring's connections were never seen: \(sockets)")
     for s in sockets {
       XCTAssertTrue(s.local.hasPrefix("127."), "a socket bound off loopback: \(s)")
