@@ -41,7 +41,7 @@ public enum AcceptLog {
 
   /// Called by accept4 with each accepted descriptor.
   static func accepted(_ fd: Int32) {
-    guard anyWatched.load(ordering: .sequentiallyConsistent) > 0, let port = localPort(fd: fd) else { return }
+    guard anyWatched.load(ordering: .sequentiallyConsistent) > 0, let port = ipv4Name(fd: fd, peer: false)?.port else { return }
     guard state.withLock({ $0.watched[port] != nil }) else { return }
     let address = peerAddress(fd: fd) ?? ""  // the peer may have reset already; then it is unknown
     state.withLock {
@@ -56,18 +56,6 @@ public enum AcceptLog {
     state.withLock {
       guard let i = $0.records.firstIndex(where: { $0.fd == fd && $0.port == port }) else { return nil }
       return $0.records.remove(at: i).address
-    }
-  }
-
-  private static func localPort(fd: Int32) -> UInt16? {
-    var storage = sockaddr_storage()
-    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-    let ok = withUnsafeMutablePointer(to: &storage) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) == 0 }
-    }
-    guard ok, storage.ss_family == sa_family_t(AF_INET) else { return nil }
-    return withUnsafePointer(to: &storage) {
-      $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
     }
   }
 }

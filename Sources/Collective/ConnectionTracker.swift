@@ -165,14 +165,19 @@ public struct RateLimitedLog {
 
 /// "address:port" of the peer of a connected TCP socket; nil once it is closed.
 func peerAddress(fd: Int32) -> String? {
+  ipv4Name(fd: fd, peer: true).map { formatAddress($0.address, port: $0.port) }
+}
+
+/// The IPv4 address and port of a socket's peer (getpeername) or its own end (getsockname).
+func ipv4Name(fd: Int32, peer: Bool) -> (address: in_addr, port: UInt16)? {
   var storage = sockaddr_storage()
   var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
   let ok = withUnsafeMutablePointer(to: &storage) {
-    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) == 0 }
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { (peer ? getpeername(fd, $0, &length) : getsockname(fd, $0, &length)) == 0 }
   }
   guard ok, storage.ss_family == sa_family_t(AF_INET) else { return nil }
   return withUnsafePointer(to: &storage) {
-    $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { formatAddress($0.pointee.sin_addr, port: UInt16(bigEndian: $0.pointee.sin_port)) }
+    $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { ($0.pointee.sin_addr, UInt16(bigEndian: $0.pointee.sin_port)) }
   }
 }
 
