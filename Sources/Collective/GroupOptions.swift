@@ -8,6 +8,7 @@ public struct GroupOptions: Sendable {
   public static let defaultRunningTimeout = 120.0
   public static let defaultSegmentBytes = 1 << 20
   public static let defaultMaxSegmentBytes = 4 << 20
+  public static let defaultPeerMemoryMinBytes = 1 << 20
   /// Seconds without any ZMTP traffic (pings are answered by libzmq's I/O thread, not the
   /// training loop) after which a connection is dropped: a stopped or vanished peer is named
   /// within this time (issue 11: ≤ 15 s). Half the running timeout when that is shorter.
@@ -36,6 +37,13 @@ public struct GroupOptions: Sendable {
   /// where the kernel's TCP path was three quarters of an 8-rank allreduce. Off (MNV2_LOCAL_SOCKETS=0)
   /// for ranks that share a network namespace but not /tmp (containers of one pod).
   public var localSockets = true
+  /// Neighbours that can read each other's memory (one host, one PID namespace, same user, ptrace
+  /// allowed: probed when the ring forms) move allreduce segments by process_vm_readv instead of
+  /// the socket: one copy per byte instead of two or three (PeerMemory.swift).
+  public var peerMemory = true
+  /// Smallest allreduce (bytes) that reads directly: below it the end-of-op token pass (n−1 hops)
+  /// costs more than the copies save. Tests use 0 to exercise the path with a few bytes.
+  public var peerMemoryMinBytes = GroupOptions.defaultPeerMemoryMinBytes
   /// How ranks authenticate each other (see SecurityMode).
   public var security: SecurityMode = .curve
   /// Log every socket-monitor event (debugging liveness; the contract's MNV2_DEBUG_EVENTS).

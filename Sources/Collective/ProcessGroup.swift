@@ -79,13 +79,15 @@ public final class ProcessGroup: @unchecked Sendable {
   public static func join(transport: RingTransport, jobID: String, address: String = "",
                           modelSignature: ModelSignature, options: GroupOptions) throws -> ProcessGroup {
     let ring = Ring(transport: transport, minSegmentElements: max(1, options.segmentBytes / MemoryLayout<Float>.stride),
-                    maxSegmentElements: max(1, options.maxSegmentBytes / MemoryLayout<Float>.stride))
+                    maxSegmentElements: max(1, options.maxSegmentBytes / MemoryLayout<Float>.stride),
+                    peer: PeerMemory(minBytes: options.peerMemoryMinBytes))
     let group = ProcessGroup(rank: transport.rank, size: transport.size, ring: ring, runningTimeout: options.runningTimeout)
     transport.setTimeout(options.connectTimeout, phase: "the handshake")
     let hello = Hello(jobID: jobID, worldSize: transport.size, rank: transport.rank,
                       address: address.isEmpty ? "in-process" : address,
                       signature: modelSignature.map(\.name), counts: modelSignature.map(\.count))
     try group.run(.hello) { tag in try Handshake.run(ring, hello: hello, tag: { _ in tag }) }
+    if options.peerMemory { try group.run(.hello) { tag in try ring.probePeerMemory(tag: tag) } }
     transport.setTimeout(options.runningTimeout, phase: "a collective")
     return group
   }
@@ -178,4 +180,7 @@ public final class ProcessGroup: @unchecked Sendable {
 extension ProcessGroup {
   /// Connections this rank refused because they lacked the job secret (0 for in-process groups).
   public var refusedConnections: Int { (ring?.transport as? ZMQTransport)?.refusedConnections ?? 0 }
+  /// True when some edge of the ring reads allreduce segments straight from the sending rank's
+  /// memory (PeerMemory.swift); the same on every rank.
+  public var readsPeerMemory: Bool { ring?.peer.anyEdge ?? false }
 }

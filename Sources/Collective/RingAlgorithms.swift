@@ -15,6 +15,8 @@ struct Ring {
   /// Smallest and largest elements per message (see `segmentLength(count:)`).
   let minSegmentElements: Int
   let maxSegmentElements: Int
+  /// Which edges read segments straight from the sender's memory (PeerMemory.swift).
+  let peer: PeerMemory
   /// Segments per chunk the ring aims for: enough to keep both neighbours busy while a segment
   /// is summed, few enough that per-message costs (syscalls, allocation) stay small.
   static let segmentsPerChunk = 32
@@ -76,27 +78,53 @@ struct Ring {
     let n = size, r = rank
     if n == 1 { finalize(p, count: count, scale: scale, wire: .float32); return }  // no wire, no rounding
     let bpe = wire.bytesPerElement(for: T.self)
+    let stride = MemoryLayout<T>.stride
     let length = segmentLength(count: count)
+    // Direct reads (PeerMemory.swift) for native elements from peer.minBytes up, on the edges the
+    // probe found readable; the same decision on every rank (count, wire and the gathered verdicts).
+    let direct = (wire == .float32 || T.self != Float.self) && peer.anyEdge && count * stride >= peer.minBytes
+    let sendsDescriptors = direct && peer.rightReads
+    let readPID = direct ? peer.leftPID : nil
+    func send(_ seg: Range<Int>) throws {
+      if sendsDescriptors {
+        try sendDescriptor(of: UnsafeRawBufferPointer(start: p + seg.lowerBound, count: seg.count * stride), tag: tag)
+      } else {
+        try sendSegment(p, seg, wire: wire, tag: tag)
+      }
+    }
     // Step 0 of reduce-scatter: our own chunk r, as it is.
-    try forEachSegment(chunk(r, of: count), length: length) { try sendSegment(p, $0, wire: wire, tag: tag) }
+    try forEachSegment(chunk(r, of: count), length: length) { try send($0) }
     for s in 0..<(n - 1) {
       try forEachSegment(chunk(r - s - 1, of: count), length: length) { seg in
-        try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
-          accumulate(p + seg.lowerBound, count: seg.count, wire: wire, from: src)
+        if let pid = readPID {
+          try receiveDirect(bytes: seg.count * bpe, tag: tag, pid: pid, into: nil) { offset, src, bytes in
+            accumulate(p + seg.lowerBound + offset / stride, count: bytes / stride, wire: wire, from: src)
+          }
+        } else {
+          try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
+            accumulate(p + seg.lowerBound, count: seg.count, wire: wire, from: src)
+          }
         }
         if s == n - 2 { finalize(p + seg.lowerBound, count: seg.count, scale: scale, wire: wire) }
         // Reduce-scatter step s+1, or (after the last step) all-gather step 0.
-        try sendSegment(p, seg, wire: wire, tag: tag)
+        try send(seg)
       }
     }
     for s in 0..<(n - 1) {
       try forEachSegment(chunk(r - s, of: count), length: length) { seg in
-        try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
-          decode(p + seg.lowerBound, count: seg.count, wire: wire, from: src)
+        if let pid = readPID {
+          try receiveDirect(bytes: seg.count * bpe, tag: tag, pid: pid, into: UnsafeMutableRawPointer(p + seg.lowerBound)) { _, _, _ in }
+        } else {
+          try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
+            decode(p + seg.lowerBound, count: seg.count, wire: wire, from: src)
+          }
         }
-        if s < n - 2 { try sendSegment(p, seg, wire: wire, tag: tag) }
+        if s < n - 2 { try send(seg) }
       }
     }
+    // The next rank may still be reading our all-gather segments: its token, n−1 hops on, says it
+    // is done (PeerMemory.swift).
+    if direct { _ = try allgather([], tag: tag) }
     try transport.flush()
   }
 

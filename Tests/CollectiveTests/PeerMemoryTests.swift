@@ -1,0 +1,121 @@
+// Direct reads of the neighbour's buffer (PeerMemory.swift). Ranks are threads of this process,
+// which can always read its own memory, so the probe enables the path; each result is compared
+// bit for bit with the same allreduce over the socket path (same order of additions) and with a
+// naive sum.
+
+import Collective
+import CollectiveCheck
+import XCTest
+
+final class PeerMemoryTests: XCTestCase {
+  /// In-process groups that read directly from the first byte (or never).
+  func groups(_ n: Int, direct: Bool, segmentBytes: Int, maxSegmentBytes: Int) -> (InProcessFabric, GroupOptions) {
+    var (fabric, options) = inProcessGroups(n, segmentBytes: segmentBytes, maxSegmentBytes: maxSegmentBytes)
+    options.peerMemory = direct
+    options.peerMemoryMinBytes = 0
+    return (fabric, options)
+  }
+
+  /// Element i of rank r: distinct, not integers, so a wrong order of additions shows in the bits.
+  static func value(_ r: Int, _ i: Int) -> Float { Float(sin(Double(i) * 0.37 + Double(r) * 1.3)) * 0.25 }
+
+  func averages(n: Int, count: Int, direct: Bool, segmentBytes: Int, maxSegmentBytes: Int) -> ([Error?], [[Float]], [Bool]) {
+    let (fabric, options) = groups(n, direct: direct, segmentBytes: segmentBytes, maxSegmentBytes: maxSegmentBytes)
+    let outputs = OutputBox(n)
+    let reads = OutputBox(n)
+    let errors = runRanks(n) { r in
+      let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+      reads.set(r, [g.readsPeerMemory ? 1 : 0])
+      var buf = (0..<count).map { Self.value(r, $0) }
+      try g.allreduceAverage(&buf, count: count)
+      try g.allreduceSum(&buf, count: count)  // a second op on the same buffer: the token pass left it alone
+      outputs.set(r, buf)
+    }
+    return (errors, outputs.all, reads.all.map { $0 == [1] })
+  }
+
+  func testDirectReadsGiveTheSocketPathsBitsOnEveryRank() {
+    // (count, smallest, largest segment bytes): tiny segments; segments (1 MiB) of several
+    // scratch pieces (256 KiB) with a remainder; counts not divisible by the ranks.
+    let cases = [(1, 4, 4), (7, 8, 8), (1000, 16, 400), (70_001, 4096, 65536), (600_001, 1 << 20, 1 << 20)]
+    for n in [2, 3, 8] {
+      for (count, minSegment, maxSegment) in cases {
+        let (directErrors, direct, directFlags) = averages(n: n, count: count, direct: true, segmentBytes: minSegment, maxSegmentBytes: maxSegment)
+        let (socketErrors, socket, socketFlags) = averages(n: n, count: count, direct: false, segmentBytes: minSegment, maxSegmentBytes: maxSegment)
+        let label = "n=\(n) count=\(count)"
+        XCTAssertEqual((directErrors + socketErrors).compactMap { $0 }.map(message), [String](), label)
+        XCTAssertEqual(directFlags, [Bool](repeating: true, count: n), "\(label): the probe did not enable direct reads")
+        XCTAssertEqual(socketFlags, [Bool](repeating: false, count: n), label)
+        guard direct.count == n, socket.count == n, direct[0].count == count else { XCTFail(label); continue }
+        for r in 0..<n {
+          XCTAssertTrue(direct[r] == socket[0], "\(label): rank \(r) over direct reads differs from the socket path")
+        }
+        // Naive reference: mean over ranks, then times n (the second op sums the identical means).
+        var worst: Float = 0
+        for i in 0..<count {
+          let mean = (0..<n).map { Self.value($0, i) }.reduce(0, +) / Float(n)
+          worst = max(worst, abs(direct[0][i] - mean * Float(n)))
+        }
+        XCTAssertLessThan(worst, 1e-5, label)
+      }
+    }
+  }
+
+  /// Doubles (8-byte elements, the metrics path) over direct reads stay exact for integers.
+  func testDoubleSumOverDirectReadsIsExact() {
+    let n = 5, count = 100_003
+    let (fabric, options) = groups(n, direct: true, segmentBytes: 4096, maxSegmentBytes: 1 << 20)
+    let wrong = ResultBox(n)
+    let errors = runRanks(n) { r in
+      let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+      var buf = (0..<count).map { Double(r) * 1e9 + Double($0) }
+      try g.allreduceSum(&buf, count: count)
+      if let i = (0..<count).first(where: { buf[$0] != 10e9 + Double(n * $0) }) {
+        wrong.set(r, CollectiveSelfTest.Failure(description: "rank \(r): [\(i)] = \(buf[i])"))
+      }
+    }
+    XCTAssertEqual((errors + wrong.all).compactMap { $0 }.map(message), [String]())
+  }
+
+  /// Ranks that pass different counts get an error naming the cause, never a sum of descriptors.
+  func testDifferentCountsFailOverDirectReads() {
+    let n = 3
+    let (fabric, options) = groups(n, direct: true, segmentBytes: 64, maxSegmentBytes: 4096)
+    let errors = runRanks(n) { r in
+      let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: options)
+      var buf = [Float](repeating: 1, count: r == 1 ? 3000 : 2000)
+      try g.allreduceSum(&buf, count: buf.count)
+    }
+    for (r, e) in errors.enumerated() { XCTAssertNotNil(e, "rank \(r) should fail") }
+    XCTAssertTrue(errors.contains { message($0).contains("different buffer sizes") }, errors.map(message).joined(separator: "; "))
+  }
+
+  /// Below peerMemoryMinBytes the socket carries the bytes: observed as the payload sizes rank 0
+  /// sends (descriptors are 24 bytes whatever the segment).
+  func testSmallAllreducesUseTheSocketAndLargeOnesDescriptors() {
+    let n = 2
+    let (fabric, socketOptions) = inProcessGroups(n, segmentBytes: 400, maxSegmentBytes: 400)
+    let options: GroupOptions = { var o = socketOptions; o.peerMemoryMinBytes = 40_000; return o }()
+    let payloads = PayloadLog()
+    let reads = OutputBox(n)
+    let errors = runRanks(n) { r in
+      let inner = fabric.transport(rank: r)
+      let transport: RingTransport = r == 0 ? RecordingTransport(inner, log: payloads) : inner
+      let g = try ProcessGroup.join(transport: transport, jobID: "t", modelSignature: testSignature, options: options)
+      reads.set(r, [g.readsPeerMemory ? 1 : 0])
+      for count in [9_999, 10_000] {  // 39,996 bytes: socket; 40,000: direct
+        if r == 0 { try g.barrier(); payloads.reset() }
+        else { try g.barrier() }
+        var buf = [Float](repeating: Float(r + 1), count: count)
+        try g.allreduceSum(&buf, count: count)
+        if r == 0 { reads.set(0, reads.all[0] + [Float(payloads.sizes.max() ?? -1)]) }
+        if buf.contains(where: { $0 != 3 }) { throw CollectiveSelfTest.Failure(description: "count \(count): wrong sum") }
+        try g.barrier()
+      }
+    }
+    XCTAssertEqual(errors.compactMap { $0 }.map(message), [String]())
+    XCTAssertEqual(reads.all[1], [1])
+    // Rank 0: the probe verdict, then the largest payload it sent in each op (token payloads are empty).
+    XCTAssertEqual(reads.all[0], [1, 400, 24])
+  }
+}
