@@ -158,11 +158,10 @@ extension Ring {
       let n = min(piece, bytes - offset)
       let dst = place.map { $0 + offset } ?? peer.scratchPiece
       if let code = PeerMemory.read(pid: pid, address: d.address + UInt64(offset), bytes: n, into: dst) {
-        let left = transport.describe(rank: (rank + size - 1) % size)
-        if code == ESRCH {
-          throw CollectiveError.peerLost(peer: left, detail: "its process is gone (reading its buffer directly)")
-        }
-        throw CollectiveError.transport("cannot read the buffer of \(left) directly: \(String(cString: strerror(code)))")
+        // The previous rank handed us this address, so an unreadable one means its process or
+        // buffer is gone (it failed or exited): a peer failure, not this rank's.
+        throw CollectiveError.peerLost(peer: transport.describe(rank: (rank + size - 1) % size),
+                                       detail: "its buffer could not be read (\(String(cString: strerror(code)))): it failed or exited")
       }
       body(offset, UnsafeRawPointer(dst), n)
       offset += n

@@ -119,3 +119,47 @@ final class PeerMemoryTests: XCTestCase {
     XCTAssertEqual(reads.all[0], [1, 400, 24])
   }
 }
+
+/// Rank 0's transport, rewriting the address in every direct-read descriptor it sends to one that
+/// is not mapped: what its right neighbour sees when rank 0's buffer is gone.
+final class UnmappedDescriptorTransport: RingTransport {
+  let inner: RingTransport
+  init(_ inner: RingTransport) { self.inner = inner }
+  var rank: Int { inner.rank }
+  var size: Int { inner.size }
+  func describe(rank: Int) -> String { inner.describe(rank: rank) }
+  func send(tag: UInt32, byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws {
+    var bytes = [UInt8](repeating: 0, count: byteCount)
+    bytes.withUnsafeMutableBytes { fill($0) }
+    // A descriptor: 24 bytes, the magic "MN2PEERR" first; the address (bytes 8..<16) becomes 16.
+    if byteCount == 24 && bytes[0..<8].elementsEqual("MN2PEERR".utf8) {
+      bytes.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(16).littleEndian, toByteOffset: 8, as: UInt64.self) }
+    }
+    try inner.send(tag: tag, byteCount: byteCount) { $0.copyBytes(from: bytes) }
+  }
+  func send(tag: UInt32, referencing bytes: UnsafeRawBufferPointer) throws { try inner.send(tag: tag, referencing: bytes) }
+  func flush() throws { try inner.flush() }
+  func receive(tag: UInt32, _ consume: (UnsafeRawBufferPointer) throws -> Void) throws { try inner.receive(tag: tag, consume) }
+  func setTimeout(_ seconds: Double, phase: String) { inner.setTimeout(seconds, phase: phase) }
+  func abort(_ reason: String) { inner.abort(reason) }
+  func close() { inner.close() }
+}
+
+extension PeerMemoryTests {
+  /// A descriptor whose memory cannot be read fails the reader as a peer failure naming the
+  /// previous rank (launch then blames that rank), and the ring aborts instead of hanging.
+  func testUnreadableBufferIsAPeerFailureOfThePreviousRank() {
+    let n = 3
+    let (fabric, options) = groups(n, direct: true, segmentBytes: 256, maxSegmentBytes: 4096)
+    let errors = runRanks(n) { r in
+      let inner = fabric.transport(rank: r)
+      let g = try ProcessGroup.join(transport: r == 0 ? UnmappedDescriptorTransport(inner) : inner, jobID: "t",
+                                    modelSignature: testSignature, options: options)
+      var buf = [Float](repeating: 1, count: 10_000)
+      try g.allreduceSum(&buf, count: buf.count)
+    }
+    for (r, e) in errors.enumerated() { XCTAssertNotNil(e, "rank \(r) should fail") }
+    XCTAssertTrue(message(errors[1]).contains("lost connection to rank 0") && message(errors[1]).contains("could not be read"), message(errors[1]))
+    XCTAssertEqual((errors[1] as? CollectiveError)?.isCausedByPeer, true)
+  }
+}
