@@ -39,6 +39,9 @@ public enum ContractKey: String, CaseIterable, Sendable {
   case security = "MNV2_SECURITY"
   /// 0 keeps loopback neighbours on TCP instead of a Unix-domain socket (GroupOptions.localSockets).
   case localSockets = "MNV2_LOCAL_SOCKETS"
+  /// 0 keeps allreduce segments on the socket instead of direct reads of a same-host neighbour's
+  /// memory (GroupOptions.peerMemory).
+  case peerMemory = "MNV2_PEER_MEMORY"
   /// Set (any value) to log every socket-monitor event of the ring (debugging liveness).
   case debugEvents = "MNV2_DEBUG_EVENTS"
   /// Observability (issue 13): where this rank writes its timeline (launch --timeline merges the

@@ -66,6 +66,10 @@ public struct WorkerContext: Sendable {
       guard s == "0" || s == "1" else { throw RankTableError("\(ContractKey.localSockets.rawValue)=\(s): expected 0 or 1") }
       options.localSockets = s == "1"
     }
+    if let s = value(.peerMemory) {
+      guard s == "0" || s == "1" else { throw RankTableError("\(ContractKey.peerMemory.rawValue)=\(s): expected 0 or 1") }
+      options.peerMemory = s == "1"
+    }
     if let s = value(.security) {
       guard let mode = SecurityMode(rawValue: s) else {
         throw RankTableError("\(ContractKey.security.rawValue)=\(s): expected one of \(SecurityMode.allCases.map(\.rawValue))")

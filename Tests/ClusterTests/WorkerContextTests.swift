@@ -62,6 +62,15 @@ final class WorkerContextTests: XCTestCase {
     XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: tcpOnly)) {
       XCTAssertTrue("\($0)".contains("MNV2_LOCAL_SOCKETS=off: expected 0 or 1"), "\($0)")
     }
+    // Direct reads of a same-host neighbour's memory: on unless MNV2_PEER_MEMORY=0.
+    XCTAssertTrue(ctx.groupOptions.peerMemory)
+    var socketOnly = env
+    socketOnly["MNV2_PEER_MEMORY"] = "0"
+    XCTAssertFalse(try WorkerContext.fromEnvironment(environment: socketOnly).groupOptions.peerMemory)
+    socketOnly["MNV2_PEER_MEMORY"] = "no"
+    XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: socketOnly)) {
+      XCTAssertTrue("\($0)".contains("MNV2_PEER_MEMORY=no: expected 0 or 1"), "\($0)")
+    }
   }
 
   /// Observability (issue 13): launch --timeline's per-rank file and step count.
