@@ -1,0 +1,141 @@
+// The bf16 GEMM on the generated microkernels: C[M, N] (+)= A[M, K] · B, A in bf16 rows, B packed once
+// into 64-column panels of the pair-interleaved layout the microkernel reads (BF16Microkernel.swift),
+// fp32 accumulation and results. Products of two bf16 values are exact in fp32, so the result equals
+// the float32 GEMM of the bf16-rounded operands up to the order of the fp32 sums.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Common
+
+/// Whether this CPU runs the generated code: vdpbf16ps is AVX512_BF16 on EVEX (AVX512F), and the
+/// opmask tail needs AVX512F/BW/VL as the rest of the AVX-512 kernels do (Kernels/ISA.swift).
+public enum BF16JIT {
+  public static let requiredFlags = ["avx512_bf16", "avx512f", "avx512bw", "avx512vl"]
+
+  /// The flags line of /proc/cpuinfo contains every required flag (false on other systems).
+  public static let isAvailable: Bool = {
+    #if arch(x86_64) && os(Linux)
+    guard let fd = fopen("/proc/cpuinfo", "r") else { return false }
+    defer { fclose(fd) }
+    var line: UnsafeMutablePointer<CChar>? = nil
+    var capacity = 0
+    defer { free(line) }
+    while getline(&line, &capacity, fd) > 0 {
+      let text = String(cString: line!)
+      guard text.hasPrefix("flags") else { continue }
+      let flags = Set(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init))
+      return requiredFlags.allSatisfy(flags.contains)
+    }
+    return false
+    #else
+    return false
+    #endif
+  }()
+}
+
+/// B for `bf16Gemm`: K×N bf16 in panels of `panelColumns` columns (the last one narrower, padded to a
+/// multiple of 16 with zeros); each panel is [K/2][width][2]: k-pair major, then column, then the pair.
+/// An odd K gets a zero row K.
+public final class BF16PackedMatrix {
+  public static let panelColumns = 16 * BF16Microkernel.maxVectors
+  public let k, n, kPairs: Int
+  public let storage: UnsafeMutablePointer<UInt16>
+  let count: Int
+
+  public init(k: Int, n: Int) {
+    precondition(k >= 0 && n >= 0, "\(k)×\(n)")
+    self.k = k
+    self.n = n
+    kPairs = (k + 1) / 2
+    count = max(1, kPairs * 2 * ((n + 15) / 16 * 16))
+    let raw = UnsafeMutableRawPointer.allocate(byteCount: count * 2, alignment: 64)
+    storage = raw.bindMemory(to: UInt16.self, capacity: count)
+    storage.initialize(repeating: 0, count: count)
+  }
+  deinit { UnsafeMutableRawPointer(storage).deallocate() }
+
+  var panelCount: Int { (n + Self.panelColumns - 1) / Self.panelColumns }
+  /// Columns of panel p as stored (a multiple of 16).
+  func panelWidth(_ p: Int) -> Int { min(Self.panelColumns, (n - p * Self.panelColumns + 15) / 16 * 16) }
+  func panel(_ p: Int) -> UnsafeMutablePointer<UInt16> { storage + kPairs * 2 * Self.panelColumns * p }
+
+  /// Index in `storage` of element (row kk, column j).
+  @inline(__always) func index(_ kk: Int, _ j: Int) -> Int {
+    let p = j / Self.panelColumns
+    return kPairs * 2 * Self.panelColumns * p + (kk >> 1) * panelWidth(p) * 2 + (j - p * Self.panelColumns) * 2 + (kk & 1)
+  }
+
+  /// The float32 value of element (kk, j) (exact).
+  public func value(_ kk: Int, _ j: Int) -> Float { bf16Value(storage[index(kk, j)]) }
+}
+
+/// Packs src into `dst` rounded to bf16 (nearest even): src is row-major [K, N] (`transposed` false) or
+/// [N, K] read transposed (B = srcᵀ: the weight of a GEMM by wᵀ).
+public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, transposed: Bool) {
+  let (k, n) = (dst.k, dst.n)
+  for p in 0..<dst.panelCount {
+    let width = dst.panelWidth(p), j0 = p * BF16PackedMatrix.panelColumns
+    let columns = min(width, n - j0)
+    let panel = dst.panel(p)
+    for kk in 0..<k {
+      let row = panel + (kk >> 1) * width * 2 + (kk & 1)
+      if transposed {
+        for j in 0..<columns { row[2 * j] = bf16Bits(src[(j0 + j) * k + kk]) }
+      } else {
+        let s = src + kk * n + j0
+        for j in 0..<columns { row[2 * j] = bf16Bits(s[j]) }
+      }
+    }
+  }
+}
+
+/// dst[r, 0..<columns] = bf16(src[r, 0..<columns]) (nearest even; NaN stays NaN), rows with strides
+/// (elements); an odd `columns` also writes dst[r, columns] = 0, the zero partner of the last k-pair.
+public func convertRowsToBF16(_ dst: UnsafeMutablePointer<UInt16>, stride dstStride: Int,
+                              _ src: UnsafePointer<Float>, stride srcStride: Int, rows: Int, columns: Int) {
+  precondition(dstStride >= columns + (columns & 1), "bf16 rows need an even stride ≥ \(columns)")
+  for r in 0..<rows {
+    let s = UnsafeRawPointer(src + r * srcStride).assumingMemoryBound(to: UInt32.self)
+    let d = dst + r * dstStride
+    // Branch-free (a select per lane) so that LLVM vectorises it, as Kernels.roundToBF16.
+    for i in 0..<columns {
+      let b = s[i]
+      let nearest = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) &>> 16
+      let quietNaN = (b | 0x0040_0000) &>> 16
+      d[i] = UInt16(truncatingIfNeeded: (b & 0x7FFF_FFFF) > 0x7F80_0000 ? quietNaN : nearest)
+    }
+    if columns & 1 == 1 { d[columns] = 0 }
+  }
+}
+
+/// c[M, N] = a · b (or += with `accumulate`), c fp32 with row stride ldc, a bf16 [M, K] with row
+/// stride lda (even, ≥ K rounded up to even; the pad column zero), b packed. Single-threaded: callers split rows.
+public func bf16Gemm(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<UInt16>, lda: Int,
+                     b: BF16PackedMatrix, rows m: Int, accumulate: Bool) {
+  precondition(BF16JIT.isAvailable, "bf16Gemm needs a CPU with \(BF16JIT.requiredFlags)")
+  precondition(lda >= 2 * b.kPairs && lda % 2 == 0 && ldc >= b.n, "bf16Gemm strides lda \(lda), ldc \(ldc)")
+  guard m > 0 && b.n > 0 else { return }
+  guard b.kPairs > 0 else {
+    if !accumulate { for r in 0..<m { (c + r * ldc).update(repeating: 0, count: b.n) } }
+    return
+  }
+  let (ldaBytes, ldcBytes) = (lda * 2, ldc * 4)
+  for p in 0..<b.panelCount {
+    let j0 = p * BF16PackedMatrix.panelColumns
+    let nv = b.panelWidth(p) / 16
+    let tail = b.n - j0 - (nv - 1) * 16
+    let tileRows = BF16Microkernel.tileRows(vectors: nv)
+    func kernel(_ rows: Int) -> BF16Microkernel.Function {
+      BF16Microkernel.function(BF16MicrokernelShape(rows: rows, vectors: nv, tailLanes: min(tail, 16),
+                                                    accumulate: accumulate, lda: ldaBytes, ldc: ldcBytes))
+    }
+    let full = m >= tileRows ? kernel(tileRows) : nil
+    let panel = UnsafeRawPointer(b.panel(p))
+    var i = 0
+    while i + tileRows <= m {
+      full!(UnsafeRawPointer(a + i * lda), panel, UnsafeMutableRawPointer(c + i * ldc + j0), b.kPairs)
+      i += tileRows
+    }
+    if i < m { kernel(m - i)(UnsafeRawPointer(a + i * lda), panel, UnsafeMutableRawPointer(c + i * ldc + j0), b.kPairs) }
+  }
+}
