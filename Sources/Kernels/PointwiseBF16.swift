@@ -3,9 +3,11 @@
 // kernels in Pointwise.swift (forward with the BN statistics per block, input gradient with the BN
 // backward reductions per block); the block's rows of the float32 operand are converted to bf16 into
 // a per-thread buffer right before its GEMM, so no extra pass over the activations. The weights come
-// packed (BF16PackedMatrix, once per step). The weight gradient xᵀ·dy stays on cblas_sgemm over
-// bf16-rounded operands (exactly the bf16 products, see BF16.swift).
+// packed (BF16PackedMatrix, once per step). The weight gradient xᵀ·dy runs on the JIT too, with the
+// rows as the reduction dimension (bf16WeightGradient); only the logits' (batch rows) stays on
+// cblas_sgemm over bf16-rounded operands (exactly the bf16 products, see BF16.swift).
 // On a CPU without AVX512-BF16 bf16 mode runs the emulation (rounded fp32 operands, BF16.swift).
+import Common
 @_exported import KernelsJIT
 
 /// How bf16 mode computes its GEMMs: generated vdpbf16ps code, or float32 kernels on rounded operands.
@@ -19,8 +21,17 @@ public enum BF16Arithmetic: String, Sendable {
 public final class BF16Workspace {
   private var buffer = UnsafeMutablePointer<UInt16>.allocate(capacity: 1)
   private var capacity = 1
+  /// Per thread: B blocks of the weight gradient (dy's rows packed), by (chunk, rows, columns).
+  private var packedBlocks: [[Int]: BF16PackedMatrix] = [:]
   public init() {}
   deinit { buffer.deallocate() }
+  /// A kept packed matrix of `rows` × `columns` for thread `chunk` (called outside the parallel region).
+  func rowsPacked(chunk: Int, rows: Int, columns: Int) -> BF16PackedMatrix {
+    if let m = packedBlocks[[chunk, rows, columns]] { return m }
+    let m = BF16PackedMatrix(k: rows, n: columns)
+    packedBlocks[[chunk, rows, columns]] = m
+    return m
+  }
   /// At least `count` bf16 elements, 64-byte aligned, valid until the next call.
   func elements(_ count: Int) -> UnsafeMutablePointer<UInt16> {
     if capacity < count {
@@ -75,16 +86,62 @@ public func pointwiseForwardBF16(y: UnsafeMutablePointer<Float>, x: UnsafePointe
   }
 }
 
-/// dw += xᵀ·dy on the rounded operands (sgemm); dx = bf16(dy) · wᵀ (+ residual) on the JIT (`wT` is
-/// wᵀ packed: [Co, Ci]), with the BN backward reductions `reduce` over each block of dx as the fused
-/// float32 `pointwiseBackward` makes them (dx overwritten; no reduction without `reduce`).
+/// Rows of x and dy per weight-gradient block: the reduction dimension of one JIT GEMM (even).
+let bf16WeightGradientRows = 256
+
+/// dw[Ci, Co] += bf16(x)ᵀ · bf16(dy) on the JIT. The reduction runs over rows, so per block of
+/// `bf16WeightGradientRows` rows xᵀ is converted into bf16 [Ci][rows] (A) and dy packed as B
+/// ([rows/2][Co][2], rows as k); the block's product accumulates into the thread's dw. The first chunk
+/// accumulates into dw, the others into partials added at the end (as gemmTransposedRows).
+func bf16WeightGradient(dw: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                        rows: Int, inChannels ci: Int, outChannels co: Int, scratch: Scratch, workspace: BF16Workspace) {
+  guard rows > 0 else { return }
+  let r = bf16WeightGradientRows
+  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
+  let partials = scratch.uninitialized(max(0, chunks - 1) * ci * co)
+  let aBuffers = workspace.elements(chunks * ci * r)
+  let bBlocks = (0..<chunks).map { workspace.rowsPacked(chunk: $0, rows: r, columns: co) }
+  parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in
+    let out = chunk == 0 ? dw : partials + (chunk - 1) * ci * co
+    let a = aBuffers + chunk * ci * r, b = bBlocks[chunk]
+    var first = true
+    forEachBlock(range, blockRows: r) { blk in
+      let xs = x + blk.lowerBound * ci
+      // xᵀ in bf16, row i = channel i over the block's rows; an odd count gets a zero partner.
+      for row in 0..<blk.count {
+        let src = xs + row * ci
+        for i in 0..<ci { a[i * r + row] = bf16Bits(src[i]) }
+      }
+      if blk.count & 1 == 1 { for i in 0..<ci { a[i * r + blk.count] = 0 } }
+      packBF16B(b, dy + blk.lowerBound * co, transposed: false, rows: blk.count)
+      bf16Gemm(c: out, ldc: co, a: a, lda: r, b: b, rows: ci, accumulate: chunk == 0 || !first, kPairs: (blk.count + 1) / 2)
+      first = false
+    }
+  }
+  for p in 0..<(chunks - 1) {
+    let src = partials + p * ci * co
+    for i in 0..<(ci * co) { dw[i] += src[i] }
+  }
+}
+
+/// dw += bf16(x)ᵀ·bf16(dy) and dx = bf16(dy) · wᵀ (+ residual), both on the JIT (`wT` is wᵀ packed:
+/// [Co, Ci]), with the BN backward reductions `reduce` over each block of dx as the fused float32
+/// `pointwiseBackward` makes them (dx overwritten; no reduction without `reduce`).
 public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
-                                  dy: UnsafePointer<Float>, roundedDY: UnsafePointer<Float>, roundedX: UnsafePointer<Float>,
+                                  dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                                   wT: BF16PackedMatrix, rows: Int, scratch: Scratch, workspace: BF16Workspace,
                                   residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil) {
+  bf16WeightGradient(dw: dw, x: x, dy: dy, rows: rows, inChannels: wT.n, outChannels: wT.k, scratch: scratch,
+                     workspace: workspace)
+  bf16InputGradient(dx: dx, dy: dy, wT: wT, rows: rows, scratch: scratch, workspace: workspace, residual: residual,
+                    reduce: reduce)
+}
+
+/// dx = bf16(dy) · wᵀ (+ residual) with the optional fused BN reductions.
+func bf16InputGradient(dx: UnsafeMutablePointer<Float>?, dy: UnsafePointer<Float>, wT: BF16PackedMatrix, rows: Int,
+                       scratch: Scratch, workspace: BF16Workspace, residual: UnsafePointer<Float>?,
+                       reduce: BatchNormReduction?) {
   let (k, n) = (wT.k, wT.n)  // dx[rows, n = Ci] = dy[rows, k = Co] · wᵀ
-  let partials = scratch.uninitialized(gemmPartialsCount(rows: rows, m: n, n: k))
-  gemmTransposedRows(c: dw, a: roundedX, b: roundedDY, rows: rows, m: n, n: k, partials: partials)
   guard let dx else { return }
   precondition(residual == nil || reduce != nil, "a residual gradient needs the fused backward")
   let lda = 2 * wT.kPairs
@@ -123,15 +180,17 @@ public func denseForwardBF16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   bf16Gemm(c: y, ldc: n, a: a, lda: lda, b: w, rows: rows, accumulate: true)
 }
 
-/// Logits backward in bf16: db += Σ dy; dw += xᵀ·dy (sgemm, rounded operands); dx = bf16(dy) · wᵀ on the JIT.
+/// Logits backward in bf16: db += Σ dy; dw += xᵀ·dy (sgemm on rounded operands: batch-sized, too small
+/// for the JIT's row blocks); dx = bf16(dy) · wᵀ on the JIT.
 public func denseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>, db: UnsafeMutablePointer<Float>,
                               dy: UnsafePointer<Float>, roundedDY: UnsafePointer<Float>, roundedX: UnsafePointer<Float>,
                               wT: BF16PackedMatrix, rows: Int, scratch: Scratch, workspace: BF16Workspace) {
-  let classes = wT.k
+  let (classes, c) = (wT.k, wT.n)
+  let partials = scratch.uninitialized(gemmPartialsCount(rows: rows, m: c, n: classes))
+  gemmTransposedRows(c: dw, a: roundedX, b: roundedDY, rows: rows, m: c, n: classes, partials: partials)
   for r in 0..<rows {
     let g = roundedDY + r * classes
     for c in 0..<classes { db[c] += g[c] }  // rounded, as the emulation (denseBackward on rounded dy)
   }
-  pointwiseBackwardBF16(dx: dx, dw: dw, dy: dy, roundedDY: roundedDY, roundedX: roundedX, wT: wT, rows: rows,
-                        scratch: scratch, workspace: workspace)
+  bf16InputGradient(dx: dx, dy: dy, wT: wT, rows: rows, scratch: scratch, workspace: workspace, residual: nil, reduce: nil)
 }

@@ -70,9 +70,11 @@ public final class BF16PackedMatrix {
 }
 
 /// Packs src into `dst` rounded to bf16 (nearest even): src is row-major [K, N] (`transposed` false) or
-/// [N, K] read transposed (B = srcᵀ: the weight of a GEMM by wᵀ).
-public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, transposed: Bool) {
-  let (k, n) = (dst.k, dst.n)
+/// [N, K] read transposed (B = srcᵀ: the weight of a GEMM by wᵀ). With `rows` (< K, row-major only)
+/// just the first `rows` rows, and for an odd `rows` a zero row after them (a GEMM over `rows` of K).
+public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, transposed: Bool, rows: Int? = nil) {
+  precondition(rows == nil || (!transposed && rows! <= dst.k), "packBF16B rows \(rows ?? -1) of \(dst.k)")
+  let (k, n) = (rows ?? dst.k, dst.n)
   for p in 0..<dst.panelCount {
     let width = dst.panelWidth(p), j0 = p * BF16PackedMatrix.panelColumns
     let columns = min(width, n - j0)
@@ -85,6 +87,10 @@ public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, tran
         let s = src + kk * n + j0
         for j in 0..<columns { row[2 * j] = bf16Bits(s[j]) }
       }
+    }
+    if k & 1 == 1 && k < dst.k {
+      let row = panel + (k >> 1) * width * 2 + 1
+      for j in 0..<columns { row[2 * j] = 0 }
     }
   }
 }
@@ -109,13 +115,15 @@ public func convertRowsToBF16(_ dst: UnsafeMutablePointer<UInt16>, stride dstStr
 }
 
 /// c[M, N] = a · b (or += with `accumulate`), c fp32 with row stride ldc, a bf16 [M, K] with row
-/// stride lda (even, ≥ K rounded up to even; the pad column zero), b packed. Single-threaded: callers split rows.
+/// stride lda (even, ≥ K rounded up to even; the pad column zero), b packed. With `kPairs` only the
+/// first 2·kPairs rows of b (and columns of a) take part. Single-threaded: callers split rows.
 public func bf16Gemm(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<UInt16>, lda: Int,
-                     b: BF16PackedMatrix, rows m: Int, accumulate: Bool) {
+                     b: BF16PackedMatrix, rows m: Int, accumulate: Bool, kPairs: Int? = nil) {
+  let kPairs = kPairs ?? b.kPairs
   precondition(BF16JIT.isAvailable, "bf16Gemm needs a CPU with \(BF16JIT.requiredFlags)")
-  precondition(lda >= 2 * b.kPairs && lda % 2 == 0 && ldc >= b.n, "bf16Gemm strides lda \(lda), ldc \(ldc)")
+  precondition(lda >= 2 * kPairs && lda % 2 == 0 && ldc >= b.n && kPairs <= b.kPairs, "bf16Gemm strides lda \(lda), ldc \(ldc)")
   guard m > 0 && b.n > 0 else { return }
-  guard b.kPairs > 0 else {
+  guard kPairs > 0 else {
     if !accumulate { for r in 0..<m { (c + r * ldc).update(repeating: 0, count: b.n) } }
     return
   }
@@ -133,9 +141,9 @@ public func bf16Gemm(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<
     let panel = UnsafeRawPointer(b.panel(p))
     var i = 0
     while i + tileRows <= m {
-      full!(UnsafeRawPointer(a + i * lda), panel, UnsafeMutableRawPointer(c + i * ldc + j0), b.kPairs)
+      full!(UnsafeRawPointer(a + i * lda), panel, UnsafeMutableRawPointer(c + i * ldc + j0), kPairs)
       i += tileRows
     }
-    if i < m { kernel(m - i)(UnsafeRawPointer(a + i * lda), panel, UnsafeMutableRawPointer(c + i * ldc + j0), b.kPairs) }
+    if i < m { kernel(m - i)(UnsafeRawPointer(a + i * lda), panel, UnsafeMutableRawPointer(c + i * ldc + j0), kPairs) }
   }
 }

@@ -452,7 +452,7 @@ public final class MobileNetV2 {
       Profile.time(.pointwise, backward: true) {
         let rows = n * l.inSize * l.inSize
         if jit {
-          pointwiseBackwardBF16(dx: dx, dw: g(l.weight), dy: dz, roundedDY: kdy(dz, dyCount), roundedX: kx(x, xCount),
+          pointwiseBackwardBF16(dx: dx, dw: g(l.weight), dy: dz, x: x,
                                 wT: bf16.transposed(l.weight), rows: rows, scratch: scratch, workspace: bf16.workspace,
                                 residual: dxResidual, reduce: dxReduce)
         } else if let dx, let dxReduce {
