@@ -90,8 +90,9 @@ public func pointwiseForwardBF16(y: UnsafeMutablePointer<Float>, x: UnsafePointe
 let bf16WeightGradientRows = 256
 
 /// dw[Ci, Co] += bf16(x)ᵀ · bf16(dy) on the JIT. The reduction runs over rows, so per block of
-/// `bf16WeightGradientRows` rows xᵀ is converted into bf16 [Ci][rows] (A) and dy packed as B
-/// ([rows/2][Co][2], rows as k); the block's product accumulates into the thread's dw. The first chunk
+/// `bf16WeightGradientRows` rows x is interleaved into row pairs (A = xᵀ as [rows/2][Ci][2]: each
+/// channel's k-pair is one 32-bit broadcast) and dy packed as B ([rows/2][Co][2], rows as k); the
+/// block's product accumulates into the thread's dw. The first chunk
 /// accumulates into dw, the others into partials added at the end (as gemmTransposedRows).
 func bf16WeightGradient(dw: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
                         rows: Int, inChannels ci: Int, outChannels co: Int, scratch: Scratch, workspace: BF16Workspace) {
@@ -106,15 +107,10 @@ func bf16WeightGradient(dw: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>
     let a = aBuffers + chunk * ci * r, b = bBlocks[chunk]
     var first = true
     forEachBlock(range, blockRows: r) { blk in
-      let xs = x + blk.lowerBound * ci
-      // xᵀ in bf16, row i = channel i over the block's rows; an odd count gets a zero partner.
-      for row in 0..<blk.count {
-        let src = xs + row * ci
-        for i in 0..<ci { a[i * r + row] = bf16Bits(src[i]) }
-      }
-      if blk.count & 1 == 1 { for i in 0..<ci { a[i * r + blk.count] = 0 } }
+      // xᵀ's k-pairs are pairs of x's rows: interleaved, not transposed.
+      interleaveRowPairsBF16(a, x + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
       packBF16B(b, dy + blk.lowerBound * co, transposed: false, rows: blk.count)
-      bf16Gemm(c: out, ldc: co, a: a, lda: r, b: b, rows: ci, accumulate: chunk == 0 || !first, kPairs: (blk.count + 1) / 2)
+      bf16GemmRowPairs(c: out, ldc: co, pairs: a, b: b, rows: ci, accumulate: chunk == 0 || !first, kPairs: (blk.count + 1) / 2)
       first = false
     }
   }

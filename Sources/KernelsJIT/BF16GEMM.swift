@@ -114,20 +114,50 @@ public func convertRowsToBF16(_ dst: UnsafeMutablePointer<UInt16>, stride dstStr
   }
 }
 
+/// a[M, K] given as row pairs: dst[p][i][0/1] = bf16(src[2p / 2p+1][i]) for the `rows` (= K) rows of a
+/// row-major [K, M] src (row stride `stride`): the layout `bf16GemmRowPairs` reads A in, src's transpose
+/// without transposing. An odd `rows` gets a zero partner row.
+public func interleaveRowPairsBF16(_ dst: UnsafeMutablePointer<UInt16>, _ src: UnsafePointer<Float>, stride: Int,
+                                   rows: Int, columns m: Int) {
+  for p in 0..<((rows + 1) / 2) {
+    let even = src + 2 * p * stride, out = dst + p * m * 2
+    if 2 * p + 1 < rows {
+      let odd = even + stride
+      for i in 0..<m { out[2 * i] = bf16Bits(even[i]); out[2 * i + 1] = bf16Bits(odd[i]) }
+    } else {
+      for i in 0..<m { out[2 * i] = bf16Bits(even[i]); out[2 * i + 1] = 0 }
+    }
+  }
+}
+
+/// c[M, N] = a · b (or += with `accumulate`) with a as row pairs [kPairs][M][2] (interleaveRowPairsBF16).
+public func bf16GemmRowPairs(c: UnsafeMutablePointer<Float>, ldc: Int, pairs a: UnsafePointer<UInt16>, b: BF16PackedMatrix,
+                             rows m: Int, accumulate: Bool, kPairs: Int? = nil) {
+  gemm(c: c, ldc: ldc, a: a, rowStep: 2, ldaBytes: 4, pairStride: 4 * m, b: b, rows: m, accumulate: accumulate,
+       kPairs: kPairs ?? b.kPairs)
+}
+
 /// c[M, N] = a · b (or += with `accumulate`), c fp32 with row stride ldc, a bf16 [M, K] with row
 /// stride lda (even, ≥ K rounded up to even; the pad column zero), b packed. With `kPairs` only the
 /// first 2·kPairs rows of b (and columns of a) take part. Single-threaded: callers split rows.
 public func bf16Gemm(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<UInt16>, lda: Int,
                      b: BF16PackedMatrix, rows m: Int, accumulate: Bool, kPairs: Int? = nil) {
   let kPairs = kPairs ?? b.kPairs
-  precondition(BF16JIT.isAvailable, "bf16Gemm needs a CPU with \(BF16JIT.requiredFlags)")
   precondition(lda >= 2 * kPairs && lda % 2 == 0 && ldc >= b.n && kPairs <= b.kPairs, "bf16Gemm strides lda \(lda), ldc \(ldc)")
+  gemm(c: c, ldc: ldc, a: a, rowStep: lda, ldaBytes: lda * 2, pairStride: 4, b: b, rows: m, accumulate: accumulate,
+       kPairs: kPairs)
+}
+
+/// The loop over panels and tiles; A row i starts at a + i·rowStep (elements).
+private func gemm(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<UInt16>, rowStep: Int, ldaBytes: Int,
+                  pairStride: Int, b: BF16PackedMatrix, rows m: Int, accumulate: Bool, kPairs: Int) {
+  precondition(BF16JIT.isAvailable, "the bf16 GEMM needs a CPU with \(BF16JIT.requiredFlags)")
   guard m > 0 && b.n > 0 else { return }
   guard kPairs > 0 else {
     if !accumulate { for r in 0..<m { (c + r * ldc).update(repeating: 0, count: b.n) } }
     return
   }
-  let (ldaBytes, ldcBytes) = (lda * 2, ldc * 4)
+  let ldcBytes = ldc * 4
   for p in 0..<b.panelCount {
     let j0 = p * BF16PackedMatrix.panelColumns
     let nv = b.panelWidth(p) / 16
@@ -135,15 +165,16 @@ public func bf16Gemm(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<
     let tileRows = BF16Microkernel.tileRows(vectors: nv)
     func kernel(_ rows: Int) -> BF16Microkernel.Function {
       BF16Microkernel.function(BF16MicrokernelShape(rows: rows, vectors: nv, tailLanes: min(tail, 16),
-                                                    accumulate: accumulate, lda: ldaBytes, ldc: ldcBytes))
+                                                    accumulate: accumulate, lda: ldaBytes, ldc: ldcBytes,
+                                                    aPairStride: pairStride))
     }
     let full = m >= tileRows ? kernel(tileRows) : nil
     let panel = UnsafeRawPointer(b.panel(p))
     var i = 0
     while i + tileRows <= m {
-      full!(UnsafeRawPointer(a + i * lda), panel, UnsafeMutableRawPointer(c + i * ldc + j0), kPairs)
+      full!(UnsafeRawPointer(a + i * rowStep), panel, UnsafeMutableRawPointer(c + i * ldc + j0), kPairs)
       i += tileRows
     }
-    if i < m { kernel(m - i)(UnsafeRawPointer(a + i * lda), panel, UnsafeMutableRawPointer(c + i * ldc + j0), kPairs) }
+    if i < m { kernel(m - i)(UnsafeRawPointer(a + i * rowStep), panel, UnsafeMutableRawPointer(c + i * ldc + j0), kPairs) }
   }
 }

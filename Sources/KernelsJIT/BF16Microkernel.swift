@@ -7,7 +7,9 @@ import Darwin
 //
 //   C[mr, 16·nv] (+)= A[mr, K] · Bpanel
 //
-// A: bf16, row-major, row stride `lda` bytes, K even (a k-pair is one 32-bit word).
+// A: bf16 k-pairs (one 32-bit word each): pair p of row i at i·lda + p·aPairStride bytes. Row-major
+//   A has aPairStride = 4; A given as row pairs of a tall matrix ([K/2][M][2], the weight gradient's
+//   xᵀ without a transpose) has lda = 4 and aPairStride = 4·M.
 // Bpanel: bf16 [K/2][16·nv][2]: per k-pair, 16·nv columns × the pair, so one 64-byte zmm load holds
 //   16 columns' pairs, which is vdpbf16ps's operand layout; A's k-pair is a 32-bit broadcast.
 // C: fp32, row stride `ldc` bytes; the last zmm of a row may be partial (`tailLanes` < 16: opmask k1).
@@ -18,10 +20,11 @@ import Darwin
 // With one B vector per row (nv = 1) the A pair is an embedded broadcast operand of vdpbf16ps
 // ({1to16}, one use); with more it is broadcast once into a register and reused nv times.
 
-/// One variant: lda/ldc are baked into the displacements (a JIT specialises on the shape).
+/// One variant: the strides are baked into the displacements (a JIT specialises on the shape).
 public struct BF16MicrokernelShape: Hashable, Sendable {
-  public let rows: Int, vectors: Int, tailLanes: Int, accumulate: Bool, lda: Int, ldc: Int
-  public init(rows: Int, vectors: Int, tailLanes: Int, accumulate: Bool, lda: Int, ldc: Int) {
+  public let rows: Int, vectors: Int, tailLanes: Int, accumulate: Bool, lda: Int, ldc: Int, aPairStride: Int
+  public init(rows: Int, vectors: Int, tailLanes: Int, accumulate: Bool, lda: Int, ldc: Int, aPairStride: Int = 4) {
+    self.aPairStride = aPairStride
     precondition(rows >= 1 && vectors >= 1 && vectors <= BF16Microkernel.maxVectors, "\(rows)×\(vectors) tile")
     precondition(rows * vectors <= BF16Microkernel.maxAccumulators, "\(rows)×\(vectors) accumulators")
     precondition((1...16).contains(tailLanes), "tail \(tailLanes)")
@@ -67,7 +70,7 @@ public enum BF16Microkernel {
         for v in 0..<nv { a.vdpbf16ps(acc(i, v), bReg(v), bc) }
       }
     }
-    a.add(.rdi, 4)               // next k-pair of every A row
+    a.add(.rdi, Int32(s.aPairStride))  // next k-pair of every A row
     a.add(.rsi, Int32(nv * 64))  // next k-pair row of the panel
     a.dec(.rcx)
     a.jnz(to: loop)

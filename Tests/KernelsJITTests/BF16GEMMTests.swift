@@ -81,6 +81,35 @@ final class BF16GEMMTests: XCTestCase {
     check(m: 3, k: 0, n: 20, accumulate: false)
   }
 
+  /// A given as row pairs of a tall [K, M] matrix (the weight gradient's xᵀ): c = srcᵀ · b.
+  func testRowPairsGemmMatchesNaive() {
+    guard jitAvailable() else { return }
+    for (k, m, n, kUsed) in [(6, 5, 17, 6), (256, 40, 70, 256), (256, 24, 16, 131), (9, 100, 33, 9)] {
+      var rng = RNG(s: UInt64(k * 31 + m * 7 + n))
+      let src = (0..<(k * m)).map { _ in rng.next() }   // [K, M]
+      let bF = (0..<(k * n)).map { _ in rng.next() }    // [K, N]
+      let c0 = (0..<(m * n)).map { _ in rng.next() }
+      var pairs = [UInt16](repeating: 0xFFFF, count: (k + 1) / 2 * m * 2)
+      src.withUnsafeBufferPointer { interleaveRowPairsBF16(&pairs, $0.baseAddress!, stride: m, rows: kUsed, columns: m) }
+      let b = BF16PackedMatrix(k: k, n: n)
+      bF.withUnsafeBufferPointer { packBF16B(b, $0.baseAddress!, transposed: false, rows: kUsed) }
+      var c = c0
+      pairs.withUnsafeBufferPointer {
+        bf16GemmRowPairs(c: &c, ldc: n, pairs: $0.baseAddress!, b: b, rows: m, accumulate: true, kPairs: (kUsed + 1) / 2)
+      }
+      var worst = 0.0
+      for i in 0..<m { for j in 0..<n {
+        var ref = Double(c0[i * n + j]), mag = abs(ref)
+        for kk in 0..<kUsed {
+          let p = Double(roundedToBF16(src[kk * m + i])) * Double(roundedToBF16(bF[kk * n + j]))
+          ref += p; mag += abs(p)
+        }
+        worst = max(worst, abs(Double(c[i * n + j]) - ref) / mag)
+      } }
+      XCTAssertLessThanOrEqual(worst, Double(kUsed + 2) * 0x1p-23, "row pairs k\(k) (\(kUsed) used) m\(m) n\(n)")
+    }
+  }
+
   func testPackedLayout() {
     let (k, n) = (5, 70)
     let w = (0..<(k * n)).map { Float($0) * 0.25 }
