@@ -33,6 +33,14 @@ public enum BF16JIT {
   }()
 }
 
+/// bf16Bits of a float32 bit pattern, branch-free (a select per lane) so that the packing loops
+/// vectorise: nearest even, NaN kept a quiet NaN (the same results as Common.bf16Bits).
+@inline(__always) func bf16Nearest(_ b: UInt32) -> UInt16 {
+  let nearest = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) &>> 16
+  let quietNaN = (b | 0x0040_0000) &>> 16
+  return UInt16(truncatingIfNeeded: (b & 0x7FFF_FFFF) > 0x7F80_0000 ? quietNaN : nearest)
+}
+
 /// B for `bf16Gemm`: K×N bf16 in panels of `panelColumns` columns (the last one narrower, padded to a
 /// multiple of 16 with zeros); each panel is [K/2][width][2]: k-pair major, then column, then the pair.
 /// An odd K gets a zero row K.
@@ -82,10 +90,10 @@ public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, tran
     for kk in 0..<k {
       let row = panel + (kk >> 1) * width * 2 + (kk & 1)
       if transposed {
-        for j in 0..<columns { row[2 * j] = bf16Bits(src[(j0 + j) * k + kk]) }
+        for j in 0..<columns { row[2 * j] = bf16Nearest(src[(j0 + j) * k + kk].bitPattern) }
       } else {
         let s = src + kk * n + j0
-        for j in 0..<columns { row[2 * j] = bf16Bits(s[j]) }
+        for j in 0..<columns { row[2 * j] = bf16Nearest(s[j].bitPattern) }
       }
     }
     if k & 1 == 1 && k < dst.k {
@@ -103,13 +111,7 @@ public func convertRowsToBF16(_ dst: UnsafeMutablePointer<UInt16>, stride dstStr
   for r in 0..<rows {
     let s = UnsafeRawPointer(src + r * srcStride).assumingMemoryBound(to: UInt32.self)
     let d = dst + r * dstStride
-    // Branch-free (a select per lane) so that LLVM vectorises it, as Kernels.roundToBF16.
-    for i in 0..<columns {
-      let b = s[i]
-      let nearest = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) &>> 16
-      let quietNaN = (b | 0x0040_0000) &>> 16
-      d[i] = UInt16(truncatingIfNeeded: (b & 0x7FFF_FFFF) > 0x7F80_0000 ? quietNaN : nearest)
-    }
+    for i in 0..<columns { d[i] = bf16Nearest(s[i]) }
     if columns & 1 == 1 { d[columns] = 0 }
   }
 }
@@ -123,9 +125,13 @@ public func interleaveRowPairsBF16(_ dst: UnsafeMutablePointer<UInt16>, _ src: U
     let even = src + 2 * p * stride, out = dst + p * m * 2
     if 2 * p + 1 < rows {
       let odd = even + stride
-      for i in 0..<m { out[2 * i] = bf16Bits(even[i]); out[2 * i + 1] = bf16Bits(odd[i]) }
+      // One 32-bit word per pair (low half the even row): k-pair order as vdpbf16ps reads it.
+      let words = UnsafeMutableRawPointer(out).assumingMemoryBound(to: UInt32.self)
+      for i in 0..<m {
+        words[i] = UInt32(bf16Nearest(even[i].bitPattern)) | UInt32(bf16Nearest(odd[i].bitPattern)) << 16
+      }
     } else {
-      for i in 0..<m { out[2 * i] = bf16Bits(even[i]); out[2 * i + 1] = 0 }
+      for i in 0..<m { out[2 * i] = bf16Nearest(even[i].bitPattern); out[2 * i + 1] = 0 }
     }
   }
 }

@@ -38,13 +38,14 @@ struct GemmBF16Bench: ParsableCommand {
     }
     Compute.setThreads(threads)
     print("threads=\(threads) batch=\(batch) reps=\(reps) (minimum); GFLOP/s = 2·rows·K·N / time")
-    print(String(format: "%-24@ %9@ %9@ %9@ %8@ %8@", "rows x K x N" as NSString, "sgemm" as NSString,
-                 "jit-gemm" as NSString, "jit-1x1" as NSString, "gemm/sg" as NSString, "1x1/sg" as NSString))
+    func pad(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
+    print("rows x K x N".padding(toLength: 24, withPad: " ", startingAt: 0) + pad("sgemm", 9) + pad("jit-gemm", 10)
+          + pad("jit-1x1", 10) + pad("gemm/sg", 9) + pad("1x1/sg", 9) + "   | backward: sgemm dx+dw, jit dx+dw, ratio")
     // (spatial side, K, N): the 1×1 layers of 1.0/224 (expand, project, last conv).
     let shapes = [(112, 32, 16), (112, 16, 96), (56, 24, 144), (56, 144, 24), (28, 192, 32), (14, 384, 64),
                   (7, 960, 320), (7, 320, 1280)]
     var rng = RandomState(seed: 5)
-    var totals = (sgemm: 0.0, gemm: 0.0, conv: 0.0)
+    var totals = (sgemm: 0.0, gemm: 0.0, conv: 0.0, sgemmBack: 0.0, jitBack: 0.0)
     for (hw, k, n) in shapes {
       let rows = batch * hw * hw
       let x = FloatBuffer(count: rows * k), w = FloatBuffer(count: k * n), y = FloatBuffer(count: rows * n)
@@ -64,12 +65,27 @@ struct GemmBF16Bench: ParsableCommand {
         }
       }
       let tC = minTime { pointwiseForwardBF16(y: y.base, x: x.base, w: packed, rows: rows, scratch: scratch, workspace: workspace) }
+      // Backward of the same layer (dy = y): dw += xᵀ·dy and dx = dy·wᵀ, without the fused reductions.
+      let dx = FloatBuffer(count: rows * k), dw = FloatBuffer(count: k * n)
+      let wT = BF16PackedMatrix(k: n, n: k)
+      packBF16B(wT, w.base, transposed: true)
+      let tSB = minTime {
+        pointwiseBackward(dx: dx.base, dw: dw.base, dy: y.base, x: x.base, w: w.base, rows: rows, inChannels: k,
+                          outChannels: n, scratch: scratch)
+      }
+      let tJB = minTime {
+        pointwiseBackwardBF16(dx: dx.base, dw: dw.base, dy: y.base, x: x.base, wT: wT, rows: rows, scratch: scratch,
+                              workspace: workspace)
+      }
       let flop = 2.0 * Double(rows * k * n)
-      totals.sgemm += tS; totals.gemm += tG; totals.conv += tC
-      print(String(format: "%-24@ %9.1f %9.1f %9.1f %7.2fx %7.2fx", "\(rows)x\(k)x\(n)" as NSString,
-                   flop / tS / 1e9, flop / tG / 1e9, flop / tC / 1e9, tS / tG, tS / tC))
+      totals.sgemm += tS; totals.gemm += tG; totals.conv += tC; totals.sgemmBack += tSB; totals.jitBack += tJB
+      print("\(rows)x\(k)x\(n)".padding(toLength: 24, withPad: " ", startingAt: 0)
+            + String(format: "%9.1f %9.1f %9.1f %8.2fx %8.2fx   | %7.1f %7.1f %6.2fx", flop / tS / 1e9, flop / tG / 1e9,
+                     flop / tC / 1e9, tS / tG, tS / tC, 2 * flop / tSB / 1e9, 2 * flop / tJB / 1e9, tSB / tJB))
     }
     print(String(format: "all shapes, time: sgemm %.2f ms, jit-gemm %.2f ms (%.2fx), jit-1x1 %.2f ms (%.2fx)",
                  totals.sgemm * 1e3, totals.gemm * 1e3, totals.sgemm / totals.gemm, totals.conv * 1e3, totals.sgemm / totals.conv))
+    print(String(format: "all shapes, backward (dx + dw) time: sgemm %.2f ms, jit %.2f ms (%.2fx)",
+                 totals.sgemmBack * 1e3, totals.jitBack * 1e3, totals.sgemmBack / totals.jitBack))
   }
 }
