@@ -87,18 +87,25 @@ public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, tran
     let width = dst.panelWidth(p), j0 = p * BF16PackedMatrix.panelColumns
     let columns = min(width, n - j0)
     let panel = dst.panel(p)
-    for kk in 0..<k {
-      let row = panel + (kk >> 1) * width * 2 + (kk & 1)
-      if transposed {
+    if transposed {
+      for kk in 0..<k {
+        let row = panel + (kk >> 1) * width * 2 + (kk & 1)
         for j in 0..<columns { row[2 * j] = bf16Nearest(src[(j0 + j) * k + kk].bitPattern) }
-      } else {
-        let s = src + kk * n + j0
-        for j in 0..<columns { row[2 * j] = bf16Nearest(s[j].bitPattern) }
       }
-    }
-    if k & 1 == 1 && k < dst.k {
-      let row = panel + (k >> 1) * width * 2 + 1
-      for j in 0..<columns { row[2 * j] = 0 }
+    } else {
+      // Two source rows at a time: one 32-bit word per column (low half the even row), contiguous stores.
+      for pair in 0..<((k + 1) / 2) {
+        let words = UnsafeMutableRawPointer(panel + pair * width * 2).assumingMemoryBound(to: UInt32.self)
+        let even = src + 2 * pair * n + j0
+        if 2 * pair + 1 < k {
+          let odd = even + n
+          for j in 0..<columns { words[j] = UInt32(bf16Nearest(even[j].bitPattern)) | UInt32(bf16Nearest(odd[j].bitPattern)) << 16 }
+        } else {
+          // The last row of an odd count: its partner is zero (the pad row of an odd K, or the row
+          // after a partial block).
+          for j in 0..<columns { words[j] = UInt32(bf16Nearest(even[j].bitPattern)) }
+        }
+      }
     }
   }
 }

@@ -78,6 +78,15 @@ struct GemmBF16Bench: ParsableCommand {
                               workspace: workspace)
       }
       let flop = 2.0 * Double(rows * k * n)
+      let tJW = minTime {
+        pointwiseBackwardBF16(dx: nil, dw: dw.base, dy: y.base, x: x.base, wT: wT, rows: rows, scratch: scratch,
+                              workspace: workspace)
+      }
+      let tSW = minTime {
+        pointwiseBackward(dx: nil, dw: dw.base, dy: y.base, x: x.base, w: w.base, rows: rows, inChannels: k,
+                          outChannels: n, scratch: scratch)
+      }
+      print(String(format: "   dw only: sgemm %.2f ms, jit %.2f ms; dx only: sgemm %.2f ms, jit %.2f ms", tSW * 1e3, tJW * 1e3, (tSB - tSW) * 1e3, (tJB - tJW) * 1e3))
       totals.sgemm += tS; totals.gemm += tG; totals.conv += tC; totals.sgemmBack += tSB; totals.jitBack += tJB
       print("\(rows)x\(k)x\(n)".padding(toLength: 24, withPad: " ", startingAt: 0)
             + String(format: "%9.1f %9.1f %9.1f %8.2fx %8.2fx   | %7.1f %7.1f %6.2fx", flop / tS / 1e9, flop / tG / 1e9,
