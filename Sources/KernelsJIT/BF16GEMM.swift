@@ -161,7 +161,11 @@ public func bf16Gemm(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<
        kPairs: kPairs)
 }
 
-/// The loop over panels and tiles; A row i starts at a + i·rowStep (elements).
+/// Rows per block of the driver: a multiple of every tile height (6, 8, 12, 14), so only the last
+/// block has a row tail.
+let gemmBlockRows = 168
+
+/// The loop over row blocks, panels and tiles; A row i starts at a + i·rowStep (elements).
 private func gemm(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<UInt16>, rowStep: Int, ldaBytes: Int,
                   pairStride: Int, b: BF16PackedMatrix, rows m: Int, accumulate: Bool, kPairs: Int) {
   precondition(BF16JIT.isAvailable, "the bf16 GEMM needs a CPU with \(BF16JIT.requiredFlags)")
@@ -171,23 +175,35 @@ private func gemm(c: UnsafeMutablePointer<Float>, ldc: Int, a: UnsafePointer<UIn
     return
   }
   let ldcBytes = ldc * 4
-  for p in 0..<b.panelCount {
+  // Per panel: its vectors, tail lanes and full-height kernel, resolved once per call.
+  struct Panel { let column, vectors, tail, tileRows: Int; let data: UnsafeRawPointer; let full: BF16Microkernel.Function? }
+  func kernel(_ rows: Int, _ nv: Int, _ tail: Int) -> BF16Microkernel.Function {
+    BF16Microkernel.function(BF16MicrokernelShape(rows: rows, vectors: nv, tailLanes: min(tail, 16), accumulate: accumulate,
+                                                  lda: ldaBytes, ldc: ldcBytes, aPairStride: pairStride))
+  }
+  let panels = (0..<b.panelCount).map { p -> Panel in
     let j0 = p * BF16PackedMatrix.panelColumns
     let nv = b.panelWidth(p) / 16
     let tail = b.n - j0 - (nv - 1) * 16
     let tileRows = BF16Microkernel.tileRows(vectors: nv)
-    func kernel(_ rows: Int) -> BF16Microkernel.Function {
-      BF16Microkernel.function(BF16MicrokernelShape(rows: rows, vectors: nv, tailLanes: min(tail, 16),
-                                                    accumulate: accumulate, lda: ldaBytes, ldc: ldcBytes,
-                                                    aPairStride: pairStride))
+    return Panel(column: j0, vectors: nv, tail: tail, tileRows: tileRows, data: UnsafeRawPointer(b.panel(p)),
+                 full: m >= tileRows ? kernel(tileRows, nv, tail) : nil)
+  }
+  // Blocks of rows, each through every panel: A's block stays in cache while the panels pass.
+  var lo = 0
+  while lo < m {
+    let hi = min(lo + gemmBlockRows, m)
+    for p in panels {
+      var i = lo
+      while i + p.tileRows <= hi {
+        p.full!(UnsafeRawPointer(a + i * rowStep), p.data, UnsafeMutableRawPointer(c + i * ldc + p.column), kPairs)
+        i += p.tileRows
+      }
+      if i < hi {
+        kernel(hi - i, p.vectors, p.tail)(UnsafeRawPointer(a + i * rowStep), p.data,
+                                          UnsafeMutableRawPointer(c + i * ldc + p.column), kPairs)
+      }
     }
-    let full = m >= tileRows ? kernel(tileRows) : nil
-    let panel = UnsafeRawPointer(b.panel(p))
-    var i = 0
-    while i + tileRows <= m {
-      full!(UnsafeRawPointer(a + i * rowStep), panel, UnsafeMutableRawPointer(c + i * ldc + j0), kPairs)
-      i += tileRows
-    }
-    if i < m { kernel(m - i)(UnsafeRawPointer(a + i * rowStep), panel, UnsafeMutableRawPointer(c + i * ldc + j0), kPairs) }
+    lo = hi
   }
 }

@@ -3,6 +3,10 @@
 // output gradient), accumulate in float32 and write float32. Batch norm (statistics, moving
 // averages), ReLU6, residual sums, the loss, the gradients and the master weights stay float32.
 // See Kernels/BF16.swift for why rounded float32 operands are exactly bf16 arithmetic.
+// With BF16Arithmetic.jit (a CPU with AVX512-BF16) the 1×1 convolutions and the logits instead run
+// on generated vdpbf16ps GEMMs (Kernels/PointwiseBF16.swift): their weights are packed here once per
+// step and their activations converted block by block inside the kernels; the stem and the depthwise
+// convolutions keep the rounded copies.
 import Kernels
 
 /// The rounded operands bf16 mode hands to the kernels.
