@@ -115,6 +115,12 @@ public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, tran
 public func convertRowsToBF16(_ dst: UnsafeMutablePointer<UInt16>, stride dstStride: Int,
                               _ src: UnsafePointer<Float>, stride srcStride: Int, rows: Int, columns: Int) {
   precondition(dstStride >= columns + (columns & 1), "bf16 rows need an even stride ≥ \(columns)")
+  if dstStride == columns && srcStride == columns {
+    // Contiguous rows (an even K): one flat loop, no per-row overhead on narrow rows.
+    let s = UnsafeRawPointer(src).assumingMemoryBound(to: UInt32.self)
+    for i in 0..<(rows * columns) { dst[i] = bf16Nearest(s[i]) }
+    return
+  }
   for r in 0..<rows {
     let s = UnsafeRawPointer(src + r * srcStride).assumingMemoryBound(to: UInt32.self)
     let d = dst + r * dstStride

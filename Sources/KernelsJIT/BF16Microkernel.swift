@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 // The generated bf16 GEMM microkernel (one per shape variant, cached):
 //
 //   C[mr, 16·nv] (+)= A[mr, K] · Bpanel
@@ -19,6 +14,11 @@ import Darwin
 // Registers: accumulators zmm0…zmm(mr·nv−1) (≤ 24), B vectors zmm28…31, A broadcasts zmm26/27.
 // With one B vector per row (nv = 1) the A pair is an embedded broadcast operand of vdpbf16ps
 // ({1to16}, one use); with more it is broadcast once into a register and reused nv times.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// One variant: the strides are baked into the displacements (a JIT specialises on the shape).
 public struct BF16MicrokernelShape: Hashable, Sendable {
@@ -53,7 +53,7 @@ public enum BF16Microkernel {
     func bReg(_ v: Int) -> ZMM { ZMM(firstBRegister + v) }
     let tailMask: KReg? = s.tailLanes < 16 ? KReg(1) : nil
     func mask(_ v: Int) -> KReg? { v == nv - 1 ? tailMask : nil }
-    if tailLanes(s) { a.mov(.rax, imm32: (1 << UInt32(s.tailLanes)) - 1); a.kmovw(KReg(1), .rax) }
+    if tailMask != nil { a.mov(.rax, imm32: (1 << UInt32(s.tailLanes)) - 1); a.kmovw(KReg(1), .rax) }
     for i in 0..<mr { for v in 0..<nv {
       if s.accumulate { a.vmovups(acc(i, v), Memory(.rdx, i * s.ldc + v * 64), zeroMask: mask(v)) }
       else { a.vpxord(acc(i, v), acc(i, v), acc(i, v)) }
@@ -79,8 +79,6 @@ public enum BF16Microkernel {
     a.ret()
     return a.bytes
   }
-
-  private static func tailLanes(_ s: BF16MicrokernelShape) -> Bool { s.tailLanes < 16 }
 
   // MARK: Cache
 
