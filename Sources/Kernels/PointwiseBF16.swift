@@ -4,7 +4,7 @@
 // backward reductions per block); the block's rows of the float32 operand are converted to bf16 into
 // a per-thread buffer right before its GEMM, so no extra pass over the activations. The weights come
 // packed (BF16PackedMatrix, once per step). The weight gradient xᵀ·dy runs on the JIT too, with the
-// rows as the reduction dimension (bf16WeightGradient); only the logits' (batch rows) stays on
+// rows as the reduction dimension, in the same pass over dy (pointwiseBackwardBF16); only the logits' (batch rows) stays on
 // cblas_sgemm over bf16-rounded operands (exactly the bf16 products, see BF16.swift).
 // On a CPU without AVX512-BF16 bf16 mode runs the emulation (rounded fp32 operands, BF16.swift).
 import Common
@@ -89,48 +89,62 @@ public func pointwiseForwardBF16(y: UnsafeMutablePointer<Float>, x: UnsafePointe
 /// Rows of x and dy per weight-gradient block: the reduction dimension of one JIT GEMM (even).
 let bf16WeightGradientRows = 256
 
-/// dw[Ci, Co] += bf16(x)ᵀ · bf16(dy) on the JIT. The reduction runs over rows, so per block of
-/// `bf16WeightGradientRows` rows x is interleaved into row pairs (A = xᵀ as [rows/2][Ci][2]: each
-/// channel's k-pair is one 32-bit broadcast) and dy packed as B ([rows/2][Co][2], rows as k); the
-/// block's product accumulates into the thread's dw. The first chunk
-/// accumulates into dw, the others into partials added at the end (as gemmTransposedRows).
-func bf16WeightGradient(dw: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                        rows: Int, inChannels ci: Int, outChannels co: Int, scratch: Scratch, workspace: BF16Workspace) {
-  guard rows > 0 else { return }
+/// dw += bf16(x)ᵀ·bf16(dy) and dx = bf16(dy) · wᵀ (+ residual), both on the JIT (`wT` is wᵀ packed:
+/// [Co, Ci]), with the BN backward reductions `reduce` over each block of dx as the fused float32
+/// `pointwiseBackward` makes them (dx overwritten; no reduction without `reduce`).
+/// One pass over the rows in blocks of `bf16WeightGradientRows`, so dy is read from memory once:
+/// - dw: the reduction runs over rows, so x's block is interleaved into row pairs (A = xᵀ as
+///   [rows/2][Ci][2]: each channel's k-pair is one 32-bit broadcast) and dy's block packed as B
+///   ([rows/2][Co][2], rows as k); the product accumulates into the thread's dw (the first chunk into
+///   dw itself, the others into partials added at the end, as gemmTransposedRows);
+/// - dx: dy's block (still in cache) converted to bf16 rows, times wᵀ, then the block's reductions.
+public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
+                                  dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                  wT: BF16PackedMatrix, rows: Int, scratch: Scratch, workspace: BF16Workspace,
+                                  residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil) {
+  let (co, ci) = (wT.k, wT.n)
+  precondition(residual == nil || (reduce != nil && dx != nil), "a residual gradient needs the fused backward")
+  guard rows > 0 else {
+    if let reduce, dx != nil { reduce.sums.update(repeating: 0, count: 2 * ci) }
+    return
+  }
   let r = bf16WeightGradientRows
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let partials = scratch.uninitialized(max(0, chunks - 1) * ci * co)
-  let aBuffers = workspace.elements(chunks * ci * r)
+  let ldaDx = 2 * wT.kPairs
+  let perChunk = ci * r + r * ldaDx  // xᵀ row pairs, then dy's bf16 rows
+  let buffers = workspace.elements(chunks * perChunk)
   let bBlocks = (0..<chunks).map { workspace.rowsPacked(chunk: $0, rows: r, columns: co) }
-  parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in
+  let kernels = KernelISA.rows
+  func run(_ chunk: Int, _ range: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
     let out = chunk == 0 ? dw : partials + (chunk - 1) * ci * co
-    let a = aBuffers + chunk * ci * r, b = bBlocks[chunk]
+    let pairs = buffers + chunk * perChunk, dyRows = pairs + ci * r, b = bBlocks[chunk]
     var first = true
     forEachBlock(range, blockRows: r) { blk in
-      // xᵀ's k-pairs are pairs of x's rows: interleaved, not transposed.
-      interleaveRowPairsBF16(a, x + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
-      packBF16B(b, dy + blk.lowerBound * co, transposed: false, rows: blk.count)
-      bf16GemmRowPairs(c: out, ldc: co, pairs: a, b: b, rows: ci, accumulate: chunk == 0 || !first, kPairs: (blk.count + 1) / 2)
+      let dyBlock = dy + blk.lowerBound * co
+      interleaveRowPairsBF16(pairs, x + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
+      packBF16B(b, dyBlock, transposed: false, rows: blk.count)
+      bf16GemmRowPairs(c: out, ldc: co, pairs: pairs, b: b, rows: ci, accumulate: chunk == 0 || !first,
+                       kPairs: (blk.count + 1) / 2)
       first = false
+      guard let dx else { return }
+      convertRowsToBF16(dyRows, stride: ldaDx, dyBlock, stride: co, rows: blk.count, columns: co)
+      bf16Gemm(c: dx + blk.lowerBound * ci, ldc: ci, a: dyRows, lda: ldaDx, b: wT, rows: blk.count, accumulate: false)
+      if let reduce, let partial {
+        kernels.batchNormReduce(da: dx, residual: residual, channels: ci, rows: blk, reduce.with(sums: partial))
+      }
     }
+  }
+  if let reduce, dx != nil {
+    parallelChannelSums(rows: rows, channels: ci, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
+                        into: reduce.sums) { chunk, range, partial in run(chunk, range, partial) }
+  } else {
+    parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in run(chunk, range, nil) }
   }
   for p in 0..<(chunks - 1) {
     let src = partials + p * ci * co
     for i in 0..<(ci * co) { dw[i] += src[i] }
   }
-}
-
-/// dw += bf16(x)ᵀ·bf16(dy) and dx = bf16(dy) · wᵀ (+ residual), both on the JIT (`wT` is wᵀ packed:
-/// [Co, Ci]), with the BN backward reductions `reduce` over each block of dx as the fused float32
-/// `pointwiseBackward` makes them (dx overwritten; no reduction without `reduce`).
-public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
-                                  dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                                  wT: BF16PackedMatrix, rows: Int, scratch: Scratch, workspace: BF16Workspace,
-                                  residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil) {
-  bf16WeightGradient(dw: dw, x: x, dy: dy, rows: rows, inChannels: wT.n, outChannels: wT.k, scratch: scratch,
-                     workspace: workspace)
-  bf16InputGradient(dx: dx, dy: dy, wT: wT, rows: rows, scratch: scratch, workspace: workspace, residual: residual,
-                    reduce: reduce)
 }
 
 /// dx = bf16(dy) · wᵀ (+ residual) with the optional fused BN reductions.
