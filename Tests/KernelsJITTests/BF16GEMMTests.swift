@@ -79,12 +79,15 @@ final class BF16GEMMTests: XCTestCase {
     for k in [1, 7, 33] { check(m: 9, k: k, n: 40, accumulate: false) }
     check(m: 13, k: 20, n: 70, accumulate: true, extraLDA: 6, extraLDC: 5)
     check(m: 3, k: 0, n: 20, accumulate: false)
+    // Several of the driver's 168-row blocks, the last one with a row tail.
+    check(m: 400, k: 30, n: 100, accumulate: true)
+    check(m: 337, k: 18, n: 17, accumulate: false)
   }
 
   /// A given as row pairs of a tall [K, M] matrix (the weight gradient's xᵀ): c = srcᵀ · b.
   func testRowPairsGemmMatchesNaive() {
     guard jitAvailable() else { return }
-    for (k, m, n, kUsed) in [(6, 5, 17, 6), (256, 40, 70, 256), (256, 24, 16, 131), (9, 100, 33, 9)] {
+    for (k, m, n, kUsed) in [(6, 5, 17, 6), (256, 40, 70, 256), (256, 24, 16, 131), (9, 100, 33, 9), (20, 200, 50, 19)] {
       var rng = RNG(s: UInt64(k * 31 + m * 7 + n))
       let src = (0..<(k * m)).map { _ in rng.next() }   // [K, M]
       let bF = (0..<(k * n)).map { _ in rng.next() }    // [K, N]
