@@ -35,7 +35,11 @@ let coreTargets: [Target] = [
   .target(name: "KernelRows", swiftSettings: fastFlags),
   .target(name: "KernelsAVX2", dependencies: ["KernelRows"], swiftSettings: fastFlags),
   .target(name: "KernelsAVX512", dependencies: ["KernelRows"], swiftSettings: avx512Flags),
-  .target(name: "Kernels", dependencies: ["CBLAS", "Common", "KernelRows", "KernelsAVX2", "KernelsAVX512"],
+  // The bf16 GEMM by run-time code generation: an x86-64 encoder, W^X executable memory, the
+  // vdpbf16ps microkernels and their driver (used by Kernels' bf16 mode where the CPU has AVX512-BF16).
+  .target(name: "KernelsJIT", dependencies: ["Common"], swiftSettings: fastFlags),
+  .testTarget(name: "KernelsJITTests", dependencies: ["KernelsJIT", "Common"], swiftSettings: fastFlags),
+  .target(name: "Kernels", dependencies: ["CBLAS", "Common", "KernelRows", "KernelsAVX2", "KernelsAVX512", "KernelsJIT"],
           swiftSettings: fastFlags),
   // MobileNetV2 exactly as TF-slim defines it: architecture, parameters, forward/backward.
   .target(name: "MobileNet", dependencies: ["Kernels", "Common"], swiftSettings: fastFlags),

@@ -8,10 +8,17 @@
 // vcvtneps2bf16), the kernels accumulate in float32 and write float32; batch norm, the loss, the
 // optimizer and the master weights stay float32.
 //
-// Why not vdpbf16ps itself: Swift 6.3 cannot express the LLVM intrinsic's operand type
-// (<32 x bfloat>); declaring `llvm.x86.avx512bf16.dpbf16ps.512` with @_silgen_name on SIMD16<Int32>
-// or Builtin.Vec32xInt16 fails LLVM's verifier ("Intrinsic has incorrect argument type"), and
-// Debian's OpenBLAS 0.3.21 has no cblas_sbgemm. docs/performance.md has the measurements.
+// Two ways to run that arithmetic (BF16Arithmetic, chosen by the CPU: BF16JIT.isAvailable):
+// - jit: where /proc/cpuinfo has avx512_bf16 and avx512f/bw/vl, the 1×1 convolutions (forward, input
+//   and weight gradients) and the logits run on vdpbf16ps microkernels generated at run time
+//   (KernelsJIT: an x86-64 encoder in Swift writes the machine code into an mmap'ed page, which is
+//   then made read+execute, never writable and executable at once; see PointwiseBF16.swift).
+//   Swift 6.3 cannot call vdpbf16ps itself: the LLVM intrinsic's <32 x bfloat> operand type has no
+//   Swift spelling (@_silgen_name on SIMD16<Int32> or Builtin.Vec32xInt16 fails LLVM's verifier),
+//   and Debian's OpenBLAS 0.3.21 has no cblas_sbgemm; generating the instruction bytes avoids both.
+// - emulated: everywhere else (and for the stem and the depthwise convolutions always), float32
+//   kernels on operands rounded by roundToBF16 below. `MNV2_BF16=emulate` on a CPU without
+//   AVX512-BF16 runs this path. docs/performance.md has the measurements.
 // The scalar conversions (bf16Bits, bf16Value, roundedToBF16) are in Common/BFloat16.swift.
 import Common
 

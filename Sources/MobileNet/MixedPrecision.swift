@@ -3,6 +3,10 @@
 // output gradient), accumulate in float32 and write float32. Batch norm (statistics, moving
 // averages), ReLU6, residual sums, the loss, the gradients and the master weights stay float32.
 // See Kernels/BF16.swift for why rounded float32 operands are exactly bf16 arithmetic.
+// With BF16Arithmetic.jit (a CPU with AVX512-BF16) the 1×1 convolutions and the logits instead run
+// on generated vdpbf16ps GEMMs (Kernels/PointwiseBF16.swift): their weights are packed here once per
+// step and their activations converted block by block inside the kernels; the stem and the depthwise
+// convolutions keep the rounded copies.
 import Kernels
 
 /// The rounded operands bf16 mode hands to the kernels.
@@ -13,11 +17,32 @@ final class BF16Operands {
   /// Rounded input activations (forward and backward) and rounded output gradients (backward).
   let activation = Scratch(), gradient = Scratch()
 
+  /// JIT arithmetic (BF16Arithmetic.jit): the 1×1 and logits weights packed for the generated GEMM,
+  /// as w [Ci, Co] (forward) and wᵀ (input gradient), by weight offset in the slab.
+  private(set) var packed: [Int: (forward: BF16PackedMatrix, transposed: BF16PackedMatrix)] = [:]
+  /// Per-thread bf16 rows of the JIT GEMMs.
+  let workspace = BF16Workspace()
+
   init(parameterCount: Int) { weights = FloatBuffer(count: parameterCount) }
 
-  func refreshWeights(from parameters: FloatBuffer) {
+  /// Rounds the slab; with `pack` (weight offset, Ci, Co per GEMM weight) also packs those for the JIT.
+  func refreshWeights(from parameters: FloatBuffer, pack: [(offset: Int, k: Int, n: Int)]) {
     roundToBF16(weights.base, parameters.base, count: parameters.count)
+    for p in pack where packed[p.offset] == nil {
+      packed[p.offset] = (BF16PackedMatrix(k: p.k, n: p.n), BF16PackedMatrix(k: p.n, n: p.k))
+    }
+    let matrices = pack.map { (packed[$0.offset]!, parameters.base + $0.offset) }
+    // One weight (both layouts) per task, spread over the compute threads.
+    parallelChunks(matrices.count) { _, r in
+      for i in r {
+        packBF16B(matrices[i].0.forward, matrices[i].1, transposed: false)
+        packBF16B(matrices[i].0.transposed, matrices[i].1, transposed: true)
+      }
+    }
   }
+
+  func forward(_ offset: Int) -> BF16PackedMatrix { packed[offset]!.forward }
+  func transposed(_ offset: Int) -> BF16PackedMatrix { packed[offset]!.transposed }
 
   /// A bf16-rounded copy of x[0..<count] in `scratch`, valid until that scratch's next use.
   func rounded(_ x: UnsafePointer<Float>, count: Int, in scratch: Scratch) -> UnsafePointer<Float> {

@@ -83,6 +83,14 @@ public final class MobileNetV2 {
   /// Arithmetic of the convolutions and the logits GEMM (MixedPrecision.swift); float32 by default.
   public var precision: Precision = .fp32
   private lazy var bf16 = BF16Operands(parameterCount: trainable.count)
+  /// How bf16 mode computes the 1×1 convolutions and the logits: the generated vdpbf16ps GEMM where the
+  /// CPU has AVX512-BF16, else float32 kernels on rounded operands (tests switch it to compare the two).
+  public var bf16Arithmetic: BF16Arithmetic = .host
+  private var jit: Bool { precision == .bf16 && bf16Arithmetic == .jit }
+  /// The GEMM weights the JIT reads packed: every 1×1 convolution and the logits.
+  private lazy var packedWeights: [(offset: Int, k: Int, n: Int)] =
+    layers.filter { if case .pointwise = $0.op { return true } else { return false } }
+      .map { ($0.weight, $0.inChannels, $0.outChannels) } + [(logitsWeights, featureDepth, config.numClasses)]
 
   /// TF-slim training_scope default initializer: truncated normal, stddev 0.09.
   public static let initStddev = 0.09
@@ -215,7 +223,7 @@ public final class MobileNetV2 {
   public func forward(batch: Int, mode: ForwardMode, rng: inout RandomState) -> UnsafeMutablePointer<Float> {
     let act = activations(batch: batch)
     act.mode = mode
-    if precision == .bf16 { bf16.refreshWeights(from: parameters) }
+    if precision == .bf16 { bf16.refreshWeights(from: parameters, pack: jit ? packedWeights : []) }
     var x = UnsafePointer(act.input)
     convBNForward(stemIndex, x: x, act: act)
     x = UnsafePointer(act.a[stemIndex]!)
@@ -245,8 +253,13 @@ public final class MobileNetV2 {
       features = UnsafePointer(act.dropped)
     }
     act.features = features
-    denseForward(y: act.logits, x: kx(features, batch * C), w: kw(logitsWeights), b: w(logitsBiases),
-                 rows: batch, inChannels: C, outChannels: config.numClasses)
+    if jit {
+      denseForwardBF16(y: act.logits, x: features, w: bf16.forward(logitsWeights), b: w(logitsBiases), rows: batch,
+                       workspace: bf16.workspace)
+    } else {
+      denseForward(y: act.logits, x: kx(features, batch * C), w: kw(logitsWeights), b: w(logitsBiases),
+                   rows: batch, inChannels: C, outChannels: config.numClasses)
+    }
     return act.logits
   }
 
@@ -260,7 +273,9 @@ public final class MobileNetV2 {
     let training = act.mode.batchNormTraining
     // bf16: rounded operands. A depthwise reading the expand layer's raw z rounds the activation it
     // makes from z as it reads (PendingBatchNorm.roundToBF16), never z itself.
-    let xk = input == nil ? kx(x, l.inputCount(batch: n)) : x, weight = kw(l.weight)
+    let weight = kw(l.weight)
+    // The JIT 1×1 converts x itself, block by block: no rounded copy then.
+    var xk: UnsafePointer<Float> { input == nil ? kx(x, l.inputCount(batch: n)) : x }
     let (shift, sums) = (act.statShift[i], act.statSums[i])
     switch l.op {
     case .conv(let k):
@@ -275,7 +290,10 @@ public final class MobileNetV2 {
     case .pointwise:
       Profile.time(.pointwise) {
         let rows = n * l.inSize * l.inSize
-        if training {
+        if jit {
+          pointwiseForwardBF16(y: z, x: x, w: bf16.forward(l.weight), rows: rows, statisticsShift: training ? shift : nil,
+                               sums: training ? sums : nil, scratch: scratch, workspace: bf16.workspace)
+        } else if training {
           pointwiseForward(y: z, x: xk, w: weight, rows: rows, inChannels: l.inChannels, outChannels: l.outChannels,
                            statisticsShift: shift, sums: sums, scratch: scratch)
         } else {
@@ -346,10 +364,16 @@ public final class MobileNetV2 {
     let C = featureDepth
     let last = layers[lastConvIndex]
     // Head: logits → dropout → pool.
-    denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases),
-                  dy: kdy(act.dLogits, batch * config.numClasses), x: kx(act.features, batch * C),
-                  w: kw(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses,
-                  scratch: scratch)
+    if jit {
+      denseBackwardBF16(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases), dy: act.dLogits,
+                        roundedDY: kdy(act.dLogits, batch * config.numClasses), roundedX: kx(act.features, batch * C),
+                        wT: bf16.transposed(logitsWeights), rows: batch, scratch: scratch, workspace: bf16.workspace)
+    } else {
+      denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases),
+                    dy: kdy(act.dLogits, batch * config.numClasses), x: kx(act.features, batch * C),
+                    w: kw(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses,
+                    scratch: scratch)
+    }
     if act.features == UnsafePointer(act.dropped) {
       dropoutBackward(dx: act.dPooled, dy: act.dPooled, mask: act.dropoutMask, count: batch * C)
     }
@@ -427,7 +451,11 @@ public final class MobileNetV2 {
     case .pointwise:
       Profile.time(.pointwise, backward: true) {
         let rows = n * l.inSize * l.inSize
-        if let dx, let dxReduce {
+        if jit {
+          pointwiseBackwardBF16(dx: dx, dw: g(l.weight), dy: dz, x: x,
+                                wT: bf16.transposed(l.weight), rows: rows, scratch: scratch, workspace: bf16.workspace,
+                                residual: dxResidual, reduce: dxReduce)
+        } else if let dx, let dxReduce {
           pointwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight), rows: rows, inChannels: l.inChannels,
                             outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce)
         } else {

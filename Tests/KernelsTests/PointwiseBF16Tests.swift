@@ -1,0 +1,112 @@
+// The bf16 1×1 convolutions on the generated GEMM (PointwiseBF16.swift) against the naive float64
+// kernels on the bf16-rounded operands, fused epilogues included; and the choice JIT vs emulation.
+import Common
+import Kernels
+import XCTest
+
+final class PointwiseBF16Tests: XCTestCase {
+  override func setUp() { Compute.setThreads(2) }
+  override func tearDown() { Compute.setThreads(1) }
+
+  func rounded(_ b: FloatBuffer) -> FloatBuffer {
+    let r = FloatBuffer(count: b.count)
+    for i in 0..<b.count { r[i] = roundedToBF16(b[i]) }
+    return r
+  }
+
+  /// The JIT only where the CPU has AVX512-BF16 (+F/BW/VL); elsewhere bf16 mode takes the emulation.
+  func testArithmeticChoiceFollowsTheCPU() {
+    let flags = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
+      .split(separator: "\n").first { $0.hasPrefix("flags") }.map { Set($0.split(separator: " ").map(String.init)) } ?? []
+    let hasAll = BF16JIT.requiredFlags.allSatisfy(flags.contains)
+    XCTAssertEqual(BF16JIT.isAvailable, hasAll)
+    XCTAssertEqual(BF16Arithmetic.host, hasAll ? .jit : .emulated)
+    if !hasAll { print("PointwiseBF16Tests: CPU lacks \(BF16JIT.requiredFlags): JIT unavailable, bf16 uses the emulation path") }
+  }
+
+  let shapes = [(1, 3, 5), (37, 16, 96), (3001, 24, 144), (130, 96, 16), (300, 7, 33), (130, 160, 1001), (1111, 40, 70)]
+
+  func testForwardWithStatisticsMatchesNaiveOnRoundedOperands() {
+    guard BF16JIT.isAvailable else { testArithmeticChoiceFollowsTheCPU(); return }
+    let workspace = BF16Workspace()
+    for (m, ci, co) in shapes {
+      let x = randomBuffer(m * ci, seed: 150, offset: 1), w = randomBuffer(ci * co, seed: 151)
+      let packed = BF16PackedMatrix(k: ci, n: co)
+      packBF16B(packed, w.base, transposed: false)
+      let y = FloatBuffer(count: m * co), y2 = FloatBuffer(count: m * co), yRef = FloatBuffer(count: m * co)
+      let shift = FloatBuffer(count: co)
+      var sums = [Double](repeating: .nan, count: 2 * co)
+      pointwiseForwardBF16(y: y.base, x: x.base, w: packed, rows: m, statisticsShift: shift.base, sums: &sums,
+                           scratch: Scratch(), workspace: workspace)
+      pointwiseForwardBF16(y: y2.base, x: x.base, w: packed, rows: m, scratch: Scratch(), workspace: workspace)
+      let (xr, wr) = (rounded(x), rounded(w))  // kept alive: .base of a temporary would dangle
+      pointwiseForwardNaive(y: yRef.base, x: xr.base, w: wr.base, rows: m, inChannels: ci, outChannels: co)
+      let what = "bf16 JIT 1x1 \(m)x\(ci)x\(co)"
+      assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, what)
+      XCTAssertEqual(y.array, y2.array, what + ": with and without statistics")
+      assertStatistics(shift: shift, sums: sums, of: yRef.base, rows: m, channels: co, what)
+    }
+  }
+
+  func testBackwardWithFusedReductionsAndResidualMatchesNaiveOnRoundedOperands() {
+    guard BF16JIT.isAvailable else { testArithmeticChoiceFollowsTheCPU(); return }
+    let workspace = BF16Workspace()
+    for (m, ci, co) in shapes {
+      for withResidual in [false, true] {
+        let x = randomBuffer(m * ci, seed: 180), w = randomBuffer(ci * co, seed: 181), dy = randomBuffer(m * co, seed: 182)
+        let res = randomBuffer(m * ci, seed: 183)
+        let producer = FusedKernelsTests.Layer(rows: m, channels: ci, relu6: !withResidual, seed: 184)
+        let wT = BF16PackedMatrix(k: co, n: ci)
+        packBF16B(wT, w.base, transposed: true)
+        let (xr, wr, dyr) = (rounded(x), rounded(w), rounded(dy))
+        let dx = FloatBuffer(count: m * ci), dxRef = FloatBuffer(count: m * ci)
+        let dw = randomBuffer(ci * co, seed: 185), dwRef = FloatBuffer(count: ci * co)
+        dwRef.copy(from: dw.array)
+        var sums = [Double](repeating: .nan, count: 2 * ci)
+        sums.withUnsafeMutableBufferPointer { sp in
+          pointwiseBackwardBF16(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, wT: wT,
+                                rows: m, scratch: Scratch(), workspace: workspace,
+                                residual: withResidual ? UnsafePointer(res.base) : nil, reduce: producer.reduction(sp.baseAddress!))
+        }
+        pointwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dyr.base, x: xr.base, w: wr.base, rows: m,
+                               inChannels: ci, outChannels: co)
+        if withResidual { for i in 0..<(m * ci) { dxRef[i] += res[i] } }
+        let what = "bf16 JIT 1x1 backward \(m)x\(ci)x\(co) residual=\(withResidual)"
+        assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, what + " dx")
+        assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, what + " dw")
+        let expected = producer.naiveSums(da: dxRef.base)
+        for i in sums.indices {
+          XCTAssertEqual(sums[i], expected[i], accuracy: 1e-3 + 1e-4 * abs(expected[i]), "\(what) sum[\(i)]")
+        }
+      }
+    }
+  }
+
+  func testDenseMatchesNaiveOnRoundedOperands() {
+    guard BF16JIT.isAvailable else { testArithmeticChoiceFollowsTheCPU(); return }
+    let workspace = BF16Workspace()
+    let (n, c, k) = (5, 40, 1001)
+    let x = randomBuffer(n * c, seed: 190), w = randomBuffer(c * k, seed: 191), b = randomBuffer(k, seed: 192)
+    let dy = randomBuffer(n * k, seed: 193)
+    let packed = BF16PackedMatrix(k: c, n: k), packedT = BF16PackedMatrix(k: k, n: c)
+    packBF16B(packed, w.base, transposed: false)
+    packBF16B(packedT, w.base, transposed: true)
+    let y = FloatBuffer(count: n * k), yRef = FloatBuffer(count: n * k)
+    denseForwardBF16(y: y.base, x: x.base, w: packed, b: b.base, rows: n, workspace: workspace)
+    let (xr, wr, dyr) = (rounded(x), rounded(w), rounded(dy))
+    pointwiseForwardNaive(y: yRef.base, x: xr.base, w: wr.base, rows: n, inChannels: c, outChannels: k)
+    for i in 0..<(n * k) { yRef[i] += b[i % k] }
+    assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, "dense forward")
+    let dx = FloatBuffer(count: n * c), dxRef = FloatBuffer(count: n * c)
+    let dw = FloatBuffer(count: c * k), dwRef = FloatBuffer(count: c * k)
+    let db = FloatBuffer(count: k), dbRef = FloatBuffer(count: k)
+    denseBackwardBF16(dx: dx.base, dw: dw.base, db: db.base, dy: dy.base, roundedDY: dyr.base, roundedX: xr.base,
+                      wT: packedT, rows: n, scratch: Scratch(), workspace: workspace)
+    pointwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dyr.base, x: xr.base, w: wr.base, rows: n,
+                           inChannels: c, outChannels: k)
+    for i in 0..<(n * k) { dbRef[i % k] += dyr[i] }
+    assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, "dense dx (K = 1001: odd, padded)")
+    assertClose(dw, dwRef, atol: 1e-4, rtol: 1e-4, "dense dw")
+    assertClose(db, dbRef, atol: 1e-5, rtol: 1e-5, "dense db")
+  }
+}
