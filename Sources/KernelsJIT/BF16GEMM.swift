@@ -12,8 +12,15 @@ import Common
 public enum BF16JIT {
   public static let requiredFlags = ["avx512_bf16", "avx512f", "avx512bw", "avx512vl"]
 
+  /// The CPU has the instructions and the OS lets us map generated code (a system that refuses
+  /// executable mappings, e.g. under an SELinux execmem denial, gets the emulation, not a crash).
+  public static let isAvailable: Bool = cpuHasFlags && ExecutableMemory.install([returnOpcode]) != nil
+
+  /// `ret`: the one-byte probe of executable memory.
+  static let returnOpcode: UInt8 = 0xC3
+
   /// The flags line of /proc/cpuinfo contains every required flag (false on other systems).
-  public static let isAvailable: Bool = {
+  public static let cpuHasFlags: Bool = {
     #if arch(x86_64) && os(Linux)
     guard let fd = fopen("/proc/cpuinfo", "r") else { return false }
     defer { fclose(fd) }
