@@ -26,12 +26,19 @@ public enum GemmChoice {
     ProcessInfo.processInfo.environment[environmentVariable].flatMap { GemmImplementation(rawValue: $0.lowercased()) }
 }
 
-/// Whether our kernels run this shape instead of cblas_sgemm: where `bench gemm` measured them faster.
+/// Whether our kernels run this shape instead of cblas_sgemm: where `bench gemm` (2 threads, Zen 4,
+/// AVX-512, minimum of alternating repetitions; docs/performance.md) measured them faster.
+/// Products: ours 1.1–2.3x on every 1.0/224 and 0.35/96 layer with min(k, n) ≤ 160 and max ≤ 576
+/// (e.g. 401408x32x16 fwd+stats 2.1x, 6272x384x64 1.3x); OpenBLAS ahead from (1568, 960, 160) on
+/// (fwd 0.6x; 1568x320x1280 0.5x), where its packed 16/32-wide tiles are full.
+/// Weight gradients: ours 1.2–3.2x with min(k, n) ≤ 64 (401408x32x16 1.5x, 6272x64x384 3.2x) and
+/// even to 1.1x up to 384x96; OpenBLAS ahead at 6272x576x96 (0.7x) and 1568x960x320 (0.7x).
 func useOwnGEMM(_ form: GemmForm, k: Int, n: Int) -> Bool {
   if let forced = GemmChoice.forced { return forced == .own }
+  let (small, large) = (min(k, n), max(k, n))
   switch form {
-  case .product: return min(k, n) <= 64
-  case .weightGradient: return min(k, n) <= 64
+  case .product: return small <= 160 && large <= 576
+  case .weightGradient: return small <= 64 || large <= 384
   }
 }
 
