@@ -38,7 +38,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   }
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let kernels = KernelISA.rows
-  if useOwnGEMM(.product, k: k, n: n) {  // statistics from the kernel's registers
+  if useOwnGEMM(.product, rows: rows, k: k, n: n) {  // statistics from the kernel's registers
     let packed = scratch.uninitialized(gemmPackedCount(k: k, n: n))
     let ldb = packGemmB(w, k: k, n: n, transposed: false, into: packed)
     parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
@@ -84,7 +84,7 @@ public func pointwiseBackward(dx: UnsafeMutablePointer<Float>, dw: UnsafeMutable
   guard rows > 0 else { reduce.sums.update(repeating: 0, count: 2 * n); return }
   let kernels = KernelISA.rows
   _ = Compute.blasSingleThreaded
-  let own = useOwnGEMM(.product, k: k, n: n)
+  let own = useOwnGEMM(.product, rows: rows, k: k, n: n)
   let packed = own ? scratch.uninitialized(gemmPackedCount(k: k, n: n)) : nil  // dw is done with the partials
   let ldb = packed.map { packGemmB(w, k: k, n: n, transposed: true, into: $0) } ?? 0
   parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
@@ -111,7 +111,7 @@ let gemmMinRowsPerThread = 64
 func gemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
               rows: Int, k: Int, n: Int, transposeB: Bool) {
   guard rows > 0 else { return }
-  if useOwnGEMM(.product, k: k, n: n) {
+  if useOwnGEMM(.product, rows: rows, k: k, n: n) {
     withUnsafeTemporaryAllocation(of: Float.self, capacity: gemmPackedCount(k: k, n: n)) { buf in
       let ldb = packGemmB(b, k: k, n: n, transposed: transposeB, into: buf.baseAddress!)
       ownGemmRows(c: c, a: a, packed: buf.baseAddress!, ldb: ldb, rows: rows, k: k, n: n)
@@ -135,7 +135,7 @@ func gemmPartialsCount(rows: Int, m: Int, n: Int) -> Int {
 func gemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                         rows: Int, m: Int, n: Int, partials: UnsafeMutablePointer<Float>) {
   guard rows > 0 else { return }
-  if useOwnGEMM(.weightGradient, k: m, n: n) {
+  if useOwnGEMM(.weightGradient, rows: rows, k: m, n: n) {
     ownGemmTransposedRows(c: c, a: a, b: b, rows: rows, m: m, n: n, partials: partials)
     return
   }

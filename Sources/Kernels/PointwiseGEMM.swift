@@ -27,17 +27,21 @@ public enum GemmChoice {
 }
 
 /// Whether our kernels run this shape instead of cblas_sgemm: where `bench gemm` (2 threads, Zen 4,
-/// AVX-512, minimum of alternating repetitions; docs/performance.md) measured them faster.
-/// Products: ours 1.1–2.3x on every 1.0/224 and 0.35/96 layer with min(k, n) ≤ 160 and max ≤ 576
-/// (e.g. 401408x32x16 fwd+stats 2.1x, 6272x384x64 1.3x); OpenBLAS ahead from (1568, 960, 160) on
-/// (fwd 0.6x; 1568x320x1280 0.5x), where its packed 16/32-wide tiles are full.
-/// Weight gradients: ours 1.2–3.2x with min(k, n) ≤ 64 (401408x32x16 1.5x, 6272x64x384 3.2x) and
-/// even to 1.1x up to 384x96; OpenBLAS ahead at 6272x576x96 (0.7x) and 1568x960x320 (0.7x).
-func useOwnGEMM(_ form: GemmForm, k: Int, n: Int) -> Bool {
+/// AVX-512, minimum of alternating repetitions, 3 runs; docs/performance.md) measured them faster.
+/// Products: ours 1.0–2.6x with min(k, n) ≤ 160 and max ≤ 576 (401408x32x16 fwd+stats 2.6x,
+/// 6272x384x64 fwd 1.35x), except the big expand layers: k ≤ 32 into n ≥ 96 with an output of
+/// ≥ 2²² floats (401408x16x96 fwd+stats 0.76x, 100352x24x144 0.88x, 25088x32x192 0.86x), where
+/// writing the large output is the cost and OpenBLAS's blocked stores do it better; small expands
+/// (0.35/96: 9216x16x96 1.3x) stay ours. OpenBLAS ahead from (1568, 960, 160) on (fwd 0.6–0.9x).
+/// Weight gradients: ours 1.1–1.9x with min(k, n) ≤ 64 (401408x32x16 1.9x, 401408x16x96 1.5x) and
+/// about even to 384x96; OpenBLAS ahead at 6272x576x96 (0.7x) and 1568x960x320 (0.9x).
+func useOwnGEMM(_ form: GemmForm, rows: Int, k: Int, n: Int) -> Bool {
   if let forced = GemmChoice.forced { return forced == .own }
   let (small, large) = (min(k, n), max(k, n))
   switch form {
-  case .product: return small <= 160 && large <= 576
+  case .product:
+    let bigExpand = k <= 32 && n >= 96 && rows * n >= 1 << 22
+    return small <= 160 && large <= 576 && !bigExpand
   case .weightGradient: return small <= 64 || large <= 384
   }
 }
@@ -90,12 +94,12 @@ func ownGemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Floa
   }
 }
 
-/// What `useOwnGEMM` picks for a 1×1 convolution of Ci → Co: (forward, input gradient, weight gradient).
-public func pointwiseGemmSelection(inChannels ci: Int, outChannels co: Int)
+/// What `useOwnGEMM` picks for a 1×1 convolution of Ci → Co over `rows` pixels: (forward, input gradient, weight gradient).
+public func pointwiseGemmSelection(rows: Int, inChannels ci: Int, outChannels co: Int)
   -> (forward: GemmImplementation, inputGradient: GemmImplementation, weightGradient: GemmImplementation) {
   func pick(_ own: Bool) -> GemmImplementation { own ? .own : .blas }
-  return (pick(useOwnGEMM(.product, k: ci, n: co)), pick(useOwnGEMM(.product, k: co, n: ci)),
-          pick(useOwnGEMM(.weightGradient, k: ci, n: co)))
+  return (pick(useOwnGEMM(.product, rows: rows, k: ci, n: co)), pick(useOwnGEMM(.product, rows: rows, k: co, n: ci)),
+          pick(useOwnGEMM(.weightGradient, rows: rows, k: ci, n: co)))
 }
 
 /// dx[rows, Ci] = dy[rows, Co] · wᵀ alone, as the unfused backward runs it (`bench gemm` times it).

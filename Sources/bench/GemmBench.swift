@@ -68,7 +68,7 @@ struct GemmBench: ParsableCommand {
       let y = FloatBuffer(count: m * co), dx = FloatBuffer(count: m * ci), dw = FloatBuffer(count: ci * co)
       let shift = FloatBuffer(count: co)
       var sums = [Double](repeating: 0, count: 2 * co)
-      let selection = pointwiseGemmSelection(inChannels: ci, outChannels: co)
+      let selection = pointwiseGemmSelection(rows: m, inChannels: ci, outChannels: co)
       let flops = 2.0 * Double(m) * Double(ci) * Double(co)
       func line(_ product: String, _ times: [[Double]], _ selected: GemmImplementation) {
         func rate(_ t: [Double]) -> String { String(format: "%6.1f (%6.1f)", flops / t[0] / 1e9, flops / t[t.count / 2] / 1e9) }

@@ -119,18 +119,20 @@ final class GemmKernelsTests: XCTestCase {
     }
   }
 
-  /// The selection is what docs/performance.md documents: ours for the narrow early layers,
-  /// OpenBLAS for the wide late ones; GemmChoice.forced overrides it.
-  func testSelectionPrefersOwnKernelsOnNarrowShapes() {
+  /// The selection is what docs/performance.md documents: ours for the narrow early layers and the
+  /// small expands, OpenBLAS for the wide late layers and the big expands; GemmChoice.forced overrides it.
+  func testSelectionFollowsTheMeasuredCrossover() {
     GemmChoice.forced = nil
-    let early = pointwiseGemmSelection(inChannels: 32, outChannels: 16)
-    XCTAssertEqual(early.forward, .own)
-    XCTAssertEqual(early.weightGradient, .own)
-    let late = pointwiseGemmSelection(inChannels: 960, outChannels: 320)
-    XCTAssertEqual(late.forward, .blas)
-    XCTAssertEqual(late.inputGradient, .blas)
-    XCTAssertEqual(late.weightGradient, .blas)
+    let early = pointwiseGemmSelection(rows: 401408, inChannels: 32, outChannels: 16)
+    XCTAssertEqual([early.forward, early.inputGradient, early.weightGradient], [.own, .own, .own])
+    let bigExpand = pointwiseGemmSelection(rows: 401408, inChannels: 16, outChannels: 96)
+    XCTAssertEqual([bigExpand.forward, bigExpand.inputGradient, bigExpand.weightGradient], [.blas, .own, .own])
+    XCTAssertEqual(pointwiseGemmSelection(rows: 9216, inChannels: 16, outChannels: 96).forward, .own)
+    let late = pointwiseGemmSelection(rows: 1568, inChannels: 960, outChannels: 320)
+    XCTAssertEqual([late.forward, late.inputGradient, late.weightGradient], [.blas, .blas, .blas])
     GemmChoice.forced = .own
-    XCTAssertEqual(pointwiseGemmSelection(inChannels: 960, outChannels: 320).forward, .own)
+    XCTAssertEqual(pointwiseGemmSelection(rows: 1568, inChannels: 960, outChannels: 320).forward, .own)
+    GemmChoice.forced = .blas
+    XCTAssertEqual(pointwiseGemmSelection(rows: 401408, inChannels: 32, outChannels: 16).forward, .blas)
   }
 }
