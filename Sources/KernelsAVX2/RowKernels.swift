@@ -488,8 +488,12 @@ private func roundedToBF16(_ x: Float) -> Float {
 // Register-blocked fp32 GEMM row kernels for the skinny 1×1 convolutions of the early layers
 // (Kernels/Pointwise.swift decides per shape whether they or cblas_sgemm run; see `useOwnGEMM`).
 // They live in this file, not a second one: with any second source file in KernelsAVX2 (even an
-// empty extension) the model tests' depthwise forward died with "stack smashing detected"
-// (a latent problem of the depthwise kernel or the compiler, not found yet; see the issue-12g report).
+// empty extension) the optimiser stopped inlining `withBlockSums` into depthwiseForward, and the
+// call came back with garbage in the error register (r12 = 3 where a non-throwing call must leave
+// 0), so the caller took its "closure threw" path, which ends in __stack_chk_fail: the model tests
+// aborted with "stack smashing detected" although no stack was written out of bounds. A Swift
+// 6.3 miscompile of withUnsafeTemporaryAllocation's typed rethrow through a non-inlined
+// specialisation, found with gdb; one source file per module avoids it.
 //
 // Shapes they are for: rows = N·H·W in the 10⁵–10⁶, K and N in 16…192. A row of A is K contiguous
 // floats read in place (no packing: each element is broadcast once per tile), the small B is
