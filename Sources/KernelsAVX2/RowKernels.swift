@@ -50,10 +50,20 @@ private struct BlockSums {
   }
 }
 
-/// Runs body with block sums over 2·C floats of stack/heap scratch, folding at the end.
+/// `capacity` elements of heap scratch for body. Not withUnsafeTemporaryAllocation: where the
+/// optimiser did not inline a call through it, the call came back with garbage in the error
+/// register and the caller aborted on its "threw" path (see the note in the GEMM section).
+@inline(__always)
+private func withScratch<T, R>(of _: T.Type, capacity: Int, _ body: (UnsafeMutableBufferPointer<T>) -> R) -> R {
+  let p = UnsafeMutablePointer<T>.allocate(capacity: capacity)
+  defer { p.deallocate() }
+  return body(UnsafeMutableBufferPointer(start: p, count: capacity))
+}
+
+/// Runs body with block sums over 2·C floats of heap scratch, folding at the end.
 @inline(__always)
 private func withBlockSums(channels C: Int, out: UnsafeMutablePointer<Double>, _ body: (inout BlockSums) -> Void) {
-  withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * C) { buf in
+  withScratch(of: Float.self, capacity: 2 * C) { buf in
     var b = BlockSums(buf.baseAddress!, channels: C, out: out)
     body(&b)
     b.fold()
@@ -159,7 +169,7 @@ public enum RowKernels: RowKernelSet {
                                       input: DepthwiseInputTransform?) {
     let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
     let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
-    withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * K * K) { tapBuf in
+    withScratch(of: Int.self, capacity: 2 * K * K) { tapBuf in
       let taps = tapBuf.baseAddress!
       func run(_ sums: inout BlockSums?) {
         forEachInputWindow(rows: rows, g, x: x, input: input) { n, oys, base, origin in
@@ -203,7 +213,7 @@ public enum RowKernels: RowKernelSet {
                                             residual: UnsafePointer<Float>?, reduce: BatchNormReduction?) {
     let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
     let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
-    withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * K * K) { tapBuf in
+    withScratch(of: Int.self, capacity: 2 * K * K) { tapBuf in
       let taps = tapBuf.baseAddress!
       // Gather: input pixel (iy, ix) is read by output (oy, ox) through tap (ky, kx) when
       // oy·S − pt + ky = iy, i.e. oy = (iy + pt − ky) / S exactly.
@@ -493,7 +503,9 @@ private func roundedToBF16(_ x: Float) -> Float {
 // 0), so the caller took its "closure threw" path, which ends in __stack_chk_fail: the model tests
 // aborted with "stack smashing detected" although no stack was written out of bounds. A Swift
 // 6.3 miscompile of withUnsafeTemporaryAllocation's typed rethrow through a non-inlined
-// specialisation, found with gdb; one source file per module avoids it.
+// specialisation, found with gdb. The row kernels now take their scratch from `withScratch` (heap)
+// instead, which survives a second file (checked with an empty extension file), but one file
+// per module stays the rule.
 //
 // Shapes they are for: rows = N·H·W in the 10⁵–10⁶, K and N in 16…192. A row of A is K contiguous
 // floats read in place (no packing: each element is broadcast once per tile), the small B is
