@@ -110,4 +110,14 @@ public protocol RowKernelSet {
   static func batchNormBackwardApply(dz: UnsafeMutablePointer<Float>, da: UnsafePointer<Float>,
                                      _ r: BatchNormReduction, k: UnsafePointer<Float>, meanG: UnsafePointer<Float>,
                                      meanGX: UnsafePointer<Float>, channels: Int, rows: Range<Int>)
+
+  /// Columns the GEMM kernels process per register (their packed B's row stride must be a multiple of it).
+  static var gemmColumnPadding: Int { get }
+  /// c[rows, n] = a[rows, k] · b over the given rows, b packed as [k, ldb] (ldb ≥ n a multiple of
+  /// `gemmColumnPadding`, columns n..<ldb zero); with `stats`, the statistics of the written c rows.
+  static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
+                   k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?)
+  /// c[k, n] += a[rows, k]ᵀ · b[rows, n] (the weight gradient of a 1×1 convolution: a sum over rows).
+  static func gemmTransposedA(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+                              k: Int, n: Int, rows: Range<Int>)
 }

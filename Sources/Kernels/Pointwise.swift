@@ -38,6 +38,14 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   }
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let kernels = KernelISA.rows
+  if useOwnGEMM(.product, rows: rows, k: k, n: n) {  // statistics from the kernel's registers
+    let packed = scratch.uninitialized(gemmPackedCount(k: k, n: n))
+    let ldb = packGemmB(w, k: k, n: n, transposed: false, into: packed)
+    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
+      kernels.gemm(c: y, a: x, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: stats.with(sums: partial))
+    }
+    return
+  }
   _ = Compute.blasSingleThreaded
   parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
     forEachBlock(r, blockRows: fusedBlockRows(k: k, n: n)) { b in
@@ -76,11 +84,18 @@ public func pointwiseBackward(dx: UnsafeMutablePointer<Float>, dw: UnsafeMutable
   guard rows > 0 else { reduce.sums.update(repeating: 0, count: 2 * n); return }
   let kernels = KernelISA.rows
   _ = Compute.blasSingleThreaded
+  let own = useOwnGEMM(.product, rows: rows, k: k, n: n)
+  let packed = own ? scratch.uninitialized(gemmPackedCount(k: k, n: n)) : nil  // dw is done with the partials
+  let ldb = packed.map { packGemmB(w, k: k, n: n, transposed: true, into: $0) } ?? 0
   parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
                       into: reduce.sums) { _, r, partial in
     forEachBlock(r, blockRows: fusedBlockRows(k: k, n: n)) { b in
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(b.count), Int32(n), Int32(k),
-                  1, dy + b.lowerBound * k, Int32(k), w, Int32(k), 0, dx + b.lowerBound * n, Int32(n))
+      if let packed {
+        kernels.gemm(c: dx, a: dy, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil)
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(b.count), Int32(n), Int32(k),
+                    1, dy + b.lowerBound * k, Int32(k), w, Int32(k), 0, dx + b.lowerBound * n, Int32(n))
+      }
       kernels.batchNormReduce(da: dx, residual: residual, channels: n, rows: b, reduce.with(sums: partial))
     }
   }
@@ -96,6 +111,13 @@ let gemmMinRowsPerThread = 64
 func gemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
               rows: Int, k: Int, n: Int, transposeB: Bool) {
   guard rows > 0 else { return }
+  if useOwnGEMM(.product, rows: rows, k: k, n: n) {
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: gemmPackedCount(k: k, n: n)) { buf in
+      let ldb = packGemmB(b, k: k, n: n, transposed: transposeB, into: buf.baseAddress!)
+      ownGemmRows(c: c, a: a, packed: buf.baseAddress!, ldb: ldb, rows: rows, k: k, n: n)
+    }
+    return
+  }
   _ = Compute.blasSingleThreaded
   parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { _, r in
     cblas_sgemm(CblasRowMajor, CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans, Int32(r.count), Int32(n), Int32(k),
@@ -113,6 +135,10 @@ func gemmPartialsCount(rows: Int, m: Int, n: Int) -> Int {
 func gemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                         rows: Int, m: Int, n: Int, partials: UnsafeMutablePointer<Float>) {
   guard rows > 0 else { return }
+  if useOwnGEMM(.weightGradient, rows: rows, k: m, n: n) {
+    ownGemmTransposedRows(c: c, a: a, b: b, rows: rows, m: m, n: n, partials: partials)
+    return
+  }
   _ = Compute.blasSingleThreaded
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in

@@ -6,7 +6,8 @@ import MobileNet
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmarks, each printed beside its baseline as a ratio.",
-    subcommands: [TrainBench.self, TrainOne.self, ScalingBench.self, FusedBench.self, GemmBF16Bench.self])
+    subcommands: [TrainBench.self, TrainOne.self, ScalingBench.self, FusedBench.self, GemmBench.self,
+                  GemmBF16Bench.self])
 }
 
 /// One benchmark configuration, written model:imageSize:batch:classes.

@@ -1,0 +1,138 @@
+// Our GEMM row kernels (KernelsAVX2/GemmKernels.swift, used by Pointwise.swift for the skinny 1×1
+// shapes) and OpenBLAS, each forced for every shape through GemmChoice, against the naive double
+// loops: every tail of the 8-row tile, the 8-row K tile and the 16/8-column vectors, on every
+// instruction set this CPU runs.
+import Kernels
+import XCTest
+
+final class GemmKernelsTests: XCTestCase {
+  override func tearDown() {
+    GemmChoice.forced = nil
+    Compute.setThreads(1)
+  }
+
+  let tailRows = [1, 3, 17, 100]
+  let tailK = [1, 3, 16, 24, 32, 40]
+  let tailN = [1, 8, 15, 16, 17, 24, 96, 144]
+
+  func forEachImplementation(_ body: (String) -> Void) {
+    forEachInstructionSet { isa in
+      for impl in GemmImplementation.allCases {
+        GemmChoice.forced = impl
+        body("\(isa) \(impl)")
+      }
+    }
+    GemmChoice.forced = nil
+  }
+
+  /// Forward without and with the fused statistics; the statistics also against the separate
+  /// `batchNormStatistics` pass (channelStatistics) over the same output.
+  func checkForward(m: Int, ci: Int, co: Int, scratch: Scratch, _ label: String) {
+    let x = randomBuffer(m * ci, seed: 1, offset: 0.5), w = randomBuffer(ci * co, seed: 2)
+    let y = FloatBuffer(count: m * co), yStats = FloatBuffer(count: m * co), yRef = FloatBuffer(count: m * co)
+    pointwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+    pointwiseForward(y: y.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+    let what = "\(label) 1x1 \(m)x\(ci)x\(co)"
+    assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, what + " forward")
+    let shift = FloatBuffer(count: co)
+    var sums = [Double](repeating: .nan, count: 2 * co)
+    pointwiseForward(y: yStats.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co,
+                     statisticsShift: shift.base, sums: &sums, scratch: scratch)
+    assertClose(yStats, yRef, atol: 1e-4, rtol: 1e-4, what + " forward with statistics")
+    assertStatistics(shift: shift, sums: sums, of: yRef.base, rows: m, channels: co, what + " statistics")
+    let passShift = FloatBuffer(count: co)
+    var passSums = [Double](repeating: .nan, count: 2 * co)
+    batchNormStatistics(z: yStats.base, rows: m, channels: co, shift: passShift.base, sums: &passSums, scratch: scratch)
+    for c in 0..<co {
+      // Means and variances from both (their shifts differ: row 0 computed apart vs read from y).
+      let (a0, b0) = (sums[c] / Double(m), passSums[c] / Double(m))
+      XCTAssertEqual(a0 + Double(shift[c]), b0 + Double(passShift[c]), accuracy: 1e-5 + 1e-5 * abs(b0 + Double(passShift[c])),
+                     "\(what) mean[\(c)] vs statistics pass")
+      let (va, vb) = (sums[co + c] / Double(m) - a0 * a0, passSums[co + c] / Double(m) - b0 * b0)
+      XCTAssertEqual(va, vb, accuracy: 1e-5 + 1e-5 * vb, "\(what) variance[\(c)] vs statistics pass")
+    }
+  }
+
+  /// dw and dx, unfused and with the fused BN reductions of the layer that produced x.
+  func checkBackward(m: Int, ci: Int, co: Int, scratch: Scratch, _ label: String) {
+    let x = randomBuffer(m * ci, seed: 3), w = randomBuffer(ci * co, seed: 4), dy = randomBuffer(m * co, seed: 5)
+    let dx = FloatBuffer(count: m * ci), dxRef = FloatBuffer(count: m * ci)
+    let dw = randomBuffer(ci * co, seed: 6), dwRef = FloatBuffer(count: ci * co)
+    dwRef.copy(from: dw.array)
+    let dwFused = FloatBuffer(count: ci * co), dxFused = FloatBuffer(count: m * ci)
+    dwFused.copy(from: dw.array)
+    pointwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, rows: m,
+                           inChannels: ci, outChannels: co)
+    pointwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci,
+                      outChannels: co, scratch: scratch)
+    let what = "\(label) 1x1 \(m)x\(ci)x\(co)"
+    assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, what + " dx")
+    assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, what + " dw")
+    let producer = FusedKernelsTests.Layer(rows: m, channels: ci, relu6: true, seed: 7)
+    var sums = [Double](repeating: .nan, count: 2 * ci)
+    sums.withUnsafeMutableBufferPointer { sp in
+      pointwiseBackward(dx: dxFused.base, dw: dwFused.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci,
+                        outChannels: co, scratch: scratch, residual: nil, reduce: producer.reduction(sp.baseAddress!))
+    }
+    assertClose(dxFused, dxRef, atol: 1e-4, rtol: 1e-4, what + " fused dx")
+    assertClose(dwFused, dwRef, atol: 1e-3, rtol: 1e-4, what + " fused dw")
+    let expected = producer.naiveSums(da: dxRef.base)
+    for i in 0..<(2 * ci) {
+      XCTAssertEqual(sums[i], expected[i], accuracy: 1e-3 + 1e-4 * abs(expected[i]), "\(what) reduction[\(i)]")
+    }
+  }
+
+  /// One scratch for all shapes, full of NaN first: padding and partials must never read stale contents.
+  func nanScratch() -> Scratch {
+    let scratch = Scratch()
+    scratch.uninitialized(1 << 20).update(repeating: .nan, count: 1 << 20)
+    return scratch
+  }
+
+  func testForwardMatchesNaiveOnEveryTail() {
+    let scratch = nanScratch()
+    forEachImplementation { label in
+      for m in tailRows { for k in tailK { for n in tailN { checkForward(m: m, ci: k, co: n, scratch: scratch, label) } } }
+    }
+  }
+
+  /// k and n swap roles in dx = dy·wᵀ, so the grid covers the tails of both products.
+  func testBackwardMatchesNaiveOnEveryTail() {
+    let scratch = nanScratch()
+    forEachImplementation { label in
+      for m in tailRows { for k in tailK { for n in tailN { checkBackward(m: m, ci: k, co: n, scratch: scratch, label) } } }
+    }
+  }
+
+  /// Rows split over 2 and 3 threads (uneven chunks, weight-gradient partials), several
+  /// statistics blocks per chunk.
+  func testThreadedSplitsMatchNaive() {
+    let scratch = nanScratch()
+    for threads in [2, 3] {
+      Compute.setThreads(threads)
+      forEachImplementation { label in
+        for (m, ci, co) in [(1001, 24, 144), (517, 32, 16), (700, 144, 24), (389, 17, 40)] {
+          checkForward(m: m, ci: ci, co: co, scratch: scratch, "\(label) threads \(threads)")
+          checkBackward(m: m, ci: ci, co: co, scratch: scratch, "\(label) threads \(threads)")
+        }
+      }
+    }
+  }
+
+  /// The selection is what docs/performance.md documents: ours for the narrow early layers and the
+  /// small expands, OpenBLAS for the wide late layers and the big expands; GemmChoice.forced overrides it.
+  func testSelectionFollowsTheMeasuredCrossover() {
+    GemmChoice.forced = nil
+    let early = pointwiseGemmSelection(rows: 401408, inChannels: 32, outChannels: 16)
+    XCTAssertEqual([early.forward, early.inputGradient, early.weightGradient], [.own, .own, .own])
+    let bigExpand = pointwiseGemmSelection(rows: 401408, inChannels: 16, outChannels: 96)
+    XCTAssertEqual([bigExpand.forward, bigExpand.inputGradient, bigExpand.weightGradient], [.blas, .own, .own])
+    XCTAssertEqual(pointwiseGemmSelection(rows: 9216, inChannels: 16, outChannels: 96).forward, .own)
+    let late = pointwiseGemmSelection(rows: 1568, inChannels: 960, outChannels: 320)
+    XCTAssertEqual([late.forward, late.inputGradient, late.weightGradient], [.blas, .blas, .blas])
+    GemmChoice.forced = .own
+    XCTAssertEqual(pointwiseGemmSelection(rows: 1568, inChannels: 960, outChannels: 320).forward, .own)
+    GemmChoice.forced = .blas
+    XCTAssertEqual(pointwiseGemmSelection(rows: 401408, inChannels: 32, outChannels: 16).forward, .blas)
+  }
+}
