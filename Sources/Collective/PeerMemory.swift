@@ -30,8 +30,9 @@ final class PeerMemory {
   var rightReads = false
   /// Some edge of the ring reads directly: allreduces end with the token pass.
   var anyEdge = false
-  /// Allreduces of fewer bytes use the socket on every edge (see GroupOptions.peerMemoryMinBytes).
-  let minBytes: Int
+  /// Allreduces of fewer bytes use the socket on every edge (see GroupOptions.peerMemoryMinBytes;
+  /// the probe makes it the same on every rank).
+  var minBytes: Int
   /// Where reduce-scatter segments are read to before being summed (`scratchBytes`, allocated on
   /// first use).
   private var scratch: UnsafeMutableRawPointer?
@@ -105,8 +106,11 @@ extension Ring {
   static let probeNonceBytes = 32
 
   /// Finds out which edges can read directly (see the top of this file); run once, by every rank,
-  /// right after the handshake.
-  func probePeerMemory(tag: UInt32) throws {
+  /// right after the handshake, also by a rank that turned direct reads off (`enabled` false: it
+  /// reads nothing and answers no), so that the ranks' settings need not agree: every rank ends with
+  /// the same per-edge verdicts and the same threshold (the largest any rank asked for), which is
+  /// what keeps their message sequences in step.
+  func probePeerMemory(tag: UInt32, enabled: Bool) throws {
     var generator = SystemRandomNumberGenerator()
     let nonce = (0..<Self.probeNonceBytes).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
     try nonce.withUnsafeBytes { mine in
@@ -120,7 +124,7 @@ extension Ring {
       var readable = false
       var pid: pid_t = 0
       try transport.receive(tag: tag) { payload in
-        guard payload.count == 16 + Self.probeNonceBytes, let base = payload.baseAddress else { return }
+        guard enabled, payload.count == 16 + Self.probeNonceBytes, let base = payload.baseAddress else { return }
         pid = pid_t(truncatingIfNeeded: Int64(littleEndian: base.loadUnaligned(fromByteOffset: 0, as: Int64.self)))
         let address = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
         var seen = [UInt8](repeating: 0, count: Self.probeNonceBytes)
@@ -128,10 +132,16 @@ extension Ring {
         readable = failed == nil && seen.elementsEqual(UnsafeRawBufferPointer(rebasing: payload[16...]))
       }
       // Also keeps the nonce alive until the next rank has read it (its verdict is in `verdicts`).
-      let verdicts = try allgather([readable ? 1 : 0], tag: tag)
+      // Each rank's verdict byte, then its threshold (UInt64, little-endian).
+      let mine = [UInt8(readable ? 1 : 0)] + withUnsafeBytes(of: UInt64(peer.minBytes).littleEndian, Array.init)
+      let verdicts = try allgather(mine, tag: tag)
+      guard verdicts.allSatisfy({ $0.count == mine.count }) else {
+        throw CollectiveError.protocolViolation("a peer-memory probe verdict of the wrong size arrived: ranks run different builds?")
+      }
       peer.leftPID = readable ? pid : nil
-      peer.rightReads = verdicts[(rank + 1) % size] == [1]
-      peer.anyEdge = verdicts.contains([1])
+      peer.rightReads = verdicts[(rank + 1) % size][0] == 1
+      peer.anyEdge = verdicts.contains { $0[0] == 1 }
+      peer.minBytes = verdicts.map { v in Int(UInt64(littleEndian: v[1...].withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })) }.max()!
     }
   }
 
@@ -148,7 +158,7 @@ extension Ring {
                      _ body: (Int, UnsafeRawPointer, Int) -> Void) throws {
     var descriptor: PeerDescriptor?
     try transport.receive(tag: tag) { payload in descriptor = PeerDescriptor.read(payload) }
-    guard let d = descriptor, d.length == UInt64(bytes) else {
+    guard let d = descriptor, d.length == UInt64(bytes), d.address <= UInt64.max - d.length else {
       throw CollectiveError.protocolViolation(
         "a segment arrived that is not a direct-read descriptor of \(bytes) bytes: ranks passed different buffer sizes")
     }
@@ -161,7 +171,7 @@ extension Ring {
         // The previous rank handed us this address, so an unreadable one means its process or
         // buffer is gone (it failed or exited): a peer failure, not this rank's.
         throw CollectiveError.peerLost(peer: transport.describe(rank: (rank + size - 1) % size),
-                                       detail: "its buffer could not be read (\(String(cString: strerror(code)))): it failed or exited")
+                                       detail: "its buffer could not be read (\(String(cString: strerror(code)))): it failed, aborted or exited")
       }
       body(offset, UnsafeRawPointer(dst), n)
       offset += n

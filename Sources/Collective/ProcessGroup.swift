@@ -87,7 +87,7 @@ public final class ProcessGroup: @unchecked Sendable {
                       address: address.isEmpty ? "in-process" : address,
                       signature: modelSignature.map(\.name), counts: modelSignature.map(\.count))
     try group.run(.hello) { tag in try Handshake.run(ring, hello: hello, tag: { _ in tag }) }
-    if options.peerMemory { try group.run(.hello) { tag in try ring.probePeerMemory(tag: tag) } }
+    try group.run(.hello) { tag in try ring.probePeerMemory(tag: tag, enabled: options.peerMemory) }
     transport.setTimeout(options.runningTimeout, phase: "a collective")
     return group
   }
@@ -168,8 +168,10 @@ public final class ProcessGroup: @unchecked Sendable {
       if let ring, !((error as? CollectiveError).map { if case .aborted = $0 { return true } else { return false } } ?? false) {
         ring.transport.abort("\(ring.transport.describe(rank: rank)): \(error)")
       }
-      // The group is dead; closing also releases any zero-copy reference to the caller's buffer
-      // before the caller sees the error (and perhaps frees the buffer).
+      // The group is dead; closing releases libzmq's zero-copy references to the caller's buffer
+      // before the caller sees the error (and perhaps frees the buffer). A neighbour may still be
+      // reading it directly (PeerMemory.swift): it then sums garbage into an op that fails anyway,
+      // or gets EFAULT and reports this rank as failed or aborted.
       isClosed = true
       ring?.transport.close()
       throw error

@@ -5,7 +5,7 @@
 // a per-thread buffer right before its GEMM, so no extra pass over the activations. The weights come
 // packed (BF16PackedMatrix, once per step). The weight gradient xᵀ·dy runs on the JIT too, with the
 // rows as the reduction dimension, in the same pass over dy (pointwiseBackwardBF16); only the logits' (batch rows) stays on
-// cblas_sgemm over bf16-rounded operands (exactly the bf16 products, see BF16.swift).
+// the float32 weight-gradient GEMM over bf16-rounded operands (exactly the bf16 products, see BF16.swift).
 // On a CPU without AVX512-BF16 bf16 mode runs the emulation (rounded fp32 operands, BF16.swift).
 import Common
 @_exported import KernelsJIT
@@ -190,8 +190,8 @@ public func denseForwardBF16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   bf16Gemm(c: y, ldc: n, a: a, lda: lda, b: w, rows: rows, accumulate: true)
 }
 
-/// Logits backward in bf16: db += Σ dy; dw += xᵀ·dy (sgemm on rounded operands: batch-sized, too small
-/// for the JIT's row blocks); dx = bf16(dy) · wᵀ on the JIT.
+/// Logits backward in bf16: db += Σ dy; dw += xᵀ·dy (the float32 weight-gradient GEMM on rounded operands:
+/// batch-sized, too small for the JIT's row blocks); dx = bf16(dy) · wᵀ on the JIT.
 public func denseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>, db: UnsafeMutablePointer<Float>,
                               dy: UnsafePointer<Float>, roundedDY: UnsafePointer<Float>, roundedX: UnsafePointer<Float>,
                               wT: BF16PackedMatrix, rows: Int, scratch: Scratch, workspace: BF16Workspace) {

@@ -1,4 +1,4 @@
-// Our own GEMM row kernels (KernelsAVX2/GemmKernels.swift) for the 1×1-convolution shapes where
+// Our own GEMM row kernels (RowKernels.gemm / gemmTransposedA, in KernelsAVX2/RowKernels.swift) for the 1×1-convolution shapes where
 // single-threaded cblas_sgemm is slow: small K or N (the early layers), where OpenBLAS packs and
 // loops with little work per panel and its 16/32-wide register tiles are mostly empty.
 // Pointwise.swift asks `useOwnGEMM` per product and keeps OpenBLAS for the others.

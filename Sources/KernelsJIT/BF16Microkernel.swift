@@ -10,7 +10,7 @@
 // C: fp32, row stride `ldc` bytes; the last zmm of a row may be partial (`tailLanes` < 16: opmask k1).
 //
 // System V call: rdi = A, rsi = Bpanel, rdx = C, rcx = K/2 (≥ 1). Only caller-saved registers are
-// used (rax, rdi, rsi, rcx, k1, zmm*), so nothing is pushed; vzeroupper before ret.
+// used (rax, rdi, rsi, rdx, rcx, k1, zmm*), so nothing is pushed; vzeroupper before ret.
 // Registers: accumulators zmm0…zmm(mr·nv−1) (≤ 24), B vectors zmm28…31, A broadcasts zmm26/27.
 // With one B vector per row (nv = 1) the A pair is an embedded broadcast operand of vdpbf16ps
 // ({1to16}, one use); with more it is broadcast once into a register and reused nv times.

@@ -34,6 +34,37 @@ final class PeerMemoryTests: XCTestCase {
     return (errors, outputs.all, reads.all.map { $0 == [1] })
   }
 
+  /// Ranks whose settings differ (one rank with direct reads off, thresholds that differ) still
+  /// agree on every op's path: the probe gathers both, so no message sequence drifts apart.
+  func testRanksWithDifferentSettingsAgreeOnThePath() {
+    let n = 4, count = 70_001
+    let (fabric, options) = inProcessGroups(n, segmentBytes: 4096, maxSegmentBytes: 65536)
+    let outputs = OutputBox(n), reads = OutputBox(n)
+    let errors = runRanks(n) { r in
+      var mine = options
+      mine.peerMemory = r != 2  // rank 2 never reads its neighbour (MNV2_PEER_MEMORY=0 there)
+      mine.peerMemoryMinBytes = r == 1 ? 1 << 20 : 0  // rank 1 wants direct reads only from 1 MiB
+      let g = try ProcessGroup.join(transport: fabric.transport(rank: r), jobID: "t", modelSignature: testSignature, options: mine)
+      reads.set(r, [g.readsPeerMemory ? 1 : 0])
+      var small = (0..<count).map { Self.value(r, $0) }  // 280 KB: below rank 1's threshold, so socket everywhere
+      try g.allreduceSum(&small, count: count)
+      var large = (0..<(count * 4)).map { Self.value(r, $0) }  // 1.1 MB: direct on the edges that can
+      try g.allreduceSum(&large, count: large.count)
+      outputs.set(r, small + large)
+    }
+    XCTAssertEqual(errors.compactMap { $0 }.map(message), [String]())
+    XCTAssertEqual(reads.all, [[Float]](repeating: [1], count: n), "edges other than rank 2's still read directly")
+    let all = outputs.all
+    guard all.count == n, all[0].count == 5 * count else { return XCTFail("missing outputs") }
+    var worst: Float = 0
+    for i in 0..<(5 * count) {
+      let j = i < count ? i : i - count
+      let sum = (0..<n).map { Self.value($0, j) }.reduce(0, +)
+      for r in 0..<n { worst = max(worst, abs(all[r][i] - sum)) }
+    }
+    XCTAssertLessThan(worst, 1e-5)
+  }
+
   func testDirectReadsGiveTheSocketPathsBitsOnEveryRank() {
     // (count, smallest, largest segment bytes): tiny segments; segments (1 MiB) of several
     // scratch pieces (256 KiB) with a remainder; counts not divisible by the ranks.
