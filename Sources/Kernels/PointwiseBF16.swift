@@ -57,32 +57,47 @@ func bf16BlockRows(k: Int, n: Int) -> Int {
 public func pointwiseForwardBF16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: BF16PackedMatrix, rows: Int,
                                  statisticsShift shift: UnsafeMutablePointer<Float>? = nil,
                                  sums: UnsafeMutablePointer<Double>? = nil, scratch: Scratch, workspace: BF16Workspace) {
+  let n = w.n
+  guard let shift, let sums else {
+    bf16BlockedProduct(out: y, src: x, w: w, rows: rows, scratch: scratch, workspace: workspace, sums: nil)
+    return
+  }
+  guard rows > 0 else { sums.update(repeating: 0, count: 2 * n); return }
+  // Row 0 of y as the shift (any value near the mean will do), by the same kernel.
+  bf16BlockedProduct(out: shift, src: x, w: w, rows: 1, scratch: scratch, workspace: workspace, sums: nil)
+  let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
+  let kernels = KernelISA.rows
+  bf16BlockedProduct(out: y, src: x, w: w, rows: rows, scratch: scratch, workspace: workspace, sums: sums) { b, partial in
+    kernels.channelStatistics(z: y, channels: n, rows: b, stats.with(sums: partial!))
+  }
+}
+
+/// out[rows, w.n] = bf16(src)[rows, w.k] · w over blocks of rows (bf16BlockRows) on the compute
+/// threads: each block is converted into its chunk's bf16 buffer right before its GEMM, then
+/// `epilogue(block, partial)` reads the finished block while it is in cache. With `sums` the chunks'
+/// [2·n] partial sums (zeroed, passed to the epilogue) are totalled into it (parallelChannelSums);
+/// without, the partial is nil.
+func bf16BlockedProduct(out: UnsafeMutablePointer<Float>, src: UnsafePointer<Float>, w: BF16PackedMatrix, rows: Int,
+                        scratch: Scratch, workspace: BF16Workspace, sums: UnsafeMutablePointer<Double>?,
+                        epilogue: ((Range<Int>, UnsafeMutablePointer<Double>?) -> Void)? = nil) {
   let (k, n) = (w.k, w.n)
   let lda = 2 * w.kPairs
   let blockRows = bf16BlockRows(k: k, n: n)
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let buffers = workspace.elements(max(chunks, 1) * blockRows * lda)
-  // x's block in bf16 then its product, into `out` rows of y.
-  func gemm(_ b: Range<Int>, _ chunk: Int) {
+  func run(_ chunk: Int, _ r: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
     let a = buffers + chunk * blockRows * lda
-    convertRowsToBF16(a, stride: lda, x + b.lowerBound * k, stride: k, rows: b.count, columns: k)
-    bf16Gemm(c: y + b.lowerBound * n, ldc: n, a: a, lda: lda, b: w, rows: b.count, accumulate: false)
-  }
-  guard let shift, let sums else {
-    parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in forEachBlock(r, blockRows: blockRows) { gemm($0, chunk) } }
-    return
-  }
-  guard rows > 0 else { sums.update(repeating: 0, count: 2 * n); return }
-  // Row 0 of y as the shift (any value near the mean will do), by the same kernel.
-  convertRowsToBF16(buffers, stride: lda, x, stride: k, rows: 1, columns: k)
-  bf16Gemm(c: shift, ldc: n, a: buffers, lda: lda, b: w, rows: 1, accumulate: false)
-  let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
-  let kernels = KernelISA.rows
-  parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { chunk, r, partial in
     forEachBlock(r, blockRows: blockRows) { b in
-      gemm(b, chunk)
-      kernels.channelStatistics(z: y, channels: n, rows: b, stats.with(sums: partial))
+      convertRowsToBF16(a, stride: lda, src + b.lowerBound * k, stride: k, rows: b.count, columns: k)
+      bf16Gemm(c: out + b.lowerBound * n, ldc: n, a: a, lda: lda, b: w, rows: b.count, accumulate: false)
+      epilogue?(b, partial)
     }
+  }
+  if let sums {
+    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
+                        into: sums) { chunk, r, partial in run(chunk, r, partial) }
+  } else {
+    parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in run(chunk, r, nil) }
   }
 }
 
@@ -151,30 +166,19 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
 func bf16InputGradient(dx: UnsafeMutablePointer<Float>?, dy: UnsafePointer<Float>, wT: BF16PackedMatrix, rows: Int,
                        scratch: Scratch, workspace: BF16Workspace, residual: UnsafePointer<Float>?,
                        reduce: BatchNormReduction?) {
-  let (k, n) = (wT.k, wT.n)  // dx[rows, n = Ci] = dy[rows, k = Co] · wᵀ
+  // dx[rows, Ci] = dy[rows, Co] · wᵀ
   guard let dx else { return }
   precondition(residual == nil || reduce != nil, "a residual gradient needs the fused backward")
-  let lda = 2 * wT.kPairs
-  let blockRows = bf16BlockRows(k: k, n: n)
-  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
-  let buffers = workspace.elements(max(chunks, 1) * blockRows * lda)
-  func gemm(_ b: Range<Int>, _ chunk: Int) {
-    let a = buffers + chunk * blockRows * lda
-    convertRowsToBF16(a, stride: lda, dy + b.lowerBound * k, stride: k, rows: b.count, columns: k)
-    bf16Gemm(c: dx + b.lowerBound * n, ldc: n, a: a, lda: lda, b: wT, rows: b.count, accumulate: false)
-  }
   guard let reduce else {
-    parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in forEachBlock(r, blockRows: blockRows) { gemm($0, chunk) } }
+    bf16BlockedProduct(out: dx, src: dy, w: wT, rows: rows, scratch: scratch, workspace: workspace, sums: nil)
     return
   }
+  let n = wT.n
   guard rows > 0 else { reduce.sums.update(repeating: 0, count: 2 * n); return }
   let kernels = KernelISA.rows
-  parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
-                      into: reduce.sums) { chunk, r, partial in
-    forEachBlock(r, blockRows: blockRows) { b in
-      gemm(b, chunk)
-      kernels.batchNormReduce(da: dx, residual: residual, channels: n, rows: b, reduce.with(sums: partial))
-    }
+  bf16BlockedProduct(out: dx, src: dy, w: wT, rows: rows, scratch: scratch, workspace: workspace,
+                     sums: reduce.sums) { b, partial in
+    kernels.batchNormReduce(da: dx, residual: residual, channels: n, rows: b, reduce.with(sums: partial!))
   }
 }
 

@@ -1,5 +1,6 @@
 // `bench`: throughput benchmarks printed beside their baselines (see docs/performance.md).
 import ArgumentParser
+import Dispatch
 import MobileNet
 
 @main
@@ -28,4 +29,23 @@ struct BenchConfig {
       return BenchConfig(model: parts[0], size: size, batch: batch, classes: classes)
     }
   }
+}
+
+/// The kernel benches' (fused, gemm-bf16) common flags, checked the same way.
+func validateKernelBench(threads: Int, reps: Int, batch: Int) throws {
+  guard (1...64).contains(threads) else { throw ValidationError("--threads must be in 1...64, got \(threads)") }
+  guard (1...1000).contains(reps) else { throw ValidationError("--reps must be in 1...1000, got \(reps)") }
+  guard (1...256).contains(batch) else { throw ValidationError("--batch must be in 1...256, got \(batch)") }
+}
+
+/// Seconds of the fastest of `reps` runs of `body`, after one untimed warm-up run.
+func minimumSeconds(reps: Int, _ body: () -> Void) -> Double {
+  body()
+  var best = Double.infinity
+  for _ in 0..<reps {
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    body()
+    best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+  }
+  return best
 }

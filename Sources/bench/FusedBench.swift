@@ -14,22 +14,10 @@ struct FusedBench: ParsableCommand {
   @Option(help: "Repetitions per measurement (1-1000).") var reps = 7
   @Option(help: "Batch (1-256).") var batch = 32
 
-  func validate() throws {
-    guard (1...64).contains(threads) else { throw ValidationError("--threads must be in 1...64, got \(threads)") }
-    guard (1...1000).contains(reps) else { throw ValidationError("--reps must be in 1...1000, got \(reps)") }
-    guard (1...256).contains(batch) else { throw ValidationError("--batch must be in 1...256, got \(batch)") }
-  }
+  func validate() throws { try validateKernelBench(threads: threads, reps: reps, batch: batch) }
 
-  func minTime(_ body: () -> Void) -> Double {
-    body()
-    var best = Double.infinity
-    for _ in 0..<reps {
-      let t0 = DispatchTime.now().uptimeNanoseconds
-      body()
-      best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
-    }
-    return best
-  }
+  /// Milliseconds of the fastest repetition.
+  func minTime(_ body: () -> Void) -> Double { minimumSeconds(reps: reps, body) * 1e3 }
 
   func report(_ name: String, fused: Double, unfused: Double) {
     print(String(format: "%-52@ fused %8.2f ms   unfused %8.2f ms   %.2fx", name as NSString, fused, unfused, unfused / fused))

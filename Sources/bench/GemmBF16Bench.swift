@@ -15,22 +15,9 @@ struct GemmBF16Bench: ParsableCommand {
   @Option(help: "Repetitions per measurement (1-1000).") var reps = 5
   @Option(help: "Batch (1-256).") var batch = 32
 
-  func validate() throws {
-    guard (1...64).contains(threads) else { throw ValidationError("--threads must be in 1...64, got \(threads)") }
-    guard (1...1000).contains(reps) else { throw ValidationError("--reps must be in 1...1000, got \(reps)") }
-    guard (1...256).contains(batch) else { throw ValidationError("--batch must be in 1...256, got \(batch)") }
-  }
+  func validate() throws { try validateKernelBench(threads: threads, reps: reps, batch: batch) }
 
-  func minTime(_ body: () -> Void) -> Double {
-    body()
-    var best = Double.infinity
-    for _ in 0..<reps {
-      let t0 = DispatchTime.now().uptimeNanoseconds
-      body()
-      best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-    }
-    return best
-  }
+  func minTime(_ body: () -> Void) -> Double { minimumSeconds(reps: reps, body) }
 
   func run() throws {
     guard BF16JIT.isAvailable else {

@@ -53,23 +53,22 @@ final class WorkerContextTests: XCTestCase {
     bad = env
     bad["MNV2_SECURITY"] = "none"
     XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: bad))
-    // Unix-domain sockets between loopback neighbours: on unless MNV2_LOCAL_SOCKETS=0.
-    XCTAssertTrue(ctx.groupOptions.localSockets)
-    var tcpOnly = env
-    tcpOnly["MNV2_LOCAL_SOCKETS"] = "0"
-    XCTAssertFalse(try WorkerContext.fromEnvironment(environment: tcpOnly).groupOptions.localSockets)
-    tcpOnly["MNV2_LOCAL_SOCKETS"] = "off"
-    XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: tcpOnly)) {
-      XCTAssertTrue("\($0)".contains("MNV2_LOCAL_SOCKETS=off: expected 0 or 1"), "\($0)")
-    }
-    // Direct reads of a same-host neighbour's memory: on unless MNV2_PEER_MEMORY=0.
-    XCTAssertTrue(ctx.groupOptions.peerMemory)
-    var socketOnly = env
-    socketOnly["MNV2_PEER_MEMORY"] = "0"
-    XCTAssertFalse(try WorkerContext.fromEnvironment(environment: socketOnly).groupOptions.peerMemory)
-    socketOnly["MNV2_PEER_MEMORY"] = "no"
-    XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: socketOnly)) {
-      XCTAssertTrue("\($0)".contains("MNV2_PEER_MEMORY=no: expected 0 or 1"), "\($0)")
+    // Unix-domain sockets between loopback neighbours: on unless MNV2_LOCAL_SOCKETS=0; direct reads
+    // of a same-host neighbour's memory: on unless MNV2_PEER_MEMORY=0.
+    try assertOnUnlessZero("MNV2_LOCAL_SOCKETS", \.localSockets, base: env, bad: "off")
+    try assertOnUnlessZero("MNV2_PEER_MEMORY", \.peerMemory, base: env, bad: "no")
+  }
+
+  /// A 0/1 contract switch: on by default, off with 0, any other value a one-line error naming it.
+  func assertOnUnlessZero(_ name: String, _ option: KeyPath<GroupOptions, Bool>, base env: [String: String], bad: String,
+                          file: StaticString = #filePath, line: UInt = #line) throws {
+    XCTAssertTrue(try WorkerContext.fromEnvironment(environment: env).groupOptions[keyPath: option], name, file: file, line: line)
+    var off = env
+    off[name] = "0"
+    XCTAssertFalse(try WorkerContext.fromEnvironment(environment: off).groupOptions[keyPath: option], name, file: file, line: line)
+    off[name] = bad
+    XCTAssertThrowsError(try WorkerContext.fromEnvironment(environment: off), file: file, line: line) {
+      XCTAssertTrue("\($0)".contains("\(name)=\(bad): expected 0 or 1"), "\($0)", file: file, line: line)
     }
   }
 
