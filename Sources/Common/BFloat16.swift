@@ -4,11 +4,15 @@
 /// The bf16 bit pattern nearest to `x` (ties to even, as vcvtneps2bf16 and PyTorch's c10::BFloat16):
 /// NaN stays a quiet NaN, values past the largest bf16 round to ±infinity.
 @inlinable @inline(__always)
-public func bf16Bits(_ x: Float) -> UInt16 {
-  let b = x.bitPattern
-  if x.isNaN { return UInt16(truncatingIfNeeded: (b | 0x0040_0000) >> 16) }
-  let rounded = b &+ 0x7FFF &+ ((b >> 16) & 1)
-  return UInt16(truncatingIfNeeded: rounded >> 16)
+public func bf16Bits(_ x: Float) -> UInt16 { bf16Bits(bitPattern: x.bitPattern) }
+
+/// `bf16Bits` of a float32 bit pattern. Branch-free (a select, not an `if`), so that conversion
+/// loops over arrays vectorise.
+@inlinable @inline(__always)
+public func bf16Bits(bitPattern b: UInt32) -> UInt16 {
+  let nearest = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) &>> 16
+  let quietNaN = (b | 0x0040_0000) &>> 16
+  return UInt16(truncatingIfNeeded: (b & 0x7FFF_FFFF) > 0x7F80_0000 ? quietNaN : nearest)
 }
 
 /// The float32 value of a bf16 bit pattern (exact).

@@ -4,6 +4,7 @@
 // at first use, from the CPU's feature flags. The choice is reported by `KernelISA.summary`
 // (the worker log and the bench header print it).
 import Foundation
+import Common
 @_exported import KernelRows  // BatchNormReduction, ChannelStatistics: part of the Kernels API
 import KernelsAVX2
 import KernelsAVX512
@@ -27,16 +28,7 @@ public enum KernelISA {
   static let avx512Flags = ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"]
 
   /// True if this CPU (and kernel) run the AVX-512 kernels.
-  public static let hostHasAVX512: Bool = {
-    #if arch(x86_64) && os(Linux)
-    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-          let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
-    let flags = Set(line.split(separator: " ").map(String.init))
-    return avx512Flags.allSatisfy(flags.contains)
-    #else
-    return false
-    #endif
-  }()
+  public static let hostHasAVX512: Bool = CPUFlags.hostHas(avx512Flags)
 
   /// Instruction sets this machine can run, fastest first.
   public static var available: [InstructionSet] { hostHasAVX512 ? [.avx512, .avx2] : [.avx2] }

@@ -20,32 +20,7 @@ public enum BF16JIT {
   static let returnOpcode: UInt8 = 0xC3
 
   /// The flags line of /proc/cpuinfo contains every required flag (false on other systems).
-  public static let cpuHasFlags: Bool = {
-    #if arch(x86_64) && os(Linux)
-    guard let fd = fopen("/proc/cpuinfo", "r") else { return false }
-    defer { fclose(fd) }
-    var line: UnsafeMutablePointer<CChar>? = nil
-    var capacity = 0
-    defer { free(line) }
-    while getline(&line, &capacity, fd) > 0 {
-      let text = String(cString: line!)
-      guard text.hasPrefix("flags") else { continue }
-      let flags = Set(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init))
-      return requiredFlags.allSatisfy(flags.contains)
-    }
-    return false
-    #else
-    return false
-    #endif
-  }()
-}
-
-/// bf16Bits of a float32 bit pattern, branch-free (a select per lane) so that the packing loops
-/// vectorise: nearest even, NaN kept a quiet NaN (the same results as Common.bf16Bits).
-@inline(__always) func bf16Nearest(_ b: UInt32) -> UInt16 {
-  let nearest = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) &>> 16
-  let quietNaN = (b | 0x0040_0000) &>> 16
-  return UInt16(truncatingIfNeeded: (b & 0x7FFF_FFFF) > 0x7F80_0000 ? quietNaN : nearest)
+  public static let cpuHasFlags: Bool = CPUFlags.hostHas(requiredFlags)
 }
 
 /// B for `bf16Gemm`: K×N bf16 in panels of `panelColumns` columns (the last one narrower, padded to a
@@ -97,7 +72,7 @@ public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, tran
     if transposed {
       for kk in 0..<k {
         let row = panel + (kk >> 1) * width * 2 + (kk & 1)
-        for j in 0..<columns { row[2 * j] = bf16Nearest(src[(j0 + j) * k + kk].bitPattern) }
+        for j in 0..<columns { row[2 * j] = bf16Bits(src[(j0 + j) * k + kk]) }
       }
     } else {
       // Two source rows at a time: one 32-bit word per column (low half the even row), contiguous stores.
@@ -106,11 +81,11 @@ public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, tran
         let even = src + 2 * pair * n + j0
         if 2 * pair + 1 < k {
           let odd = even + n
-          for j in 0..<columns { words[j] = UInt32(bf16Nearest(even[j].bitPattern)) | UInt32(bf16Nearest(odd[j].bitPattern)) << 16 }
+          for j in 0..<columns { words[j] = UInt32(bf16Bits(even[j])) | UInt32(bf16Bits(odd[j])) << 16 }
         } else {
           // The last row of an odd count: its partner is zero (the pad row of an odd K, or the row
           // after a partial block).
-          for j in 0..<columns { words[j] = UInt32(bf16Nearest(even[j].bitPattern)) }
+          for j in 0..<columns { words[j] = UInt32(bf16Bits(even[j])) }
         }
       }
     }
@@ -125,13 +100,13 @@ public func convertRowsToBF16(_ dst: UnsafeMutablePointer<UInt16>, stride dstStr
   if dstStride == columns && srcStride == columns {
     // Contiguous rows (an even K): one flat loop, no per-row overhead on narrow rows.
     let s = UnsafeRawPointer(src).assumingMemoryBound(to: UInt32.self)
-    for i in 0..<(rows * columns) { dst[i] = bf16Nearest(s[i]) }
+    for i in 0..<(rows * columns) { dst[i] = bf16Bits(bitPattern: s[i]) }
     return
   }
   for r in 0..<rows {
     let s = UnsafeRawPointer(src + r * srcStride).assumingMemoryBound(to: UInt32.self)
     let d = dst + r * dstStride
-    for i in 0..<columns { d[i] = bf16Nearest(s[i]) }
+    for i in 0..<columns { d[i] = bf16Bits(bitPattern: s[i]) }
     if columns & 1 == 1 { d[columns] = 0 }
   }
 }
@@ -148,10 +123,10 @@ public func interleaveRowPairsBF16(_ dst: UnsafeMutablePointer<UInt16>, _ src: U
       // One 32-bit word per pair (low half the even row): k-pair order as vdpbf16ps reads it.
       let words = UnsafeMutableRawPointer(out).assumingMemoryBound(to: UInt32.self)
       for i in 0..<m {
-        words[i] = UInt32(bf16Nearest(even[i].bitPattern)) | UInt32(bf16Nearest(odd[i].bitPattern)) << 16
+        words[i] = UInt32(bf16Bits(even[i])) | UInt32(bf16Bits(odd[i])) << 16
       }
     } else {
-      for i in 0..<m { out[2 * i] = bf16Nearest(even[i].bitPattern); out[2 * i + 1] = 0 }
+      for i in 0..<m { out[2 * i] = bf16Bits(even[i]); out[2 * i + 1] = 0 }
     }
   }
 }

@@ -4,6 +4,7 @@
 // both). The bf16 arithmetic itself needs no special instruction today (Kernels/BF16.swift); the
 // check keeps the contract of the issue, so a vdpbf16ps kernel can land without changing it.
 import Foundation
+import Common
 import Kernels
 
 public enum PrecisionPolicy {
@@ -21,18 +22,10 @@ public enum PrecisionPolicy {
   public static let cpuFlag = "avx512_bf16"
 
   /// Whether a /proc/cpuinfo text lists AVX512-BF16 on its `flags` line.
-  public static func cpuHasBF16(cpuinfo: String) -> Bool {
-    for line in cpuinfo.split(separator: "\n") where line.hasPrefix("flags") {
-      guard let colon = line.firstIndex(of: ":") else { continue }
-      return line[line.index(after: colon)...].split(separator: " ").contains { $0 == Substring(cpuFlag) }
-    }
-    return false
-  }
+  public static func cpuHasBF16(cpuinfo: String) -> Bool { CPUFlags.parse(cpuinfo: cpuinfo).contains(cpuFlag) }
 
   /// This machine's answer (false where /proc/cpuinfo cannot be read).
-  public static var hardwareBF16: Bool {
-    (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)).map { cpuHasBF16(cpuinfo: $0) } ?? false
-  }
+  public static var hardwareBF16: Bool { CPUFlags.host.contains(cpuFlag) }
 
   /// The precision to run for `requested`, and the one line to log when it differs or is emulated.
   /// Throws a one-line error for an MNV2_BF16 value other than auto, off or emulate.
