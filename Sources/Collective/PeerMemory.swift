@@ -83,21 +83,27 @@ struct PeerDescriptor {
   /// Marks a descriptor, so that a rank expecting bytes (ranks passed different sizes) reports the
   /// size mismatch rather than summing a descriptor.
   static let magic: UInt64 = 0x5252_4545_5032_4E4D  // "MN2PEERR"
-  static let byteCount = 24
+  static let byteCount = 32
   var address: UInt64
   var length: UInt64
+  /// Where the segment starts in the sender's buffer (elements). Every rank passes a buffer of the
+  /// same size, so the receiver knows which segment it expects: a sender a segment ahead or behind
+  /// (equal lengths are the rule) would otherwise go unnoticed and be summed into the wrong place.
+  var offset: UInt64
 
   func write(to p: UnsafeMutableRawPointer) {
     p.storeBytes(of: Self.magic.littleEndian, toByteOffset: 0, as: UInt64.self)
     p.storeBytes(of: address.littleEndian, toByteOffset: 8, as: UInt64.self)
     p.storeBytes(of: length.littleEndian, toByteOffset: 16, as: UInt64.self)
+    p.storeBytes(of: offset.littleEndian, toByteOffset: 24, as: UInt64.self)
   }
 
   static func read(_ p: UnsafeRawBufferPointer) -> PeerDescriptor? {
     guard p.count == byteCount, let base = p.baseAddress,
           UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 0, as: UInt64.self)) == magic else { return nil }
     return PeerDescriptor(address: UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
-                          length: UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 16, as: UInt64.self)))
+                          length: UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
+                          offset: UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
   }
 }
 
@@ -145,22 +151,28 @@ extension Ring {
     }
   }
 
-  /// Sends the descriptor of `bytes` (in our memory) for the next rank to read.
-  func sendDescriptor(of bytes: UnsafeRawBufferPointer, tag: UInt32) throws {
+  /// Sends the descriptor of `bytes` (in our memory, segment start `offset` in elements) for the next
+  /// rank to read.
+  func sendDescriptor(of bytes: UnsafeRawBufferPointer, offset: Int, tag: UInt32) throws {
     try transport.send(tag: tag, byteCount: PeerDescriptor.byteCount) { dst in
-      PeerDescriptor(address: UInt64(UInt(bitPattern: bytes.baseAddress)), length: UInt64(bytes.count)).write(to: dst.baseAddress!)
+      PeerDescriptor(address: UInt64(UInt(bitPattern: bytes.baseAddress)), length: UInt64(bytes.count),
+                     offset: UInt64(offset)).write(to: dst.baseAddress!)
     }
   }
 
-  /// Receives a descriptor of `bytes` bytes and calls `body` with pieces of the previous rank's
+  /// Receives the descriptor of the segment at `offset` (elements) of `bytes` bytes and calls `body` with pieces of the previous rank's
   /// memory read to `into(offset)` (nil: the scratch piece), in order: (offset, piece, pieceBytes).
-  func receiveDirect(bytes: Int, tag: UInt32, pid: pid_t, into place: UnsafeMutableRawPointer?,
+  func receiveDirect(bytes: Int, offset segmentOffset: Int, tag: UInt32, pid: pid_t, into place: UnsafeMutableRawPointer?,
                      _ body: (Int, UnsafeRawPointer, Int) -> Void) throws {
     var descriptor: PeerDescriptor?
     try transport.receive(tag: tag) { payload in descriptor = PeerDescriptor.read(payload) }
     guard let d = descriptor, d.length == UInt64(bytes), d.address <= UInt64.max - d.length else {
       throw CollectiveError.protocolViolation(
         "a segment arrived that is not a direct-read descriptor of \(bytes) bytes: ranks passed different buffer sizes")
+    }
+    guard d.offset == UInt64(segmentOffset) else {
+      throw CollectiveError.protocolViolation(
+        "rank \(rank) expected the segment at element \(segmentOffset) and was sent the one at \(d.offset): the ranks' ring steps are out of step")
     }
     let piece = place == nil ? PeerMemory.scratchBytes : max(1, bytes)
     var offset = 0

@@ -87,7 +87,7 @@ struct Ring {
     let readPID = direct ? peer.leftPID : nil
     func send(_ seg: Range<Int>) throws {
       if sendsDescriptors {
-        try sendDescriptor(of: UnsafeRawBufferPointer(start: p + seg.lowerBound, count: seg.count * stride), tag: tag)
+        try sendDescriptor(of: UnsafeRawBufferPointer(start: p + seg.lowerBound, count: seg.count * stride), offset: seg.lowerBound, tag: tag)
       } else {
         try sendSegment(p, seg, wire: wire, tag: tag)
       }
@@ -97,7 +97,7 @@ struct Ring {
     for s in 0..<(n - 1) {
       try forEachSegment(chunk(r - s - 1, of: count), length: length) { seg in
         if let pid = readPID {
-          try receiveDirect(bytes: seg.count * bpe, tag: tag, pid: pid, into: nil) { offset, src, bytes in
+          try receiveDirect(bytes: seg.count * bpe, offset: seg.lowerBound, tag: tag, pid: pid, into: nil) { offset, src, bytes in
             accumulate(p + seg.lowerBound + offset / stride, count: bytes / stride, wire: wire, from: src)
           }
         } else {
@@ -113,7 +113,7 @@ struct Ring {
     for s in 0..<(n - 1) {
       try forEachSegment(chunk(r - s, of: count), length: length) { seg in
         if let pid = readPID {
-          try receiveDirect(bytes: seg.count * bpe, tag: tag, pid: pid, into: UnsafeMutableRawPointer(p + seg.lowerBound)) { _, _, _ in }
+          try receiveDirect(bytes: seg.count * bpe, offset: seg.lowerBound, tag: tag, pid: pid, into: UnsafeMutableRawPointer(p + seg.lowerBound)) { _, _, _ in }
         } else {
           try receiveSegment(seg, bytes: seg.count * bpe, tag: tag) { src in
             decode(p + seg.lowerBound, count: seg.count, wire: wire, from: src)

@@ -147,24 +147,29 @@ final class PeerMemoryTests: XCTestCase {
     XCTAssertEqual(errors.compactMap { $0 }.map(message), [String]())
     XCTAssertEqual(reads.all[1], [1])
     // Rank 0: the probe verdict, then the largest payload it sent in each op (token payloads are empty).
-    XCTAssertEqual(reads.all[0], [1, 400, 24])
+    XCTAssertEqual(reads.all[0], [1, 400, Float(descriptorBytes)])
   }
 }
 
-/// Rank 0's transport, rewriting the address in every direct-read descriptor it sends to one that
-/// is not mapped: what its right neighbour sees when rank 0's buffer is gone.
-final class UnmappedDescriptorTransport: RingTransport {
+/// Bytes of a direct-read descriptor: magic "MN2PEERR", address, length, segment offset (UInt64 each).
+let descriptorBytes = 32
+
+/// Rank 0's transport, rewriting one field (a UInt64 at `field`) of every direct-read descriptor it
+/// sends: an address that is not mapped is what its right neighbour sees when rank 0's buffer is
+/// gone; a wrong segment offset is a rank whose ring steps are out of step.
+final class DescriptorRewritingTransport: RingTransport {
+  static let addressField = 8, offsetField = 24
   let inner: RingTransport
-  init(_ inner: RingTransport) { self.inner = inner }
+  let field: Int, value: UInt64
+  init(_ inner: RingTransport, field: Int, value: UInt64) { self.inner = inner; self.field = field; self.value = value }
   var rank: Int { inner.rank }
   var size: Int { inner.size }
   func describe(rank: Int) -> String { inner.describe(rank: rank) }
   func send(tag: UInt32, byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws {
     var bytes = [UInt8](repeating: 0, count: byteCount)
     bytes.withUnsafeMutableBytes { fill($0) }
-    // A descriptor: 24 bytes, the magic "MN2PEERR" first; the address (bytes 8..<16) becomes 16.
-    if byteCount == 24 && bytes[0..<8].elementsEqual("MN2PEERR".utf8) {
-      bytes.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(16).littleEndian, toByteOffset: 8, as: UInt64.self) }
+    if byteCount == descriptorBytes && bytes[0..<8].elementsEqual("MN2PEERR".utf8) {
+      bytes.withUnsafeMutableBytes { $0.storeBytes(of: value.littleEndian, toByteOffset: field, as: UInt64.self) }
     }
     try inner.send(tag: tag, byteCount: byteCount) { $0.copyBytes(from: bytes) }
   }
@@ -184,7 +189,8 @@ extension PeerMemoryTests {
     let (fabric, options) = groups(n, direct: true, segmentBytes: 256, maxSegmentBytes: 4096)
     let errors = runRanks(n) { r in
       let inner = fabric.transport(rank: r)
-      let g = try ProcessGroup.join(transport: r == 0 ? UnmappedDescriptorTransport(inner) : inner, jobID: "t",
+      let unmapped = DescriptorRewritingTransport(inner, field: DescriptorRewritingTransport.addressField, value: 16)
+      let g = try ProcessGroup.join(transport: r == 0 ? unmapped : inner, jobID: "t",
                                     modelSignature: testSignature, options: options)
       var buf = [Float](repeating: 1, count: 10_000)
       try g.allreduceSum(&buf, count: buf.count)
@@ -192,5 +198,21 @@ extension PeerMemoryTests {
     for (r, e) in errors.enumerated() { XCTAssertNotNil(e, "rank \(r) should fail") }
     XCTAssertTrue(message(errors[1]).contains("lost connection to rank 0") && message(errors[1]).contains("could not be read"), message(errors[1]))
     XCTAssertEqual((errors[1] as? CollectiveError)?.isCausedByPeer, true)
+  }
+
+  /// A descriptor for another segment than the one expected (same length, readable memory) is a
+  /// protocol error at the reader, not a silently wrong sum.
+  func testDescriptorOfTheWrongSegmentIsAProtocolError() {
+    let n = 3
+    let (fabric, options) = groups(n, direct: true, segmentBytes: 256, maxSegmentBytes: 4096)
+    let errors = runRanks(n) { r in
+      let inner = fabric.transport(rank: r)
+      let shifted = DescriptorRewritingTransport(inner, field: DescriptorRewritingTransport.offsetField, value: 1)
+      let g = try ProcessGroup.join(transport: r == 0 ? shifted : inner, jobID: "t", modelSignature: testSignature, options: options)
+      var buf = [Float](repeating: 1, count: 10_000)
+      try g.allreduceSum(&buf, count: buf.count)
+    }
+    for (r, e) in errors.enumerated() { XCTAssertNotNil(e, "rank \(r) should fail") }
+    XCTAssertTrue(message(errors[1]).contains("expected the segment at element") && message(errors[1]).contains("out of step"), message(errors[1]))
   }
 }
