@@ -21,6 +21,8 @@ struct ScalingBench: ParsableCommand {
   var windowSteps = 4
   @Option(help: "Untimed windows first (ring set-up, loader start, first-touch page faults).")
   var warmupWindows = 1
+  @Option(help: "Rounds; each runs every layout once, in order, so the machine's noise hits all layouts alike; medians.")
+  var rounds = 3
   @Option(help: "Synthetic TF-slim TFRecords go here (written once, kept for later runs).")
   var dataDir = "/tmp/mnv2-bench-scaling"
   @Option(help: "Width×height of the synthetic JPEGs (ImageNet's typical size by default).")
@@ -35,8 +37,8 @@ struct ScalingBench: ParsableCommand {
       return (p[0], p[1])
     }
     guard !plan.isEmpty else { throw ValidationError("--layouts is empty") }
-    guard windows >= 1, windowSteps >= 1, warmupWindows >= 0 else {
-      throw ValidationError("--windows and --window-steps must be at least 1, --warmup-windows at least 0")
+    guard windows >= 1, windowSteps >= 1, warmupWindows >= 0, rounds >= 1 else {
+      throw ValidationError("--windows, --window-steps and --rounds must be at least 1, --warmup-windows at least 0")
     }
     let steps = (warmupWindows + windows) * windowSteps
     let list = try BenchConfig.parseList(configs)  // bad input fails before any output
@@ -46,25 +48,38 @@ struct ScalingBench: ParsableCommand {
       throw ValidationError("\(launch) not found: build the launch and worker products first")
     }
     print("whole runs through launch on 127.0.0.1: \(steps) steps each, images/s = median of \(windows) windows of "
-          + "\(windowSteps) steps after \(warmupWindows) warm-up window(s); synthetic \(sizes[0])×\(sizes[1]) JPEG TFRecords")
-    print("config                        layout   batch/rank   img/s   vs \(plan[0].ranks)x\(plan[0].threads)")
+          + "\(windowSteps) steps after \(warmupWindows) warm-up window(s); synthetic \(sizes[0])×\(sizes[1]) JPEG TFRecords; "
+          + "median of \(rounds) alternating round(s)")
+    print("config                        layout   batch/rank   img/s   vs \(plan[0].ranks)x\(plan[0].threads)   rounds")
     for c in list {
       let (size, batch, classes) = (c.size, c.batch, c.classes)  // batch: the global batch
       // One epoch covers the whole run, so no run pays an epoch restart the others do not.
       let data = try dataset(examples: steps * batch, classes: min(classes, Self.syntheticClasses),
                              width: sizes[0], height: sizes[1])
-      var reference: Double?
-      for (ranks, threads) in plan {
-        guard batch % ranks == 0 else { throw ValidationError("global batch \(batch) is not divisible by \(ranks) ranks") }
-        let ips = try runJob(launch: launch, data: data, model: c.model, size: size, classes: classes,
-                             ranks: ranks, threads: threads, batchPerRank: batch / ranks, steps: steps)
-        if reference == nil { reference = ips }
+      for (ranks, _) in plan where batch % ranks != 0 {
+        throw ValidationError("global batch \(batch) is not divisible by \(ranks) ranks")
+      }
+      var perRound = [[Double]](repeating: [], count: plan.count)
+      for _ in 0..<rounds {
+        for (i, (ranks, threads)) in plan.enumerated() {
+          perRound[i].append(try runJob(launch: launch, data: data, model: c.model, size: size, classes: classes,
+                                        ranks: ranks, threads: threads, batchPerRank: batch / ranks, steps: steps))
+        }
+      }
+      let medians = perRound.map(Self.median)
+      for (i, (ranks, threads)) in plan.enumerated() {
         let label = "\(c.model) \(size)² b\(batch)".padding(toLength: 28, withPad: " ", startingAt: 0)
         print("\(label)  \("\(ranks)x\(threads)".padding(toLength: 6, withPad: " ", startingAt: 0))"
-              + "\(String(format: "%11d", batch / ranks))  \(String(format: "%6.1f", ips))   "
-              + String(format: "%5.1f%%", 100 * ips / reference!))
+              + "\(String(format: "%11d", batch / ranks))  \(String(format: "%6.1f", medians[i]))   "
+              + String(format: "%5.1f%%", 100 * medians[i] / medians[0]) + "   "
+              + perRound[i].map { String(format: "%.1f", $0) }.joined(separator: " "))
       }
     }
+  }
+
+  static func median(_ v: [Double]) -> Double {
+    let s = v.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
   }
 
   /// A directory of synthetic training TFRecords with at least `examples` examples.
