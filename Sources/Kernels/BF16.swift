@@ -35,17 +35,43 @@ public enum Precision: String, CaseIterable, Sendable {
 /// with SIMDMask/replace(with:where:) compiled to per-lane code and made the bf16 step 4× slower.
 public func roundToBF16(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int) {
   parallelChunks(count, minPerChunk: bf16MinPerThread) { _, r in
-    let s = UnsafeRawPointer(src).assumingMemoryBound(to: UInt32.self)
-    let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self)
-    for i in r {
-      let b = s[i]
-      let nearest = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) & 0xFFFF_0000
-      // NaN (exponent all ones, mantissa non-zero): keep it a quiet NaN; the add could carry it to ±inf.
-      let quietNaN = (b | 0x0040_0000) & 0xFFFF_0000
-      d[i] = (b & 0x7FFF_FFFF) > 0x7F80_0000 ? quietNaN : nearest
-    }
+    roundToBF16Serial(dst + r.lowerBound, src + r.lowerBound, count: r.count)
   }
 }
+
+/// roundToBF16 on the calling thread, for kernels that round their own output block by block.
+@inline(__always)
+func roundToBF16Serial(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int) {
+  let s = UnsafeRawPointer(src).assumingMemoryBound(to: UInt32.self)
+  let d = UnsafeMutableRawPointer(dst).assumingMemoryBound(to: UInt32.self)
+  for i in 0..<count {
+    let b = s[i]
+    let nearest = (b &+ 0x7FFF &+ ((b &>> 16) & 1)) & 0xFFFF_0000
+    // NaN (exponent all ones, mantissa non-zero): keep it a quiet NaN; the add could carry it to ±inf.
+    let quietNaN = (b | 0x0040_0000) & 0xFFFF_0000
+    d[i] = (b & 0x7FFF_FFFF) > 0x7F80_0000 ? quietNaN : nearest
+  }
+}
+
+/// Runs `apply` over `range` in blocks of about `bf16RoundBlockFloats` floats, rounding each block of
+/// rows (`channels` floats each, starting at `out`) to bf16 right after it is written, while it is in cache.
+@inline(__always)
+func applyThenRound(_ out: UnsafeMutablePointer<Float>, channels: Int, rows range: Range<Int>, round: Bool,
+                    _ apply: (Range<Int>) -> Void) {
+  guard round else { apply(range); return }
+  let step = max(1, bf16RoundBlockFloats / max(1, channels))
+  var lo = range.lowerBound
+  while lo < range.upperBound {
+    let hi = min(range.upperBound, lo + step)
+    apply(lo..<hi)
+    let p = out + lo * channels
+    roundToBF16Serial(p, p, count: (hi - lo) * channels)
+    lo = hi
+  }
+}
+
+/// 32 KiB: a block stays in L1/L2 between the kernel's write and the rounding pass.
+let bf16RoundBlockFloats = 8192
 
 /// Below this many elements per thread the rounding pass is not split (it is memory-bound and cheap).
 let bf16MinPerThread = 1 << 15

@@ -85,7 +85,8 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
 }
 
 /// The apply half: mean/invStd from the shifted sums (training) or the moving statistics
-/// (inference), moving averages updated in training, then a = act(BN(z)) + residual in one pass.
+/// (inference), moving averages updated in training, then a = act(BN(z)) + residual in one pass
+/// (rounded to bf16 as it is written with `roundOutputToBF16`, for a consumer that reads bf16 only).
 /// `scaleShift` ([2·C], optional) receives the per-channel scale and shift used. With `a` nil nothing
 /// is applied: the consumer applies scale and shift as it reads z (`PendingBatchNorm`).
 public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShift: UnsafePointer<Float>,
@@ -95,7 +96,8 @@ public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShi
                              movingMean: UnsafeMutablePointer<Float>, movingVariance: UnsafeMutablePointer<Float>,
                              rows M: Int, channels C: Int, training: Bool, relu6: Bool,
                              residual: UnsafePointer<Float>? = nil, scaleShift: UnsafeMutablePointer<Float>? = nil,
-                             decay: Float = BatchNormDefaults.decay, epsilon: Float = BatchNormDefaults.epsilon) {
+                             decay: Float = BatchNormDefaults.decay, epsilon: Float = BatchNormDefaults.epsilon,
+                             roundOutputToBF16: Bool = false) {
   if training && M > 0 {
     let m = Double(M)
     for c in 0..<C {
@@ -121,7 +123,9 @@ public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShi
     guard let a else { return }
     let rows = KernelISA.rows
     parallelChunks(M, minPerChunk: 64) { _, range in
-      rows.batchNormApply(a: a, z: z, scale: scale, shift: shift, channels: C, rows: range, relu6: relu6, residual: residual)
+      applyThenRound(a, channels: C, rows: range, round: roundOutputToBF16) { r in
+        rows.batchNormApply(a: a, z: z, scale: scale, shift: shift, channels: C, rows: r, relu6: relu6, residual: residual)
+      }
     }
   }
 }
@@ -162,11 +166,12 @@ public func batchNormReduce(da: UnsafeMutablePointer<Float>, residual: UnsafePoi
 }
 
 /// The apply half of the BN backward, from reductions already made (by the kernel that produced da,
-/// or by `batchNormReduce`): dγ, dβ accumulated, dz written in one pass (dz may alias da).
+/// or by `batchNormReduce`): dγ, dβ accumulated, dz written in one pass (dz may alias da; rounded to
+/// bf16 as it is written with `roundOutputToBF16`: the conv backward that reads it wants bf16 operands).
 public func batchNormBackward(fromSums sums: UnsafePointer<Double>, dz: UnsafeMutablePointer<Float>,
                               da: UnsafePointer<Float>, _ red: BatchNormReduction,
                               dGamma: UnsafeMutablePointer<Float>, dBeta: UnsafeMutablePointer<Float>,
-                              rows M: Int, channels C: Int, training: Bool) {
+                              rows M: Int, channels C: Int, training: Bool, roundOutputToBF16: Bool = false) {
   guard M > 0 else { return }
   withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * C) { buf in
     let k = buf.baseAddress!, meanG = k + C, meanGX = k + 2 * C
@@ -180,7 +185,9 @@ public func batchNormBackward(fromSums sums: UnsafePointer<Double>, dz: UnsafeMu
     }
     let rows = KernelISA.rows
     parallelChunks(M, minPerChunk: 64) { _, range in
-      rows.batchNormBackwardApply(dz: dz, da: da, red, k: k, meanG: meanG, meanGX: meanGX, channels: C, rows: range)
+      applyThenRound(dz, channels: C, rows: range, round: roundOutputToBF16) { r in
+        rows.batchNormBackwardApply(dz: dz, da: da, red, k: k, meanG: meanG, meanGX: meanGX, channels: C, rows: r)
+      }
     }
   }
 }

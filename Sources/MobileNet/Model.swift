@@ -207,23 +207,44 @@ public final class MobileNetV2 {
   private func kw(_ offset: Int) -> UnsafeMutablePointer<Float> {
     precision == .bf16 ? bf16.weights.base + offset : parameters.base + offset
   }
-  /// A kernel's input activation (`count` floats) as it reads it: x, or a bf16-rounded copy.
-  private func kx(_ x: UnsafePointer<Float>, _ count: Int) -> UnsafePointer<Float> {
-    precision == .bf16 ? bf16.rounded(x, count: count, in: bf16.activation) : x
+  /// A kernel's input activation (`count` floats) as it reads it: x, or a bf16-rounded copy (none
+  /// for the tensors bf16 mode stores rounded already, see `storedRounded`).
+  private func kx(_ x: UnsafePointer<Float>, _ count: Int, _ act: Activations) -> UnsafePointer<Float> {
+    precision == .bf16 && !storedRounded(x, act) ? bf16.rounded(x, count: count, in: bf16.activation) : x
   }
-  /// A kernel's output gradient as backward reads it: dy, or a bf16-rounded copy.
+  /// The logits' output gradient as backward reads it: dy, or a bf16-rounded copy. (The convolutions'
+  /// output gradients are rounded by the BN backward that writes them, see `roundsOutputGradient`.)
   private func kdy(_ dy: UnsafePointer<Float>, _ count: Int) -> UnsafePointer<Float> {
     precision == .bf16 ? bf16.rounded(dy, count: count, in: bf16.gradient) : dy
+  }
+  /// bf16 mode rounds two tensors where they are written instead of copying them for each reader:
+  /// the network input (read by the stem only) and the stem's activation (read by block 0's
+  /// depthwise, forward and backward, unless a residual also reads it). At 1.0/224 b32 the copies
+  /// were ~100 MiB of peak memory.
+  private var roundsStemOutput: Bool { precision == .bf16 && !(blocks.first?.residual ?? true) }
+  private func storedRounded(_ x: UnsafePointer<Float>, _ act: Activations) -> Bool {
+    x == UnsafePointer(act.input) || (roundsStemOutput && x == UnsafePointer(act.a[stemIndex]!))
+  }
+  /// Whether layer i's BN backward writes dz rounded to bf16: every conv backward reads bf16 output
+  /// gradients, except the JIT 1×1, which converts dz block by block itself.
+  private func roundsOutputGradient(_ i: Int) -> Bool {
+    guard precision == .bf16 else { return false }
+    if case .pointwise = layers[i].op { return !jit }
+    return true
   }
 
   // MARK: - Forward
 
-  /// Runs the network on `inputBuffer(batch:)`; returns the logits [batch, numClasses].
+  /// Runs the network on `inputBuffer(batch:)` (rounded to bf16 in place in bf16 mode); returns the
+  /// logits [batch, numClasses].
   @discardableResult
   public func forward(batch: Int, mode: ForwardMode, rng: inout RandomState) -> UnsafeMutablePointer<Float> {
     let act = activations(batch: batch)
     act.mode = mode
-    if precision == .bf16 { bf16.refreshWeights(from: parameters, pack: jit ? packedWeights : []) }
+    if precision == .bf16 {
+      bf16.refreshWeights(from: parameters, pack: jit ? packedWeights : [])
+      roundToBF16(act.input, act.input, count: layers[stemIndex].inputCount(batch: batch))
+    }
     var x = UnsafePointer(act.input)
     convBNForward(stemIndex, x: x, act: act)
     x = UnsafePointer(act.a[stemIndex]!)
@@ -257,7 +278,7 @@ public final class MobileNetV2 {
       denseForwardBF16(y: act.logits, x: features, w: bf16.forward(logitsWeights), b: w(logitsBiases), rows: batch,
                        workspace: bf16.workspace)
     } else {
-      denseForward(y: act.logits, x: kx(features, batch * C), w: kw(logitsWeights), b: w(logitsBiases),
+      denseForward(y: act.logits, x: kx(features, batch * C, act), w: kw(logitsWeights), b: w(logitsBiases),
                    rows: batch, inChannels: C, outChannels: config.numClasses)
     }
     return act.logits
@@ -275,7 +296,7 @@ public final class MobileNetV2 {
     // makes from z as it reads (PendingBatchNorm.roundToBF16), never z itself.
     let weight = kw(l.weight)
     // The JIT 1×1 converts x itself, block by block: no rounded copy then.
-    var xk: UnsafePointer<Float> { input == nil ? kx(x, l.inputCount(batch: n)) : x }
+    var xk: UnsafePointer<Float> { input == nil ? kx(x, l.inputCount(batch: n), act) : x }
     let (shift, sums) = (act.statShift[i], act.statSums[i])
     switch l.op {
     case .conv(let k):
@@ -316,7 +337,7 @@ public final class MobileNetV2 {
                        movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
                        rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
                        training: training, relu6: l.relu6, residual: residual, scaleShift: act.scaleShift[i],
-                       decay: batchNormDecay)
+                       decay: batchNormDecay, roundOutputToBF16: i == stemIndex && roundsStemOutput)
     }
   }
 
@@ -366,11 +387,11 @@ public final class MobileNetV2 {
     // Head: logits → dropout → pool.
     if jit {
       denseBackwardBF16(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases), dy: act.dLogits,
-                        roundedDY: kdy(act.dLogits, batch * config.numClasses), roundedX: kx(act.features, batch * C),
+                        roundedDY: kdy(act.dLogits, batch * config.numClasses), roundedX: kx(act.features, batch * C, act),
                         wT: bf16.transposed(logitsWeights), rows: batch, scratch: scratch, workspace: bf16.workspace)
     } else {
       denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases),
-                    dy: kdy(act.dLogits, batch * config.numClasses), x: kx(act.features, batch * C),
+                    dy: kdy(act.dLogits, batch * config.numClasses), x: kx(act.features, batch * C, act),
                     w: kw(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses,
                     scratch: scratch)
     }
@@ -439,13 +460,13 @@ public final class MobileNetV2 {
     Profile.time(.batchNorm, backward: true) {
       batchNormBackward(fromSums: act.gradSums[i], dz: dz, da: dA, reduction(i, act), dGamma: g(l.gamma),
                         dBeta: g(l.beta), rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                        training: act.mode.batchNormTraining)
+                        training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i))
     }
-    let (xCount, dyCount) = (l.inputCount(batch: n), l.outputCount(batch: n))
+    let xCount = l.inputCount(batch: n)
     switch l.op {
     case .conv(let k):
       Profile.time(.stemConv, backward: true) {
-        conv2dBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight),
+        conv2dBackward(dx: dx, dw: g(l.weight), dy: dz, x: kx(x, xCount, act), w: kw(l.weight),
                        convShape(l, batch: n, kernel: k), scratch: scratch)
       }
     case .pointwise:
@@ -456,17 +477,17 @@ public final class MobileNetV2 {
                                 wT: bf16.transposed(l.weight), rows: rows, scratch: scratch, workspace: bf16.workspace,
                                 residual: dxResidual, reduce: dxReduce)
         } else if let dx, let dxReduce {
-          pointwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight), rows: rows, inChannels: l.inChannels,
+          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: kx(x, xCount, act), w: kw(l.weight), rows: rows, inChannels: l.inChannels,
                             outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce)
         } else {
           precondition(dxResidual == nil, "a residual gradient needs the fused pointwise backward")
-          pointwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: kx(x, xCount), w: kw(l.weight), rows: rows,
+          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: kx(x, xCount, act), w: kw(l.weight), rows: rows,
                             inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch)
         }
       }
     case .depthwise(let k):
       Profile.time(.depthwise, backward: true) {
-        depthwiseBackward(dx: dx, dw: g(l.weight), dy: kdy(dz, dyCount), x: input == nil ? kx(x, xCount) : x, w: kw(l.weight),
+        depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: input == nil ? kx(x, xCount, act) : x, w: kw(l.weight),
                           depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
                           input: input)
       }

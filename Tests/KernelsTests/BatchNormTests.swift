@@ -61,6 +61,49 @@ final class BatchNormTests: XCTestCase {
     }
   }
 
+  /// bf16 mode's rounded outputs (BN apply for a bf16-only consumer, dz for the conv backward) are
+  /// exactly the unrounded outputs rounded afterwards, across row blocks and thread chunks.
+  func testRoundedOutputsEqualRoundingAfterwards() {
+    Compute.setThreads(3)
+    defer { Compute.setThreads(1) }
+    for (m, c) in [(7, 5), (1000, 24), (300, 96)] {  // 300·96 spans several 8192-float blocks per chunk
+      let k = Case(m: m, c: c, seed: 40)
+      let shift = FloatBuffer(count: c)
+      var sums = [Double](repeating: 0, count: 2 * c)
+      for r in 0..<m { for j in 0..<c { let v = Double(k.x[r * c + j]); sums[j] += v; sums[c + j] += v * v } }
+      let ss = FloatBuffer(count: 2 * c), mean = FloatBuffer(count: c), inv = FloatBuffer(count: c)
+      var outputs: [FloatBuffer] = []
+      for round in [false, true] {
+        let a = FloatBuffer(count: m * c)
+        let mm = FloatBuffer(count: c), mv = FloatBuffer(count: c)
+        mm.copy(from: k.mm.array); mv.copy(from: k.mv.array)
+        batchNormForward(fromSums: sums, shift: shift.base, a: a.base, z: k.x.base, gamma: k.gamma.base, beta: k.beta.base,
+                         mean: mean.base, invStd: inv.base, movingMean: mm.base, movingVariance: mv.base,
+                         rows: m, channels: c, training: true, relu6: true, scaleShift: ss.base, roundOutputToBF16: round)
+        outputs.append(a)
+      }
+      roundToBF16(outputs[0].base, outputs[0].base, count: m * c)
+      XCTAssertEqual(outputs[0].array, outputs[1].array, "forward m=\(m) c=\(c)")
+      XCTAssertNotEqual(outputs[1].array, k.x.array)
+
+      let da = randomBuffer(m * c, seed: 41)
+      let gsums = UnsafeMutablePointer<Double>.allocate(capacity: 2 * c)
+      defer { gsums.deallocate() }
+      for j in 0..<(2 * c) { gsums[j] = Double(j % 7) - 3 }
+      let red = BatchNormReduction(z: k.x.base, scale: ss.base, shift: ss.base + c, mean: mean.base, invStd: inv.base,
+                                   relu6: true, sums: gsums)
+      var dzs: [FloatBuffer] = []
+      for round in [false, true] {
+        let dz = FloatBuffer(count: m * c), dg = FloatBuffer(count: c), db = FloatBuffer(count: c)
+        batchNormBackward(fromSums: UnsafePointer(gsums), dz: dz.base, da: da.base, red, dGamma: dg.base, dBeta: db.base,
+                          rows: m, channels: c, training: true, roundOutputToBF16: round)
+        dzs.append(dz)
+      }
+      roundToBF16(dzs[0].base, dzs[0].base, count: m * c)
+      XCTAssertEqual(dzs[0].array, dzs[1].array, "backward m=\(m) c=\(c)")
+    }
+  }
+
   func testMovingAverageUpdateUsesDecayAndUnbiasedVariance() {
     // One channel, values 1, 2, 3, 4: mean 2.5, biased variance 1.25, unbiased 5/3.
     let z = FloatBuffer(count: 4)
