@@ -71,4 +71,12 @@ public final class Scratch {
     if buffer.count < count { buffer = FloatBuffer(count: count) }
     return buffer.base
   }
+
+  /// A third region (stale contents, valid until its next call), independent of the two above: the
+  /// per-thread blocks of activated input rows of a 1×1 convolution whose input BN is pending.
+  public func inputRows(_ count: Int) -> UnsafeMutablePointer<Float> {
+    if rowBuffer.count < count { rowBuffer = FloatBuffer(count: count) }
+    return rowBuffer.base
+  }
+  private var rowBuffer = FloatBuffer(count: 0)
 }

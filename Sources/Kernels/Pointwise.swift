@@ -12,33 +12,113 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   gemmRows(c: y, a: x, b: w, rows: rows, k: inChannels, n: outChannels, transposeB: false)
 }
 
-/// dw += xᵀ·dy; dx (if given) = dy·wᵀ (overwritten).
+/// y = act(z·scale + shift)·w: x is the producing layer's raw z, its BN + ReLU6 (`input`) applied as
+/// the rows are read (see `pendingInputRows`).
+public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                             rows: Int, inChannels: Int, outChannels: Int, input: PendingBatchNorm, scratch: Scratch) {
+  let (k, n) = (inChannels, outChannels)
+  guard rows > 0 else { return }
+  let own = useOwnGEMM(.product, rows: rows, k: k, n: n)
+  withPackedB(own ? w : nil, k: k, n: n) { packed, ldb in
+    withPendingBuffers(input, rows: rows, k: k, blockRows: pendingBlockRows(k: k, n: n, own: own), scratch: scratch) { tmp in
+      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
+        forEachBlock(r, blockRows: pendingBlockRows(k: k, n: n, own: own)) { b in
+          let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
+          if let packed {
+            KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil)
+          } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
+                        1, a + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
+          }
+        }
+      }
+    }
+  }
+}
+
+// MARK: - BN + ReLU6 of the input applied as the GEMM reads it
+
+// A 1×1 convolution reading a depthwise output (the project layer) takes that layer's raw z and
+// applies its BN + ReLU6 block by block into a small per-thread buffer right before the block's GEMM,
+// instead of a separate pass writing the whole activation and the GEMM reading it back: the
+// activation is never stored (forward, or backward where the weight gradient remakes it the same way).
+
+/// The rows `b` of the GEMM's A operand: x itself, or with `input` act(z·scale + shift) (bf16-rounded
+/// if `input.roundToBF16`) written into `tmp` (b.count·k floats). Returned as a base addressed by
+/// absolute row, like x.
+@inline(__always)
+func pendingInputRows(_ x: UnsafePointer<Float>, _ input: PendingBatchNorm?, rows b: Range<Int>, channels k: Int,
+                      tmp: UnsafeMutablePointer<Float>?) -> UnsafePointer<Float> {
+  guard let input, let tmp else { return x }
+  let base = tmp - b.lowerBound * k
+  KernelISA.rows.batchNormApply(a: base, z: x, scale: input.scale, shift: input.shift, channels: k, rows: b,
+                                relu6: input.relu6, residual: nil)
+  if input.roundToBF16 { roundToBF16Serial(tmp, tmp, count: b.count * k) }
+  return UnsafePointer(base)
+}
+
+/// Rows per block when the input's BN is pending. Our GEMM (B packed once per call) takes small blocks,
+/// whose activated rows stay in L1/L2 (~64 KiB); a BLAS call repacks B every time, so it keeps the
+/// larger blocks of the fused kernels.
+func pendingBlockRows(k: Int, n: Int, own: Bool) -> Int {
+  own ? max(gemmRowBlockMinimum, pendingBlockFloats / max(k, 1)) : fusedBlockRows(k: k, n: n)
+}
+let pendingBlockFloats = 16_384
+let gemmRowBlockMinimum = 8
+
+/// Per-chunk buffers (`tmp(chunk)`) for blocks of up to `blockRows` activated rows of k channels,
+/// from the scratch's input-rows region; nil buffers (and no memory) without a pending `input`.
+func withPendingBuffers<R>(_ input: PendingBatchNorm?, rows: Int, k: Int, blockRows: Int, scratch: Scratch,
+                           _ body: ((Int) -> UnsafeMutablePointer<Float>?) -> R) -> R {
+  guard input != nil else { return body { _ in nil } }
+  let chunks = max(1, chunkCount(rows, minPerChunk: gemmMinRowsPerThread))
+  let perChunk = min(rows, blockRows) * k
+  let buffer = scratch.inputRows(chunks * perChunk)
+  return body { buffer + $0 * perChunk }
+}
+
+/// `w` ([k, n]) packed for our GEMM when given (nil: the caller uses BLAS on w itself).
+func withPackedB<R>(_ w: UnsafePointer<Float>?, k: Int, n: Int, transposed: Bool = false,
+                    _ body: (UnsafePointer<Float>?, Int) -> R) -> R {
+  guard let w else { return body(nil, 0) }
+  return withUnsafeTemporaryAllocation(of: Float.self, capacity: gemmPackedCount(k: k, n: n)) { buf in
+    let ldb = packGemmB(w, k: k, n: n, transposed: transposed, into: buf.baseAddress!)
+    return body(UnsafePointer(buf.baseAddress!), ldb)
+  }
+}
+
+/// dw += xᵀ·dy; dx (if given) = dy·wᵀ (overwritten). With `input`, x is the producing layer's raw z
+/// and the weight gradient remakes its activation block by block as forward did.
 public func pointwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
                               dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                              rows: Int, inChannels: Int, outChannels: Int, scratch: Scratch) {
+                              rows: Int, inChannels: Int, outChannels: Int, scratch: Scratch,
+                              input: PendingBatchNorm? = nil) {
   let partials = scratch.uninitialized(gemmPartialsCount(rows: rows, m: inChannels, n: outChannels))
-  gemmTransposedRows(c: dw, a: x, b: dy, rows: rows, m: inChannels, n: outChannels, partials: partials)
+  gemmTransposedRows(c: dw, a: x, b: dy, rows: rows, m: inChannels, n: outChannels, partials: partials,
+                     input: input, scratch: scratch)
   if let dx { gemmRows(c: dx, a: dy, b: w, rows: rows, k: outChannels, n: inChannels, transposeB: true) }
 }
 
 /// The forward GEMM with the batch-norm statistics of y made while each block of rows is still in
 /// cache (the GEMM runs in blocks of `fusedBlockRows` rows per thread, each followed by its statistics):
 /// `shift` (Co floats) receives y's first row, `sums` (2·Co doubles) Σ(y − shift), Σ(y − shift)².
+/// With `input`, x is the producing layer's raw z and its BN + ReLU6 are applied as the rows are read.
 public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                              rows: Int, inChannels: Int, outChannels: Int,
                              statisticsShift shift: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Double>,
-                             scratch: Scratch) {
+                             scratch: Scratch, input: PendingBatchNorm? = nil) {
   let (k, n) = (inChannels, outChannels)
   guard rows > 0 else { sums.update(repeating: 0, count: 2 * n); return }
   // Row 0 of y, computed directly, as the shift (any value near the mean will do).
   for o in 0..<n {
     var acc: Float = 0
-    for i in 0..<k { acc += x[i] * w[i * n + o] }
+    for i in 0..<k { acc += (input?.apply(x[i], channel: i) ?? x[i]) * w[i * n + o] }
     shift[o] = acc
   }
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let kernels = KernelISA.rows
-  if useOwnGEMM(.product, rows: rows, k: k, n: n) {  // statistics from the kernel's registers
+  let own = useOwnGEMM(.product, rows: rows, k: k, n: n)
+  if own && input == nil {  // statistics from the kernel's registers, one call per chunk
     let packed = scratch.uninitialized(gemmPackedCount(k: k, n: n))
     let ldb = packGemmB(w, k: k, n: n, transposed: false, into: packed)
     parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
@@ -47,11 +127,20 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
     return
   }
   _ = Compute.blasSingleThreaded
-  parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
-    forEachBlock(r, blockRows: fusedBlockRows(k: k, n: n)) { b in
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
-                  1, x + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
-      kernels.channelStatistics(z: y, channels: n, rows: b, stats.with(sums: partial))
+  let packed = own ? scratch.uninitialized(gemmPackedCount(k: k, n: n)) : nil
+  let ldb = packed.map { packGemmB(w, k: k, n: n, transposed: false, into: $0) } ?? 0
+  withPendingBuffers(input, rows: rows, k: k, blockRows: pendingBlockRows(k: k, n: n, own: own), scratch: scratch) { tmp in
+    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { chunk, r, partial in
+      forEachBlock(r, blockRows: pendingBlockRows(k: k, n: n, own: own)) { b in
+        let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
+        if let packed {
+          kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial))
+        } else {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
+                      1, a + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
+          kernels.channelStatistics(z: y, channels: n, rows: b, stats.with(sums: partial))
+        }
+      }
     }
   }
 }
@@ -77,9 +166,10 @@ func forEachBlock(_ r: Range<Int>, blockRows: Int, _ body: (Range<Int>) -> Void)
 public func pointwiseBackward(dx: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
                               dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                               rows: Int, inChannels: Int, outChannels: Int, scratch: Scratch,
-                              residual: UnsafePointer<Float>?, reduce: BatchNormReduction) {
+                              residual: UnsafePointer<Float>?, reduce: BatchNormReduction, input: PendingBatchNorm? = nil) {
   let partials = scratch.uninitialized(gemmPartialsCount(rows: rows, m: inChannels, n: outChannels))
-  gemmTransposedRows(c: dw, a: x, b: dy, rows: rows, m: inChannels, n: outChannels, partials: partials)
+  gemmTransposedRows(c: dw, a: x, b: dy, rows: rows, m: inChannels, n: outChannels, partials: partials,
+                     input: input, scratch: scratch)
   let (k, n) = (outChannels, inChannels)  // dx[rows, n] = dy[rows, k] · wᵀ
   guard rows > 0 else { reduce.sums.update(repeating: 0, count: 2 * n); return }
   let kernels = KernelISA.rows
@@ -132,9 +222,36 @@ func gemmPartialsCount(rows: Int, m: Int, n: Int) -> Int {
 
 /// c[m, n] += a[rows, m]ᵀ · b[rows, n]: the sum over rows is split across threads; the first chunk
 /// accumulates into c, the others write partials (gemmPartialsCount floats) added at the end.
+/// With `input`, a is a raw z whose BN + ReLU6 are applied block by block (pendingInputRows).
 func gemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-                        rows: Int, m: Int, n: Int, partials: UnsafeMutablePointer<Float>) {
+                        rows: Int, m: Int, n: Int, partials: UnsafeMutablePointer<Float>,
+                        input: PendingBatchNorm? = nil, scratch: Scratch? = nil) {
   guard rows > 0 else { return }
+  if let input, let scratch {
+    let own = useOwnGEMM(.weightGradient, rows: rows, k: m, n: n)
+    let kernels = KernelISA.rows
+    _ = Compute.blasSingleThreaded
+    let chunks = withPendingBuffers(input, rows: rows, k: m, blockRows: pendingBlockRows(k: m, n: n, own: own), scratch: scratch) { tmp in
+      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
+        let out = chunk == 0 ? c : partials + (chunk - 1) * m * n
+        if chunk > 0 { out.update(repeating: 0, count: m * n) }
+        forEachBlock(r, blockRows: pendingBlockRows(k: m, n: n, own: own)) { blk in
+          let x = pendingInputRows(a, input, rows: blk, channels: m, tmp: tmp(chunk))
+          if own {
+            kernels.gemmTransposedA(c: out, a: x, b: b, k: m, n: n, rows: blk)
+          } else {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(blk.count),
+                        1, x + blk.lowerBound * m, Int32(m), b + blk.lowerBound * n, Int32(n), 1, out, Int32(n))
+          }
+        }
+      }
+    }
+    for p in 0..<max(0, chunks - 1) {
+      let src = partials + p * m * n
+      for i in 0..<(m * n) { c[i] += src[i] }
+    }
+    return
+  }
   if useOwnGEMM(.weightGradient, rows: rows, k: m, n: n) {
     ownGemmTransposedRows(c: c, a: a, b: b, rows: rows, m: m, n: n, partials: partials)
     return

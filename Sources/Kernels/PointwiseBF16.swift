@@ -56,18 +56,20 @@ func bf16BlockRows(k: Int, n: Int) -> Int {
 /// statistics of y per block, as the float32 `pointwiseForward(… statisticsShift:sums:scratch:)`.
 public func pointwiseForwardBF16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: BF16PackedMatrix, rows: Int,
                                  statisticsShift shift: UnsafeMutablePointer<Float>? = nil,
-                                 sums: UnsafeMutablePointer<Double>? = nil, scratch: Scratch, workspace: BF16Workspace) {
+                                 sums: UnsafeMutablePointer<Double>? = nil, scratch: Scratch, workspace: BF16Workspace,
+                                 input: PendingBatchNorm? = nil) {
   let n = w.n
   guard let shift, let sums else {
-    bf16BlockedProduct(out: y, src: x, w: w, rows: rows, scratch: scratch, workspace: workspace, sums: nil)
+    bf16BlockedProduct(out: y, src: x, w: w, rows: rows, scratch: scratch, workspace: workspace, sums: nil, input: input)
     return
   }
   guard rows > 0 else { sums.update(repeating: 0, count: 2 * n); return }
   // Row 0 of y as the shift (any value near the mean will do), by the same kernel.
-  bf16BlockedProduct(out: shift, src: x, w: w, rows: 1, scratch: scratch, workspace: workspace, sums: nil)
+  bf16BlockedProduct(out: shift, src: x, w: w, rows: 1, scratch: scratch, workspace: workspace, sums: nil, input: input)
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let kernels = KernelISA.rows
-  bf16BlockedProduct(out: y, src: x, w: w, rows: rows, scratch: scratch, workspace: workspace, sums: sums) { b, partial in
+  bf16BlockedProduct(out: y, src: x, w: w, rows: rows, scratch: scratch, workspace: workspace, sums: sums,
+                     input: input) { b, partial in
     kernels.channelStatistics(z: y, channels: n, rows: b, stats.with(sums: partial!))
   }
 }
@@ -79,16 +81,21 @@ public func pointwiseForwardBF16(y: UnsafeMutablePointer<Float>, x: UnsafePointe
 /// without, the partial is nil.
 func bf16BlockedProduct(out: UnsafeMutablePointer<Float>, src: UnsafePointer<Float>, w: BF16PackedMatrix, rows: Int,
                         scratch: Scratch, workspace: BF16Workspace, sums: UnsafeMutablePointer<Double>?,
+                        input: PendingBatchNorm? = nil,
                         epilogue: ((Range<Int>, UnsafeMutablePointer<Double>?) -> Void)? = nil) {
   let (k, n) = (w.k, w.n)
   let lda = 2 * w.kPairs
   let blockRows = bf16BlockRows(k: k, n: n)
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let buffers = workspace.elements(max(chunks, 1) * blockRows * lda)
+  // The conversion below rounds: the pending BN needs no rounding of its own.
+  let input = input.map { PendingBatchNorm(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
+  withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
   func run(_ chunk: Int, _ r: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
     let a = buffers + chunk * blockRows * lda
     forEachBlock(r, blockRows: blockRows) { b in
-      convertRowsToBF16(a, stride: lda, src + b.lowerBound * k, stride: k, rows: b.count, columns: k)
+      let x = pendingInputRows(src, input, rows: b, channels: k, tmp: tmp(chunk))
+      convertRowsToBF16(a, stride: lda, x + b.lowerBound * k, stride: k, rows: b.count, columns: k)
       bf16Gemm(c: out + b.lowerBound * n, ldc: n, a: a, lda: lda, b: w, rows: b.count, accumulate: false)
       epilogue?(b, partial)
     }
@@ -98,6 +105,7 @@ func bf16BlockedProduct(out: UnsafeMutablePointer<Float>, src: UnsafePointer<Flo
                         into: sums) { chunk, r, partial in run(chunk, r, partial) }
   } else {
     parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in run(chunk, r, nil) }
+  }
   }
 }
 
@@ -116,7 +124,8 @@ let bf16WeightGradientRows = 256
 public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
                                   dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                                   wT: BF16PackedMatrix, rows: Int, scratch: Scratch, workspace: BF16Workspace,
-                                  residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil) {
+                                  residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil,
+                                  input: PendingBatchNorm? = nil) {
   let (co, ci) = (wT.k, wT.n)
   precondition(residual == nil || (reduce != nil && dx != nil), "a residual gradient needs the fused backward")
   guard rows > 0 else {
@@ -131,13 +140,17 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
   let buffers = workspace.elements(chunks * perChunk)
   let bBlocks = (0..<chunks).map { workspace.rowsPacked(chunk: $0, rows: r, columns: co) }
   let kernels = KernelISA.rows
+  // x's rows are remade from z as forward made them (the conversion rounds them).
+  let input = input.map { PendingBatchNorm(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
+  withPendingBuffers(input, rows: rows, k: ci, blockRows: r, scratch: scratch) { tmp in
   func run(_ chunk: Int, _ range: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
     let out = chunk == 0 ? dw : partials + (chunk - 1) * ci * co
     let pairs = buffers + chunk * perChunk, dyRows = pairs + ci * r, b = bBlocks[chunk]
     var first = true
     forEachBlock(range, blockRows: r) { blk in
       let dyBlock = dy + blk.lowerBound * co
-      interleaveRowPairsBF16(pairs, x + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
+      let xs = pendingInputRows(x, input, rows: blk, channels: ci, tmp: tmp(chunk))
+      interleaveRowPairsBF16(pairs, xs + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
       packBF16B(b, dyBlock, transposed: false, rows: blk.count)
       bf16GemmRowPairs(c: out, ldc: co, pairs: pairs, b: b, rows: ci, accumulate: chunk == 0 || !first,
                        kPairs: (blk.count + 1) / 2)
@@ -155,6 +168,7 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
                         into: reduce.sums) { chunk, range, partial in run(chunk, range, partial) }
   } else {
     parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in run(chunk, range, nil) }
+  }
   }
   for p in 0..<(chunks - 1) {
     let src = partials + p * ci * co

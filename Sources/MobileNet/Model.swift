@@ -257,9 +257,12 @@ public final class MobileNetV2 {
       } else {
         convBNForward(b.depthwise, x: x, act: act)
       }
+      // The depthwise's activation is not stored either: the project 1×1 applies its BN + ReLU6 to z
+      // block by block as it reads (and its weight gradient does the same in backward).
       // The project layer has no activation, so its BN output is not needed by backward: the
       // residual sum is written in its place, by the same pass that applies BN.
-      convBNForward(b.project, x: UnsafePointer(act.a[b.depthwise]!), act: act, residual: b.residual ? x : nil)
+      convBNForward(b.project, x: UnsafePointer(act.z[b.depthwise]), act: act, residual: b.residual ? x : nil,
+                    input: pendingBatchNorm(b.depthwise, act))
       x = UnsafePointer(act.a[b.project]!)
     }
     convBNForward(lastConvIndex, x: x, act: act)
@@ -313,10 +316,13 @@ public final class MobileNetV2 {
         let rows = n * l.inSize * l.inSize
         if jit {
           pointwiseForwardBF16(y: z, x: x, w: bf16.forward(l.weight), rows: rows, statisticsShift: training ? shift : nil,
-                               sums: training ? sums : nil, scratch: scratch, workspace: bf16.workspace)
+                               sums: training ? sums : nil, scratch: scratch, workspace: bf16.workspace, input: input)
         } else if training {
           pointwiseForward(y: z, x: xk, w: weight, rows: rows, inChannels: l.inChannels, outChannels: l.outChannels,
-                           statisticsShift: shift, sums: sums, scratch: scratch)
+                           statisticsShift: shift, sums: sums, scratch: scratch, input: input)
+        } else if let input {
+          pointwiseForward(y: z, x: x, w: weight, rows: rows, inChannels: l.inChannels, outChannels: l.outChannels,
+                           input: input, scratch: scratch)
         } else {
           pointwiseForward(y: z, x: xk, w: weight, rows: rows, inChannels: l.inChannels, outChannels: l.outChannels)
         }
@@ -426,8 +432,8 @@ public final class MobileNetV2 {
       // reductions of the layer that produced the block input.
       let residual = b.residual ? UnsafePointer(gOut) : nil
       // project (linear): dz into T, then the 1×1 backward writes the depthwise output's gradient.
-      convBNBackward(b.project, dA: gOut, dZ: act.ioT, x: UnsafePointer(act.a[b.depthwise]!), dx: act.exp1,
-                     dxReduce: reduction(b.depthwise, act), act: act)
+      convBNBackward(b.project, dA: gOut, dZ: act.ioT, x: UnsafePointer(act.z[b.depthwise]), dx: act.exp1,
+                     dxReduce: reduction(b.depthwise, act), input: pendingBatchNorm(b.depthwise, act), act: act)
       ready(upTo: b.project)
       if let e = b.expand {
         convBNBackward(b.depthwise, dA: act.exp1, x: UnsafePointer(act.z[e]), dx: act.exp0, dxReduce: reduction(e, act),
@@ -463,6 +469,8 @@ public final class MobileNetV2 {
                         training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i))
     }
     let xCount = l.inputCount(batch: n)
+    // With the input's BN pending, the kernel remakes (and rounds) x from z itself: no rounded copy.
+    var xk: UnsafePointer<Float> { input == nil ? kx(x, xCount, act) : x }
     switch l.op {
     case .conv(let k):
       Profile.time(.stemConv, backward: true) {
@@ -475,19 +483,20 @@ public final class MobileNetV2 {
         if jit {
           pointwiseBackwardBF16(dx: dx, dw: g(l.weight), dy: dz, x: x,
                                 wT: bf16.transposed(l.weight), rows: rows, scratch: scratch, workspace: bf16.workspace,
-                                residual: dxResidual, reduce: dxReduce)
+                                residual: dxResidual, reduce: dxReduce, input: input)
         } else if let dx, let dxReduce {
-          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: kx(x, xCount, act), w: kw(l.weight), rows: rows, inChannels: l.inChannels,
-                            outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce)
+          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: xk, w: kw(l.weight), rows: rows, inChannels: l.inChannels,
+                            outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce,
+                            input: input)
         } else {
           precondition(dxResidual == nil, "a residual gradient needs the fused pointwise backward")
-          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: kx(x, xCount, act), w: kw(l.weight), rows: rows,
-                            inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch)
+          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: xk, w: kw(l.weight), rows: rows,
+                            inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch, input: input)
         }
       }
     case .depthwise(let k):
       Profile.time(.depthwise, backward: true) {
-        depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: input == nil ? kx(x, xCount, act) : x, w: kw(l.weight),
+        depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: xk, w: kw(l.weight),
                           depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
                           input: input)
       }
@@ -504,8 +513,8 @@ final class Activations {
   let input: UnsafeMutablePointer<Float>
   let labelStorage: UnsafeMutablePointer<Int32>
   var labels: UnsafeMutablePointer<Int32> { labelStorage }
-  /// Per layer: conv output z and activation a; a is nil for expand layers, whose activation is
-  /// applied by the depthwise as it reads z and never stored.
+  /// Per layer: conv output z and activation a; a is nil for expand and depthwise layers, whose
+  /// activations are applied by their consumers (the depthwise, the project 1×1) as they read z.
   var z: [UnsafeMutablePointer<Float>] = [], a: [UnsafeMutablePointer<Float>?] = []
   var mean: [UnsafeMutablePointer<Float>] = [], invStd: [UnsafeMutablePointer<Float>] = []
   /// Per layer: the BN scale and shift forward applied ([2·C]: γ·invStd, β − μ·γ·invStd), the shift of
@@ -531,12 +540,13 @@ final class Activations {
     let inputSlot = reserve(n * m.config.imageSize * m.config.imageSize * 3)
     var ioMax = 0, expMax = 0
     var layerSlots: [(Int, Int?, Int, Int)] = []
-    let expandLayers = Set(m.blocks.compactMap(\.expand))
+    // Expand and depthwise activations are applied by their consumer as it reads z: never stored.
+    let pendingLayers = Set(m.blocks.compactMap(\.expand) + m.blocks.map(\.depthwise))
     var smallSlots: [(Int, Int)] = []
     var doubleCount = 0
     for (i, l) in m.layers.enumerated() {
       layerSlots.append((reserve(l.outputCount(batch: n)),
-                         expandLayers.contains(i) ? nil : reserve(l.outputCount(batch: n)),
+                         pendingLayers.contains(i) ? nil : reserve(l.outputCount(batch: n)),
                          reserve(l.outChannels), reserve(l.outChannels)))
       smallSlots.append((reserve(2 * l.outChannels), reserve(l.outChannels)))
       doubleCount += 4 * l.outChannels

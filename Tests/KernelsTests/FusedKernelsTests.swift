@@ -265,4 +265,58 @@ final class FusedKernelsTests: XCTestCase {
       }
     }
   }
+
+  /// The project 1×1 reading the depthwise's raw z with its BN + ReLU6 pending, both GEMMs (own, BLAS),
+  /// 1 and 2 threads, forward (with and without statistics) and backward, against the naive GEMMs on the
+  /// activation as BN + ReLU6 would have stored it.
+  func testPointwiseWithPendingBatchNormInputMatchesNaive() {
+    defer { GemmChoice.forced = nil; Compute.setThreads(1) }
+    for (threads, impl) in [(1, GemmImplementation.own), (2, .own), (2, .blas)] {
+      Compute.setThreads(threads)
+      GemmChoice.forced = impl
+      for (m, ci, co) in [(1, 3, 5), (300, 48, 8), (3001, 144, 24), (700, 96, 160)] {
+        for relu6 in [true, false] {
+          let producer = Layer(rows: m, channels: ci, relu6: relu6, seed: 120)
+          let pending = PendingBatchNorm(scale: producer.scaleShift.base, shift: producer.scaleShift.base + ci, relu6: relu6)
+          let x = FloatBuffer(count: m * ci)
+          for i in 0..<(m * ci) {
+            let v = producer.z[i] * producer.scaleShift[i % ci] + producer.scaleShift[ci + i % ci]
+            x[i] = relu6 ? min(max(v, 0), 6) : v
+          }
+          let w = randomBuffer(ci * co, seed: 121), dy = randomBuffer(m * co, seed: 122)
+          let y = FloatBuffer(count: m * co), y2 = FloatBuffer(count: m * co), yRef = FloatBuffer(count: m * co)
+          let shift = FloatBuffer(count: co)
+          var sums = [Double](repeating: .nan, count: 2 * co)
+          let scratch = Scratch()
+          pointwiseForward(y: y.base, x: producer.z.base, w: w.base, rows: m, inChannels: ci, outChannels: co,
+                           statisticsShift: shift.base, sums: &sums, scratch: scratch, input: pending)
+          pointwiseForward(y: y2.base, x: producer.z.base, w: w.base, rows: m, inChannels: ci, outChannels: co,
+                           input: pending, scratch: scratch)
+          pointwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+          let what = "\(impl) \(threads)t pending-BN 1x1 \(m)x\(ci)x\(co) relu6=\(relu6)"
+          assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, what)
+          assertClose(y2, yRef, atol: 1e-4, rtol: 1e-4, what + " (inference)")
+          assertStatistics(shift: shift, sums: sums, of: yRef.base, rows: m, channels: co, what)
+
+          let dw = randomBuffer(ci * co, seed: 123), dwRef = FloatBuffer(count: ci * co), dw2 = FloatBuffer(count: ci * co)
+          dwRef.copy(from: dw.array); dw2.copy(from: dw.array)
+          let dx = FloatBuffer(count: m * ci), dxRef = FloatBuffer(count: m * ci)
+          var red = [Double](repeating: .nan, count: 2 * ci)
+          red.withUnsafeMutableBufferPointer { rp in
+            pointwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: producer.z.base, w: w.base, rows: m,
+                              inChannels: ci, outChannels: co, scratch: scratch, residual: nil,
+                              reduce: producer.reduction(rp.baseAddress!), input: pending)
+          }
+          pointwiseBackward(dx: nil, dw: dw2.base, dy: dy.base, x: producer.z.base, w: w.base, rows: m,
+                            inChannels: ci, outChannels: co, scratch: scratch, input: pending)
+          pointwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, rows: m,
+                                 inChannels: ci, outChannels: co)
+          assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, what + " dx")
+          assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, what + " dw")
+          assertClose(dw2, dwRef, atol: 1e-3, rtol: 1e-4, what + " dw (unfused backward)")
+          assertSums(red, producer.naiveSums(da: dxRef.base), what)
+        }
+      }
+    }
+  }
 }

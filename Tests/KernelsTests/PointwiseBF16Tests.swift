@@ -109,4 +109,37 @@ final class PointwiseBF16Tests: XCTestCase {
     assertClose(dw, dwRef, atol: 1e-4, rtol: 1e-4, "dense dw")
     assertClose(db, dbRef, atol: 1e-5, rtol: 1e-5, "dense db")
   }
+
+  /// The JIT 1×1 with its input's BN + ReLU6 pending gives exactly the same results as on the stored
+  /// activation: both convert the same float32 values to bf16 (forward, and the weight gradient).
+  func testPendingBatchNormInputEqualsStoredActivation() {
+    guard BF16JIT.isAvailable else { testArithmeticChoiceFollowsTheCPU(); return }
+    Compute.setThreads(2)
+    defer { Compute.setThreads(1) }
+    let workspace = BF16Workspace()
+    for (m, ci, co) in [(1, 3, 5), (700, 96, 24), (3001, 144, 32)] {
+      let z = randomBuffer(m * ci, seed: 160, scale: 2, offset: 0.5)
+      let ss = randomBuffer(2 * ci, seed: 161, scale: 1, offset: 0.5)
+      let pending = PendingBatchNorm(scale: ss.base, shift: ss.base + ci, relu6: true, roundToBF16: true)
+      let x = FloatBuffer(count: m * ci)
+      for i in 0..<(m * ci) { x[i] = min(max(z[i] * ss[i % ci] + ss[ci + i % ci], 0), 6) }
+      let w = randomBuffer(ci * co, seed: 162), dy = randomBuffer(m * co, seed: 163)
+      let packed = BF16PackedMatrix(k: ci, n: co), packedT = BF16PackedMatrix(k: co, n: ci)
+      packBF16B(packed, w.base, transposed: false)
+      packBF16B(packedT, w.base, transposed: true)
+      var results: [[Float]] = []
+      for useInput in [false, true] {
+        let y = FloatBuffer(count: m * co), shift = FloatBuffer(count: co)
+        var sums = [Double](repeating: .nan, count: 2 * co)
+        let src = useInput ? z : x
+        pointwiseForwardBF16(y: y.base, x: src.base, w: packed, rows: m, statisticsShift: shift.base, sums: &sums,
+                             scratch: Scratch(), workspace: workspace, input: useInput ? pending : nil)
+        let dw = FloatBuffer(count: ci * co), dx = FloatBuffer(count: m * ci)
+        pointwiseBackwardBF16(dx: dx.base, dw: dw.base, dy: dy.base, x: src.base, wT: packedT, rows: m,
+                              scratch: Scratch(), workspace: workspace, input: useInput ? pending : nil)
+        results.append(y.array + shift.array + dw.array + dx.array)
+      }
+      XCTAssertEqual(results[0], results[1], "bf16 JIT pending-BN 1x1 \(m)x\(ci)x\(co)")
+    }
+  }
 }
