@@ -91,21 +91,21 @@ func bf16BlockedProduct(out: UnsafeMutablePointer<Float>, src: UnsafePointer<Flo
   // The conversion below rounds: the pending BN needs no rounding of its own.
   let input = input.map { PendingBatchNorm(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
   withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
-  func run(_ chunk: Int, _ r: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
-    let a = buffers + chunk * blockRows * lda
-    forEachBlock(r, blockRows: blockRows) { b in
-      let x = pendingInputRows(src, input, rows: b, channels: k, tmp: tmp(chunk))
-      convertRowsToBF16(a, stride: lda, x + b.lowerBound * k, stride: k, rows: b.count, columns: k)
-      bf16Gemm(c: out + b.lowerBound * n, ldc: n, a: a, lda: lda, b: w, rows: b.count, accumulate: false)
-      epilogue?(b, partial)
+    func run(_ chunk: Int, _ r: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
+      let a = buffers + chunk * blockRows * lda
+      forEachBlock(r, blockRows: blockRows) { b in
+        let x = pendingInputRows(src, input, rows: b, channels: k, tmp: tmp(chunk))
+        convertRowsToBF16(a, stride: lda, x + b.lowerBound * k, stride: k, rows: b.count, columns: k)
+        bf16Gemm(c: out + b.lowerBound * n, ldc: n, a: a, lda: lda, b: w, rows: b.count, accumulate: false)
+        epilogue?(b, partial)
+      }
     }
-  }
-  if let sums {
-    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
-                        into: sums) { chunk, r, partial in run(chunk, r, partial) }
-  } else {
-    parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in run(chunk, r, nil) }
-  }
+    if let sums {
+      parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
+                          into: sums) { chunk, r, partial in run(chunk, r, partial) }
+    } else {
+      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in run(chunk, r, nil) }
+    }
   }
 }
 
@@ -143,32 +143,32 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
   // x's rows are remade from z as forward made them (the conversion rounds them).
   let input = input.map { PendingBatchNorm(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
   withPendingBuffers(input, rows: rows, k: ci, blockRows: r, scratch: scratch) { tmp in
-  func run(_ chunk: Int, _ range: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
-    let out = chunk == 0 ? dw : partials + (chunk - 1) * ci * co
-    let pairs = buffers + chunk * perChunk, dyRows = pairs + ci * r, b = bBlocks[chunk]
-    var first = true
-    forEachBlock(range, blockRows: r) { blk in
-      let dyBlock = dy + blk.lowerBound * co
-      let xs = pendingInputRows(x, input, rows: blk, channels: ci, tmp: tmp(chunk))
-      interleaveRowPairsBF16(pairs, xs + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
-      packBF16B(b, dyBlock, transposed: false, rows: blk.count)
-      bf16GemmRowPairs(c: out, ldc: co, pairs: pairs, b: b, rows: ci, accumulate: chunk == 0 || !first,
-                       kPairs: (blk.count + 1) / 2)
-      first = false
-      guard let dx else { return }
-      convertRowsToBF16(dyRows, stride: ldaDx, dyBlock, stride: co, rows: blk.count, columns: co)
-      bf16Gemm(c: dx + blk.lowerBound * ci, ldc: ci, a: dyRows, lda: ldaDx, b: wT, rows: blk.count, accumulate: false)
-      if let reduce, let partial {
-        kernels.batchNormReduce(da: dx, residual: residual, channels: ci, rows: blk, reduce.with(sums: partial))
+    func run(_ chunk: Int, _ range: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
+      let out = chunk == 0 ? dw : partials + (chunk - 1) * ci * co
+      let pairs = buffers + chunk * perChunk, dyRows = pairs + ci * r, b = bBlocks[chunk]
+      var first = true
+      forEachBlock(range, blockRows: r) { blk in
+        let dyBlock = dy + blk.lowerBound * co
+        let xs = pendingInputRows(x, input, rows: blk, channels: ci, tmp: tmp(chunk))
+        interleaveRowPairsBF16(pairs, xs + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
+        packBF16B(b, dyBlock, transposed: false, rows: blk.count)
+        bf16GemmRowPairs(c: out, ldc: co, pairs: pairs, b: b, rows: ci, accumulate: chunk == 0 || !first,
+                         kPairs: (blk.count + 1) / 2)
+        first = false
+        guard let dx else { return }
+        convertRowsToBF16(dyRows, stride: ldaDx, dyBlock, stride: co, rows: blk.count, columns: co)
+        bf16Gemm(c: dx + blk.lowerBound * ci, ldc: ci, a: dyRows, lda: ldaDx, b: wT, rows: blk.count, accumulate: false)
+        if let reduce, let partial {
+          kernels.batchNormReduce(da: dx, residual: residual, channels: ci, rows: blk, reduce.with(sums: partial))
+        }
       }
     }
-  }
-  if let reduce, dx != nil {
-    parallelChannelSums(rows: rows, channels: ci, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
-                        into: reduce.sums) { chunk, range, partial in run(chunk, range, partial) }
-  } else {
-    parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in run(chunk, range, nil) }
-  }
+    if let reduce, dx != nil {
+      parallelChannelSums(rows: rows, channels: ci, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
+                          into: reduce.sums) { chunk, range, partial in run(chunk, range, partial) }
+    } else {
+      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in run(chunk, range, nil) }
+    }
   }
   for p in 0..<(chunks - 1) {
     let src = partials + p * ci * co
