@@ -85,8 +85,7 @@ public func batchNormForward(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Fl
 }
 
 /// The apply half: mean/invStd from the shifted sums (training) or the moving statistics
-/// (inference), moving averages updated in training, then a = act(BN(z)) + residual in one pass
-/// (rounded to bf16 as it is written with `roundOutputToBF16`, for a consumer that reads bf16 only).
+/// (inference), moving averages updated in training, then a = act(BN(z)) + residual in one pass.
 /// `scaleShift` ([2·C], optional) receives the per-channel scale and shift used. With `a` nil nothing
 /// is applied: the consumer applies scale and shift as it reads z (`PendingBatchNorm`).
 public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShift: UnsafePointer<Float>,
@@ -96,8 +95,7 @@ public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShi
                              movingMean: UnsafeMutablePointer<Float>, movingVariance: UnsafeMutablePointer<Float>,
                              rows M: Int, channels C: Int, training: Bool, relu6: Bool,
                              residual: UnsafePointer<Float>? = nil, scaleShift: UnsafeMutablePointer<Float>? = nil,
-                             decay: Float = BatchNormDefaults.decay, epsilon: Float = BatchNormDefaults.epsilon,
-                             roundOutputToBF16: Bool = false) {
+                             decay: Float = BatchNormDefaults.decay, epsilon: Float = BatchNormDefaults.epsilon) {
   if training && M > 0 {
     let m = Double(M)
     for c in 0..<C {
@@ -123,9 +121,7 @@ public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShi
     guard let a else { return }
     let rows = KernelISA.rows
     parallelChunks(M, minPerChunk: 64) { _, range in
-      applyThenRound(a, channels: C, rows: range, round: roundOutputToBF16) { r in
-        rows.batchNormApply(a: a, z: z, scale: scale, shift: shift, channels: C, rows: r, relu6: relu6, residual: residual)
-      }
+      rows.batchNormApply(a: a, z: z, scale: scale, shift: shift, channels: C, rows: range, relu6: relu6, residual: residual)
     }
   }
 }

@@ -217,14 +217,15 @@ public final class MobileNetV2 {
   private func kdy(_ dy: UnsafePointer<Float>, _ count: Int) -> UnsafePointer<Float> {
     precision == .bf16 ? bf16.rounded(dy, count: count, in: bf16.gradient) : dy
   }
-  /// bf16 mode rounds two tensors where they are written instead of copying them for each reader:
-  /// the network input (read by the stem only) and the stem's activation (read by block 0's
-  /// depthwise, forward and backward, unless a residual also reads it). At 1.0/224 b32 the copies
-  /// were ~100 MiB of peak memory.
-  private var roundsStemOutput: Bool { precision == .bf16 && !(blocks.first?.residual ?? true) }
+  /// bf16 mode rounds the network input in place (the stem is its only reader) instead of copying
+  /// it for each reader; the activations read through a PendingBatchNorm are rounded by it.
   private func storedRounded(_ x: UnsafePointer<Float>, _ act: Activations) -> Bool {
-    x == UnsafePointer(act.input) || (roundsStemOutput && x == UnsafePointer(act.a[stemIndex]!))
+    x == UnsafePointer(act.input)
   }
+  /// Whether block 0's depthwise applies the stem's BN + ReLU6 as it reads (as every depthwise does
+  /// for its expand layer): when block 0 has no expand layer and no residual (MobileNetV2's
+  /// expansion-1 first block), nothing else reads the stem's activation and it is not stored.
+  var stemActivationPending: Bool { blocks.first.map { $0.expand == nil && !$0.residual } ?? false }
   /// Whether layer i's BN backward writes dz rounded to bf16: every conv backward reads bf16 output
   /// gradients, except the JIT 1×1, which converts dz block by block itself.
   private func roundsOutputGradient(_ i: Int) -> Bool {
@@ -247,15 +248,16 @@ public final class MobileNetV2 {
     }
     var x = UnsafePointer(act.input)
     convBNForward(stemIndex, x: x, act: act)
-    x = UnsafePointer(act.a[stemIndex]!)
-    for b in blocks {
+    let stemInput = stemActivationPending ? pendingBatchNorm(stemIndex, act) : nil
+    x = stemInput == nil ? UnsafePointer(act.a[stemIndex]!) : UnsafePointer(act.z[stemIndex])
+    for (bi, b) in blocks.enumerated() {
       if let e = b.expand {
         // The expand layer's activation is never stored: the depthwise applies its BN + ReLU6 to z as
         // it reads (and its backward does the same), so the largest tensors are written once, as z.
         convBNForward(e, x: x, act: act)
         convBNForward(b.depthwise, x: UnsafePointer(act.z[e]), act: act, input: pendingBatchNorm(e, act))
       } else {
-        convBNForward(b.depthwise, x: x, act: act)
+        convBNForward(b.depthwise, x: x, act: act, input: bi == 0 ? stemInput : nil)
       }
       // The depthwise's activation is not stored either: the project 1×1 applies its BN + ReLU6 to z
       // block by block as it reads (and its weight gradient does the same in backward).
@@ -343,7 +345,7 @@ public final class MobileNetV2 {
                        movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
                        rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
                        training: training, relu6: l.relu6, residual: residual, scaleShift: act.scaleShift[i],
-                       decay: batchNormDecay, roundOutputToBF16: i == stemIndex && roundsStemOutput)
+                       decay: batchNormDecay)
     }
   }
 
@@ -427,7 +429,8 @@ public final class MobileNetV2 {
     for bi in blocks.indices.reversed() {
       let b = blocks[bi]
       let inputLayer = bi == 0 ? stemIndex : blocks[bi - 1].project
-      let x = UnsafePointer(act.a[inputLayer]!)
+      let pendingInput = bi == 0 && stemActivationPending ? pendingBatchNorm(stemIndex, act) : nil
+      let x = pendingInput == nil ? UnsafePointer(act.a[inputLayer]!) : UnsafePointer(act.z[inputLayer])
       // The block input's gradient (+ the residual's, added by the same pass) goes to gIn with the
       // reductions of the layer that produced the block input.
       let residual = b.residual ? UnsafePointer(gOut) : nil
@@ -443,7 +446,7 @@ public final class MobileNetV2 {
         ready(upTo: e)
       } else {
         convBNBackward(b.depthwise, dA: act.exp1, x: x, dx: gIn, dxReduce: reduction(inputLayer, act),
-                       dxResidual: residual, act: act)
+                       dxResidual: residual, input: pendingInput, act: act)
         ready(upTo: b.depthwise)
       }
       swap(&gOut, &gIn)
@@ -541,7 +544,8 @@ final class Activations {
     var ioMax = 0, expMax = 0
     var layerSlots: [(Int, Int?, Int, Int)] = []
     // Expand and depthwise activations are applied by their consumer as it reads z: never stored.
-    let pendingLayers = Set(m.blocks.compactMap(\.expand) + m.blocks.map(\.depthwise))
+    let pendingLayers = Set(m.blocks.compactMap(\.expand) + m.blocks.map(\.depthwise)
+                            + (m.stemActivationPending ? [m.stemIndex] : []))
     var smallSlots: [(Int, Int)] = []
     var doubleCount = 0
     for (i, l) in m.layers.enumerated() {
