@@ -60,6 +60,21 @@ private func withScratch<T, R>(of _: T.Type, capacity: Int, _ body: (UnsafeMutab
   return body(UnsafeMutableBufferPointer(start: p, count: capacity))
 }
 
+/// Rows of a channel count that is not a multiple of 16 (the 0.35 model's 8, 24, 56) would leave a
+/// scalar tail on every row; the elementwise kernels take g = 16 / gcd(C, 16) rows at a time instead,
+/// one flat run of g·C floats (a multiple of 16) against per-channel parameters tiled g times.
+@inline(__always)
+private func rowsPerVectorGroup(channels C: Int) -> Int {
+  var (a, b) = (C, 16)
+  while b != 0 { (a, b) = (b, a % b) }
+  return C > 0 ? 16 / a : 1
+}
+
+@inline(__always)
+private func tileChannels(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, channels C: Int, count: Int) {
+  for i in 0..<count { dst[i] = src[i % C] }
+}
+
 /// Runs body with block sums over 2·C floats of heap scratch, folding at the end.
 @inline(__always)
 private func withBlockSums(channels C: Int, out: UnsafeMutablePointer<Double>, _ body: (inout BlockSums) -> Void) {
@@ -403,6 +418,38 @@ public enum RowKernels: RowKernelSet {
   public static func batchNormApply(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Float>,
                                     scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, channels C: Int,
                                     rows: Range<Int>, relu6: Bool, residual: UnsafePointer<Float>?) {
+    let g = rowsPerVectorGroup(channels: C)
+    guard g > 1, rows.count >= g else {
+      batchNormApplyRows(a: a, z: z, scale: scale, shift: shift, channels: C, rows: rows, relu6: relu6, residual: residual)
+      return
+    }
+    let L = g * C
+    withScratch(of: Float.self, capacity: 2 * L) { buf in
+      let ts = buf.baseAddress!, tt = ts + L
+      tileChannels(scale, into: ts, channels: C, count: L)
+      tileChannels(shift, into: tt, channels: C, count: L)
+      var r = rows.lowerBound
+      while r + g <= rows.upperBound {
+        let p = r * C
+        var i = 0
+        while i < L {
+          var v = load16(z + p + i) * load16(ts + i) + load16(tt + i)
+          if relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
+          if let residual { v += load16(residual + p + i) }
+          store16(v, a + p + i)
+          i += 16
+        }
+        r += g
+      }
+      batchNormApplyRows(a: a, z: z, scale: scale, shift: shift, channels: C, rows: r..<rows.upperBound,
+                         relu6: relu6, residual: residual)
+    }
+  }
+
+  @inline(__always)
+  private static func batchNormApplyRows(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Float>,
+                                         scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, channels C: Int,
+                                         rows: Range<Int>, relu6: Bool, residual: UnsafePointer<Float>?) {
     for r in rows {
       let zi = z + r * C, ai = a + r * C
       var c = 0
@@ -458,6 +505,40 @@ public enum RowKernels: RowKernelSet {
                                             _ r: BatchNormReduction, k: UnsafePointer<Float>,
                                             meanG: UnsafePointer<Float>, meanGX: UnsafePointer<Float>,
                                             channels C: Int, rows: Range<Int>) {
+    let g = rowsPerVectorGroup(channels: C)
+    guard g > 1, rows.count >= g else {
+      batchNormBackwardApplyRows(dz: dz, da: da, r, k: k, meanG: meanG, meanGX: meanGX, channels: C, rows: rows)
+      return
+    }
+    let L = g * C
+    withScratch(of: Float.self, capacity: 6 * L) { buf in
+      let tk = buf.baseAddress!, tg = tk + L, tgx = tg + L, tsc = tgx + L, tsh = tsc + L, tm = tsh + L
+      for (src, dst) in [(k, tk), (meanG, tg), (meanGX, tgx), (r.scale, tsc), (r.shift, tsh), (r.mean, tm)] {
+        tileChannels(src, into: dst, channels: C, count: L)
+      }
+      var row = rows.lowerBound
+      while row + g <= rows.upperBound {
+        let p = row * C
+        var i = 0
+        while i < L {
+          let zv = load16(r.z + p + i)
+          var gv = load16(da + p + i)
+          if r.relu6 { gv = relu6Mask(gv, zv * load16(tsc + i) + load16(tsh + i)) }
+          store16(load16(tk + i) * (gv - load16(tg + i) - (zv - load16(tm + i)) * load16(tgx + i)), dz + p + i)
+          i += 16
+        }
+        row += g
+      }
+      batchNormBackwardApplyRows(dz: dz, da: da, r, k: k, meanG: meanG, meanGX: meanGX, channels: C,
+                                 rows: row..<rows.upperBound)
+    }
+  }
+
+  @inline(__always)
+  private static func batchNormBackwardApplyRows(dz: UnsafeMutablePointer<Float>, da: UnsafePointer<Float>,
+                                                 _ r: BatchNormReduction, k: UnsafePointer<Float>,
+                                                 meanG: UnsafePointer<Float>, meanGX: UnsafePointer<Float>,
+                                                 channels C: Int, rows: Range<Int>) {
     for row in rows {
       let p = row * C
       var c = 0

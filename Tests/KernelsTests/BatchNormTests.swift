@@ -22,7 +22,7 @@ final class BatchNormTests: XCTestCase {
     defer { Compute.setThreads(1) }
     forEachInstructionSet { _ in
       // Includes a large row count with a big mean offset, where naive one-pass variance would fail.
-      for (m, c, off) in [(40, 16, Float(0.5)), (257, 24, 0.5), (9, 37, 0.5), (5000, 8, 100)] {
+      for (m, c, off) in [(40, 16, Float(0.5)), (257, 24, 0.5), (9, 37, 0.5), (41, 37, 0.5), (5000, 8, 100)] {
         for training in [true, false] {
           for relu6 in [true, false] {
             let k = Case(m: m, c: c, seed: 30, offset: off, betaOffset: 2)

@@ -175,7 +175,7 @@ final class FusedKernelsTests: XCTestCase {
   /// reductions made elsewhere, against the naive BN (+ a separate add).
   func testBatchNormFromSumsWithResidualMatchesNaive() {
     forEachInstructionSet { isa in
-      for (m, c) in [(40, 16), (257, 24), (9, 37), (3000, 8)] {
+      for (m, c) in [(40, 16), (257, 24), (9, 37), (41, 37), (3000, 8)] {
         for relu6 in [true, false] {
           let z = randomBuffer(m * c, seed: 90, scale: 2, offset: 4)
           let gamma = randomBuffer(c, seed: 91, scale: 0.1, offset: 0.8), beta = randomBuffer(c, seed: 92, offset: 2)
