@@ -75,6 +75,25 @@ private func tileChannels(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePo
   for i in 0..<count { dst[i] = src[i % C] }
 }
 
+/// Runs `groups(p, L, tiles)` for each group of g = rowsPerVectorGroup(C) rows of `rows` (p: the
+/// group's first element, L = g·C floats, `tiles`: each of `params` tiled g times, L floats each, in
+/// order), then `rest` on the remaining rows; `rest` on all of them where tiling does not apply.
+@inline(__always)
+private func inVectorGroups(channels C: Int, rows: Range<Int>, tiling params: [UnsafePointer<Float>],
+                            groups: (_ p: Int, _ L: Int, _ tiles: UnsafePointer<Float>) -> Void,
+                            rest: (Range<Int>) -> Void) {
+  let g = rowsPerVectorGroup(channels: C)
+  guard g > 1, rows.count >= g else { rest(rows); return }
+  let L = g * C
+  withScratch(of: Float.self, capacity: params.count * L) { buf in
+    let tiles = buf.baseAddress!
+    for (j, p) in params.enumerated() { tileChannels(p, into: tiles + j * L, channels: C, count: L) }
+    var r = rows.lowerBound
+    while r + g <= rows.upperBound { groups(r * C, L, UnsafePointer(tiles)); r += g }
+    rest(r..<rows.upperBound)
+  }
+}
+
 /// Runs body with block sums over 2·C floats of heap scratch, folding at the end.
 @inline(__always)
 private func withBlockSums(channels C: Int, out: UnsafeMutablePointer<Double>, _ body: (inout BlockSums) -> Void) {
@@ -418,32 +437,18 @@ public enum RowKernels: RowKernelSet {
   public static func batchNormApply(a: UnsafeMutablePointer<Float>, z: UnsafePointer<Float>,
                                     scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, channels C: Int,
                                     rows: Range<Int>, relu6: Bool, residual: UnsafePointer<Float>?) {
-    let g = rowsPerVectorGroup(channels: C)
-    guard g > 1, rows.count >= g else {
-      batchNormApplyRows(a: a, z: z, scale: scale, shift: shift, channels: C, rows: rows, relu6: relu6, residual: residual)
-      return
-    }
-    let L = g * C
-    withScratch(of: Float.self, capacity: 2 * L) { buf in
-      let ts = buf.baseAddress!, tt = ts + L
-      tileChannels(scale, into: ts, channels: C, count: L)
-      tileChannels(shift, into: tt, channels: C, count: L)
-      var r = rows.lowerBound
-      while r + g <= rows.upperBound {
-        let p = r * C
-        var i = 0
-        while i < L {
-          var v = load16(z + p + i) * load16(ts + i) + load16(tt + i)
-          if relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
-          if let residual { v += load16(residual + p + i) }
-          store16(v, a + p + i)
-          i += 16
-        }
-        r += g
+    inVectorGroups(channels: C, rows: rows, tiling: [scale, shift], groups: { p, L, t in
+      var i = 0
+      while i < L {
+        var v = load16(z + p + i) * load16(t + i) + load16(t + L + i)
+        if relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
+        if let residual { v += load16(residual + p + i) }
+        store16(v, a + p + i)
+        i += 16
       }
-      batchNormApplyRows(a: a, z: z, scale: scale, shift: shift, channels: C, rows: r..<rows.upperBound,
-                         relu6: relu6, residual: residual)
-    }
+    }, rest: { r in
+      batchNormApplyRows(a: a, z: z, scale: scale, shift: shift, channels: C, rows: r, relu6: relu6, residual: residual)
+    })
   }
 
   @inline(__always)
@@ -505,33 +510,20 @@ public enum RowKernels: RowKernelSet {
                                             _ r: BatchNormReduction, k: UnsafePointer<Float>,
                                             meanG: UnsafePointer<Float>, meanGX: UnsafePointer<Float>,
                                             channels C: Int, rows: Range<Int>) {
-    let g = rowsPerVectorGroup(channels: C)
-    guard g > 1, rows.count >= g else {
-      batchNormBackwardApplyRows(dz: dz, da: da, r, k: k, meanG: meanG, meanGX: meanGX, channels: C, rows: rows)
-      return
-    }
-    let L = g * C
-    withScratch(of: Float.self, capacity: 6 * L) { buf in
-      let tk = buf.baseAddress!, tg = tk + L, tgx = tg + L, tsc = tgx + L, tsh = tsc + L, tm = tsh + L
-      for (src, dst) in [(k, tk), (meanG, tg), (meanGX, tgx), (r.scale, tsc), (r.shift, tsh), (r.mean, tm)] {
-        tileChannels(src, into: dst, channels: C, count: L)
+    // Tiles, L floats each: k, meanG, meanGX, scale, shift, mean.
+    inVectorGroups(channels: C, rows: rows, tiling: [k, meanG, meanGX, r.scale, r.shift, r.mean], groups: { p, L, t in
+      var i = 0
+      while i < L {
+        let zv = load16(r.z + p + i)
+        var gv = load16(da + p + i)
+        if r.relu6 { gv = relu6Mask(gv, zv * load16(t + 3 * L + i) + load16(t + 4 * L + i)) }
+        store16(load16(t + i) * (gv - load16(t + L + i) - (zv - load16(t + 5 * L + i)) * load16(t + 2 * L + i)),
+                dz + p + i)
+        i += 16
       }
-      var row = rows.lowerBound
-      while row + g <= rows.upperBound {
-        let p = row * C
-        var i = 0
-        while i < L {
-          let zv = load16(r.z + p + i)
-          var gv = load16(da + p + i)
-          if r.relu6 { gv = relu6Mask(gv, zv * load16(tsc + i) + load16(tsh + i)) }
-          store16(load16(tk + i) * (gv - load16(tg + i) - (zv - load16(tm + i)) * load16(tgx + i)), dz + p + i)
-          i += 16
-        }
-        row += g
-      }
-      batchNormBackwardApplyRows(dz: dz, da: da, r, k: k, meanG: meanG, meanGX: meanGX, channels: C,
-                                 rows: row..<rows.upperBound)
-    }
+    }, rest: { rest in
+      batchNormBackwardApplyRows(dz: dz, da: da, r, k: k, meanG: meanG, meanGX: meanGX, channels: C, rows: rest)
+    })
   }
 
   @inline(__always)
