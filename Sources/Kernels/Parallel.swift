@@ -33,7 +33,8 @@ public enum Compute {
 }
 
 /// Splits `0..<count` into at most `Compute.threads` contiguous chunks and runs `body(chunkIndex, range)`
-/// for each, in parallel on the compute pool (a region opened inside another runs inline). Chunk indices are dense (0..<chunks) so callers can keep per-chunk partials.
+/// for each, in parallel on the compute pool (a region opened inside another runs inline). Chunk
+/// indices are dense (0..<chunks) so callers can keep per-chunk partials.
 /// Returns the number of chunks used.
 @discardableResult
 public func parallelChunks(_ count: Int, minPerChunk: Int = 1,

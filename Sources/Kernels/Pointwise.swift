@@ -19,10 +19,11 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let (k, n) = (inChannels, outChannels)
   guard rows > 0 else { return }
   let own = useOwnGEMM(.product, rows: rows, k: k, n: n)
+  let blockRows = pendingBlockRows(k: k, n: n, own: own)
   withPackedB(own ? w : nil, k: k, n: n) { packed, ldb in
-    withPendingBuffers(input, rows: rows, k: k, blockRows: pendingBlockRows(k: k, n: n, own: own), scratch: scratch) { tmp in
+    withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
       parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
-        forEachBlock(r, blockRows: pendingBlockRows(k: k, n: n, own: own)) { b in
+        forEachBlock(r, blockRows: blockRows) { b in
           let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
           if let packed {
             KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil)
@@ -77,7 +78,7 @@ func withPendingBuffers<R>(_ input: PendingBatchNorm?, rows: Int, k: Int, blockR
   return body { buffer + $0 * perChunk }
 }
 
-/// `w` ([k, n]) packed for our GEMM when given (nil: the caller uses BLAS on w itself).
+/// `w` ([k, n], or [n, k] read transposed) packed for our GEMM when given (nil: the caller uses BLAS on w itself).
 func withPackedB<R>(_ w: UnsafePointer<Float>?, k: Int, n: Int, transposed: Bool = false,
                     _ body: (UnsafePointer<Float>?, Int) -> R) -> R {
   guard let w else { return body(nil, 0) }
@@ -129,9 +130,10 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   _ = Compute.blasSingleThreaded
   let packed = own ? scratch.uninitialized(gemmPackedCount(k: k, n: n)) : nil
   let ldb = packed.map { packGemmB(w, k: k, n: n, transposed: false, into: $0) } ?? 0
-  withPendingBuffers(input, rows: rows, k: k, blockRows: pendingBlockRows(k: k, n: n, own: own), scratch: scratch) { tmp in
+  let blockRows = pendingBlockRows(k: k, n: n, own: own)
+  withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
     parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { chunk, r, partial in
-      forEachBlock(r, blockRows: pendingBlockRows(k: k, n: n, own: own)) { b in
+      forEachBlock(r, blockRows: blockRows) { b in
         let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
         if let packed {
           kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial))
@@ -202,9 +204,8 @@ func gemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: Unsafe
               rows: Int, k: Int, n: Int, transposeB: Bool) {
   guard rows > 0 else { return }
   if useOwnGEMM(.product, rows: rows, k: k, n: n) {
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: gemmPackedCount(k: k, n: n)) { buf in
-      let ldb = packGemmB(b, k: k, n: n, transposed: transposeB, into: buf.baseAddress!)
-      ownGemmRows(c: c, a: a, packed: buf.baseAddress!, ldb: ldb, rows: rows, k: k, n: n)
+    withPackedB(b, k: k, n: n, transposed: transposeB) { packed, ldb in
+      ownGemmRows(c: c, a: a, packed: packed!, ldb: ldb, rows: rows, k: k, n: n)
     }
     return
   }
@@ -231,11 +232,12 @@ func gemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>,
     let own = useOwnGEMM(.weightGradient, rows: rows, k: m, n: n)
     let kernels = KernelISA.rows
     _ = Compute.blasSingleThreaded
-    let chunks = withPendingBuffers(input, rows: rows, k: m, blockRows: pendingBlockRows(k: m, n: n, own: own), scratch: scratch) { tmp in
+    let blockRows = pendingBlockRows(k: m, n: n, own: own)
+    let chunks = withPendingBuffers(input, rows: rows, k: m, blockRows: blockRows, scratch: scratch) { tmp in
       parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
         let out = chunk == 0 ? c : partials + (chunk - 1) * m * n
         if chunk > 0 { out.update(repeating: 0, count: m * n) }
-        forEachBlock(r, blockRows: pendingBlockRows(k: m, n: n, own: own)) { blk in
+        forEachBlock(r, blockRows: blockRows) { blk in
           let x = pendingInputRows(a, input, rows: blk, channels: m, tmp: tmp(chunk))
           if own {
             kernels.gemmTransposedA(c: out, a: x, b: b, k: m, n: n, rows: blk)
@@ -246,10 +248,7 @@ func gemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>,
         }
       }
     }
-    for p in 0..<max(0, chunks - 1) {
-      let src = partials + p * m * n
-      for i in 0..<(m * n) { c[i] += src[i] }
-    }
+    addChunkPartials(into: c, partials, count: m * n, chunks: chunks)
     return
   }
   if useOwnGEMM(.weightGradient, rows: rows, k: m, n: n) {
@@ -263,10 +262,7 @@ func gemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>,
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(r.count),
                 1, a + r.lowerBound * m, Int32(m), b + r.lowerBound * n, Int32(n), chunk == 0 ? 1 : 0, out, Int32(n))
   }
-  for p in 0..<(chunks - 1) {
-    let src = partials + p * m * n
-    for i in 0..<(m * n) { c[i] += src[i] }
-  }
+  addChunkPartials(into: c, partials, count: m * n, chunks: chunks)
 }
 
 /// Logits: y[N,K] = x[N,C]·w[C,K] + b[K].

@@ -170,10 +170,7 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
       parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in run(chunk, range, nil) }
     }
   }
-  for p in 0..<(chunks - 1) {
-    let src = partials + p * ci * co
-    for i in 0..<(ci * co) { dw[i] += src[i] }
-  }
+  addChunkPartials(into: dw, partials, count: ci * co, chunks: chunks)
 }
 
 /// dx = bf16(dy) · wᵀ (+ residual) with the optional fused BN reductions.

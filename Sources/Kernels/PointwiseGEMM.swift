@@ -88,9 +88,15 @@ func ownGemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Floa
     if chunk > 0 { out.update(repeating: 0, count: m * n) }
     kernels.gemmTransposedA(c: out, a: a, b: b, k: m, n: n, rows: r)
   }
+  addChunkPartials(into: c, partials, count: m * n, chunks: chunks)
+}
+
+/// c[0..<count] += each of the `chunks − 1` partials (count floats each, in chunk order) that the
+/// row-split weight-gradient GEMMs leave beside chunk 0's, which accumulated into c itself.
+func addChunkPartials(into c: UnsafeMutablePointer<Float>, _ partials: UnsafePointer<Float>, count: Int, chunks: Int) {
   for p in 0..<max(0, chunks - 1) {
-    let src = partials + p * m * n
-    for i in 0..<(m * n) { c[i] += src[i] }
+    let src = partials + p * count
+    for i in 0..<count { c[i] += src[i] }
   }
 }
 

@@ -477,7 +477,7 @@ public final class MobileNetV2 {
     switch l.op {
     case .conv(let k):
       Profile.time(.stemConv, backward: true) {
-        conv2dBackward(dx: dx, dw: g(l.weight), dy: dz, x: kx(x, xCount, act), w: kw(l.weight),
+        conv2dBackward(dx: dx, dw: g(l.weight), dy: dz, x: xk, w: kw(l.weight),
                        convShape(l, batch: n, kernel: k), scratch: scratch)
       }
     case .pointwise:

@@ -3,6 +3,7 @@
 // threads, then as several single-threaded ranks. A rank layout is "ranks×threads"; the first one
 // is the reference the others are compared with.
 import ArgumentParser
+import BenchReport
 import DataPipeline
 import Foundation
 import Training
@@ -66,7 +67,7 @@ struct ScalingBench: ParsableCommand {
                                         ranks: ranks, threads: threads, batchPerRank: batch / ranks, steps: steps))
         }
       }
-      let medians = perRound.map(Self.median)
+      let medians = perRound.map(BenchMath.median)
       for (i, (ranks, threads)) in plan.enumerated() {
         let label = "\(c.model) \(size)² b\(batch)".padding(toLength: 28, withPad: " ", startingAt: 0)
         print("\(label)  \("\(ranks)x\(threads)".padding(toLength: 6, withPad: " ", startingAt: 0))"
@@ -75,11 +76,6 @@ struct ScalingBench: ParsableCommand {
               + perRound[i].map { String(format: "%.1f", $0) }.joined(separator: " "))
       }
     }
-  }
-
-  static func median(_ v: [Double]) -> Double {
-    let s = v.sorted()
-    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
   }
 
   /// A directory of synthetic training TFRecords with at least `examples` examples.
