@@ -17,7 +17,7 @@ public enum TrainJob {
     try flags.checkForTraining()
     for note in flags.ignoredNotes { log.info(note) }
     Compute.setThreads(flags.threads ?? ctx.threads)
-    log.info("rank \(ctx.rank): \(Compute.threads) compute threads, \(KernelISA.summary)")
+    log.info("rank \(ctx.rank): \(Compute.threads) compute threads, \(KernelISA.summary); \(GemmChoice.summary)")
     var options = try flags.trainerOptions(worldSize: ctx.worldSize)
     let precision = try PrecisionPolicy.resolve(flags.precision)
     options.precision = precision.precision

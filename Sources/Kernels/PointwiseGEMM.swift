@@ -2,6 +2,7 @@
 // single-threaded cblas_sgemm is slow: small K or N (the early layers), where OpenBLAS packs and
 // loops with little work per panel and its 16/32-wide register tiles are mostly empty.
 // Pointwise.swift asks `useOwnGEMM` per product and keeps OpenBLAS for the others.
+import CBLAS
 import Foundation
 import KernelRows
 
@@ -24,9 +25,70 @@ public enum GemmChoice {
   /// (own or blas) at start-up; the tests and `bench gemm` set it to run both on the same shape.
   public static var forced: GemmImplementation? =
     ProcessInfo.processInfo.environment[environmentVariable].flatMap { GemmImplementation(rawValue: $0.lowercased()) }
+  /// This CPU's OpenBLAS against our kernel, measured once at first use (tests set it).
+  public static var calibration: GemmCalibration = .measure()
+  /// One line for logs: who runs the fp32 1×1 GEMMs and why.
+  public static var summary: String {
+    if let forced { return "GEMM: \(forced.rawValue) for every shape (\(environmentVariable))" }
+    let c = calibration
+    let figures = String(format: "cblas_sgemm %.0f vs ours %.0f GFLOP/s on one core", c.blasGFLOPs, c.ownGFLOPs)
+    return c.blasBehind ? "GEMM: ours for every shape (\(figures))" : "GEMM: per shape (\(figures))"
+  }
 }
 
-/// Whether our kernels run this shape instead of cblas_sgemm: where `bench gemm` (2 threads, Zen 4,
+/// Our GEMM kernel and single-threaded cblas_sgemm on one compute-bound product (the late layers'
+/// kind), best of alternating repetitions. Why: the shape rules of `useOwnGEMM` were measured on a
+/// CPU where OpenBLAS's kernel runs at its peak (Zen 4, whose 512-bit units are half width, so its
+/// AVX2 kernel is as fast as AVX-512). Debian's OpenBLAS 0.3.21 has no kernel for newer CPUs and runs
+/// its Haswell one: on Zen 5 (full-width AVX-512) at 0.6× of ours, behind on every 1×1 shape
+/// (`bench gemm`), so there ours runs everything.
+public struct GemmCalibration: Sendable {
+  public var ownGFLOPs, blasGFLOPs: Double
+  public init(ownGFLOPs: Double, blasGFLOPs: Double) { self.ownGFLOPs = ownGFLOPs; self.blasGFLOPs = blasGFLOPs }
+  /// OpenBLAS is behind when under this fraction of our speed (Zen 4: 1.1–1.7× ours; Zen 5: 0.6×).
+  public static let behindBelow = 0.8
+  public var blasBehind: Bool { blasGFLOPs < Self.behindBelow * ownGFLOPs }
+
+  static let shape = (rows: 768, k: 384, n: 320)
+  static let repetitions = 5
+
+  public static func measure() -> GemmCalibration {
+    let (m, k, n) = shape
+    let a = UnsafeMutablePointer<Float>.allocate(capacity: m * k), b = UnsafeMutablePointer<Float>.allocate(capacity: k * n)
+    let c = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+    let packed = UnsafeMutablePointer<Float>.allocate(capacity: gemmPackedCount(k: k, n: n))
+    defer { a.deallocate(); b.deallocate(); c.deallocate(); packed.deallocate() }
+    for i in 0..<(m * k) { a[i] = Float(i % 7) * 0.125 - 0.375 }
+    for i in 0..<(k * n) { b[i] = Float(i % 5) * 0.25 - 0.5 }
+    let ldb = packGemmB(b, k: k, n: n, transposed: false, into: packed)
+    _ = Compute.blasSingleThreaded
+    func seconds(_ body: () -> Void) -> Double {
+      let t0 = DispatchTime.now().uptimeNanoseconds
+      body()
+      return Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+    }
+    var own = Double.infinity, blas = Double.infinity
+    for _ in 0...repetitions {  // the first round warms caches and pages up
+      own = min(own, seconds { KernelISA.rows.gemm(c: c, a: a, b: packed, ldb: ldb, k: k, n: n, rows: 0..<m, stats: nil) })
+      blas = min(blas, seconds {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n),
+                    0, c, Int32(n))
+      })
+    }
+    let flop = 2.0 * Double(m * k * n) * 1e-9
+    return GemmCalibration(ownGFLOPs: flop / own, blasGFLOPs: flop / blas)
+  }
+}
+
+/// Whether our kernels run this shape instead of cblas_sgemm: everywhere when the calibration finds
+/// OpenBLAS behind on this CPU, else by `shapePrefersOwnGEMM`.
+func useOwnGEMM(_ form: GemmForm, rows: Int, k: Int, n: Int) -> Bool {
+  if let forced = GemmChoice.forced { return forced == .own }
+  if GemmChoice.calibration.blasBehind { return true }
+  return shapePrefersOwnGEMM(form, rows: rows, k: k, n: n)
+}
+
+/// The shapes where our kernels beat cblas_sgemm when OpenBLAS runs at its peak: where `bench gemm` (2 threads, Zen 4,
 /// AVX-512, minimum of alternating repetitions, 3 runs; docs/performance.md) measured them faster.
 /// Products: ours 1.0–2.6x with min(k, n) ≤ 160 and max ≤ 576 (401408x32x16 fwd+stats 2.6x,
 /// 6272x384x64 fwd 1.35x), except the big expand layers: k ≤ 32 into n ≥ 96 with an output of
@@ -35,8 +97,7 @@ public enum GemmChoice {
 /// (0.35/96: 9216x16x96 1.3x) stay ours. OpenBLAS ahead from (1568, 960, 160) on (fwd 0.6–0.9x).
 /// Weight gradients: ours 1.1–1.9x with min(k, n) ≤ 64 (401408x32x16 1.9x, 401408x16x96 1.5x) and
 /// about even to 384x96; OpenBLAS ahead at 6272x576x96 (0.7x) and 1568x960x320 (0.9x).
-func useOwnGEMM(_ form: GemmForm, rows: Int, k: Int, n: Int) -> Bool {
-  if let forced = GemmChoice.forced { return forced == .own }
+func shapePrefersOwnGEMM(_ form: GemmForm, rows: Int, k: Int, n: Int) -> Bool {
   let (small, large) = (min(k, n), max(k, n))
   switch form {
   case .product:

@@ -57,6 +57,8 @@ struct GemmBench: ParsableCommand {
     precondition(GemmImplementation.allCases == [.own, .blas])
     Compute.setThreads(threads)
     print(KernelISA.summary)
+    GemmChoice.forced = nil
+    print("\(GemmChoice.summary); the selected column is what training runs")
     print("threads=\(threads) reps=\(reps), alternating own/blas; GFLOP/s from the minimum (median) time; ratio = blas/own time (min)")
     print(String(format: "%-20@ %-9@ %16@ %16@ %6@  %@", "M x K x N" as NSString, "product" as NSString,
                  "own" as NSString, "blas" as NSString, "ratio" as NSString, "selected" as NSString))

@@ -74,7 +74,7 @@ final class SmokeTrainingTests: XCTestCase {
                          "--log-dir", "\(dir!)/logs", "--connect-timeout", "60", "--running-timeout", "60", "--",
                          "--dataset-dir", "\(dir!)/data", "--model_name", "mobilenet_v2_035", "--num_classes", "4",
                          "--image-size", "32", "--batch-size", "16", "--max-train-steps", "\(steps)",
-                         "--learning-rate", "0.01", "--learning-rate-decay-type", "fixed", "--batch-norm-decay", "0.9",
+                         "--learning-rate", "0.003", "--learning-rate-decay-type", "fixed", "--batch-norm-decay", "0.9",
                          "--train-dir", "\(dir!)/train", "--save-checkpoints-steps", "15", "--log-every-n-steps", "10",
                          "--decode-threads", "1", "--iterations_per_loop", "10"])
     }
@@ -93,7 +93,8 @@ final class SmokeTrainingTests: XCTestCase {
     let ckpts = try FileManager.default.contentsOfDirectory(atPath: "\(dir!)/train").filter { $0.hasSuffix(".safetensors") }.sorted()
     XCTAssertEqual(ckpts, ["model.ckpt-15.safetensors", "model.ckpt-30.safetensors"])
 
-    // Loss falls: the first logged window against the last.
+    // Loss falls: the first logged window against the last. (At lr 0.01 this tiny run sat at the edge
+    // of stability, and whether the last window fell depended on the GEMM kernels' rounding.)
     let metrics = try String(contentsOfFile: "\(dir!)/train/metrics.jsonl", encoding: .utf8)
       .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
     let losses = metrics.map { $0["loss"] as! Double }
@@ -210,7 +211,7 @@ final class SmokeTrainingTests: XCTestCase {
       "--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)", "--log-dir", "\(dir!)/logs",
       "--connect-timeout", "60", "--running-timeout", "60", "--timeline", trace, "--timeline-steps", "6", "--",
       "--dataset-dir", "\(dir!)/data", "--model-name", "mobilenet_v2_035", "--num-classes", "3", "--image-size", "32",
-      "--batch-size", "16", "--max-train-steps", "14", "--learning-rate", "0.01", "--log-every-n-steps", "5",
+      "--batch-size", "16", "--max-train-steps", "14", "--learning-rate", "0.003", "--log-every-n-steps", "5",
       "--train-dir", "\(dir!)/train", "--decode-threads", "1",
       // Small buckets, so that several are reduced while backward still runs (the model is 1.6 MB).
       "--fusion-mib", "0.125",
@@ -256,7 +257,7 @@ final class SmokeTrainingTests: XCTestCase {
       "--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)", "--log-dir", "\(dir!)/logs",
       "--max-restarts", "1", "--connect-timeout", "60", "--running-timeout", "10", "--",
       "--dataset-dir", "\(dir!)/data", "--model-name", "mobilenet_v2_035", "--num-classes", "3", "--image-size", "32",
-      "--batch-size", "8", "--max-train-steps", "600", "--learning-rate", "0.01", "--save-checkpoints-steps", "20",
+      "--batch-size", "8", "--max-train-steps", "600", "--learning-rate", "0.003", "--save-checkpoints-steps", "20",
       "--train-dir", "\(dir!)/train", "--log-every-n-steps", "50", "--decode-threads", "1",
       "--fault", "kill", "--fault-rank", "1", "--fault-after", "1.5", "--fault-restart", "0",
     ])
