@@ -104,41 +104,64 @@ public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
 /// With `reduce`, the batch-norm backward reductions of the layer that produced x are made over dx
 /// while it is in registers (`reduce.sums` is overwritten), so that layer's BN backward needs no pass
 /// of its own. With `input`, x is act(BN(z)) of the given z, remade as read (as in forward).
+///
+/// One pass: each thread walks its output rows in groups (`backwardGroupRows`), making the group's
+/// weight gradient and then the input gradient of the input rows the group owns, whose dy and z rows
+/// the weight gradient has just brought into cache; dy and z stream from memory once, not twice.
 public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
                               dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                               _ s: DepthwiseShape, scratch: Scratch,
                               residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil,
                               input: PendingBatchNorm? = nil) {
   let g = s.geometry, rows = KernelISA.rows
-  let C = s.channels
-  if let dx {
-    let inRows = s.batch * s.height
-    if let reduce {
-      parallelChannelSums(rows: inRows, channels: C, minPerChunk: 1, scratch: scratch, into: reduce.sums) { _, r, partial in
-        rows.depthwiseInputGradient(dx: dx, dy: dy, w: w, g, rows: r, residual: residual, reduce: reduce.with(sums: partial))
-      }
-    } else {
-      parallelChunks(inRows) { _, r in
-        rows.depthwiseInputGradient(dx: dx, dy: dy, w: w, g, rows: r, residual: residual, reduce: nil)
-      }
-    }
-  }
-  let wc = s.weightCount
+  let C = s.channels, wc = s.weightCount
   let rowsTotal = s.batch * s.outHeight
+  guard rowsTotal > 0 else {
+    reduce?.sums.update(repeating: 0, count: 2 * C)
+    return
+  }
   let chunks = chunkCount(rowsTotal)
   // One scratch region: the per-thread weight partials (zeroed), then the transform buffers.
   let region = scratch.uninitialized(chunks * wc + (input == nil ? 0 : transformFloats(s, chunks: chunks)))
   let partial = region
   partial.update(repeating: 0, count: chunks * wc)
-  let used = parallelChunks(rowsTotal) { chunk, r in
-    rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: dy, x: x, g, rows: r,
-                                 input: input.map { $0.transform(s, buffers: region + chunks * wc, chunk: chunk) })
+  let group = backwardGroupRows(s)
+  func run(_ chunk: Int, _ r: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) {
+    let transform = input.map { $0.transform(s, buffers: region + chunks * wc, chunk: chunk) }
+    var lo = r.lowerBound
+    while lo < r.upperBound {
+      let n = lo / s.outHeight
+      let hi = min(r.upperBound, (n + 1) * s.outHeight, lo + group)
+      rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: dy, x: x, g, rows: lo..<hi, input: transform)
+      if let dx {
+        // Input rows owned by output rows oy0..<oy1: iy in [oy0·S, oy1·S) (SAME: Ho = ⌈H/S⌉, so
+        // Ho·S ≥ H and the groups of an image cover its H rows exactly once).
+        let oy0 = lo - n * s.outHeight, oy1 = hi - n * s.outHeight
+        let iy0 = min(s.height, oy0 * s.stride), iy1 = min(s.height, oy1 * s.stride)
+        if iy0 < iy1 {
+          rows.depthwiseInputGradient(dx: dx, dy: dy, w: w, g, rows: (n * s.height + iy0)..<(n * s.height + iy1),
+                                      residual: residual, reduce: sums.map { reduce!.with(sums: $0) })
+        }
+      }
+      lo = hi
+    }
   }
-  for ch in 0..<used {
+  if let reduce, dx != nil {
+    parallelChannelSums(rows: rowsTotal, channels: C, minPerChunk: 1, scratch: scratch, into: reduce.sums) { chunk, r, sums in
+      run(chunk, r, sums)
+    }
+  } else {
+    parallelChunks(rowsTotal) { chunk, r in run(chunk, r, nil) }
+  }
+  for ch in 0..<chunks {
     let p = partial + ch * wc
     for i in 0..<wc { dw[i] += p[i] }
   }
 }
+
+/// Output rows per group of the one-pass backward: as many as one transform buffer holds (about
+/// 256 KiB of input rows), so that a group's dy, z and dx rows stay in L2 between its two halves.
+public func backwardGroupRows(_ s: DepthwiseShape) -> Int { max(1, (transformRows(s) - s.kernel) / s.stride + 1) }
 
 // MARK: - Naive reference
 

@@ -34,6 +34,29 @@ final class DepthwiseTests: XCTestCase {
     }
   }
 
+  /// Wide rows split an image into several groups of the one-pass backward (each group's weight
+  /// gradient, then the input rows it owns): every input row gets its gradient exactly once, odd
+  /// heights and stride 2 included.
+  func testOnePassBackwardAcrossRowGroups() {
+    Compute.setThreads(2)
+    defer { Compute.setThreads(1) }
+    let wide = [DepthwiseShape(batch: 2, height: 40, width: 64, channels: 64, stride: 1),
+                DepthwiseShape(batch: 2, height: 37, width: 64, channels: 64, stride: 2),
+                DepthwiseShape(batch: 1, height: 38, width: 65, channels: 72, stride: 2)]
+    for (k, s) in wide.enumerated() {
+      XCTAssertLessThan(backwardGroupRows(s), s.outHeight / 2, "\(s) must span several groups")
+      let x = randomBuffer(s.inputCount, seed: 60 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 61)
+      let dy = randomBuffer(s.outputCount, seed: 62)
+      let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
+      dx.base.update(repeating: .nan, count: s.inputCount)  // every element must be written
+      let dw = FloatBuffer(count: s.weightCount), dwRef = FloatBuffer(count: s.weightCount)
+      depthwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
+      depthwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+      assertClose(dx, dxRef, atol: 1e-5, rtol: 1e-5, "depthwise dx \(s)")
+      assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "depthwise dw \(s)")
+    }
+  }
+
   func testGradientsByFiniteDifferences() {
     for s in shapes {
       let x = randomBuffer(s.inputCount, seed: 24), w = randomBuffer(s.weightCount, seed: 25)
