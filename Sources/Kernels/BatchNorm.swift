@@ -169,22 +169,48 @@ public func batchNormBackward(fromSums sums: UnsafePointer<Double>, dz: UnsafeMu
                               dGamma: UnsafeMutablePointer<Float>, dBeta: UnsafeMutablePointer<Float>,
                               rows M: Int, channels C: Int, training: Bool, roundOutputToBF16: Bool = false) {
   guard M > 0 else { return }
+  withBatchNormBackward(fromSums: sums, da: da, red, dGamma: dGamma, dBeta: dBeta, rows: M, channels: C,
+                        training: training, roundOutputToBF16: roundOutputToBF16) { pending in
+    parallelChunks(M, minPerChunk: 64) { _, range in pending.apply(dz: dz, rows: range) }
+  }
+}
+
+/// A BN backward whose apply half its consumer runs on the rows it reads (the depthwise backward,
+/// into a per-thread buffer), so dz is never written whole: dz = k·(g − meanG − (z − μ)·meanGX) with
+/// g = da, masked by ReLU6 where the layer has one.
+public struct PendingBatchNormBackward {
+  public let da: UnsafePointer<Float>
+  public let reduction: BatchNormReduction
+  public let channels: Int
+  let k, meanG, meanGX: UnsafePointer<Float>
+  let roundToBF16: Bool
+  /// dz rows `rows` (absolute row indices; dz addressed by absolute row, like da).
+  @inline(__always)
+  public func apply(dz: UnsafeMutablePointer<Float>, rows range: Range<Int>) {
+    let rows = KernelISA.rows
+    applyThenRound(dz, channels: channels, rows: range, round: roundToBF16) { r in
+      rows.batchNormBackwardApply(dz: dz, da: da, reduction, k: k, meanG: meanG, meanGX: meanGX, channels: channels, rows: r)
+    }
+  }
+}
+
+/// dγ, dβ accumulated from the reductions, then body with the apply half pending (valid inside body).
+public func withBatchNormBackward<R>(fromSums sums: UnsafePointer<Double>, da: UnsafePointer<Float>, _ red: BatchNormReduction,
+                                     dGamma: UnsafeMutablePointer<Float>, dBeta: UnsafeMutablePointer<Float>,
+                                     rows M: Int, channels C: Int, training: Bool, roundOutputToBF16: Bool = false,
+                                     _ body: (PendingBatchNormBackward) -> R) -> R {
   withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * C) { buf in
     let k = buf.baseAddress!, meanG = k + C, meanGX = k + 2 * C
     for c in 0..<C {
       dBeta[c] += Float(sums[c])
       dGamma[c] += Float(sums[C + c])
       k[c] = red.scale[c]
-      meanG[c] = training ? Float(sums[c] / Double(M)) : 0
+      meanG[c] = training && M > 0 ? Float(sums[c] / Double(M)) : 0
       // x̂·mean(g·x̂) = (z − μ)·invStd·Σ(g·x̂)/M, folded as (z − μ)·meanGX.
-      meanGX[c] = training ? Float(sums[C + c] / Double(M)) * red.invStd[c] : 0
+      meanGX[c] = training && M > 0 ? Float(sums[C + c] / Double(M)) * red.invStd[c] : 0
     }
-    let rows = KernelISA.rows
-    parallelChunks(M, minPerChunk: 64) { _, range in
-      applyThenRound(dz, channels: C, rows: range, round: roundOutputToBF16) { r in
-        rows.batchNormBackwardApply(dz: dz, da: da, red, k: k, meanG: meanG, meanGX: meanGX, channels: C, rows: r)
-      }
-    }
+    return body(PendingBatchNormBackward(da: da, reduction: red, channels: C, k: k, meanG: meanG, meanGX: meanGX,
+                                         roundToBF16: roundOutputToBF16))
   }
 }
 

@@ -108,40 +108,54 @@ public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
 /// One pass: each thread walks its output rows in groups (`backwardGroupRows`), making the group's
 /// weight gradient and then the input gradient of the input rows the group owns, whose dy and z rows
 /// the weight gradient has just brought into cache; dy and z stream from memory once, not twice.
+/// With `outputGradient`, dy is that BN backward's dz, made per group (with the rows the group's input
+/// gradient reads beyond it) into a per-thread buffer: dz is never stored, and `dy` is not read.
 public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
                               dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                               _ s: DepthwiseShape, scratch: Scratch,
                               residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil,
-                              input: PendingBatchNorm? = nil) {
+                              input: PendingBatchNorm? = nil, outputGradient: PendingBatchNormBackward? = nil) {
   let g = s.geometry, rows = KernelISA.rows
   let C = s.channels, wc = s.weightCount
-  let rowsTotal = s.batch * s.outHeight
+  let (S, Ho, Wo, H) = (s.stride, s.outHeight, s.outWidth, s.height)
+  let rowsTotal = s.batch * Ho
   guard rowsTotal > 0 else {
     reduce?.sums.update(repeating: 0, count: 2 * C)
     return
   }
   let chunks = chunkCount(rowsTotal)
-  // One scratch region: the per-thread weight partials (zeroed), then the transform buffers.
-  let region = scratch.uninitialized(chunks * wc + (input == nil ? 0 : transformFloats(s, chunks: chunks)))
+  let group = backwardGroupRows(s)
+  // One scratch region: the per-thread weight partials (zeroed), the transform buffers, the dz buffers.
+  let transformBase = chunks * wc, dzBase = transformBase + (input == nil ? 0 : transformFloats(s, chunks: chunks))
+  let dzFloats = (group + 2 * s.kernel) * Wo * C
+  let region = scratch.uninitialized(dzBase + (outputGradient == nil ? 0 : chunks * dzFloats))
   let partial = region
   partial.update(repeating: 0, count: chunks * wc)
-  let group = backwardGroupRows(s)
   func run(_ chunk: Int, _ r: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) {
-    let transform = input.map { $0.transform(s, buffers: region + chunks * wc, chunk: chunk) }
+    let transform = input.map { $0.transform(s, buffers: region + transformBase, chunk: chunk) }
     var lo = r.lowerBound
     while lo < r.upperBound {
-      let n = lo / s.outHeight
-      let hi = min(r.upperBound, (n + 1) * s.outHeight, lo + group)
-      rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: dy, x: x, g, rows: lo..<hi, input: transform)
-      if let dx {
-        // Input rows owned by output rows oy0..<oy1: iy in [oy0·S, oy1·S) (SAME: Ho = ⌈H/S⌉, so
-        // Ho·S ≥ H and the groups of an image cover its H rows exactly once).
-        let oy0 = lo - n * s.outHeight, oy1 = hi - n * s.outHeight
-        let iy0 = min(s.height, oy0 * s.stride), iy1 = min(s.height, oy1 * s.stride)
-        if iy0 < iy1 {
-          rows.depthwiseInputGradient(dx: dx, dy: dy, w: w, g, rows: (n * s.height + iy0)..<(n * s.height + iy1),
-                                      residual: residual, reduce: sums.map { reduce!.with(sums: $0) })
-        }
+      let n = lo / Ho
+      let hi = min(r.upperBound, (n + 1) * Ho, lo + group)
+      // Input rows owned by output rows oy0..<oy1: iy in [oy0·S, oy1·S) (SAME: Ho = ⌈H/S⌉, so
+      // Ho·S ≥ H and the groups of an image cover its H rows exactly once).
+      let oy0 = lo - n * Ho, oy1 = hi - n * Ho
+      let iy0 = min(H, oy0 * S), iy1 = min(H, oy1 * S)
+      var grad = dy
+      if let pending = outputGradient {
+        // The output rows the group reads: its own, and those its input rows' taps reach
+        // (oy = (iy + pt − ky) / S for ky in 0..<K).
+        let need0 = iy0 < iy1 ? max(0, (iy0 + s.padTop - (s.kernel - 1) + S - 1) / S) : oy0
+        let need1 = iy0 < iy1 ? min(Ho, (iy1 - 1 + s.padTop) / S + 1) : oy1
+        let first = n * Ho + min(oy0, need0), last = n * Ho + max(oy1, need1)
+        let buffer = region + dzBase + chunk * dzFloats - first * Wo * C
+        pending.apply(dz: buffer, rows: (first * Wo)..<(last * Wo))
+        grad = UnsafePointer(buffer)
+      }
+      rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: grad, x: x, g, rows: lo..<hi, input: transform)
+      if let dx, iy0 < iy1 {
+        rows.depthwiseInputGradient(dx: dx, dy: grad, w: w, g, rows: (n * H + iy0)..<(n * H + iy1),
+                                    residual: residual, reduce: sums.map { reduce!.with(sums: $0) })
       }
       lo = hi
     }

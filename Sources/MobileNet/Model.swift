@@ -466,14 +466,27 @@ public final class MobileNetV2 {
     let l = layers[i]
     let n = act.batch
     let dz = dZ ?? dA
+    let xCount = l.inputCount(batch: n)
+    // With the input's BN pending, the kernel remakes (and rounds) x from z itself: no rounded copy.
+    var xk: UnsafePointer<Float> { input == nil ? kx(x, xCount, act) : x }
+    if case .depthwise(let k) = l.op {
+      // The depthwise makes its own dz from dA group by group as it reads it (never stored).
+      Profile.time(.depthwise, backward: true) {
+        withBatchNormBackward(fromSums: act.gradSums[i], da: dA, reduction(i, act), dGamma: g(l.gamma), dBeta: g(l.beta),
+                              rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
+                              training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i)) { pending in
+          depthwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight),
+                            depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
+                            input: input, outputGradient: pending)
+        }
+      }
+      return
+    }
     Profile.time(.batchNorm, backward: true) {
       batchNormBackward(fromSums: act.gradSums[i], dz: dz, da: dA, reduction(i, act), dGamma: g(l.gamma),
                         dBeta: g(l.beta), rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
                         training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i))
     }
-    let xCount = l.inputCount(batch: n)
-    // With the input's BN pending, the kernel remakes (and rounds) x from z itself: no rounded copy.
-    var xk: UnsafePointer<Float> { input == nil ? kx(x, xCount, act) : x }
     switch l.op {
     case .conv(let k):
       Profile.time(.stemConv, backward: true) {
@@ -497,12 +510,8 @@ public final class MobileNetV2 {
                             inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch, input: input)
         }
       }
-    case .depthwise(let k):
-      Profile.time(.depthwise, backward: true) {
-        depthwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: xk, w: kw(l.weight),
-                          depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
-                          input: input)
-      }
+    case .depthwise:
+      preconditionFailure("the depthwise backward runs above, with its BN backward pending")
     }
   }
 }

@@ -57,6 +57,49 @@ final class DepthwiseTests: XCTestCase {
     }
   }
 
+  /// The depthwise making its output gradient from its BN backward group by group (dz never
+  /// stored) gives what the BN backward pass followed by the depthwise backward gives: dx, dw, and
+  /// dγ/dβ, with ReLU6 and bf16 rounding, across row groups, stride 1 and 2.
+  func testPendingOutputGradientMatchesSeparatePass() {
+    Compute.setThreads(2)
+    defer { Compute.setThreads(1) }
+    let wide = [DepthwiseShape(batch: 2, height: 40, width: 64, channels: 64, stride: 1),
+                DepthwiseShape(batch: 2, height: 37, width: 64, channels: 48, stride: 2),
+                DepthwiseShape(batch: 3, height: 6, width: 5, channels: 24, stride: 2)]
+    for (k, s) in wide.enumerated() {
+      for (relu6, round) in [(true, false), (false, false), (true, true)] {
+        let C = s.channels
+        let x = randomBuffer(s.inputCount, seed: 70 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 71)
+        let da = randomBuffer(s.outputCount, seed: 72), z = randomBuffer(s.outputCount, seed: 73)
+        let params = randomBuffer(4 * C, seed: 74)  // scale, shift, mean, invStd
+        for c in 0..<C { params[c] += 1.5; params[C + c] *= 4; params[3 * C + c] = 0.5 + abs(params[3 * C + c]) }
+        var sums = (0..<(2 * C)).map { Double($0 % 7) - 3.1 }
+        sums.withUnsafeMutableBufferPointer { sp in
+          let red = BatchNormReduction(z: z.base, scale: params.base, shift: params.base + C, mean: params.base + 2 * C,
+                                       invStd: params.base + 3 * C, relu6: relu6, sums: sp.baseAddress!)
+          let dz = FloatBuffer(count: s.outputCount)
+          let (dx, dxRef) = (FloatBuffer(count: s.inputCount), FloatBuffer(count: s.inputCount))
+          let (dw, dwRef) = (FloatBuffer(count: s.weightCount), FloatBuffer(count: s.weightCount))
+          let (dg, dgRef, db, dbRef) = (FloatBuffer(count: C), FloatBuffer(count: C), FloatBuffer(count: C), FloatBuffer(count: C))
+          let M = s.outputCount / C
+          batchNormBackward(fromSums: sp.baseAddress!, dz: dz.base, da: da.base, red, dGamma: dgRef.base, dBeta: dbRef.base,
+                            rows: M, channels: C, training: true, roundOutputToBF16: round)
+          depthwiseBackward(dx: dxRef.base, dw: dwRef.base, dy: dz.base, x: x.base, w: w.base, s, scratch: Scratch())
+          withBatchNormBackward(fromSums: sp.baseAddress!, da: da.base, red, dGamma: dg.base, dBeta: db.base,
+                                rows: M, channels: C, training: true, roundOutputToBF16: round) { pending in
+            depthwiseBackward(dx: dx.base, dw: dw.base, dy: da.base, x: x.base, w: w.base, s, scratch: Scratch(),
+                              outputGradient: pending)
+          }
+          let what = "\(s) relu6=\(relu6) bf16=\(round)"
+          assertClose(dx, dxRef, atol: 1e-5, rtol: 1e-5, "dx " + what)
+          assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-5, "dw " + what)
+          assertClose(dg, dgRef, atol: 0, rtol: 0, "dgamma " + what)
+          assertClose(db, dbRef, atol: 0, rtol: 0, "dbeta " + what)
+        }
+      }
+    }
+  }
+
   func testGradientsByFiniteDifferences() {
     for s in shapes {
       let x = randomBuffer(s.inputCount, seed: 24), w = randomBuffer(s.weightCount, seed: 25)
