@@ -16,11 +16,19 @@ public enum LoopbackPorts {
       let base = cursor
       cursor += count
       if cursor + count >= range.upperBound { cursor = range.lowerBound }
-      if (base..<(base + count)).allSatisfy({ port in hosts.allSatisfy { isFree(port: port, host: $0) } }) { return base }
+      if (base..<(base + count)).allSatisfy({ port in
+        hosts.allSatisfy { isFree(port: port, host: $0) && !localSocketExists(port: port, host: $0) }
+      }) { return base }
     }
     return nil
   }
 
+  /// True if a ring's local socket file for host:port exists: a live job in another network namespace
+  /// that shares /tmp, or one a killed job left. Either way the port is not taken (a rank would
+  /// replace the file on bind, and a test checking the file would see a stranger's).
+  public static func localSocketExists(port: Int, host: String) -> Bool {
+    FileManager.default.fileExists(atPath: ZMQTransport.localSocketPath(for: Endpoint(host: host, port: port)))
+  }
   /// True if a TCP socket can bind host:port (the probe socket is closed again at once).
   public static func isFree(port: Int, host: String) -> Bool {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
