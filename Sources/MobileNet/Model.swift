@@ -482,6 +482,27 @@ public final class MobileNetV2 {
       }
       return
     }
+    if case .pointwise = l.op, !jit {
+      // The 1×1 backward makes dz block by block from dA as both of its products read it (never stored).
+      Profile.time(.pointwise, backward: true) {
+        withBatchNormBackward(fromSums: act.gradSums[i], da: dA, reduction(i, act), dGamma: g(l.gamma), dBeta: g(l.beta),
+                              rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
+                              training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i)) { pending in
+          let rows = n * l.inSize * l.inSize
+          if let dx, let dxReduce {
+            pointwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight), rows: rows, inChannels: l.inChannels,
+                              outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce,
+                              input: input, outputGradient: pending)
+          } else {
+            precondition(dxResidual == nil, "a residual gradient needs the fused pointwise backward")
+            pointwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight), rows: rows,
+                              inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch, input: input,
+                              outputGradient: pending)
+          }
+        }
+      }
+      return
+    }
     Profile.time(.batchNorm, backward: true) {
       batchNormBackward(fromSums: act.gradSums[i], dz: dz, da: dA, reduction(i, act), dGamma: g(l.gamma),
                         dBeta: g(l.beta), rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,

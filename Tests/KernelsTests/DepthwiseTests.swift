@@ -23,15 +23,24 @@ final class DepthwiseTests: XCTestCase {
         depthwiseForward(y: y.base, x: x.base, w: w.base, s)
         depthwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, s)
         assertClose(y, yRef, atol: 1e-5, rtol: 1e-5, "depthwise forward \(s)")
-        let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
-        let dw = randomBuffer(s.weightCount, seed: 23), dwRef = FloatBuffer(count: s.weightCount)
-        dwRef.copy(from: dw.array)
-        depthwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
-        depthwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
-        assertClose(dx, dxRef, atol: 1e-5, rtol: 1e-5, "depthwise dx \(s)")
-        assertClose(dw, dwRef, atol: 1e-4, rtol: 1e-5, "depthwise dw \(s)")
+        checkBackwardAgainstNaive(s, x: x, dy: dy, w: w, dwAtol: 1e-4, dwRtol: 1e-5)
       }
     }
+  }
+
+  /// The fast backward against `depthwiseBackwardNaive`: dx is NaN-filled first, so every element
+  /// must be written; dw starts non-zero, so it must be accumulated onto (the weight-gradient
+  /// contract). Sums over many rows round differently, hence dw's own tolerance.
+  private func checkBackwardAgainstNaive(_ s: DepthwiseShape, x: FloatBuffer, dy: FloatBuffer, w: FloatBuffer,
+                                         dwAtol: Float, dwRtol: Float, file: StaticString = #filePath, line: UInt = #line) {
+    let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
+    dx.base.update(repeating: .nan, count: s.inputCount)
+    let dw = randomBuffer(s.weightCount, seed: 23), dwRef = FloatBuffer(count: s.weightCount)
+    dwRef.copy(from: dw.array)
+    depthwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
+    depthwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+    assertClose(dx, dxRef, atol: 1e-5, rtol: 1e-5, "depthwise dx \(s)", file: file, line: line)
+    assertClose(dw, dwRef, atol: dwAtol, rtol: dwRtol, "depthwise dw \(s)", file: file, line: line)
   }
 
   /// Wide rows split an image into several groups of the one-pass backward (each group's weight
@@ -47,13 +56,7 @@ final class DepthwiseTests: XCTestCase {
       XCTAssertLessThan(backwardGroupRows(s), s.outHeight / 2, "\(s) must span several groups")
       let x = randomBuffer(s.inputCount, seed: 60 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 61)
       let dy = randomBuffer(s.outputCount, seed: 62)
-      let dx = FloatBuffer(count: s.inputCount), dxRef = FloatBuffer(count: s.inputCount)
-      dx.base.update(repeating: .nan, count: s.inputCount)  // every element must be written
-      let dw = FloatBuffer(count: s.weightCount), dwRef = FloatBuffer(count: s.weightCount)
-      depthwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch())
-      depthwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
-      assertClose(dx, dxRef, atol: 1e-5, rtol: 1e-5, "depthwise dx \(s)")
-      assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "depthwise dw \(s)")
+      checkBackwardAgainstNaive(s, x: x, dy: dy, w: w, dwAtol: 1e-3, dwRtol: 1e-4)
     }
   }
 

@@ -319,4 +319,68 @@ final class FusedKernelsTests: XCTestCase {
       }
     }
   }
+
+  /// The 1×1 backward making its own dz from its BN backward block by block (dz never stored) gives
+  /// what the BN backward pass followed by the 1×1 backward gives: dx (with the producer's fused
+  /// reductions and a residual), dw, dγ/dβ; with ReLU6 and bf16 rounding of dz, one and two threads,
+  /// our kernels and BLAS, and blocks of many rows; da is left as it was.
+  func testPointwiseBackwardMakingItsOutputGradientMatchesSeparatePass() {
+    defer { GemmChoice.forced = nil; Compute.setThreads(1) }
+    for (threads, impl) in [(1, GemmImplementation.own), (2, .own), (2, .blas)] {
+      Compute.setThreads(threads)
+      GemmChoice.forced = impl
+      for (m, ci, co) in [(1, 3, 5), (3001, 16, 96), (2000, 24, 144), (700, 96, 160), (333, 144, 24)] {
+        for (relu6, round, withDX) in [(true, false, true), (false, false, true), (true, true, true), (true, false, false)] {
+          let layer = Layer(rows: m, channels: co, relu6: relu6, seed: 140)
+          let producer = Layer(rows: m, channels: ci, relu6: true, seed: 150)
+          let x = randomBuffer(m * ci, seed: 141), w = randomBuffer(ci * co, seed: 142), res = randomBuffer(m * ci, seed: 143)
+          let da = randomBuffer(m * co, seed: 144), daCopy = da.array
+          var gradSums = layer.naiveSums(da: da.base)  // Σg, Σg·x̂ as the consumer's backward made them
+          let dz = FloatBuffer(count: m * co)
+          let (dx, dxRef) = (FloatBuffer(count: m * ci), FloatBuffer(count: m * ci))
+          let dw = randomBuffer(ci * co, seed: 145), dwRef = FloatBuffer(count: ci * co)
+          dwRef.copy(from: dw.array)
+          let (dg, dgRef, db, dbRef) = (FloatBuffer(count: co), FloatBuffer(count: co), FloatBuffer(count: co), FloatBuffer(count: co))
+          var red = [Double](repeating: .nan, count: 2 * ci), redRef = red
+          let scratch = Scratch()
+          gradSums.withUnsafeMutableBufferPointer { gp in
+            let g = UnsafePointer(gp.baseAddress!), bn = layer.reduction(gp.baseAddress!)
+            batchNormBackward(fromSums: g, dz: dz.base, da: da.base, bn, dGamma: dgRef.base, dBeta: dbRef.base,
+                              rows: m, channels: co, training: true, roundOutputToBF16: round)
+            redRef.withUnsafeMutableBufferPointer { rp in
+              if withDX {
+                pointwiseBackward(dx: dxRef.base, dw: dwRef.base, dy: dz.base, x: x.base, w: w.base, rows: m, inChannels: ci,
+                                  outChannels: co, scratch: scratch, residual: res.base, reduce: producer.reduction(rp.baseAddress!))
+              } else {
+                pointwiseBackward(dx: nil, dw: dwRef.base, dy: dz.base, x: x.base, w: w.base, rows: m, inChannels: ci,
+                                  outChannels: co, scratch: scratch)
+              }
+            }
+            red.withUnsafeMutableBufferPointer { rp in
+              withBatchNormBackward(fromSums: g, da: da.base, bn, dGamma: dg.base, dBeta: db.base, rows: m, channels: co,
+                                    training: true, roundOutputToBF16: round) { pending in
+                if withDX {
+                  pointwiseBackward(dx: dx.base, dw: dw.base, dy: da.base, x: x.base, w: w.base, rows: m, inChannels: ci,
+                                    outChannels: co, scratch: scratch, residual: res.base, reduce: producer.reduction(rp.baseAddress!),
+                                    outputGradient: pending)
+                } else {
+                  pointwiseBackward(dx: nil, dw: dw.base, dy: da.base, x: x.base, w: w.base, rows: m, inChannels: ci,
+                                    outChannels: co, scratch: scratch, outputGradient: pending)
+                }
+              }
+            }
+          }
+          let what = "\(impl) \(threads)t 1x1 \(m)x\(ci)x\(co) relu6=\(relu6) bf16=\(round) dx=\(withDX)"
+          if withDX {
+            assertClose(dx, dxRef, atol: 1e-5, rtol: 1e-5, what + " dx")
+            assertSums(red, redRef, what)
+          }
+          assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-5, what + " dw")
+          assertClose(dg, dgRef, atol: 0, rtol: 0, what + " dgamma")
+          assertClose(db, dbRef, atol: 0, rtol: 0, what + " dbeta")
+          XCTAssertEqual(da.array, daCopy, what + ": da must not be overwritten")
+        }
+      }
+    }
+  }
 }
