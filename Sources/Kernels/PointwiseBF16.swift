@@ -121,11 +121,13 @@ let bf16WeightGradientRows = 256
 ///   ([rows/2][Co][2], rows as k); the product accumulates into the thread's dw (the first chunk into
 ///   dw itself, the others into partials added at the end, as gemmTransposedRows);
 /// - dx: dy's block (still in cache) converted to bf16 rows, times wᵀ, then the block's reductions.
+/// With `outputGradient`, dy is this layer's BN-backward dz, made block by block into a per-thread
+/// buffer (never stored whole; `dy` is that BN's da, left as it was).
 public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>,
                                   dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                                   wT: BF16PackedMatrix, rows: Int, scratch: Scratch, workspace: BF16Workspace,
                                   residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil,
-                                  input: PendingBatchNorm? = nil) {
+                                  input: PendingBatchNorm? = nil, outputGradient: PendingBatchNormBackward? = nil) {
   let (co, ci) = (wT.k, wT.n)
   precondition(residual == nil || (reduce != nil && dx != nil), "a residual gradient needs the fused backward")
   guard rows > 0 else {
@@ -134,7 +136,8 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
   }
   let r = bf16WeightGradientRows
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
-  let partials = scratch.uninitialized(max(0, chunks - 1) * ci * co)
+  let partialFloats = max(0, chunks - 1) * ci * co, dzFloats = outputGradient == nil ? 0 : min(rows, r) * co
+  let partials = scratch.uninitialized(partialFloats + chunks * dzFloats), dzBlocks = partials + partialFloats
   let ldaDx = 2 * wT.kPairs
   let perChunk = ci * r + r * ldaDx  // xᵀ row pairs, then dy's bf16 rows
   let buffers = workspace.elements(chunks * perChunk)
@@ -148,7 +151,12 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
       let pairs = buffers + chunk * perChunk, dyRows = pairs + ci * r, b = bBlocks[chunk]
       var first = true
       forEachBlock(range, blockRows: r) { blk in
-        let dyBlock = dy + blk.lowerBound * co
+        var dyBlock = dy + blk.lowerBound * co
+        if let pending = outputGradient {
+          let base = dzBlocks + chunk * dzFloats - blk.lowerBound * co  // addressed by absolute row, like dy
+          pending.apply(dz: base, rows: blk)
+          dyBlock = UnsafePointer(base) + blk.lowerBound * co
+        }
         let xs = pendingInputRows(x, input, rows: blk, channels: ci, tmp: tmp(chunk))
         interleaveRowPairsBF16(pairs, xs + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
         packBF16B(b, dyBlock, transposed: false, rows: blk.count)

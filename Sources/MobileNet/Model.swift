@@ -434,8 +434,8 @@ public final class MobileNetV2 {
       // The block input's gradient (+ the residual's, added by the same pass) goes to gIn with the
       // reductions of the layer that produced the block input.
       let residual = b.residual ? UnsafePointer(gOut) : nil
-      // project (linear): dz into T, then the 1×1 backward writes the depthwise output's gradient.
-      convBNBackward(b.project, dA: gOut, dZ: act.ioT, x: UnsafePointer(act.z[b.depthwise]), dx: act.exp1,
+      // project (linear): the 1×1 backward writes the depthwise output's gradient (gOut stays for the residual).
+      convBNBackward(b.project, dA: gOut, x: UnsafePointer(act.z[b.depthwise]), dx: act.exp1,
                      dxReduce: reduction(b.depthwise, act), input: pendingBatchNorm(b.depthwise, act), act: act)
       ready(upTo: b.project)
       if let e = b.expand {
@@ -455,17 +455,17 @@ public final class MobileNetV2 {
     ready(upTo: stemIndex)
   }
 
-  /// BN(+ReLU6) backward from dA into dZ (in place over dA unless dZ is given) from the reductions
-  /// already in act.gradSums[i], then the conv's backward: weight gradient accumulated, input gradient
-  /// written to dx (skipped if nil) plus `dxResidual`, with the reductions `dxReduce` of the layer that
-  /// produced x made over dx as it is written.
-  private func convBNBackward(_ i: Int, dA: UnsafeMutablePointer<Float>, dZ: UnsafeMutablePointer<Float>? = nil,
+  /// BN(+ReLU6) backward from dA from the reductions already in act.gradSums[i], then the conv's
+  /// backward (the 1×1 and depthwise ones make dz block by block as they read it; the stem's dz is
+  /// written in place over dA): weight gradient accumulated, input gradient written to dx (skipped if
+  /// nil) plus `dxResidual`, with the reductions `dxReduce` of the layer that produced x made over dx
+  /// as it is written.
+  private func convBNBackward(_ i: Int, dA: UnsafeMutablePointer<Float>,
                               x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
                               dxReduce: BatchNormReduction? = nil, dxResidual: UnsafePointer<Float>? = nil,
                               input: PendingBatchNorm? = nil, act: Activations) {
     let l = layers[i]
     let n = act.batch
-    let dz = dZ ?? dA
     let xCount = l.inputCount(batch: n)
     // With the input's BN pending, the kernel remakes (and rounds) x from z itself: no rounded copy.
     var xk: UnsafePointer<Float> { input == nil ? kx(x, xCount, act) : x }
@@ -482,14 +482,18 @@ public final class MobileNetV2 {
       }
       return
     }
-    if case .pointwise = l.op, !jit {
+    if case .pointwise = l.op {
       // The 1×1 backward makes dz block by block from dA as both of its products read it (never stored).
       Profile.time(.pointwise, backward: true) {
         withBatchNormBackward(fromSums: act.gradSums[i], da: dA, reduction(i, act), dGamma: g(l.gamma), dBeta: g(l.beta),
                               rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
                               training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i)) { pending in
           let rows = n * l.inSize * l.inSize
-          if let dx, let dxReduce {
+          if jit {
+            pointwiseBackwardBF16(dx: dx, dw: g(l.weight), dy: dA, x: x, wT: bf16.transposed(l.weight), rows: rows,
+                                  scratch: scratch, workspace: bf16.workspace, residual: dxResidual, reduce: dxReduce,
+                                  input: input, outputGradient: pending)
+          } else if let dx, let dxReduce {
             pointwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight), rows: rows, inChannels: l.inChannels,
                               outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce,
                               input: input, outputGradient: pending)
@@ -504,35 +508,18 @@ public final class MobileNetV2 {
       return
     }
     Profile.time(.batchNorm, backward: true) {
-      batchNormBackward(fromSums: act.gradSums[i], dz: dz, da: dA, reduction(i, act), dGamma: g(l.gamma),
+      batchNormBackward(fromSums: act.gradSums[i], dz: dA, da: dA, reduction(i, act), dGamma: g(l.gamma),
                         dBeta: g(l.beta), rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
                         training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i))
     }
     switch l.op {
     case .conv(let k):
       Profile.time(.stemConv, backward: true) {
-        conv2dBackward(dx: dx, dw: g(l.weight), dy: dz, x: xk, w: kw(l.weight),
+        conv2dBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight),
                        convShape(l, batch: n, kernel: k), scratch: scratch)
       }
-    case .pointwise:
-      Profile.time(.pointwise, backward: true) {
-        let rows = n * l.inSize * l.inSize
-        if jit {
-          pointwiseBackwardBF16(dx: dx, dw: g(l.weight), dy: dz, x: x,
-                                wT: bf16.transposed(l.weight), rows: rows, scratch: scratch, workspace: bf16.workspace,
-                                residual: dxResidual, reduce: dxReduce, input: input)
-        } else if let dx, let dxReduce {
-          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: xk, w: kw(l.weight), rows: rows, inChannels: l.inChannels,
-                            outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce,
-                            input: input)
-        } else {
-          precondition(dxResidual == nil, "a residual gradient needs the fused pointwise backward")
-          pointwiseBackward(dx: dx, dw: g(l.weight), dy: dz, x: xk, w: kw(l.weight), rows: rows,
-                            inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch, input: input)
-        }
-      }
-    case .depthwise:
-      preconditionFailure("the depthwise backward runs above, with its BN backward pending")
+    case .pointwise, .depthwise:
+      preconditionFailure("the 1×1 and depthwise backwards run above, with their BN backward pending")
     }
   }
 }
@@ -557,9 +544,9 @@ final class Activations {
   var statSums: [UnsafeMutablePointer<Double>] = [], gradSums: [UnsafeMutablePointer<Double>] = []
   let doubles: UnsafeMutablePointer<Double>
   let pooled, dropped, dropoutMask, dPooled, logits, dLogits: UnsafeMutablePointer<Float>
-  /// Backward scratch: io0/io1 ping-pong block gradients, ioT holds the project layer's dz,
+  /// Backward scratch: io0/io1 ping-pong block gradients,
   /// exp0/exp1 hold gradients of expanded (inner) tensors.
-  let io0, io1, ioT, exp0, exp1: UnsafeMutablePointer<Float>
+  let io0, io1, exp0, exp1: UnsafeMutablePointer<Float>
   var features: UnsafePointer<Float>
   var mode = ForwardMode.training
 
@@ -589,7 +576,7 @@ final class Activations {
       if case .depthwise = l.op { expMax = max(expMax, l.inputCount(batch: n)) }
     }
     let C = m.featureDepth, K = m.config.numClasses
-    let slots = [n * C, n * C, n * C, n * C, n * K, n * K, ioMax, ioMax, ioMax, expMax, expMax].map(reserve)
+    let slots = [n * C, n * C, n * C, n * C, n * K, n * K, ioMax, ioMax, expMax, expMax].map(reserve)
     let labelSlot = reserve(n)  // Int32 and Float have the same size
 
     var offsets: [Int] = []
@@ -612,7 +599,7 @@ final class Activations {
     }
     pooled = at(slots[0]); dropped = at(slots[1]); dropoutMask = at(slots[2]); dPooled = at(slots[3])
     logits = at(slots[4]); dLogits = at(slots[5])
-    io0 = at(slots[6]); io1 = at(slots[7]); ioT = at(slots[8]); exp0 = at(slots[9]); exp1 = at(slots[10])
+    io0 = at(slots[6]); io1 = at(slots[7]); exp0 = at(slots[8]); exp1 = at(slots[9])
     labelStorage = UnsafeMutableRawPointer(at(labelSlot)).bindMemory(to: Int32.self, capacity: n)
     features = UnsafePointer(pooled)
   }

@@ -142,4 +142,52 @@ final class PointwiseBF16Tests: XCTestCase {
       XCTAssertEqual(results[0], results[1], "bf16 JIT pending-BN 1x1 \(m)x\(ci)x\(co)")
     }
   }
+
+  /// The JIT 1×1 backward making its dz block by block from the pending BN backward gives exactly
+  /// what it gives on the stored dz of the BN backward pass (dx with the producer's reductions and a
+  /// residual, dw, dγ/dβ), across blocks and threads; da is left as it was.
+  func testPendingOutputGradientEqualsStoredGradient() {
+    guard BF16JIT.isAvailable else { testArithmeticChoiceFollowsTheCPU(); return }
+    let workspace = BF16Workspace()
+    for (m, ci, co) in [(1, 3, 5), (3001, 16, 96), (700, 96, 24)] {
+      for relu6 in [true, false] {
+        let layer = FusedKernelsTests.Layer(rows: m, channels: co, relu6: relu6, seed: 190)
+        let producer = FusedKernelsTests.Layer(rows: m, channels: ci, relu6: true, seed: 191)
+        let x = randomBuffer(m * ci, seed: 192), w = randomBuffer(ci * co, seed: 193), res = randomBuffer(m * ci, seed: 194)
+        let da = randomBuffer(m * co, seed: 195), daCopy = da.array
+        let wT = BF16PackedMatrix(k: co, n: ci)
+        packBF16B(wT, w.base, transposed: true)
+        var gradSums = layer.naiveSums(da: da.base)
+        var results: [[Float]] = [], reductions: [[Double]] = []
+        for pendingDZ in [false, true] {
+          let dx = FloatBuffer(count: m * ci), dw = FloatBuffer(count: ci * co), dz = FloatBuffer(count: m * co)
+          let dg = FloatBuffer(count: co), db = FloatBuffer(count: co)
+          var red = [Double](repeating: .nan, count: 2 * ci)
+          gradSums.withUnsafeMutableBufferPointer { gp in
+            red.withUnsafeMutableBufferPointer { rp in
+              let g = UnsafePointer(gp.baseAddress!), bn = layer.reduction(gp.baseAddress!), reduce = producer.reduction(rp.baseAddress!)
+              if pendingDZ {
+                withBatchNormBackward(fromSums: g, da: da.base, bn, dGamma: dg.base, dBeta: db.base, rows: m, channels: co,
+                                      training: true) { pending in
+                  pointwiseBackwardBF16(dx: dx.base, dw: dw.base, dy: da.base, x: x.base, wT: wT, rows: m, scratch: Scratch(),
+                                        workspace: workspace, residual: res.base, reduce: reduce, outputGradient: pending)
+                }
+              } else {
+                batchNormBackward(fromSums: g, dz: dz.base, da: da.base, bn, dGamma: dg.base, dBeta: db.base,
+                                  rows: m, channels: co, training: true)
+                pointwiseBackwardBF16(dx: dx.base, dw: dw.base, dy: dz.base, x: x.base, wT: wT, rows: m, scratch: Scratch(),
+                                      workspace: workspace, residual: res.base, reduce: reduce)
+              }
+            }
+          }
+          results.append(dx.array + dw.array + dg.array + db.array)
+          reductions.append(red)
+        }
+        let what = "bf16 JIT 1x1 backward with pending dz \(m)x\(ci)x\(co) relu6=\(relu6)"
+        XCTAssertEqual(results[0], results[1], what)
+        XCTAssertEqual(reductions[0], reductions[1], what + " reductions")
+        XCTAssertEqual(da.array, daCopy, what + ": da must not be overwritten")
+      }
+    }
+  }
 }
