@@ -104,6 +104,15 @@ private func withBlockSums(channels C: Int, out: UnsafeMutablePointer<Double>, _
   }
 }
 
+#if KERNELS_AVX512
+/// The 3×3 depthwise input gradient along a row keeps nine weights, four BN parameters and two sums
+/// in registers. AVX-512 has the 32 for it (`bench fused` 56²x144 on Zen 5: 12.5 vs 15.5 ms); on
+/// AVX2's 16 they spill and the per-pixel taps stay faster (18–21 vs 15–16 ms), so AVX2 keeps those.
+private let depthwiseInputGradientAlongRows = true
+#else
+private let depthwiseInputGradientAlongRows = false
+#endif
+
 public enum RowKernels: RowKernelSet {
 #if KERNELS_AVX512
   public static let name = "AVX-512"
@@ -111,12 +120,12 @@ public enum RowKernels: RowKernelSet {
   public static let name = "AVX2"
 #endif
 
-  /// out[c] = Σ_taps a[tap][c]·b[tap][c]; with `shift`, also s0 += out − shift, s1 += (out − shift)².
+  /// out[c] = Σ_taps a[tap][c]·b[tap][c] for c in c0..<C; with `shift`, also s0 += out − shift, s1 += (out − shift)².
   @inline(__always)
   private static func multiplyAccumulateTaps(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>,
                                              b: UnsafePointer<Float>, taps: UnsafePointer<Int>, tapCount: Int,
-                                             channels C: Int, shift: UnsafePointer<Float>?, sums: BlockSums?) {
-    var c = 0
+                                             channels C: Int, from c0: Int = 0, shift: UnsafePointer<Float>?, sums: BlockSums?) {
+    var c = c0
     while c + 16 <= C {
       var acc = SIMD16<Float>()
       for t in 0..<tapCount { acc = acc.addingProduct(load16(a + taps[2 * t] + c), load16(b + taps[2 * t + 1] + c)) }
@@ -209,6 +218,64 @@ public enum RowKernels: RowKernelSet {
         forEachInputWindow(rows: rows, g, x: x, input: input) { n, oys, base, origin in
           for oy in oys {
             let row = n * Ho + oy
+            // 3×3: 16 channels at a time along the row, the nine weights and the statistics in
+            // registers (the taps below reload both per pixel); the same sums in the same order.
+            var c0 = 0
+            if K == 3 {
+              let iy0 = oy * S - pt
+              let v0 = iy0 >= 0 && iy0 < H, v1 = iy0 + 1 >= 0 && iy0 + 1 < H, v2 = iy0 + 2 >= 0 && iy0 + 2 < H
+              let r0 = base + max(0, iy0 - origin) * W * C, r1 = base + max(0, iy0 + 1 - origin) * W * C
+              let r2 = base + max(0, iy0 + 2 - origin) * W * C
+              let out = y + row * Wo * C
+              while c0 + 16 <= C {
+                let w0 = load16(w + c0), w1 = load16(w + C + c0), w2 = load16(w + 2 * C + c0)
+                let w3 = load16(w + 3 * C + c0), w4 = load16(w + 4 * C + c0), w5 = load16(w + 5 * C + c0)
+                let w6 = load16(w + 6 * C + c0), w7 = load16(w + 7 * C + c0), w8 = load16(w + 8 * C + c0)
+                let sh = stats.map { load16($0.shift + c0) } ?? SIMD16<Float>()
+                var ox0 = 0
+                while ox0 < Wo {
+                  // Float sums over at most rowKernelBlockPixels pixels, then into the doubles.
+                  let ox1 = min(Wo, ox0 + rowKernelBlockPixels)
+                  var t0 = SIMD16<Float>(), t1 = t0
+                  for ox in ox0..<ox1 {
+                    let ix = ox * S - pl
+                    let u0 = ix >= 0 && ix < W, u1 = ix + 1 >= 0 && ix + 1 < W, u2 = ix + 2 >= 0 && ix + 2 < W
+                    let o0 = ix * C + c0, o1 = o0 + C, o2 = o1 + C
+                    var acc = SIMD16<Float>()
+                    if v0 {
+                      if u0 { acc = acc.addingProduct(load16(r0 + o0), w0) }
+                      if u1 { acc = acc.addingProduct(load16(r0 + o1), w1) }
+                      if u2 { acc = acc.addingProduct(load16(r0 + o2), w2) }
+                    }
+                    if v1 {
+                      if u0 { acc = acc.addingProduct(load16(r1 + o0), w3) }
+                      if u1 { acc = acc.addingProduct(load16(r1 + o1), w4) }
+                      if u2 { acc = acc.addingProduct(load16(r1 + o2), w5) }
+                    }
+                    if v2 {
+                      if u0 { acc = acc.addingProduct(load16(r2 + o0), w6) }
+                      if u1 { acc = acc.addingProduct(load16(r2 + o1), w7) }
+                      if u2 { acc = acc.addingProduct(load16(r2 + o2), w8) }
+                    }
+                    store16(acc, out + ox * C + c0)
+                    if sums != nil {
+                      let d = acc - sh
+                      t0 += d
+                      t1 = t1.addingProduct(d, d)
+                    }
+                  }
+                  if let s = sums {
+                    for j in 0..<16 {
+                      s.out[c0 + j] += Double(t0[j])
+                      s.out[C + c0 + j] += Double(t1[j])
+                    }
+                  }
+                  ox0 = ox1
+                }
+                c0 += 16
+              }
+            }
+            guard c0 < C else { continue }
             for ox in 0..<Wo {
               var count = 0
               for ky in 0..<K {
@@ -223,7 +290,7 @@ public enum RowKernels: RowKernelSet {
                 }
               }
               multiplyAccumulateTaps(out: y + (row * Wo + ox) * C, a: base, b: w, taps: taps, tapCount: count,
-                                     channels: C, shift: stats?.shift, sums: sums)
+                                     channels: C, from: c0, shift: stats?.shift, sums: sums)
               sums?.pixelDone()
             }
           }
@@ -254,6 +321,71 @@ public enum RowKernels: RowKernelSet {
       func run(_ sums: inout BlockSums?) {
         for row in rows {
           let n = row / H, iy = row % H
+          // 3×3, stride 1 or 2: 16 channels at a time along the row, the nine weights, the BN
+          // parameters and the reductions in registers; the same sums in the same order as the taps.
+          var c0 = 0
+          if depthwiseInputGradientAlongRows && K == 3 && (S == 1 || S == 2) {
+            /// Output row or column t·S reached: t, if the stride divides it and it is in range.
+            @inline(__always) func reached(_ t: Int, _ limit: Int) -> Bool { t >= 0 && (S == 1 || t & 1 == 0) && t / S < limit }
+            let ty0 = iy + pt, ty1 = ty0 - 1, ty2 = ty0 - 2
+            let v0 = reached(ty0, Ho), v1 = reached(ty1, Ho), v2 = reached(ty2, Ho)
+            let d0 = dy + (n * Ho + max(0, ty0) / S) * Wo * C, d1 = dy + (n * Ho + max(0, ty1) / S) * Wo * C
+            let d2 = dy + (n * Ho + max(0, ty2) / S) * Wo * C
+            let rowBase = row * W * C
+            while c0 + 16 <= C {
+              let w0 = load16(w + c0), w1 = load16(w + C + c0), w2 = load16(w + 2 * C + c0)
+              let w3 = load16(w + 3 * C + c0), w4 = load16(w + 4 * C + c0), w5 = load16(w + 5 * C + c0)
+              let w6 = load16(w + 6 * C + c0), w7 = load16(w + 7 * C + c0), w8 = load16(w + 8 * C + c0)
+              let zero = SIMD16<Float>()
+              let sc = reduce.map { load16($0.scale + c0) } ?? zero, sf = reduce.map { load16($0.shift + c0) } ?? zero
+              let mu = reduce.map { load16($0.mean + c0) } ?? zero, isd = reduce.map { load16($0.invStd + c0) } ?? zero
+              var ix0 = 0
+              while ix0 < W {
+                let ix1 = min(W, ix0 + rowKernelBlockPixels)
+                var t0 = zero, t1 = zero
+                for ix in ix0..<ix1 {
+                  let tx0 = ix + pl, tx1 = tx0 - 1, tx2 = tx0 - 2
+                  let u0 = reached(tx0, Wo), u1 = reached(tx1, Wo), u2 = reached(tx2, Wo)
+                  let q0 = (tx0 / S) * C + c0, q1 = (tx1 / S) * C + c0, q2 = (tx2 / S) * C + c0
+                  var acc = zero
+                  if v0 {
+                    if u0 { acc = acc.addingProduct(load16(d0 + q0), w0) }
+                    if u1 { acc = acc.addingProduct(load16(d0 + q1), w1) }
+                    if u2 { acc = acc.addingProduct(load16(d0 + q2), w2) }
+                  }
+                  if v1 {
+                    if u0 { acc = acc.addingProduct(load16(d1 + q0), w3) }
+                    if u1 { acc = acc.addingProduct(load16(d1 + q1), w4) }
+                    if u2 { acc = acc.addingProduct(load16(d1 + q2), w5) }
+                  }
+                  if v2 {
+                    if u0 { acc = acc.addingProduct(load16(d2 + q0), w6) }
+                    if u1 { acc = acc.addingProduct(load16(d2 + q1), w7) }
+                    if u2 { acc = acc.addingProduct(load16(d2 + q2), w8) }
+                  }
+                  let p = rowBase + ix * C + c0
+                  if let residual { acc += load16(residual + p) }
+                  store16(acc, dx + p)
+                  if let r = reduce {
+                    let zv = load16(r.z + p)
+                    let gm = r.relu6 ? relu6Mask(acc, zv * sc + sf) : acc
+                    let xhat = (zv - mu) * isd
+                    t0 += gm
+                    t1 = t1.addingProduct(gm, xhat)
+                  }
+                }
+                if let s = sums {
+                  for j in 0..<16 {
+                    s.out[c0 + j] += Double(t0[j])
+                    s.out[C + c0 + j] += Double(t1[j])
+                  }
+                }
+                ix0 = ix1
+              }
+              c0 += 16
+            }
+          }
+          guard c0 < C else { continue }
           for ix in 0..<W {
             var count = 0
             for ky in 0..<K {
@@ -270,10 +402,11 @@ public enum RowKernels: RowKernelSet {
             let p = (row * W + ix) * C
             let out = dx + p
             if residual == nil && reduce == nil {
-              multiplyAccumulateTaps(out: out, a: dy, b: w, taps: taps, tapCount: count, channels: C, shift: nil, sums: nil)
+              multiplyAccumulateTaps(out: out, a: dy, b: w, taps: taps, tapCount: count, channels: C, from: c0,
+                                     shift: nil, sums: nil)
               continue
             }
-            var c = 0
+            var c = c0
             while c + 16 <= C {
               var acc = SIMD16<Float>()
               for t in 0..<count { acc = acc.addingProduct(load16(dy + taps[2 * t] + c), load16(w + taps[2 * t + 1] + c)) }
