@@ -817,6 +817,34 @@ private func productTile8(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePointe
   emit(c4, 4, 0); emit(c5, 5, 0); emit(c6, 6, 0); emit(c7, 7, 0)
 }
 
+/// The forward tile of a single column vector (n ≤ lanes, e.g. the 16-channel outputs of the first
+/// blocks and the input gradients into them): 16 rows, so 16 independent accumulator chains keep both
+/// FMA pipes busy where 8 only just cover the FMA latency. AVX-512 only (AVX2's 16 registers would spill).
+@inline(__always)
+private func productTile16(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePointer<Float>, ldb: Int,
+                           _ emit: (GemmVector, Int, Int) -> Void) {
+  let p0 = a, p1 = p0 + K, p2 = p1 + K, p3 = p2 + K, p4 = p3 + K, p5 = p4 + K, p6 = p5 + K, p7 = p6 + K
+  let p8 = p7 + K, p9 = p8 + K, p10 = p9 + K, p11 = p10 + K, p12 = p11 + K, p13 = p12 + K, p14 = p13 + K, p15 = p14 + K
+  var c0 = GemmVector(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0
+  var c8 = c0, c9 = c0, c10 = c0, c11 = c0, c12 = c0, c13 = c0, c14 = c0, c15 = c0
+  var bp = b
+  for i in 0..<K {
+    let bv = vload(bp)
+    c0 = c0.addingProduct(splat(p0[i]), bv); c1 = c1.addingProduct(splat(p1[i]), bv)
+    c2 = c2.addingProduct(splat(p2[i]), bv); c3 = c3.addingProduct(splat(p3[i]), bv)
+    c4 = c4.addingProduct(splat(p4[i]), bv); c5 = c5.addingProduct(splat(p5[i]), bv)
+    c6 = c6.addingProduct(splat(p6[i]), bv); c7 = c7.addingProduct(splat(p7[i]), bv)
+    c8 = c8.addingProduct(splat(p8[i]), bv); c9 = c9.addingProduct(splat(p9[i]), bv)
+    c10 = c10.addingProduct(splat(p10[i]), bv); c11 = c11.addingProduct(splat(p11[i]), bv)
+    c12 = c12.addingProduct(splat(p12[i]), bv); c13 = c13.addingProduct(splat(p13[i]), bv)
+    c14 = c14.addingProduct(splat(p14[i]), bv); c15 = c15.addingProduct(splat(p15[i]), bv)
+    bp += ldb
+  }
+  emit(c0, 0, 0); emit(c1, 1, 0); emit(c2, 2, 0); emit(c3, 3, 0); emit(c4, 4, 0); emit(c5, 5, 0)
+  emit(c6, 6, 0); emit(c7, 7, 0); emit(c8, 8, 0); emit(c9, 9, 0); emit(c10, 10, 0); emit(c11, 11, 0)
+  emit(c12, 12, 0); emit(c13, 13, 0); emit(c14, 14, 0); emit(c15, 15, 0)
+}
+
 /// The weight-gradient tile: acc[j][v] = Σ_rows a[r, j] · b[r, v-th vector] for 8 columns of a
 /// (a row stride k) and 1 or 2 vectors of b (row stride n), over `count` rows, added by `fold(vector, j, v)`.
 /// `loadB(p, v)` reads a vector of b (whole, or lane by lane at the end of b).
@@ -866,6 +894,7 @@ extension RowKernels {
   public static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                           ldb: Int, k K: Int, n N: Int, rows: Range<Int>, stats: ChannelStatistics?) {
     let withStats = stats != nil
+    let tileRows = gemmPairTiles && N <= lanes ? 16 : gemmTileRows  // divides rowKernelBlockPixels
     // Padded copies: the last column block reads the shift and its float sums in whole vectors.
     let shift = UnsafeMutablePointer<Float>.allocate(capacity: 3 * ldb), s0 = shift + ldb, s1 = s0 + ldb
     let sums = UnsafeMutablePointer<Double>.allocate(capacity: 2 * ldb)
@@ -886,7 +915,7 @@ extension RowKernels {
           // Tile by tile along the rows, all column blocks of a tile before the next: c is written
           // in order, whole rows at a time.
           while r < r1 {
-            let tall = r + gemmTileRows <= r1
+            let tall = r + tileRows <= r1
             var col = 0
             while col < N {
               let pair = gemmPairTiles && tall && col + 2 * lanes <= N
@@ -910,7 +939,9 @@ extension RowKernels {
                   }
                 }
               }
-              if tall {
+              if tall && tileRows == 16 {
+                productTile16(a + r * K, k: K, b + col, ldb: ldb, emit)
+              } else if tall {
                 productTile8(a + r * K, k: K, b + col, ldb: ldb, pair: pair, emit)
               } else {
                 for row in r..<r1 {
@@ -934,7 +965,7 @@ extension RowKernels {
               }
               col += pair ? 2 * lanes : lanes
             }
-            r = tall ? r + gemmTileRows : r1
+            r = tall ? r + tileRows : r1
           }
           if withStats {
             for j in 0..<N {
