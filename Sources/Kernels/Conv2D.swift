@@ -69,25 +69,67 @@ func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
   parallelChunks(s.batch * s.outHeight) { _, rows in conv2dForwardDirect16(y: y, x: x, w: w, s, rows: rows) }
 }
 
+/// Output pixels the direct stem forward computes together.
+let directPixels = 4
+
 /// Output rows (n·Ho + oy) of the direct stem forward, single-threaded.
 func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                            _ s: ConvShape, rows: Range<Int>) {
-  let (H, W, Ci, Co) = (s.height, s.width, s.inChannels, s.outChannels)
+  let (H, W, Ci, Co, K, S) = (s.height, s.width, s.inChannels, s.outChannels, s.kernel, s.stride)
   let (Ho, Wo, window) = (s.outHeight, s.outWidth, s.window)
+  precondition(directPixels == 4, "the interior loop below is written for four pixels")
+  // Output columns whose windows lie inside the image: [inside.lowerBound, inside.upperBound).
+  let firstInside = (s.padLeft + S - 1) / S, lastInside = (W - K + s.padLeft) / S
+  let inside = firstInside..<max(firstInside, min(Wo, lastInside + 1))
   for row in rows {
-      let n = row / Ho, oy = row % Ho
-      for ox in 0..<Wo {
-        let out = y + (row * Wo + ox) * Co
-        for cb in stride(from: 0, to: Co, by: 16) {
-          var acc = SIMD16<Float>()
-          window.forEachTap(oy: oy, ox: ox) { tap, iy, ix in
-            let xin = x + ((n * H + iy) * W + ix) * Ci
-            let wk = w + tap * Ci * Co + cb
-            for ci in 0..<Ci { acc = acc.addingProduct(SIMD16(repeating: xin[ci]), load16(wk + ci * Co)) }
-          }
-          store16(acc, out + cb)
+    let n = row / Ho, oy = row % Ho
+    let iy0 = oy * S - s.padTop
+    /// Output pixel ox on its own, the taps the padding leaves.
+    func single(_ ox: Int) {
+      let out = y + (row * Wo + ox) * Co
+      for cb in stride(from: 0, to: Co, by: 16) {
+        var acc = SIMD16<Float>()
+        window.forEachTap(oy: oy, ox: ox) { tap, iy, ix in
+          let xin = x + ((n * H + iy) * W + ix) * Ci
+          let wk = w + tap * Ci * Co + cb
+          for ci in 0..<Ci { acc = acc.addingProduct(SIMD16(repeating: xin[ci]), load16(wk + ci * Co)) }
         }
+        store16(acc, out + cb)
       }
+    }
+    guard iy0 >= 0 && iy0 + K <= H else {
+      for ox in 0..<Wo { single(ox) }
+      continue
+    }
+    for ox in 0..<inside.lowerBound { single(ox) }
+    // Four output pixels with their windows inside the image at a time: four independent
+    // accumulator chains (one alone waits out the FMA latency on every tap), each weight vector
+    // loaded once for the four; the same taps in the same order as `single`, so the same bits.
+    var ox = inside.lowerBound
+    let step = S * Ci  // from one output pixel's window to the next one's
+    while ox + directPixels <= inside.upperBound {
+      let ix0 = ox * S - s.padLeft
+      let out = y + (row * Wo + ox) * Co
+      for cb in stride(from: 0, to: Co, by: 16) {
+        var a0 = SIMD16<Float>(), a1 = a0, a2 = a0, a3 = a0
+        for ky in 0..<K {
+          for kx in 0..<K {
+            let xin = x + ((n * H + iy0 + ky) * W + ix0 + kx) * Ci
+            let wk = w + (ky * K + kx) * Ci * Co + cb
+            for ci in 0..<Ci {
+              let wv = load16(wk + ci * Co)
+              a0 = a0.addingProduct(SIMD16(repeating: xin[ci]), wv)
+              a1 = a1.addingProduct(SIMD16(repeating: xin[step + ci]), wv)
+              a2 = a2.addingProduct(SIMD16(repeating: xin[2 * step + ci]), wv)
+              a3 = a3.addingProduct(SIMD16(repeating: xin[3 * step + ci]), wv)
+            }
+          }
+        }
+        store16(a0, out + cb); store16(a1, out + Co + cb); store16(a2, out + 2 * Co + cb); store16(a3, out + 3 * Co + cb)
+      }
+      ox += directPixels
+    }
+    for ox in ox..<Wo { single(ox) }
   }
 }
 

@@ -32,6 +32,10 @@ final class ConvTests: XCTestCase {
     ConvShape(batch: 2, height: 8, width: 8, inChannels: 3, outChannels: 16, kernel: 3, stride: 2),
     ConvShape(batch: 3, height: 7, width: 9, inChannels: 3, outChannels: 24, kernel: 3, stride: 2),
     ConvShape(batch: 1, height: 6, width: 6, inChannels: 5, outChannels: 7, kernel: 3, stride: 1),
+    // Wide enough for the direct forward's four-pixel interior groups, a left padding column
+    // (stride 1) and a leftover pixel before the right edge.
+    ConvShape(batch: 2, height: 9, width: 21, inChannels: 3, outChannels: 32, kernel: 3, stride: 2),
+    ConvShape(batch: 1, height: 5, width: 13, inChannels: 3, outChannels: 16, kernel: 3, stride: 1),
   ]
 
   func testFastMatchesNaive() {
