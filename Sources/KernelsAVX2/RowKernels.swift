@@ -104,6 +104,50 @@ private func withBlockSums(channels C: Int, out: UnsafeMutablePointer<Double>, _
   }
 }
 
+/// The nine weights of a 3×3 depthwise kernel for 16 channels (from c0), held in registers along a row.
+private struct Weights3x3 {
+  let w0, w1, w2, w3, w4, w5, w6, w7, w8: SIMD16<Float>
+  @inline(__always) init(_ w: UnsafePointer<Float>, channels C: Int, from c0: Int) {
+    w0 = load16(w + c0); w1 = load16(w + C + c0); w2 = load16(w + 2 * C + c0)
+    w3 = load16(w + 3 * C + c0); w4 = load16(w + 4 * C + c0); w5 = load16(w + 5 * C + c0)
+    w6 = load16(w + 6 * C + c0); w7 = load16(w + 7 * C + c0); w8 = load16(w + 8 * C + c0)
+  }
+  /// Σ over the valid taps in (ky, kx) order of row ky's vector at offset o_kx times w[3·ky + kx]:
+  /// rows r0…r2 where v0…v2, offsets o0…o2 where u0…u2 (the per-pixel taps' order, so the same bits).
+  @inline(__always)
+  func sum(_ r0: UnsafePointer<Float>, _ r1: UnsafePointer<Float>, _ r2: UnsafePointer<Float>, _ v0: Bool, _ v1: Bool, _ v2: Bool,
+           _ o0: Int, _ o1: Int, _ o2: Int, _ u0: Bool, _ u1: Bool, _ u2: Bool) -> SIMD16<Float> {
+    var acc = SIMD16<Float>()
+    if v0 {
+      if u0 { acc = acc.addingProduct(load16(r0 + o0), w0) }
+      if u1 { acc = acc.addingProduct(load16(r0 + o1), w1) }
+      if u2 { acc = acc.addingProduct(load16(r0 + o2), w2) }
+    }
+    if v1 {
+      if u0 { acc = acc.addingProduct(load16(r1 + o0), w3) }
+      if u1 { acc = acc.addingProduct(load16(r1 + o1), w4) }
+      if u2 { acc = acc.addingProduct(load16(r1 + o2), w5) }
+    }
+    if v2 {
+      if u0 { acc = acc.addingProduct(load16(r2 + o0), w6) }
+      if u1 { acc = acc.addingProduct(load16(r2 + o1), w7) }
+      if u2 { acc = acc.addingProduct(load16(r2 + o2), w8) }
+    }
+    return acc
+  }
+}
+
+extension BlockSums {
+  /// Float sums of 16 channels from c0 (s0, s1) kept in registers over at most rowKernelBlockPixels
+  /// pixels, added straight into the double sums.
+  @inline(__always) func addToDoubles(_ t0: SIMD16<Float>, _ t1: SIMD16<Float>, from c0: Int) {
+    for j in 0..<16 {
+      out[c0 + j] += Double(t0[j])
+      out[channels + c0 + j] += Double(t1[j])
+    }
+  }
+}
+
 #if KERNELS_AVX512
 /// The 3×3 depthwise input gradient along a row keeps nine weights, four BN parameters and two sums
 /// in registers. AVX-512 has the 32 for it (`bench fused` 56²x144 on Zen 5: 12.5 vs 15.5 ms); on
@@ -228,9 +272,7 @@ public enum RowKernels: RowKernelSet {
               let r2 = base + max(0, iy0 + 2 - origin) * W * C
               let out = y + row * Wo * C
               while c0 + 16 <= C {
-                let w0 = load16(w + c0), w1 = load16(w + C + c0), w2 = load16(w + 2 * C + c0)
-                let w3 = load16(w + 3 * C + c0), w4 = load16(w + 4 * C + c0), w5 = load16(w + 5 * C + c0)
-                let w6 = load16(w + 6 * C + c0), w7 = load16(w + 7 * C + c0), w8 = load16(w + 8 * C + c0)
+                let taps = Weights3x3(w, channels: C, from: c0)
                 let sh = stats.map { load16($0.shift + c0) } ?? SIMD16<Float>()
                 var ox0 = 0
                 while ox0 < Wo {
@@ -241,22 +283,7 @@ public enum RowKernels: RowKernelSet {
                     let ix = ox * S - pl
                     let u0 = ix >= 0 && ix < W, u1 = ix + 1 >= 0 && ix + 1 < W, u2 = ix + 2 >= 0 && ix + 2 < W
                     let o0 = ix * C + c0, o1 = o0 + C, o2 = o1 + C
-                    var acc = SIMD16<Float>()
-                    if v0 {
-                      if u0 { acc = acc.addingProduct(load16(r0 + o0), w0) }
-                      if u1 { acc = acc.addingProduct(load16(r0 + o1), w1) }
-                      if u2 { acc = acc.addingProduct(load16(r0 + o2), w2) }
-                    }
-                    if v1 {
-                      if u0 { acc = acc.addingProduct(load16(r1 + o0), w3) }
-                      if u1 { acc = acc.addingProduct(load16(r1 + o1), w4) }
-                      if u2 { acc = acc.addingProduct(load16(r1 + o2), w5) }
-                    }
-                    if v2 {
-                      if u0 { acc = acc.addingProduct(load16(r2 + o0), w6) }
-                      if u1 { acc = acc.addingProduct(load16(r2 + o1), w7) }
-                      if u2 { acc = acc.addingProduct(load16(r2 + o2), w8) }
-                    }
+                    let acc = taps.sum(r0, r1, r2, v0, v1, v2, o0, o1, o2, u0, u1, u2)
                     store16(acc, out + ox * C + c0)
                     if sums != nil {
                       let d = acc - sh
@@ -264,12 +291,7 @@ public enum RowKernels: RowKernelSet {
                       t1 = t1.addingProduct(d, d)
                     }
                   }
-                  if let s = sums {
-                    for j in 0..<16 {
-                      s.out[c0 + j] += Double(t0[j])
-                      s.out[C + c0 + j] += Double(t1[j])
-                    }
-                  }
+                  sums?.addToDoubles(t0, t1, from: c0)
                   ox0 = ox1
                 }
                 c0 += 16
@@ -333,9 +355,7 @@ public enum RowKernels: RowKernelSet {
             let d2 = dy + (n * Ho + max(0, ty2) / S) * Wo * C
             let rowBase = row * W * C
             while c0 + 16 <= C {
-              let w0 = load16(w + c0), w1 = load16(w + C + c0), w2 = load16(w + 2 * C + c0)
-              let w3 = load16(w + 3 * C + c0), w4 = load16(w + 4 * C + c0), w5 = load16(w + 5 * C + c0)
-              let w6 = load16(w + 6 * C + c0), w7 = load16(w + 7 * C + c0), w8 = load16(w + 8 * C + c0)
+              let taps = Weights3x3(w, channels: C, from: c0)
               let zero = SIMD16<Float>()
               let sc = reduce.map { load16($0.scale + c0) } ?? zero, sf = reduce.map { load16($0.shift + c0) } ?? zero
               let mu = reduce.map { load16($0.mean + c0) } ?? zero, isd = reduce.map { load16($0.invStd + c0) } ?? zero
@@ -347,22 +367,7 @@ public enum RowKernels: RowKernelSet {
                   let tx0 = ix + pl, tx1 = tx0 - 1, tx2 = tx0 - 2
                   let u0 = reached(tx0, Wo), u1 = reached(tx1, Wo), u2 = reached(tx2, Wo)
                   let q0 = (tx0 / S) * C + c0, q1 = (tx1 / S) * C + c0, q2 = (tx2 / S) * C + c0
-                  var acc = zero
-                  if v0 {
-                    if u0 { acc = acc.addingProduct(load16(d0 + q0), w0) }
-                    if u1 { acc = acc.addingProduct(load16(d0 + q1), w1) }
-                    if u2 { acc = acc.addingProduct(load16(d0 + q2), w2) }
-                  }
-                  if v1 {
-                    if u0 { acc = acc.addingProduct(load16(d1 + q0), w3) }
-                    if u1 { acc = acc.addingProduct(load16(d1 + q1), w4) }
-                    if u2 { acc = acc.addingProduct(load16(d1 + q2), w5) }
-                  }
-                  if v2 {
-                    if u0 { acc = acc.addingProduct(load16(d2 + q0), w6) }
-                    if u1 { acc = acc.addingProduct(load16(d2 + q1), w7) }
-                    if u2 { acc = acc.addingProduct(load16(d2 + q2), w8) }
-                  }
+                  var acc = taps.sum(d0, d1, d2, v0, v1, v2, q0, q1, q2, u0, u1, u2)
                   let p = rowBase + ix * C + c0
                   if let residual { acc += load16(residual + p) }
                   store16(acc, dx + p)
@@ -374,12 +379,7 @@ public enum RowKernels: RowKernelSet {
                     t1 = t1.addingProduct(gm, xhat)
                   }
                 }
-                if let s = sums {
-                  for j in 0..<16 {
-                    s.out[c0 + j] += Double(t0[j])
-                    s.out[C + c0 + j] += Double(t1[j])
-                  }
-                }
+                sums?.addToDoubles(t0, t1, from: c0)
                 ix0 = ix1
               }
               c0 += 16
