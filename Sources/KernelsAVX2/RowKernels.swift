@@ -104,6 +104,39 @@ private func withBlockSums(channels C: Int, out: UnsafeMutablePointer<Double>, _
   }
 }
 
+/// The three rows a 3×3 tap window reads: where each starts and whether it lies inside the image.
+private struct TapRows3 {
+  let r0, r1, r2: UnsafePointer<Float>
+  let v0, v1, v2: Bool
+  @inline(__always) init(_ r0: UnsafePointer<Float>, _ r1: UnsafePointer<Float>, _ r2: UnsafePointer<Float>,
+                         _ v0: Bool, _ v1: Bool, _ v2: Bool) {
+    self.r0 = r0; self.r1 = r1; self.r2 = r2; self.v0 = v0; self.v1 = v1; self.v2 = v2
+  }
+  /// Input rows iy0, iy0 + 1, iy0 + 2 of `g`'s image, with input row `origin` at `base` (the forward
+  /// and weight-gradient windows of an output row).
+  @inline(__always) init(first iy0: Int, _ g: DepthwiseGeometry, base: UnsafePointer<Float>, origin: Int) {
+    let (H, rowFloats) = (g.height, g.width * g.channels)
+    self.init(base + max(0, iy0 - origin) * rowFloats, base + max(0, iy0 + 1 - origin) * rowFloats,
+              base + max(0, iy0 + 2 - origin) * rowFloats,
+              iy0 >= 0 && iy0 < H, iy0 + 1 >= 0 && iy0 + 1 < H, iy0 + 2 >= 0 && iy0 + 2 < H)
+  }
+}
+
+/// The three columns a 3×3 tap window reads: the offsets of channel c0 in a row and whether each lies inside.
+private struct TapColumns3 {
+  let o0, o1, o2: Int
+  let u0, u1, u2: Bool
+  @inline(__always) init(_ o0: Int, _ o1: Int, _ o2: Int, _ u0: Bool, _ u1: Bool, _ u2: Bool) {
+    self.o0 = o0; self.o1 = o1; self.o2 = o2; self.u0 = u0; self.u1 = u1; self.u2 = u2
+  }
+  /// Input columns ix, ix + 1, ix + 2 of a row `width` pixels wide (the forward and weight-gradient
+  /// windows of an output column).
+  @inline(__always) init(first ix: Int, width W: Int, channels C: Int, from c0: Int) {
+    let o0 = ix * C + c0
+    self.init(o0, o0 + C, o0 + 2 * C, ix >= 0 && ix < W, ix + 1 >= 0 && ix + 1 < W, ix + 2 >= 0 && ix + 2 < W)
+  }
+}
+
 /// The nine weights of a 3×3 depthwise kernel for 16 channels (from c0), held in registers along a row.
 private struct Weights3x3 {
   let w0, w1, w2, w3, w4, w5, w6, w7, w8: SIMD16<Float>
@@ -112,11 +145,12 @@ private struct Weights3x3 {
     w3 = load16(w + 3 * C + c0); w4 = load16(w + 4 * C + c0); w5 = load16(w + 5 * C + c0)
     w6 = load16(w + 6 * C + c0); w7 = load16(w + 7 * C + c0); w8 = load16(w + 8 * C + c0)
   }
-  /// Σ over the valid taps in (ky, kx) order of row ky's vector at offset o_kx times w[3·ky + kx]:
-  /// rows r0…r2 where v0…v2, offsets o0…o2 where u0…u2 (the per-pixel taps' order, so the same bits).
+  /// Σ over the valid taps in (ky, kx) order of row ky's vector at column kx times w[3·ky + kx]
+  /// (the per-pixel taps' order, so the same bits).
   @inline(__always)
-  func sum(_ r0: UnsafePointer<Float>, _ r1: UnsafePointer<Float>, _ r2: UnsafePointer<Float>, _ v0: Bool, _ v1: Bool, _ v2: Bool,
-           _ o0: Int, _ o1: Int, _ o2: Int, _ u0: Bool, _ u1: Bool, _ u2: Bool) -> SIMD16<Float> {
+  func sum(_ rows: TapRows3, _ cols: TapColumns3) -> SIMD16<Float> {
+    let (r0, r1, r2, v0, v1, v2) = (rows.r0, rows.r1, rows.r2, rows.v0, rows.v1, rows.v2)
+    let (o0, o1, o2, u0, u1, u2) = (cols.o0, cols.o1, cols.o2, cols.u0, cols.u1, cols.u2)
     var acc = SIMD16<Float>()
     if v0 {
       if u0 { acc = acc.addingProduct(load16(r0 + o0), w0) }
@@ -266,10 +300,7 @@ public enum RowKernels: RowKernelSet {
             // registers (the taps below reload both per pixel); the same sums in the same order.
             var c0 = 0
             if K == 3 {
-              let iy0 = oy * S - pt
-              let v0 = iy0 >= 0 && iy0 < H, v1 = iy0 + 1 >= 0 && iy0 + 1 < H, v2 = iy0 + 2 >= 0 && iy0 + 2 < H
-              let r0 = base + max(0, iy0 - origin) * W * C, r1 = base + max(0, iy0 + 1 - origin) * W * C
-              let r2 = base + max(0, iy0 + 2 - origin) * W * C
+              let window = TapRows3(first: oy * S - pt, g, base: base, origin: origin)
               let out = y + row * Wo * C
               while c0 + 16 <= C {
                 let taps = Weights3x3(w, channels: C, from: c0)
@@ -280,10 +311,7 @@ public enum RowKernels: RowKernelSet {
                   let ox1 = min(Wo, ox0 + rowKernelBlockPixels)
                   var t0 = SIMD16<Float>(), t1 = t0
                   for ox in ox0..<ox1 {
-                    let ix = ox * S - pl
-                    let u0 = ix >= 0 && ix < W, u1 = ix + 1 >= 0 && ix + 1 < W, u2 = ix + 2 >= 0 && ix + 2 < W
-                    let o0 = ix * C + c0, o1 = o0 + C, o2 = o1 + C
-                    let acc = taps.sum(r0, r1, r2, v0, v1, v2, o0, o1, o2, u0, u1, u2)
+                    let acc = taps.sum(window, TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0))
                     store16(acc, out + ox * C + c0)
                     if sums != nil {
                       let d = acc - sh
@@ -367,7 +395,7 @@ public enum RowKernels: RowKernelSet {
                   let tx0 = ix + pl, tx1 = tx0 - 1, tx2 = tx0 - 2
                   let u0 = reached(tx0, Wo), u1 = reached(tx1, Wo), u2 = reached(tx2, Wo)
                   let q0 = (tx0 / S) * C + c0, q1 = (tx1 / S) * C + c0, q2 = (tx2 / S) * C + c0
-                  var acc = taps.sum(d0, d1, d2, v0, v1, v2, q0, q1, q2, u0, u1, u2)
+                  var acc = taps.sum(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
                   let p = rowBase + ix * C + c0
                   if let residual { acc += load16(residual + p) }
                   store16(acc, dx + p)
@@ -477,17 +505,14 @@ public enum RowKernels: RowKernelSet {
         if K == 3 {
           // 3×3: the nine taps' sums for 16 channels stay in registers along the output row and are
           // added to dw once per row (instead of a load and a store of dw per tap and pixel).
-          let iy0 = oy * S - pt
-          let v0 = iy0 >= 0 && iy0 < H, v1 = iy0 + 1 >= 0 && iy0 + 1 < H, v2 = iy0 + 2 >= 0 && iy0 + 2 < H
-          let r0 = base + max(0, iy0 - origin) * W * C, r1 = base + max(0, iy0 + 1 - origin) * W * C
-          let r2 = base + max(0, iy0 + 2 - origin) * W * C
+          let window = TapRows3(first: oy * S - pt, g, base: base, origin: origin)
+          let (r0, r1, r2, v0, v1, v2) = (window.r0, window.r1, window.r2, window.v0, window.v1, window.v2)
           while c0 + 16 <= C {
             var a0 = SIMD16<Float>(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0
             for ox in 0..<Wo {
               let gv = load16(dy + (row * Wo + ox) * C + c0)
-              let ix = ox * S - pl
-              let u0 = ix >= 0 && ix < W, u1 = ix + 1 >= 0 && ix + 1 < W, u2 = ix + 2 >= 0 && ix + 2 < W
-              let o0 = ix * C + c0, o1 = o0 + C, o2 = o1 + C
+              let cols = TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0)
+              let (o0, o1, o2, u0, u1, u2) = (cols.o0, cols.o1, cols.o2, cols.u0, cols.u1, cols.u2)
               if v0 {
                 if u0 { a0 = a0.addingProduct(load16(r0 + o0), gv) }
                 if u1 { a1 = a1.addingProduct(load16(r0 + o1), gv) }
