@@ -182,10 +182,10 @@ public func pointwiseBackward(dx: UnsafeMutablePointer<Float>, dw: UnsafeMutable
 /// reductions of dx's block. dz streams from memory once instead of twice, and with
 /// `outputGradient` it is never written at all (the BN backward's own pass over the big expanded
 /// tensors, a write and two reads of each, is gone).
-func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
-                             outputGradient: PendingBatchNormBackward?, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                             rows: Int, inChannels m: Int, outChannels n: Int, scratch: Scratch,
-                             residual: UnsafePointer<Float>?, reduce: BatchNormReduction?, input: PendingBatchNorm?) {
+public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                                    outputGradient: PendingBatchNormBackward?, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                                    rows: Int, inChannels m: Int, outChannels n: Int, scratch: Scratch,
+                                    residual: UnsafePointer<Float>?, reduce: BatchNormReduction?, input: PendingBatchNorm?) {
   precondition(residual == nil || (dx != nil && reduce != nil), "a residual gradient is added by the reduction pass")
   guard rows > 0 else { reduce?.sums.update(repeating: 0, count: 2 * m); return }
   let kernels = KernelISA.rows

@@ -469,58 +469,53 @@ public final class MobileNetV2 {
     let xCount = l.inputCount(batch: n)
     // With the input's BN pending, the kernel remakes (and rounds) x from z itself: no rounded copy.
     var xk: UnsafePointer<Float> { input == nil ? kx(x, xCount, act) : x }
-    if case .depthwise(let k) = l.op {
+    switch l.op {
+    case .conv(let k):
+      Profile.time(.batchNorm, backward: true) {
+        batchNormBackward(fromSums: act.gradSums[i], dz: dA, da: dA, reduction(i, act), dGamma: g(l.gamma),
+                          dBeta: g(l.beta), rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
+                          training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i))
+      }
+      Profile.time(.stemConv, backward: true) {
+        conv2dBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight),
+                       convShape(l, batch: n, kernel: k), scratch: scratch)
+      }
+    case .depthwise(let k):
       // The depthwise makes its own dz from dA group by group as it reads it (never stored).
       Profile.time(.depthwise, backward: true) {
-        withBatchNormBackward(fromSums: act.gradSums[i], da: dA, reduction(i, act), dGamma: g(l.gamma), dBeta: g(l.beta),
-                              rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                              training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i)) { pending in
+        withPendingOutputGradient(i, dA: dA, act: act) { pending in
           depthwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight),
                             depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
                             input: input, outputGradient: pending)
         }
       }
-      return
-    }
-    if case .pointwise = l.op {
+    case .pointwise:
       // The 1×1 backward makes dz block by block from dA as both of its products read it (never stored).
       Profile.time(.pointwise, backward: true) {
-        withBatchNormBackward(fromSums: act.gradSums[i], da: dA, reduction(i, act), dGamma: g(l.gamma), dBeta: g(l.beta),
-                              rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                              training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i)) { pending in
+        withPendingOutputGradient(i, dA: dA, act: act) { pending in
           let rows = n * l.inSize * l.inSize
           if jit {
             pointwiseBackwardBF16(dx: dx, dw: g(l.weight), dy: dA, x: x, wT: bf16.transposed(l.weight), rows: rows,
                                   scratch: scratch, workspace: bf16.workspace, residual: dxResidual, reduce: dxReduce,
                                   input: input, outputGradient: pending)
-          } else if let dx, let dxReduce {
-            pointwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight), rows: rows, inChannels: l.inChannels,
-                              outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce,
-                              input: input, outputGradient: pending)
           } else {
-            precondition(dxResidual == nil, "a residual gradient needs the fused pointwise backward")
-            pointwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight), rows: rows,
-                              inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch, input: input,
-                              outputGradient: pending)
+            pointwiseBackwardBlocks(dx: dx, dw: g(l.weight), dy: dA, outputGradient: pending, x: xk, w: kw(l.weight),
+                                    rows: rows, inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch,
+                                    residual: dxResidual, reduce: dxReduce, input: input)
           }
         }
       }
-      return
     }
-    Profile.time(.batchNorm, backward: true) {
-      batchNormBackward(fromSums: act.gradSums[i], dz: dA, da: dA, reduction(i, act), dGamma: g(l.gamma),
-                        dBeta: g(l.beta), rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                        training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i))
-    }
-    switch l.op {
-    case .conv(let k):
-      Profile.time(.stemConv, backward: true) {
-        conv2dBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight),
-                       convShape(l, batch: n, kernel: k), scratch: scratch)
-      }
-    case .pointwise, .depthwise:
-      preconditionFailure("the 1×1 and depthwise backwards run above, with their BN backward pending")
-    }
+  }
+
+  /// Layer i's BN backward from dA (dγ, dβ accumulated) with its apply half pending, for the depthwise
+  /// and 1×1 backwards that make dz from it as they read it.
+  private func withPendingOutputGradient(_ i: Int, dA: UnsafeMutablePointer<Float>, act: Activations,
+                                         _ body: (PendingBatchNormBackward) -> Void) {
+    let l = layers[i]
+    withBatchNormBackward(fromSums: act.gradSums[i], da: dA, reduction(i, act), dGamma: g(l.gamma), dBeta: g(l.beta),
+                          rows: l.outputCount(batch: act.batch) / l.outChannels, channels: l.outChannels,
+                          training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i), body)
   }
 }
 
