@@ -69,15 +69,11 @@ func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
   parallelChunks(s.batch * s.outHeight) { _, rows in conv2dForwardDirect16(y: y, x: x, w: w, s, rows: rows) }
 }
 
-/// Output pixels the direct stem forward computes together.
-let directPixels = 4
-
 /// Output rows (n·Ho + oy) of the direct stem forward, single-threaded.
 func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                            _ s: ConvShape, rows: Range<Int>) {
   let (H, W, Ci, Co, K, S) = (s.height, s.width, s.inChannels, s.outChannels, s.kernel, s.stride)
   let (Ho, Wo, window) = (s.outHeight, s.outWidth, s.window)
-  precondition(directPixels == 4, "the interior loop below is written for four pixels")
   // Output columns whose windows lie inside the image: [inside.lowerBound, inside.upperBound).
   let firstInside = (s.padLeft + S - 1) / S, lastInside = (W - K + s.padLeft) / S
   let inside = firstInside..<max(firstInside, min(Wo, lastInside + 1))
@@ -107,7 +103,7 @@ func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
     // loaded once for the four; the same taps in the same order as `single`, so the same bits.
     var ox = inside.lowerBound
     let step = S * Ci  // from one output pixel's window to the next one's
-    while ox + directPixels <= inside.upperBound {
+    while ox + 4 <= inside.upperBound {
       let ix0 = ox * S - s.padLeft
       let out = y + (row * Wo + ox) * Co
       for cb in stride(from: 0, to: Co, by: 16) {
@@ -127,7 +123,7 @@ func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
         }
         store16(a0, out + cb); store16(a1, out + Co + cb); store16(a2, out + 2 * Co + cb); store16(a3, out + 3 * Co + cb)
       }
-      ox += directPixels
+      ox += 4
     }
     for ox in ox..<Wo { single(ox) }
   }
