@@ -192,6 +192,14 @@ public struct PendingBatchNormBackward {
       rows.batchNormBackwardApply(dz: dz, da: da, reduction, k: k, meanG: meanG, meanGX: meanGX, channels: channels, rows: r)
     }
   }
+  /// dz rows `rows` written into `buffer` (rows.count · channels floats), returned as a base addressed
+  /// by absolute row, like da: the per-thread block of a consumer that never stores dz whole.
+  @inline(__always)
+  public func block(rows range: Range<Int>, into buffer: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+    let base = buffer - range.lowerBound * channels
+    apply(dz: base, rows: range)
+    return UnsafePointer(base)
+  }
 }
 
 /// dγ, dβ accumulated from the reductions, then body with the apply half pending (valid inside body).

@@ -148,9 +148,7 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
         let need0 = iy0 < iy1 ? max(0, (iy0 + s.padTop - (s.kernel - 1) + S - 1) / S) : oy0
         let need1 = iy0 < iy1 ? min(Ho, (iy1 - 1 + s.padTop) / S + 1) : oy1
         let first = n * Ho + min(oy0, need0), last = n * Ho + max(oy1, need1)
-        let buffer = region + dzBase + chunk * dzFloats - first * Wo * C
-        pending.apply(dz: buffer, rows: (first * Wo)..<(last * Wo))
-        grad = UnsafePointer(buffer)
+        grad = pending.block(rows: (first * Wo)..<(last * Wo), into: region + dzBase + chunk * dzFloats)
       }
       rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: grad, x: x, g, rows: lo..<hi, input: transform)
       if let dx, iy0 < iy1 {

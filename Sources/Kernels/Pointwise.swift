@@ -207,11 +207,7 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
       forEachBlock(r, blockRows: blockRows) { b in
         let lo = b.lowerBound
         var g = dy
-        if let pending = outputGradient {
-          let base = dzBlocks + chunk * dzFloats - lo * n  // addressed by absolute row, like dy
-          pending.apply(dz: base, rows: b)
-          g = UnsafePointer(base)
-        }
+        if let pending = outputGradient { g = pending.block(rows: b, into: dzBlocks + chunk * dzFloats) }
         let xb = pendingInputRows(x, input, rows: b, channels: m, tmp: tmp(chunk))
         if ownW {
           kernels.gemmTransposedA(c: out, a: xb, b: g, k: m, n: n, rows: b)
@@ -349,4 +345,3 @@ public func pointwiseBackwardNaive(dx: UnsafeMutablePointer<Float>?, dw: UnsafeM
     dx[r * inChannels + i] = Float(acc)
   } }
 }
-

@@ -152,11 +152,7 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
       var first = true
       forEachBlock(range, blockRows: r) { blk in
         var dyBlock = dy + blk.lowerBound * co
-        if let pending = outputGradient {
-          let base = dzBlocks + chunk * dzFloats - blk.lowerBound * co  // addressed by absolute row, like dy
-          pending.apply(dz: base, rows: blk)
-          dyBlock = UnsafePointer(base) + blk.lowerBound * co
-        }
+        if let pending = outputGradient { dyBlock = pending.block(rows: blk, into: dzBlocks + chunk * dzFloats) + blk.lowerBound * co }
         let xs = pendingInputRows(x, input, rows: blk, channels: ci, tmp: tmp(chunk))
         interleaveRowPairsBF16(pairs, xs + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
         packBF16B(b, dyBlock, transposed: false, rows: blk.count)
