@@ -167,6 +167,8 @@ final class LoaderState: @unchecked Sendable {
   var corruptImages = 0
   var corruptRecords = 0
   var warnings = 0
+  /// The consumer's own decode tools, used only by the thread that calls `next`.
+  lazy var consumerContext = DecodeContext(config.preprocessOptions)
 
   init(config: LoaderConfig, source: DatasetSource, examples: [ExampleRef], groupSizes: [Int], batchesPerEpoch: Int) {
     self.config = config
@@ -195,7 +197,7 @@ final class LoaderState: @unchecked Sendable {
 
   func spawnWorkers() {
     for i in 0..<threadCount {
-      let t = Thread { [self] in self.workerLoop() }
+      let t = Thread { [self] in self.workerLoop(index: i) }
       t.name = "decode-\(i)"
       t.start()
     }
@@ -239,7 +241,19 @@ final class LoaderState: @unchecked Sendable {
     let b = consumeBatch
     if b >= batchesPerEpoch { cond.unlock(); return 0 }
     let slot = slots[b % slots.count], need = rows(ofBatch: b)
-    while slot.done < need && failure == nil { cond.wait() }
+    // The consumer decodes the batch's unclaimed positions itself rather than wait: the decode
+    // threads run only on idle cores (SCHED_IDLE), so a busy machine cannot starve the step.
+    while slot.done < need && failure == nil {
+      if nextPosition < b * config.batchSize + need {
+        let c = claim()
+        cond.unlock()
+        let outcome = decode(c, with: consumerContext)
+        cond.lock()
+        complete(c, outcome)
+      } else {
+        cond.wait()
+      }
+    }
     if let f = failure { cond.unlock(); throw f }
     cond.unlock()
     // The slot is not reused until consumeBatch moves on, so copy without the lock.
@@ -257,11 +271,10 @@ final class LoaderState: @unchecked Sendable {
     return written
   }
 
-  func workerLoop() {
+  func workerLoop(index: Int) {
+    nameKernelThread("decode-\(index)")
     lowerDecodePriority()
-    let pre = Preprocessor(options: config.preprocessOptions)
-    var buffer = [UInt8]()
-    var openFile: (index: Int32, file: RecordFile)?
+    let context = DecodeContext(config.preprocessOptions)
     cond.lock()
     while true {
       while running && !(started && nextPosition < endPosition
@@ -269,36 +282,69 @@ final class LoaderState: @unchecked Sendable {
         cond.wait()
       }
       if !running { break }
-      let k = nextPosition
-      nextPosition += 1
-      inFlight += 1
-      let gen = generation, epoch = self.epoch, order = self.order
+      let c = claim()
       cond.unlock()
-
-      let row = k % config.batchSize
-      let slot = slots[(k / config.batchSize) % slots.count]
-      var outcome = Outcome()
-      let attempts = config.training ? LoaderState.maxSubstitutes + 1 : 1
-      for attempt in 0..<attempts {
-        let ref = examples[order[(k + attempt) % order.count]]
-        if produce(ref, epoch: epoch, pre: pre, buffer: &buffer, openFile: &openFile,
-                   into: slot.images + row * floatsPerImage, outcome: &outcome) { break }
-        if outcome.error != nil { break }
-      }
-
+      let outcome = decode(c, with: context)
       cond.lock()
-      inFlight -= 1
-      if gen == generation {
-        slot.valid[row] = outcome.label != nil
-        slot.labels[row] = outcome.label ?? -1
-        slot.done += 1
-        corruptImages += outcome.corruptImages
-        corruptRecords += outcome.corruptRecords
-        if failure == nil, let e = outcome.error { failure = e }
-      }
-      cond.broadcast()
+      complete(c, outcome)
     }
     cond.unlock()
+  }
+
+  /// What one thread owns to decode: its preprocessor (scratch buffers), read buffer and open file.
+  final class DecodeContext {
+    let pre: Preprocessor
+    var buffer = [UInt8]()
+    var openFile: (index: Int32, file: RecordFile)?
+    init(_ options: PreprocessOptions) { pre = Preprocessor(options: options) }
+  }
+
+  /// A position taken for decoding, with the epoch state it was taken under.
+  struct Claim {
+    let position: Int
+    let generation: Int
+    let epoch: Int
+    let order: [Int]
+  }
+
+  /// Takes the next position (call with the lock held).
+  func claim() -> Claim {
+    let c = Claim(position: nextPosition, generation: generation, epoch: epoch, order: order)
+    nextPosition += 1
+    inFlight += 1
+    return c
+  }
+
+  /// Decodes a claimed position into its staging row, standing in the following examples for a
+  /// corrupt one when training (call without the lock).
+  func decode(_ c: Claim, with context: DecodeContext) -> Outcome {
+    let row = c.position % config.batchSize
+    let slot = slots[(c.position / config.batchSize) % slots.count]
+    var outcome = Outcome()
+    let attempts = config.training ? LoaderState.maxSubstitutes + 1 : 1
+    for attempt in 0..<attempts {
+      let ref = examples[c.order[(c.position + attempt) % c.order.count]]
+      if produce(ref, epoch: c.epoch, pre: context.pre, buffer: &context.buffer, openFile: &context.openFile,
+                 into: slot.images + row * floatsPerImage, outcome: &outcome) { break }
+      if outcome.error != nil { break }
+    }
+    return outcome
+  }
+
+  /// Records a decoded position, unless `start` began another epoch meanwhile (call with the lock held).
+  func complete(_ c: Claim, _ outcome: Outcome) {
+    inFlight -= 1
+    if c.generation == generation {
+      let row = c.position % config.batchSize
+      let slot = slots[(c.position / config.batchSize) % slots.count]
+      slot.valid[row] = outcome.label != nil
+      slot.labels[row] = outcome.label ?? -1
+      slot.done += 1
+      corruptImages += outcome.corruptImages
+      corruptRecords += outcome.corruptRecords
+      if failure == nil, let e = outcome.error { failure = e }
+    }
+    cond.broadcast()
   }
 
   struct Outcome {
@@ -370,15 +416,38 @@ final class LoaderState: @unchecked Sendable {
   }
 }
 
-/// Decode threads run at a lower priority (nice +`decodeNice`, MNV2_DECODE_NICE overrides) than the
-/// compute threads: they work ahead of the step through the staging ring, so a few milliseconds' delay
-/// costs nothing, while a compute thread preempted by a decode mid-region stalls every thread of the
-/// region (1 rank × 2 threads lost ~20 % to 2 ranks × 1 thread that way). Idle cores still run them.
+/// How decode threads yield the cores to the compute threads. They work ahead of the step through
+/// the staging ring, so a few milliseconds' delay costs nothing, while a compute thread preempted by
+/// a decode mid-region stalls every thread of the region (1 rank × 2 threads lost 8–20 % to
+/// 2 ranks × 1 thread that way, at nice +10 still ~8 %). Linux's SCHED_IDLE runs them only on a
+/// core nothing else wants; the consumer decodes whatever they have not reached when it needs it,
+/// so they cannot starve the step. MNV2_DECODE_SCHED=normal keeps them SCHED_OTHER at nice
+/// +`decodeNice` (MNV2_DECODE_NICE overrides), the policy before SCHED_IDLE.
 let decodeNice: Int32 = 10
+
+/// Names the calling thread for top -H and /proc (Foundation keeps Thread.name to itself, and
+/// Glibc's pthread_setname_np is not visible to Swift). Best effort.
+func nameKernelThread(_ name: String) {
+  #if os(Linux)
+  let fd = open("/proc/thread-self/comm", O_WRONLY)
+  guard fd >= 0 else { return }
+  _ = name.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, strlen($0.baseAddress!)) }
+  close(fd)
+  #endif
+}
+
+/// Linux's SCHED_IDLE (sched.h; Glibc does not export it to Swift).
+let schedIdlePolicy: Int32 = 5
 
 func lowerDecodePriority() {
   #if os(Linux)
-  let nice = ProcessInfo.processInfo.environment["MNV2_DECODE_NICE"].flatMap { Int32($0) } ?? decodeNice
+  let env = ProcessInfo.processInfo.environment
+  if env["MNV2_DECODE_SCHED"] != "normal" {
+    // pid 0 names the calling thread; entering SCHED_IDLE needs no privilege.
+    var param = sched_param(sched_priority: 0)
+    if sched_setscheduler(0, schedIdlePolicy, &param) == 0 { return }
+  }
+  let nice = env["MNV2_DECODE_NICE"].flatMap { Int32($0) } ?? decodeNice
   // Linux's nice is per thread, and who = 0 names the calling thread (not the whole process);
   // lowering one's own priority needs no privilege.
   _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, nice)

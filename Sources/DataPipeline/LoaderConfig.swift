@@ -20,7 +20,8 @@ public struct LoaderConfig: Sendable {
   public var numClasses = 1001
   /// Image folders: labels start at 1 (0 = background), as slim's ImageNet.
   public var backgroundClass = false
-  /// Decode threads of this rank; nil = max(1, cores / ranksPerHost).
+  /// Decode threads of this rank; nil = max(1, cores / ranksPerHost); 0 = the consumer decodes
+  /// every example itself when it asks for the batch (no work ahead).
   public var decodeThreads: Int?
   /// Ranks sharing this machine (the launcher knows), for the default thread count.
   public var ranksPerHost = 1
@@ -62,6 +63,7 @@ public struct LoaderConfig: Sendable {
     if batchSize < 1 { throw fail("batch size \(batchSize) must be positive") }
     if imageSize < 1 { throw fail("image size \(imageSize) must be positive") }
     if numClasses < 1 { throw fail("num classes \(numClasses) must be positive") }
+    if let t = decodeThreads, t < 0 { throw fail("decode threads \(t) must not be negative") }
     if prefetchBatches < 1 { throw fail("prefetch batches \(prefetchBatches) must be at least 1") }
     if !(centralFraction > 0 && centralFraction <= 1) { throw fail("central fraction \(centralFraction) must be in (0, 1]") }
   }

@@ -100,6 +100,63 @@ final class LoaderTests: XCTestCase {
     XCTAssertTrue(try epoch(four, 2, skip: 99).floats.isEmpty)
   }
 
+  /// With no decode threads the consumer decodes every example itself: the same batches, bit for
+  /// bit, as decode threads working ahead, in training (with resume) and evaluation.
+  func testConsumerDecodesAloneWithoutDecodeThreads() throws {
+    let dir = try temporaryDirectory(self)
+    try writeIdentifiableShards(dir, split: "train", count: 30, shards: 2)
+    try writeIdentifiableShards(dir, split: "validation", count: 11, shards: 2)
+    var ahead = config(dir, training: true, batch: 4, threads: 2)
+    ahead.colorDistortion = true
+    var alone = ahead
+    alone.decodeThreads = 0
+    let reference = try epoch(try DataLoader(ahead), 1)
+    let consumerOnly = try DataLoader(alone)
+    XCTAssertEqual(consumerOnly.decodeThreads, 0)
+    XCTAssertEqual(try epoch(consumerOnly, 1).floats, reference.floats)
+    XCTAssertEqual(try epoch(consumerOnly, 1, skip: 2).labels, Array(reference.labels[2...]))
+    let evalAhead = try epoch(try DataLoader(config(dir, training: false, batch: 4, threads: 2)), 0)
+    let evalAlone = try epoch(try DataLoader(config(dir, training: false, batch: 4, threads: 0)), 0)
+    XCTAssertEqual(evalAlone.floats, evalAhead.floats)
+    XCTAssertEqual(evalAlone.ids.joined().sorted(), Array(0..<11))
+    var negative = ahead
+    negative.decodeThreads = -1
+    XCTAssertThrowsError(try DataLoader(negative))
+  }
+
+  #if os(Linux)
+  /// Decode threads run SCHED_IDLE (only on cores the compute threads leave idle), unless
+  /// MNV2_DECODE_SCHED=normal is set for the process.
+  func testDecodeThreadsRunAtIdlePriority() throws {
+    let dir = try temporaryDirectory(self)
+    try writeIdentifiableShards(dir, split: "train", count: 16, shards: 1)
+    let loader = try DataLoader(config(dir, training: true, batch: 4, threads: 3))
+    _ = try epoch(loader, 0)
+    let expected: Int32 = ProcessInfo.processInfo.environment["MNV2_DECODE_SCHED"] == "normal" ? 0 : 5  // SCHED_OTHER, SCHED_IDLE
+    // Each thread sets its policy first thing; give a late starter a moment.
+    let deadline = Date().addingTimeInterval(10)
+    var policies: [Int32] = []
+    repeat {
+      policies = decodeThreadPolicies()
+      if policies.count >= 3 && policies.allSatisfy({ $0 == expected }) { break }
+      Thread.sleep(forTimeInterval: 0.05)
+    } while Date() < deadline
+    XCTAssertGreaterThanOrEqual(policies.count, 3, "decode threads found by name in /proc/self/task")
+    XCTAssertEqual(Set(policies), [expected])
+    XCTAssertEqual(sched_getscheduler(0), 0, "the calling (consumer) thread keeps SCHED_OTHER")
+  }
+
+  /// Scheduling policies of this process's threads named decode-N.
+  func decodeThreadPolicies() -> [Int32] {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    return tasks.compactMap { tid -> Int32? in
+      guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
+            comm.hasPrefix("decode-"), let id = Int32(tid) else { return nil }
+      return sched_getscheduler(id)
+    }
+  }
+  #endif
+
   func testImageFolderLayouts() throws {
     let dir = try temporaryDirectory(self)
     // root/train/<class>/ and root/validation/<class>/, classes sorted by name.
