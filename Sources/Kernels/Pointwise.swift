@@ -62,10 +62,14 @@ func pendingInputRows(_ x: UnsafePointer<Float>, _ input: PendingBatchNorm?, row
 /// whose activated rows stay in L1/L2 (~64 KiB); a BLAS call repacks B every time, so it keeps the
 /// larger blocks of the fused kernels.
 func pendingBlockRows(k: Int, n: Int, own: Bool) -> Int {
-  own ? max(gemmRowBlockMinimum, pendingBlockFloats / max(k, 1)) : fusedBlockRows(k: k, n: n)
+  own ? wholeTiles(pendingBlockFloats / max(k, 1)) : fusedBlockRows(k: k, n: n)
 }
+
+/// Rows rounded up to whole blocks of `rowKernelBlockPixels` (a multiple of every register tile's
+/// height): the rows of a block beyond its last whole tile run one at a time on a single accumulator
+/// chain, and 16384/576 = 28-row blocks (3 tiles + 4 such rows) halved the project layers' rate.
+func wholeTiles(_ rows: Int) -> Int { max(1, (rows + rowKernelBlockPixels - 1) / rowKernelBlockPixels) * rowKernelBlockPixels }
 let pendingBlockFloats = 16_384
-let gemmRowBlockMinimum = 8
 
 /// Per-chunk buffers (`tmp(chunk)`) for blocks of up to `blockRows` activated rows of k channels,
 /// from the scratch's input-rows region; nil buffers (and no memory) without a pending `input`.
@@ -149,7 +153,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
 /// Rows per GEMM block in the fused kernels: the output block stays within ~128 KiB (in L2 when its
 /// epilogue reads it back), but at least 2·k rows so that packing the [k, n] weights, redone by every
 /// call, stays small against the block's own work.
-func fusedBlockRows(k: Int, n: Int) -> Int { max(2 * k, 32768 / max(n, 1), 64) }
+func fusedBlockRows(k: Int, n: Int) -> Int { wholeTiles(max(2 * k, 32768 / max(n, 1), 64)) }
 
 @inline(__always)
 func forEachBlock(_ r: Range<Int>, blockRows: Int, _ body: (Range<Int>) -> Void) {
@@ -247,7 +251,7 @@ let backwardBlockFloats = 65536
 /// products. BLAS calls repack their operands each time and keep the fused kernels' larger blocks.
 func backwardBlockRows(inChannels m: Int, outChannels n: Int, own: Bool) -> Int {
   guard own else { return fusedBlockRows(k: n, n: m) }
-  return (max(128, backwardBlockFloats / max(1, n + 2 * m)) + 7) / 8 * 8
+  return wholeTiles(max(128, backwardBlockFloats / max(1, n + 2 * m)))
 }
 
 // Threading of the GEMMs: our threads split the rows (N·H·W) and each makes a single-threaded BLAS

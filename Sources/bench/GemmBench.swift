@@ -84,6 +84,14 @@ struct GemmBench: ParsableCommand {
         pointwiseForward(y: y.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co,
                          statisticsShift: shift.base, sums: &sums, scratch: scratch)
       }, selection.forward)
+      // As the project layers run it: x is the depthwise's raw z, its BN + ReLU6 applied as read.
+      let inScale = FloatBuffer(count: ci), inShift = FloatBuffer(count: ci)
+      for c in 0..<ci { inScale[c] = 1 + 0.1 * rng.uniform(); inShift[c] = rng.uniform() - 0.5 }
+      let pending = PendingBatchNorm(scale: inScale.base, shift: inShift.base, relu6: true)
+      line("fwd+bn-in", alternate {
+        pointwiseForward(y: y.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co,
+                         statisticsShift: shift.base, sums: &sums, scratch: scratch, input: pending)
+      }, selection.forward)
       line("dx", alternate {
         pointwiseInputGradient(dx: dx.base, dy: dy.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
       }, selection.inputGradient)

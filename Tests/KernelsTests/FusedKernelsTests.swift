@@ -44,7 +44,8 @@ final class FusedKernelsTests: XCTestCase {
 
   func testPointwiseForwardStatisticsMatchNaive() {
     forEachInstructionSet { isa in
-      // Row counts spanning several fused blocks per thread (fusedBlockRows = max(2k, 32768/n, 64)).
+      // Row counts spanning several fused blocks per thread (fusedBlockRows = max(2k, 32768/n, 64) in whole
+      // 32-row blocks), with and without rows beyond the last whole tile.
       for (m, ci, co) in [(1, 3, 5), (37, 16, 96), (5000, 8, 24), (3001, 24, 144), (130, 96, 16)] {
         let x = randomBuffer(m * ci, seed: 50, offset: 1), w = randomBuffer(ci * co, seed: 51)
         let y = FloatBuffer(count: m * co), yRef = FloatBuffer(count: m * co), shift = FloatBuffer(count: co)
