@@ -25,66 +25,53 @@ public enum GemmChoice {
   /// (own or blas) at start-up; the tests and `bench gemm` set it to run both on the same shape.
   public static var forced: GemmImplementation? =
     ProcessInfo.processInfo.environment[environmentVariable].flatMap { GemmImplementation(rawValue: $0.lowercased()) }
-  /// This CPU's OpenBLAS against our kernel, measured once at first use (tests set it).
-  public static var calibration: GemmCalibration = .measure()
+  /// The facts of this machine the choice follows (tests set it).
+  public static var machine: GemmMachine = .host
   /// One line for logs: who runs the fp32 1×1 GEMMs and why.
   public static var summary: String {
     if let forced { return "GEMM: \(forced.rawValue) for every shape (\(environmentVariable))" }
-    let c = calibration
-    let figures = String(format: "cblas_sgemm %.0f vs ours %.0f GFLOP/s on one core", c.blasGFLOPs, c.ownGFLOPs)
-    return c.blasBehind ? "GEMM: ours for every shape (\(figures))" : "GEMM: per shape (\(figures))"
+    let m = machine
+    return m.blasBehind
+      ? "GEMM: ours for every shape (OpenBLAS core \(m.blasCore) has no AVX-512 kernel; ours run AVX-512)"
+      : "GEMM: per shape (OpenBLAS core \(m.blasCore), ours \(m.ownAVX512 ? "AVX-512" : "AVX2"))"
   }
 }
 
-/// Our GEMM kernel and single-threaded cblas_sgemm on one compute-bound product (the late layers'
-/// kind), best of alternating repetitions. Why: the shape rules of `useOwnGEMM` were measured on a
-/// CPU where OpenBLAS's kernel runs at its peak (Zen 4, whose 512-bit units are half width, so its
-/// AVX2 kernel is as fast as AVX-512). Debian's OpenBLAS 0.3.21 has no kernel for newer CPUs and runs
-/// its Haswell one: on Zen 5 (full-width AVX-512) at 0.6× of ours, behind on every 1×1 shape
-/// (`bench gemm`), so there ours runs everything.
-public struct GemmCalibration: Sendable {
-  public var ownGFLOPs, blasGFLOPs: Double
-  public init(ownGFLOPs: Double, blasGFLOPs: Double) { self.ownGFLOPs = ownGFLOPs; self.blasGFLOPs = blasGFLOPs }
-  /// OpenBLAS is behind when under this fraction of our speed (Zen 4: 1.1–1.7× ours; Zen 5: 0.6×).
-  public static let behindBelow = 0.8
-  public var blasBehind: Bool { blasGFLOPs < Self.behindBelow * ownGFLOPs }
+/// What decides between our GEMM kernel and cblas_sgemm when MNV2_GEMM does not: fixed facts of the
+/// machine, never a timing. The two sum in different orders, so the choice changes the weights a run
+/// ends with; an earlier version timed both at start-up, and with 4 ranks on 2 cores the timings
+/// (cblas 31–101, ours 33–110 GFLOP/s) flipped the choice between runs, so a restarted job ended with
+/// other weights than the uninterrupted one.
+///
+/// The fact that matters is whether OpenBLAS has a 512-bit kernel for this CPU. Debian's 0.3.21 runs
+/// its Cooperlake (AVX-512) kernel on Zen 4 and Intel AVX-512 CPUs, at about our speed, where the
+/// shape rule `shapePrefersOwnGEMM` (measured there) applies; it does not know Zen 5 and runs its
+/// Haswell AVX2 kernel on full-width 512-bit units, at 0.6× ours on every shape (114 vs 223 GFLOP/s
+/// on one core), so there ours runs everything.
+public struct GemmMachine: Sendable, Equatable {
+  /// OpenBLAS's kernel for this CPU (`openblas_get_corename`, e.g. "Haswell", "Cooperlake").
+  public var blasCore: String
+  /// Whether our row kernels run their AVX-512 copy (`KernelISA.current`).
+  public var ownAVX512: Bool
+  public init(blasCore: String, ownAVX512: Bool) { self.blasCore = blasCore; self.ownAVX512 = ownAVX512 }
 
-  static let shape = (rows: 768, k: 384, n: 320)
-  static let repetitions = 5
+  /// OpenBLAS 0.3.21's cores with AVX-512 sgemm kernels (lower case).
+  public static let blasAVX512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+  /// Ours run 512-bit vectors where OpenBLAS runs 256-bit ones: ours everywhere.
+  public var blasBehind: Bool { ownAVX512 && !Self.blasAVX512Cores.contains(blasCore.lowercased()) }
 
-  public static func measure() -> GemmCalibration {
-    let (m, k, n) = shape
-    let a = UnsafeMutablePointer<Float>.allocate(capacity: m * k), b = UnsafeMutablePointer<Float>.allocate(capacity: k * n)
-    let c = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
-    let packed = UnsafeMutablePointer<Float>.allocate(capacity: gemmPackedCount(k: k, n: n))
-    defer { a.deallocate(); b.deallocate(); c.deallocate(); packed.deallocate() }
-    for i in 0..<(m * k) { a[i] = Float(i % 7) * 0.125 - 0.375 }
-    for i in 0..<(k * n) { b[i] = Float(i % 5) * 0.25 - 0.5 }
-    let ldb = packGemmB(b, k: k, n: n, transposed: false, into: packed)
+  public static var host: GemmMachine {
     _ = Compute.blasSingleThreaded
-    func seconds(_ body: () -> Void) -> Double {
-      let t0 = DispatchTime.now().uptimeNanoseconds
-      body()
-      return Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
-    }
-    var own = Double.infinity, blas = Double.infinity
-    for _ in 0...repetitions {  // the first round warms caches and pages up
-      own = min(own, seconds { KernelISA.rows.gemm(c: c, a: a, b: packed, ldb: ldb, k: k, n: n, rows: 0..<m, stats: nil) })
-      blas = min(blas, seconds {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n),
-                    0, c, Int32(n))
-      })
-    }
-    let flop = 2.0 * Double(m * k * n) * 1e-9
-    return GemmCalibration(ownGFLOPs: flop / own, blasGFLOPs: flop / blas)
+    let core = openblas_get_corename().map { String(cString: $0) } ?? "unknown"
+    return GemmMachine(blasCore: core, ownAVX512: KernelISA.current == .avx512)
   }
 }
 
-/// Whether our kernels run this shape instead of cblas_sgemm: everywhere when the calibration finds
-/// OpenBLAS behind on this CPU, else by `shapePrefersOwnGEMM`.
+/// Whether our kernels run this shape instead of cblas_sgemm: everywhere where OpenBLAS has no
+/// 512-bit kernel for this CPU (`GemmMachine`), else by `shapePrefersOwnGEMM`.
 func useOwnGEMM(_ form: GemmForm, rows: Int, k: Int, n: Int) -> Bool {
   if let forced = GemmChoice.forced { return forced == .own }
-  if GemmChoice.calibration.blasBehind { return true }
+  if GemmChoice.machine.blasBehind { return true }
   return shapePrefersOwnGEMM(form, rows: rows, k: k, n: n)
 }
 

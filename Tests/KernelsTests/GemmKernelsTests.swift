@@ -119,14 +119,14 @@ final class GemmKernelsTests: XCTestCase {
     }
   }
 
-  /// Where OpenBLAS runs at its peak (calibration even), the selection is the shape rule that
-  /// docs/performance.md documents: ours for the narrow early layers and the small expands, OpenBLAS
-  /// for the wide late layers and the big expands; GemmChoice.forced overrides it.
+  /// Where OpenBLAS has an AVX-512 kernel for the CPU (Cooperlake on Zen 4), the selection is the
+  /// shape rule that docs/performance.md documents: ours for the narrow early layers and the small
+  /// expands, OpenBLAS for the wide late layers and the big expands; GemmChoice.forced overrides it.
   func testSelectionFollowsTheMeasuredCrossover() {
-    let measured = GemmChoice.calibration
-    defer { GemmChoice.calibration = measured; GemmChoice.forced = nil }
+    let host = GemmChoice.machine
+    defer { GemmChoice.machine = host; GemmChoice.forced = nil }
     GemmChoice.forced = nil
-    GemmChoice.calibration = GemmCalibration(ownGFLOPs: 200, blasGFLOPs: 200)
+    GemmChoice.machine = GemmMachine(blasCore: "Cooperlake", ownAVX512: true)
     let early = pointwiseGemmSelection(rows: 401408, inChannels: 32, outChannels: 16)
     XCTAssertEqual([early.forward, early.inputGradient, early.weightGradient], [.own, .own, .own])
     let bigExpand = pointwiseGemmSelection(rows: 401408, inChannels: 16, outChannels: 96)
@@ -140,29 +140,35 @@ final class GemmKernelsTests: XCTestCase {
     XCTAssertEqual(pointwiseGemmSelection(rows: 401408, inChannels: 32, outChannels: 16).forward, .blas)
   }
 
-  /// Where the calibration finds OpenBLAS under 0.8× our kernel (Debian's 0.3.21 on Zen 5), ours runs
-  /// every shape, the late layers too; at 0.8× and above the shape rule stands.
-  func testBLASBehindOnThisCPUSelectsOursEverywhere() {
-    let measured = GemmChoice.calibration
-    defer { GemmChoice.calibration = measured; GemmChoice.forced = nil }
+  /// Where OpenBLAS runs a 256-bit kernel and ours AVX-512 (Debian's 0.3.21 on Zen 5: Haswell), ours
+  /// runs every shape, the late layers too; with an AVX-512 OpenBLAS core, or with our AVX2 kernels,
+  /// the shape rule stands.
+  func testBLASWithoutAVX512KernelSelectsOursEverywhere() {
+    let host = GemmChoice.machine
+    defer { GemmChoice.machine = host; GemmChoice.forced = nil }
     GemmChoice.forced = nil
-    GemmChoice.calibration = GemmCalibration(ownGFLOPs: 400, blasGFLOPs: 220)
-    XCTAssertTrue(GemmChoice.calibration.blasBehind)
+    GemmChoice.machine = GemmMachine(blasCore: "Haswell", ownAVX512: true)
+    XCTAssertTrue(GemmChoice.machine.blasBehind)
     for (rows, ci, co) in [(1568, 960, 320), (401408, 16, 96), (401408, 32, 16)] {
       let s = pointwiseGemmSelection(rows: rows, inChannels: ci, outChannels: co)
       XCTAssertEqual([s.forward, s.inputGradient, s.weightGradient], [.own, .own, .own], "\(rows)x\(ci)x\(co)")
     }
     XCTAssertTrue(GemmChoice.summary.contains("ours for every shape"), GemmChoice.summary)
-    GemmChoice.calibration = GemmCalibration(ownGFLOPs: 400, blasGFLOPs: 320)
-    XCTAssertFalse(GemmChoice.calibration.blasBehind)
-    XCTAssertEqual(pointwiseGemmSelection(rows: 1568, inChannels: 960, outChannels: 320).forward, .blas)
-    XCTAssertTrue(GemmChoice.summary.contains("per shape"), GemmChoice.summary)
+    for machine in [GemmMachine(blasCore: "SkylakeX", ownAVX512: true), GemmMachine(blasCore: "Haswell", ownAVX512: false)] {
+      GemmChoice.machine = machine
+      XCTAssertFalse(machine.blasBehind, "\(machine)")
+      XCTAssertEqual(pointwiseGemmSelection(rows: 1568, inChannels: 960, outChannels: 320).forward, .blas, "\(machine)")
+      XCTAssertTrue(GemmChoice.summary.contains("per shape"), GemmChoice.summary)
+    }
   }
 
-  /// The calibration itself: both kernels timed on its product, finite positive speeds.
-  func testCalibrationMeasuresBothKernels() {
-    let c = GemmCalibration.measure()
-    XCTAssertTrue(c.ownGFLOPs.isFinite && c.ownGFLOPs > 1, "\(c)")
-    XCTAssertTrue(c.blasGFLOPs.isFinite && c.blasGFLOPs > 1, "\(c)")
+  /// The choice is a fact of the machine, not a timing: the same in every process, however busy the
+  /// cores (a timed choice flipped under 4 ranks on 2 cores and changed a restarted job's weights).
+  /// The host's OpenBLAS core is one the library names, and the ISA flag is the kernels' own.
+  func testHostMachineIsReadFromTheLibraryAndTheKernels() {
+    let a = GemmMachine.host, b = GemmMachine.host
+    XCTAssertEqual(a, b)
+    XCTAssertFalse(a.blasCore.isEmpty || a.blasCore == "unknown", "\(a)")
+    XCTAssertEqual(a.ownAVX512, KernelISA.current == .avx512)
   }
 }
