@@ -298,7 +298,7 @@ struct TrainOne: ParsableCommand {
       let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
       if i >= warmup { times.append(dt) }
     }
-    // Every timed step in order, so a slow first step (page faults, calibration) shows.
+    // Every timed step in order, so a slow first step (page faults, first-use set-up) shows.
     print("step_s each=" + times.map { String(format: "%.3f", $0) }.joined(separator: ","))
     times.sort()
     if profile {
