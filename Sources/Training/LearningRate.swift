@@ -27,6 +27,15 @@ public struct LearningRateSchedule: Sendable, Equatable {
     self.warmupEpochs = warmupEpochs
   }
 
+  /// For the start-up log: the base rate, the decay and the warm-up, which only cosine_annealing
+  /// applies (as in the seed); a warm-up given with another decay is named as ignored.
+  public var summary: String {
+    let head = "lr \(base) \(decay.rawValue)"
+    guard warmupEpochs > 0 else { return head }
+    return decay == .cosineAnnealing ? "\(head) warm-up \(warmupEpochs) epochs"
+      : "\(head) (no warm-up: --warmup-epochs \(warmupEpochs) applies to cosine_annealing only)"
+  }
+
   /// The rate used for the update at global step `step` (0-based).
   public func rate(at step: Int) -> Double {
     let s = Double(step)

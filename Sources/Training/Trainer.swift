@@ -214,7 +214,7 @@ public final class Trainer {
 
     log.info("model \(o.model.modelName) (depth multiplier \(o.model.depthMultiplier)), \(model.parameterCount) parameters, \(o.model.numClasses) classes, \(o.model.imageSize)x\(o.model.imageSize) input")
     log.info("ranks \(ranks), batch \(o.batchSize) per rank\(accumulation > 1 ? " × \(accumulation) accumulated micro-batches" : "") (global \(globalBatch)), \(examples) training examples, steps_per_epoch \(stepsPerEpoch), total steps \(totalSteps), compute threads \(Compute.threads)")
-    log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), lr \(o.learningRate) \(o.decay.rawValue) warm-up \(o.warmupEpochs) epochs, weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing), BN decay \(o.batchNormDecay), precision \(o.precision.rawValue)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
+    log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), \(schedule.summary), weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing), BN decay \(o.batchNormDecay), precision \(o.precision.rawValue)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
 
     let batch = o.batchSize
     let images = model.inputBuffer(batch: batch)

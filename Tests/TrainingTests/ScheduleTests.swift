@@ -34,6 +34,18 @@ final class ScheduleTests: XCTestCase {
     XCTAssertEqual(LearningRateSchedule(base: 0.3, decay: .fixed, stepsPerEpoch: 1, totalSteps: 1, warmupEpochs: 5).rate(at: 77), 0.3)
   }
 
+  /// The start-up log names the warm-up only where it applies (cosine_annealing), and says so when
+  /// --warmup-epochs comes with another decay (the fixed schedule above ignores it).
+  func testSummaryNamesTheWarmupOnlyWhereItApplies() {
+    func summary(_ d: DecayType, _ w: Double) -> String {
+      LearningRateSchedule(base: 0.01, decay: d, stepsPerEpoch: 10, totalSteps: 100, warmupEpochs: w).summary
+    }
+    XCTAssertEqual(summary(.cosineAnnealing, 5), "lr 0.01 cosine_annealing warm-up 5.0 epochs")
+    XCTAssertEqual(summary(.cosineAnnealing, 0), "lr 0.01 cosine_annealing")
+    XCTAssertEqual(summary(.fixed, 0), "lr 0.01 fixed")
+    XCTAssertEqual(summary(.fixed, 5), "lr 0.01 fixed (no warm-up: --warmup-epochs 5.0 applies to cosine_annealing only)")
+  }
+
   func testMovingAverageDecayAndUpdate() throws {
     let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2_035", numClasses: 3, imageSize: 32), seed: 1)
     let ema = WeightAverage(model: m, decay: 0.9999)
