@@ -61,7 +61,6 @@ public struct GemmMachine: Sendable, Equatable {
   public var blasBehind: Bool { ownAVX512 && !Self.blasAVX512Cores.contains(blasCore.lowercased()) }
 
   public static var host: GemmMachine {
-    _ = Compute.blasSingleThreaded
     let core = openblas_get_corename().map { String(cString: $0) } ?? "unknown"
     return GemmMachine(blasCore: core, ownAVX512: KernelISA.current == .avx512)
   }

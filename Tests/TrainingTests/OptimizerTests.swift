@@ -43,6 +43,29 @@ final class OptimizerTests: XCTestCase {
     XCTAssertEqual(m.gradients[gamma.offset], 0)
   }
 
+  /// The vectorised weight-decay pass: the same loss and gradients, bit for bit, on 1 and 2 compute
+  /// threads (fixed blocks, added in order), and the elements past the last 32-wide vector (the stem's
+  /// 432 weights end in a 16-element tail) get g = wd·w like the rest.
+  func testWeightDecayIsTheSameOnAnyThreadCountAndCoversTheTail() throws {
+    defer { Compute.setThreads(1) }
+    let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2_035", numClasses: 10, imageSize: 32), seed: 3)
+    let wd: Float = 0.01
+    var runs: [(Float, [Float])] = []
+    for threads in [1, 2] {
+      Compute.setThreads(threads)
+      m.zeroGradients()
+      let loss = applyWeightDecay(model: m, weightDecay: wd)
+      runs.append((loss, Array(UnsafeBufferPointer(start: m.gradients.base, count: m.parameterCount))))
+    }
+    XCTAssertEqual(runs[0].0.bitPattern, runs[1].0.bitPattern, "loss on 1 vs 2 threads: \(runs[0].0) vs \(runs[1].0)")
+    XCTAssertTrue(runs[0].1 == runs[1].1, "gradients differ between 1 and 2 threads")
+    let stem = try XCTUnwrap(m.trainable.spec(named: "MobilenetV2/Conv/weights"))
+    XCTAssertNotEqual(stem.count % 32, 0, "the stem no longer has a tail: pick another tensor")
+    for i in [0, stem.count - 17, stem.count - 1] {
+      XCTAssertEqual(runs[0].1[stem.offset + i], wd * m.parameters[stem.offset + i], accuracy: 1e-9, "stem weight \(i)")
+    }
+  }
+
   /// The whole step trains: a tiny model memorises 8 random images. Progress is measured without
   /// dropout (its noise dominates a batch of 8) but with batch statistics, before and after.
   func testTinyModelOverfitsASmallBatch() throws {
