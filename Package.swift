@@ -72,7 +72,7 @@ let coreTargets: [Target] = [
   // Test support shared by test targets (ranks as threads); not part of any product.
   .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: fastFlags),
   .testTarget(name: "CommonTests", dependencies: ["Common"], swiftSettings: fastFlags),
-  .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Common"], swiftSettings: fastFlags),
+  .testTarget(name: "KernelsTests", dependencies: ["Kernels", "KernelRows", "Common"], swiftSettings: fastFlags),
   // Reference/ holds the PyTorch reference fixture and the script that writes it.
   .testTarget(name: "MobileNetTests", dependencies: ["MobileNet", "Kernels", "Checkpoint", "Common"],
               exclude: ["Reference"], swiftSettings: fastFlags),

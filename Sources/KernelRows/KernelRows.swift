@@ -116,8 +116,41 @@ public protocol RowKernelSet {
   /// c[rows, n] = a[rows, k] · b over the given rows, b packed as [k, ldb] (ldb ≥ n a multiple of
   /// `gemmColumnPadding`, columns n..<ldb zero); with `stats`, the statistics of the written c rows.
   static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
-                   k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?)
+                   k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?, prefetch: UnsafeMutablePointer<PrefetchStreams>?)
   /// c[k, n] += a[rows, k]ᵀ · b[rows, n] (the weight gradient of a 1×1 convolution: a sum over rows).
   static func gemmTransposedA(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-                              k: Int, n: Int, rows: Range<Int>)
+                              k: Int, n: Int, rows: Range<Int>, prefetch: UnsafeMutablePointer<PrefetchStreams>?)
 }
+
+@usableFromInline @_silgen_name("llvm.prefetch.p0")
+func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32, _ data: Int32)
+
+/// Up to three address ranges to pull into L2 a cache line at a time while a kernel computes on data
+/// already in cache: `step()` (called once per row or tile of the kernel's inner loop) issues
+/// `perStep` lines of each range, so the next block's operands arrive during this block's FMAs
+/// instead of in a separate, memory-stalled pass.
+@frozen public struct PrefetchStreams {
+  public var s0, e0, s1, e1, s2, e2: UnsafeRawPointer
+  public var perStep: Int
+  /// The ranges (start, bytes) spread over about `steps` calls of `step()`.
+  @inlinable public init(_ r0: (UnsafeRawPointer, Int), _ r1: (UnsafeRawPointer, Int)? = nil,
+                         _ r2: (UnsafeRawPointer, Int)? = nil, steps: Int) {
+    let none = UnsafeRawPointer(bitPattern: prefetchLine)!
+    s0 = r0.0; e0 = r0.0 + r0.1
+    s1 = r1?.0 ?? none; e1 = r1.map { $0.0 + $0.1 } ?? none
+    s2 = r2?.0 ?? none; e2 = r2.map { $0.0 + $0.1 } ?? none
+    let bytes = max(r0.1, r1?.1 ?? 0, r2?.1 ?? 0)
+    perStep = max(1, ((bytes + prefetchLine - 1) / prefetchLine + max(steps, 1) - 1) / max(steps, 1))
+  }
+  @inlinable @inline(__always) public mutating func step() {
+    for _ in 0..<perStep {
+      if s0 < e0 { llvmPrefetch(s0, 0, prefetchLocalityL2, 1); s0 += prefetchLine }
+      if s1 < e1 { llvmPrefetch(s1, 0, prefetchLocalityL2, 1); s1 += prefetchLine }
+      if s2 < e2 { llvmPrefetch(s2, 0, prefetchLocalityL2, 1); s2 += prefetchLine }
+    }
+  }
+}
+/// Bytes per cache line.
+public let prefetchLine = 64
+/// llvm.prefetch locality 2: prefetcht1 (into L2; the next block is read after this one's compute).
+public let prefetchLocalityL2: Int32 = 2

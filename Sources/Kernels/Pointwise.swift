@@ -26,7 +26,10 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
         forEachBlock(r, blockRows: blockRows) { b in
           let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
           if let packed {
-            KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil)
+            let next = nextBlock(after: b, blockRows: blockRows, in: r)
+            withPrefetch(next.isEmpty ? nil : rowBytes(x, next, k), steps: gemmSteps(rows: b.count, n: n)) {
+              KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0)
+            }
           } else {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
                         1, a + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
@@ -126,7 +129,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
     let packed = scratch.uninitialized(gemmPackedCount(k: k, n: n))
     let ldb = packGemmB(w, k: k, n: n, transposed: false, into: packed)
     parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
-      kernels.gemm(c: y, a: x, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: stats.with(sums: partial))
+      kernels.gemm(c: y, a: x, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: stats.with(sums: partial), prefetch: nil)
     }
     return
   }
@@ -139,7 +142,10 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
       forEachBlock(r, blockRows: blockRows) { b in
         let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
         if let packed {
-          kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial))
+          let next = nextBlock(after: b, blockRows: blockRows, in: r)
+          withPrefetch(input == nil || next.isEmpty ? nil : rowBytes(x, next, k), steps: gemmSteps(rows: b.count, n: n)) {
+            kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0)
+          }
         } else {
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
                       1, a + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
@@ -214,14 +220,20 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
         if let pending = outputGradient { g = pending.block(rows: b, into: dzBlocks + chunk * dzFloats) }
         let xb = pendingInputRows(x, input, rows: b, channels: m, tmp: tmp(chunk))
         if ownW {
-          kernels.gemmTransposedA(c: out, a: xb, b: g, k: m, n: n, rows: b)
+          // The next block's dy (and z), x rows arrive while this block's products compute.
+          let next = nextBlock(after: b, blockRows: blockRows, in: r)
+          let dyRows = rowBytes(outputGradient?.da ?? dy, next, n)
+          withPrefetch(next.isEmpty ? nil : dyRows, outputGradient.map { rowBytes($0.reduction.z, next, n) }, rowBytes(x, next, m),
+                       steps: gemmTransposedSteps(rows: b.count, k: m, n: n)) { streams in
+            kernels.gemmTransposedA(c: out, a: xb, b: g, k: m, n: n, rows: b, prefetch: streams)
+          }
         } else {
           cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(b.count),
                       1, xb + lo * m, Int32(m), g + lo * n, Int32(n), 1, out, Int32(n))
         }
         guard let dx else { return }
         if ownX {
-          kernels.gemm(c: dx, a: g, b: packed, ldb: ldb, k: n, n: m, rows: b, stats: nil)
+          kernels.gemm(c: dx, a: g, b: packed, ldb: ldb, k: n, n: m, rows: b, stats: nil, prefetch: nil)
         } else {
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(b.count), Int32(m), Int32(n),
                       1, g + lo * n, Int32(n), w, Int32(n), 0, dx + lo * m, Int32(m))
@@ -239,6 +251,35 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
     }
   }
   addChunkPartials(into: dw, partials, count: m * n, chunks: chunks)
+}
+
+// MARK: - Prefetching the next block (NextBlockPrefetch)
+
+/// The block `forEachBlock` hands out after b within r (empty after the last).
+@inline(__always)
+func nextBlock(after b: Range<Int>, blockRows: Int, in r: Range<Int>) -> Range<Int> {
+  b.upperBound..<min(b.upperBound + blockRows, r.upperBound)
+}
+
+/// Rows `r` of a row-major [rows, channels] tensor as a byte range.
+@inline(__always)
+func rowBytes(_ p: UnsafePointer<Float>, _ r: Range<Int>, _ channels: Int) -> (UnsafeRawPointer, Int) {
+  (UnsafeRawPointer(p + r.lowerBound * channels), r.count * channels * MemoryLayout<Float>.stride)
+}
+
+/// Prefetch steps of a `gemm` call (one per stored output vector) and of a `gemmTransposedA` call (one
+/// per row of each 8-column register tile; two-vector tiles assumed, so the streams end early rather than late).
+func gemmSteps(rows: Int, n: Int) -> Int { rows * ((n + gemmLanes - 1) / gemmLanes) }
+func gemmTransposedSteps(rows: Int, k: Int, n: Int) -> Int { rows * ((k + 7) / 8) * ((n + 2 * gemmLanes - 1) / (2 * gemmLanes)) }
+
+/// body with the ranges as prefetch streams spread over `steps` kernel steps (`NextBlockPrefetch`), or
+/// nil (no first range: the last block, or prefetch off).
+@inline(__always)
+func withPrefetch<R>(_ r0: (UnsafeRawPointer, Int)?, _ r1: (UnsafeRawPointer, Int)? = nil, _ r2: (UnsafeRawPointer, Int)? = nil,
+                     steps: Int, _ body: (UnsafeMutablePointer<PrefetchStreams>?) -> R) -> R {
+  guard NextBlockPrefetch.enabled, let r0 else { return body(nil) }
+  var streams = PrefetchStreams(r0, r1, r2, steps: steps)
+  return withUnsafeMutablePointer(to: &streams) { body($0) }
 }
 
 /// Floats of one block's dz, x and dx rows together (256 KiB).

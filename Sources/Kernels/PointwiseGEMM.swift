@@ -116,12 +116,25 @@ func gemmPackedStride(_ n: Int) -> Int {
 
 func gemmPackedCount(k: Int, n: Int) -> Int { k * gemmPackedStride(n) }
 
+/// Software prefetch in the blocked 1×1 kernels: while a block's products run on operands already in
+/// cache, the next block's rows (dy and z for its dz, the input rows) are pulled into L2 a few lines
+/// per kernel step, instead of the next block starting with a memory-stalled pass. Results are
+/// bit-identical either way (prefetching reads nothing into the arithmetic).
+public enum NextBlockPrefetch {
+  public static let environmentVariable = "MNV2_PREFETCH"
+  /// On unless MNV2_PREFETCH=0 (tests switch it to compare both).
+  public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
+}
+
+/// Floats per vector of the GEMM row kernels (their steps per row, for spreading the prefetches).
+var gemmLanes: Int { KernelISA.rows.gemmColumnPadding }
+
 /// c[rows, n] = a[rows, k] · b with our kernels, rows split over threads (b packed by `packGemmB`).
 func ownGemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, packed: UnsafePointer<Float>, ldb: Int,
                  rows: Int, k: Int, n: Int) {
   let kernels = KernelISA.rows
   parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { _, r in
-    kernels.gemm(c: c, a: a, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: nil)
+    kernels.gemm(c: c, a: a, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: nil, prefetch: nil)
   }
 }
 
@@ -133,7 +146,7 @@ func ownGemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Floa
   let chunks = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
     let out = chunk == 0 ? c : partials + (chunk - 1) * m * n
     if chunk > 0 { out.update(repeating: 0, count: m * n) }
-    kernels.gemmTransposedA(c: out, a: a, b: b, k: m, n: n, rows: r)
+    kernels.gemmTransposedA(c: out, a: a, b: b, k: m, n: n, rows: r, prefetch: nil)
   }
   addChunkPartials(into: c, partials, count: m * n, chunks: chunks)
 }

@@ -11,8 +11,12 @@ public enum Profile {
   public static var enabled = false
   public private(set) static var forward: [Section: Double] = [:]
   public private(set) static var backward: [Section: Double] = [:]
+  /// Seconds per network layer (by the model's layer index), forward and backward: where a section's
+  /// time goes, layer by layer (`bench train-one --profile`).
+  public private(set) static var layerForward: [Int: Double] = [:]
+  public private(set) static var layerBackward: [Int: Double] = [:]
 
-  public static func reset() { forward = [:]; backward = [:] }
+  public static func reset() { forward = [:]; backward = [:]; layerForward = [:]; layerBackward = [:] }
 
   @inline(__always)
   public static func time<T>(_ s: Section, backward isBackward: Bool = false, _ body: () throws -> T) rethrows -> T {
@@ -21,6 +25,17 @@ public enum Profile {
     let r = try body()
     let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     if isBackward { backward[s, default: 0] += dt } else { forward[s, default: 0] += dt }
+    return r
+  }
+
+  /// The whole of layer `layer`'s forward or backward (its sections are timed inside it as well).
+  @inline(__always)
+  public static func time<T>(layer: Int, backward isBackward: Bool = false, _ body: () throws -> T) rethrows -> T {
+    guard enabled else { return try body() }
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    let r = try body()
+    let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    if isBackward { layerBackward[layer, default: 0] += dt } else { layerForward[layer, default: 0] += dt }
     return r
   }
 }

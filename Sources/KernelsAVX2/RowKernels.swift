@@ -884,7 +884,7 @@ private func productTile16(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePoint
 /// `loadB(p, v)` reads a vector of b (whole, or lane by lane at the end of b).
 @inline(__always)
 private func reductionTile8(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePointer<Float>, n N: Int, count: Int,
-                            pair: Bool, _ loadB: (UnsafePointer<Float>, Int) -> GemmVector,
+                            pair: Bool, prefetch: UnsafeMutablePointer<PrefetchStreams>?, _ loadB: (UnsafePointer<Float>, Int) -> GemmVector,
                             _ fold: (GemmVector, Int, Int) -> Void) {
   var c0 = GemmVector(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0
   var ap = a, bp = b
@@ -900,6 +900,7 @@ private func reductionTile8(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePoin
       x = splat(ap[5]); c5 = c5.addingProduct(x, bv); d5 = d5.addingProduct(x, bw)
       x = splat(ap[6]); c6 = c6.addingProduct(x, bv); d6 = d6.addingProduct(x, bw)
       x = splat(ap[7]); c7 = c7.addingProduct(x, bv); d7 = d7.addingProduct(x, bw)
+      prefetch?.pointee.step()
       ap += K; bp += N
     }
     fold(d0, 0, 1); fold(d1, 1, 1); fold(d2, 2, 1); fold(d3, 3, 1)
@@ -915,6 +916,7 @@ private func reductionTile8(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePoin
       c5 = c5.addingProduct(splat(ap[5]), bv)
       c6 = c6.addingProduct(splat(ap[6]), bv)
       c7 = c7.addingProduct(splat(ap[7]), bv)
+      prefetch?.pointee.step()
       ap += K; bp += N
     }
   }
@@ -926,7 +928,8 @@ extension RowKernels {
   public static var gemmColumnPadding: Int { lanes }
 
   public static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-                          ldb: Int, k K: Int, n N: Int, rows: Range<Int>, stats: ChannelStatistics?) {
+                          ldb: Int, k K: Int, n N: Int, rows: Range<Int>, stats: ChannelStatistics?,
+                          prefetch: UnsafeMutablePointer<PrefetchStreams>?) {
     let withStats = stats != nil
     let tileRows = gemmPairTiles && N <= lanes ? 16 : gemmTileRows  // divides rowKernelBlockPixels
     // Padded copies: the last column block reads the shift and its float sums in whole vectors.
@@ -961,6 +964,7 @@ extension RowKernels {
               @inline(__always) func emit(_ value: GemmVector, _ j: Int, _ v: Int) {
                 let p = c + (r + j) * N + col + v * lanes
                 if v == 1 || width == lanes { vstore(value, p) } else { storePartial(value, p, width) }
+                prefetch?.pointee.step()
                 if withStats {
                   if v == 0 {
                     let d = value - sh0
@@ -1020,7 +1024,7 @@ extension RowKernels {
   }
 
   public static func gemmTransposedA(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-                                     k K: Int, n N: Int, rows: Range<Int>) {
+                                     k K: Int, n N: Int, rows: Range<Int>, prefetch: UnsafeMutablePointer<PrefetchStreams>?) {
     let end = rows.upperBound * N  // b's floats this call may read
     var r0 = rows.lowerBound
     while r0 < rows.upperBound {
@@ -1043,9 +1047,9 @@ extension RowKernels {
         var i = 0
         while i + 8 <= K {
           @inline(__always) func foldAt(_ v: GemmVector, _ j: Int, _ u: Int) { fold(v, i + j, u) }
-          reductionTile8(a + r0 * K + i, k: K, b + r0 * N + col, n: N, count: safe - r0, pair: pair, whole, foldAt)
+          reductionTile8(a + r0 * K + i, k: K, b + r0 * N + col, n: N, count: safe - r0, pair: pair, prefetch: prefetch, whole, foldAt)
           if safe < r1 {  // only in a block narrower than a vector, so never a pair
-            reductionTile8(a + safe * K + i, k: K, b + safe * N + col, n: N, count: r1 - safe, pair: false, partial, foldAt)
+            reductionTile8(a + safe * K + i, k: K, b + safe * N + col, n: N, count: r1 - safe, pair: false, prefetch: prefetch, partial, foldAt)
           }
           i += 8
         }

@@ -293,6 +293,11 @@ public final class MobileNetV2 {
   /// batch statistics of z while it writes it (fused: no statistics pass over z).
   private func convBNForward(_ i: Int, x: UnsafePointer<Float>, act: Activations, residual: UnsafePointer<Float>? = nil,
                              input: PendingBatchNorm? = nil) {
+    Profile.time(layer: i) { convBNForwardSections(i, x: x, act: act, residual: residual, input: input) }
+  }
+
+  private func convBNForwardSections(_ i: Int, x: UnsafePointer<Float>, act: Activations, residual: UnsafePointer<Float>?,
+                                     input: PendingBatchNorm?) {
     let l = layers[i]
     let n = act.batch
     let z = act.z[i], a = act.a[i]  // a is nil for expand layers (see forward)
@@ -361,6 +366,20 @@ public final class MobileNetV2 {
     let C = layers[i].outChannels
     return BatchNormReduction(z: act.z[i], scale: act.scaleShift[i], shift: act.scaleShift[i] + C, mean: act.mean[i],
                               invStd: act.invStd[i], relu6: layers[i].relu6, sums: act.gradSums[i])
+  }
+
+  /// Each conv + BN layer in network order, as `Profile`'s layer indices number them: its scope, kind
+  /// ("conv", "1x1", "depthwise"), channels, input size and stride.
+  public var layerSummaries: [(scope: String, kind: String, inChannels: Int, outChannels: Int, inSize: Int, stride: Int)] {
+    layers.map { l in
+      let kind: String
+      switch l.op {
+      case .conv: kind = "conv"
+      case .pointwise: kind = "1x1"
+      case .depthwise: kind = "depthwise"
+      }
+      return (l.scope, kind, l.inChannels, l.outChannels, l.inSize, l.stride)
+    }
   }
 
   func convShape(_ l: ConvBNLayer, batch: Int, kernel: Int) -> ConvShape {
@@ -464,6 +483,14 @@ public final class MobileNetV2 {
                               x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
                               dxReduce: BatchNormReduction? = nil, dxResidual: UnsafePointer<Float>? = nil,
                               input: PendingBatchNorm? = nil, act: Activations) {
+    Profile.time(layer: i, backward: true) {
+      convBNBackwardSections(i, dA: dA, x: x, dx: dx, dxReduce: dxReduce, dxResidual: dxResidual, input: input, act: act)
+    }
+  }
+
+  private func convBNBackwardSections(_ i: Int, dA: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+                                      dx: UnsafeMutablePointer<Float>?, dxReduce: BatchNormReduction?,
+                                      dxResidual: UnsafePointer<Float>?, input: PendingBatchNorm?, act: Activations) {
     let l = layers[i]
     let n = act.batch
     let xCount = l.inputCount(batch: n)

@@ -309,6 +309,13 @@ struct TrainOne: ParsableCommand {
         if f + b == 0 { continue }
         print(String(format: "  %-26@ fwd %.4f  bwd %.4f  (%4.1f%%)", s.rawValue as NSString, f, b, 100 * (f + b) * Double(steps) / total))
       }
+      print("per layer (milliseconds per step; the layer's conv, BN and the fused passes inside them):")
+      for (i, l) in net.layerSummaries.enumerated() {
+        let f = (Profile.layerForward[i] ?? 0) * 1000 / Double(steps), b = (Profile.layerBackward[i] ?? 0) * 1000 / Double(steps)
+        let name = l.scope.replacingOccurrences(of: MobileNetV2.scopePrefix + "/", with: "")
+        print(String(format: "  %2d %-28@ %-9@ %4d -> %4d  %3d² s%d  fwd %6.2f  bwd %6.2f", i, name as NSString, l.kind as NSString,
+                     l.inChannels, l.outChannels, l.inSize, l.stride, f, b))
+      }
     }
     let med = times[times.count / 2]
     print(String(format: "step_s median=%.4f min=%.4f max=%.4f", med, times.first!, times.last!))

@@ -2,6 +2,7 @@
 // shapes) and OpenBLAS, each forced for every shape through GemmChoice, against the naive double
 // loops: every tail of the 8-row tile, the 8-row K tile and the 16/8-column vectors, on every
 // instruction set this CPU runs.
+import KernelRows
 import Kernels
 import XCTest
 
@@ -170,5 +171,32 @@ final class GemmKernelsTests: XCTestCase {
     XCTAssertEqual(a, b)
     XCTAssertFalse(a.blasCore.isEmpty || a.blasCore == "unknown", "\(a)")
     XCTAssertEqual(a.ownAVX512, KernelISA.current == .avx512)
+  }
+
+  /// PrefetchStreams spreads its ranges over the steps it was made for: after that many steps every
+  /// line of every range was issued (each cursor is at its end, not past it by a line), and not before
+  /// the last step for the largest range; further steps issue nothing.
+  func testPrefetchStreamsCoverTheirRangesInTheirSteps() {
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 64)
+    defer { buffer.deallocate() }
+    for (sizes, steps) in [([4000, 640, 64], 7), ([64 * 1000, 100, 3], 37), ([10, 20, 30], 100), ([5000, 0, 0], 1)] {
+      let ranges = [(UnsafeRawPointer(buffer), sizes[0]), (UnsafeRawPointer(buffer + 20_000), sizes[1]),
+                    (UnsafeRawPointer(buffer + 40_000), sizes[2])]
+      var streams = PrefetchStreams(ranges[0], ranges[1], ranges[2], steps: steps)
+      let lines = sizes.map { ($0 + prefetchLine - 1) / prefetchLine }
+      XCTAssertEqual(streams.perStep, max(1, (lines.max()! + steps - 1) / steps), "\(sizes) over \(steps)")
+      for _ in 0..<(steps - 1) { streams.step() }
+      if (lines.max()! + streams.perStep - 1) / streams.perStep == steps {
+        XCTAssertLessThan(streams.s0, streams.e0, "\(sizes): the largest range is not done before the last step")
+      }
+      streams.step()
+      let cursors = [(streams.s0, streams.e0), (streams.s1, streams.e1), (streams.s2, streams.e2)]
+      for (i, (s, e)) in cursors.enumerated() {
+        XCTAssertGreaterThanOrEqual(s, e, "\(sizes) over \(steps): range \(i) done")
+        XCTAssertEqual(s - ranges[i].0, lines[i] * prefetchLine, "\(sizes) over \(steps): range \(i) issued line by line")
+      }
+      streams.step()
+      XCTAssertEqual(streams.s0 - ranges[0].0, lines[0] * prefetchLine, "no line past the end")
+    }
   }
 }
