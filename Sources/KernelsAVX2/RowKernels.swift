@@ -112,6 +112,8 @@ private struct TapRows3 {
                          _ v0: Bool, _ v1: Bool, _ v2: Bool) {
     self.r0 = r0; self.r1 = r1; self.r2 = r2; self.v0 = v0; self.v1 = v1; self.v2 = v2
   }
+  /// All three rows inside the image.
+  var all: Bool { v0 && v1 && v2 }
   /// Input rows iy0, iy0 + 1, iy0 + 2 of `g`'s image, with input row `origin` at `base` (the forward
   /// and weight-gradient windows of an output row).
   @inline(__always) init(first iy0: Int, _ g: DepthwiseGeometry, base: UnsafePointer<Float>, origin: Int) {
@@ -129,6 +131,8 @@ private struct TapColumns3 {
   @inline(__always) init(_ o0: Int, _ o1: Int, _ o2: Int, _ u0: Bool, _ u1: Bool, _ u2: Bool) {
     self.o0 = o0; self.o1 = o1; self.o2 = o2; self.u0 = u0; self.u1 = u1; self.u2 = u2
   }
+  /// All three columns inside the row.
+  var all: Bool { u0 && u1 && u2 }
   /// Input columns ix, ix + 1, ix + 2 of a row `width` pixels wide (the forward and weight-gradient
   /// windows of an output column).
   @inline(__always) init(first ix: Int, width W: Int, channels C: Int, from c0: Int) {
@@ -168,6 +172,28 @@ private struct Weights3x3 {
       if u2 { acc = acc.addingProduct(load16(r2 + o2), w8) }
     }
     return acc
+  }
+  /// `sum` where every tap is inside (`rows.all && cols.all`): the same nine products in the same
+  /// order, straight-line (nine branches per pixel and 16 channels cost as much as the FMAs).
+  @inline(__always)
+  func sumAll(_ rows: TapRows3, _ cols: TapColumns3) -> SIMD16<Float> {
+    let (r0, r1, r2, o0, o1, o2) = (rows.r0, rows.r1, rows.r2, cols.o0, cols.o1, cols.o2)
+    var acc = SIMD16<Float>()
+    acc = acc.addingProduct(load16(r0 + o0), w0)
+    acc = acc.addingProduct(load16(r0 + o1), w1)
+    acc = acc.addingProduct(load16(r0 + o2), w2)
+    acc = acc.addingProduct(load16(r1 + o0), w3)
+    acc = acc.addingProduct(load16(r1 + o1), w4)
+    acc = acc.addingProduct(load16(r1 + o2), w5)
+    acc = acc.addingProduct(load16(r2 + o0), w6)
+    acc = acc.addingProduct(load16(r2 + o1), w7)
+    acc = acc.addingProduct(load16(r2 + o2), w8)
+    return acc
+  }
+  /// `sum`, straight-line where every tap is inside (the interior of the image).
+  @inline(__always)
+  func sumChecked(_ rows: TapRows3, _ cols: TapColumns3) -> SIMD16<Float> {
+    rows.all && cols.all ? sumAll(rows, cols) : sum(rows, cols)
   }
 }
 
@@ -317,7 +343,7 @@ public enum RowKernels: RowKernelSet {
                   let ox1 = min(Wo, ox0 + rowKernelBlockPixels)
                   var t0 = SIMD16<Float>(), t1 = t0
                   for ox in ox0..<ox1 {
-                    let acc = taps.sum(window, TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0))
+                    let acc = taps.sumChecked(window, TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0))
                     store16(acc, out + ox * C + c0)
                     if sums != nil {
                       let d = acc - sh
@@ -404,7 +430,7 @@ public enum RowKernels: RowKernelSet {
                   let tx0 = ix + pl, tx1 = tx0 - 1, tx2 = tx0 - 2
                   let u0 = reached(tx0, Wo), u1 = reached(tx1, Wo), u2 = reached(tx2, Wo)
                   let q0 = (tx0 >> sh) * C + c0, q1 = (tx1 >> sh) * C + c0, q2 = (tx2 >> sh) * C + c0
-                  var acc = taps.sum(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
+                  var acc = taps.sumChecked(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
                   let p = rowBase + ix * C + c0
                   if let residual { acc += load16(residual + p) }
                   store16(acc, dx + p)
@@ -522,6 +548,15 @@ public enum RowKernels: RowKernelSet {
               let gv = load16(dy + (row * Wo + ox) * C + c0)
               let cols = TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0)
               let (o0, o1, o2, u0, u1, u2) = (cols.o0, cols.o1, cols.o2, cols.u0, cols.u1, cols.u2)
+              if window.all && cols.all {
+                // The interior: the same nine products, straight-line.
+                a0 = a0.addingProduct(load16(r0 + o0), gv); a1 = a1.addingProduct(load16(r0 + o1), gv)
+                a2 = a2.addingProduct(load16(r0 + o2), gv); a3 = a3.addingProduct(load16(r1 + o0), gv)
+                a4 = a4.addingProduct(load16(r1 + o1), gv); a5 = a5.addingProduct(load16(r1 + o2), gv)
+                a6 = a6.addingProduct(load16(r2 + o0), gv); a7 = a7.addingProduct(load16(r2 + o1), gv)
+                a8 = a8.addingProduct(load16(r2 + o2), gv)
+                continue
+              }
               if v0 {
                 if u0 { a0 = a0.addingProduct(load16(r0 + o0), gv) }
                 if u1 { a1 = a1.addingProduct(load16(r0 + o1), gv) }
