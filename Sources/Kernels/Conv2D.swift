@@ -150,37 +150,91 @@ public func conv2dBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePo
   col2im(dx, dPatches, s)
 }
 
+/// dw[K,K,Ci,Co] += patchesᵀ · dz with neither stored: each thread takes blocks of output pixels
+/// (~256 KiB of patch and dz rows), remakes the block's patches from x and, with `outputGradient`, its
+/// dz from the layer's pending BN backward into per-thread buffers, and adds the block's product into
+/// its dw partial while both are in cache. The stem's backward (its input gradient is never needed):
+/// the separate BN-backward pass over dA and the whole patch matrix (rows·K·K·Ci floats, written and
+/// read back) are gone. Our GEMM gets patch rows padded with zero columns to a multiple of its 8-column
+/// register tile (the stem's 27 would leave 3 columns to its one-accumulator remainder loop, which
+/// cost more than the 24 in tiles); each thread's partial is then [padded depth, Co] and only its
+/// first K·K·Ci rows are added into dw.
+public func conv2dWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                                 outputGradient: PendingBatchNormBackward?, x: UnsafePointer<Float>,
+                                 _ s: ConvShape, scratch: Scratch) {
+  let rows = s.batch * s.outHeight * s.outWidth, depth = s.kernel * s.kernel * s.inChannels, co = s.outChannels
+  guard rows > 0 else { return }
+  let kernels = KernelISA.rows
+  let own = useOwnGEMM(.weightGradient, rows: rows, k: depth, n: co)
+  let padded = own ? (depth + gemmReductionTile - 1) / gemmReductionTile * gemmReductionTile : depth
+  _ = Compute.blasSingleThreaded
+  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
+  let blockRows = min(rows, backwardBlockRows(inChannels: padded, outChannels: co, own: own))
+  // One scratch region: per chunk a [padded, co] partial, a patch block and a dz block.
+  let partialFloats = padded * co, dzFloats = outputGradient == nil ? 0 : blockRows * co
+  let perChunk = partialFloats + blockRows * padded + dzFloats
+  let region = scratch.uninitialized(chunks * perChunk)
+  let used = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
+    let partial = region + chunk * perChunk, patchBuffer = partial + partialFloats, dzBuffer = patchBuffer + blockRows * padded
+    partial.update(repeating: 0, count: partialFloats)
+    forEachBlock(r, blockRows: blockRows) { b in
+      let lo = b.lowerBound
+      let g = outputGradient?.block(rows: b, into: dzBuffer) ?? dy
+      let patches = patchBuffer - lo * padded
+      im2col(patches, x, s, pixels: b, rowStride: padded)
+      if own {
+        kernels.gemmTransposedA(c: partial, a: patches, b: g, k: padded, n: co, rows: b, prefetch: nil)
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(depth), Int32(co), Int32(b.count),
+                    1, patches + lo * padded, Int32(padded), g + lo * co, Int32(co), 1, partial, Int32(co))
+      }
+    }
+  }
+  // The partials in chunk order, the padding rows (all zero) left out.
+  for chunk in 0..<used {
+    let partial = region + chunk * perChunk
+    for i in 0..<(depth * co) { dw[i] += partial[i] }
+  }
+}
+
 /// Row (n, oy, ox) of `patches` = the K×K×Ci input window of that output pixel, in the weights'
 /// (ky, kx, ci) order; taps in the SAME padding are zeros.
 func im2col(_ patches: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ s: ConvShape) {
+  let Wo = s.outWidth
+  parallelChunks(s.batch * s.outHeight) { _, outRows in im2col(patches, x, s, pixels: (outRows.lowerBound * Wo)..<(outRows.upperBound * Wo)) }
+}
+
+/// The patch rows of output pixels `pixels` (n·Ho·Wo + oy·Wo + ox), single-threaded, `rowStride`
+/// floats apart (≥ K·K·Ci; the columns past K·K·Ci are zeros); `patches` is addressed by absolute
+/// pixel (a block buffer passes its base minus the first pixel's offset).
+func im2col(_ patches: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ s: ConvShape, pixels: Range<Int>,
+            rowStride: Int? = nil) {
   let (H, W, Ci, K, S) = (s.height, s.width, s.inChannels, s.kernel, s.stride)
   let (Ho, Wo, pt, pl) = (s.outHeight, s.outWidth, s.padTop, s.padLeft)
-  let depth = K * K * Ci
-  parallelChunks(s.batch * Ho) { _, outRows in
-    for row in outRows {
-      let n = row / Ho, oy = row % Ho
-      for ox in 0..<Wo {
-        var p = patches + (row * Wo + ox) * depth
-        let ix0 = ox * S - pl
-        let inside = ix0 >= 0 && ix0 + K <= W  // the window's K pixels of a row are contiguous in x
-        for ky in 0..<K {
-          let iy = oy * S - pt + ky
-          if iy < 0 || iy >= H {
-            for j in 0..<(K * Ci) { p[j] = 0 }
-          } else if inside {
-            // Element loops, not memcpy: the runs are a few floats (9 for the stem).
-            let src = x + ((n * H + iy) * W + ix0) * Ci
-            for j in 0..<(K * Ci) { p[j] = src[j] }
-          } else {
-            for kx in 0..<K {
-              let ix = ix0 + kx
-              let src = x + ((n * H + iy) * W + ix) * Ci
-              for c in 0..<Ci { p[kx * Ci + c] = ix < 0 || ix >= W ? 0 : src[c] }
-            }
-          }
-          p += K * Ci
+  let depth = K * K * Ci, stride = rowStride ?? depth
+  for pixel in pixels {
+    let row = pixel / Wo, ox = pixel % Wo
+    let n = row / Ho, oy = row % Ho
+    var p = patches + pixel * stride
+    for j in depth..<stride { p[j] = 0 }
+    let ix0 = ox * S - pl
+    let inside = ix0 >= 0 && ix0 + K <= W  // the window's K pixels of a row are contiguous in x
+    for ky in 0..<K {
+      let iy = oy * S - pt + ky
+      if iy < 0 || iy >= H {
+        for j in 0..<(K * Ci) { p[j] = 0 }
+      } else if inside {
+        // Element loops, not memcpy: the runs are a few floats (9 for the stem).
+        let src = x + ((n * H + iy) * W + ix0) * Ci
+        for j in 0..<(K * Ci) { p[j] = src[j] }
+      } else {
+        for kx in 0..<K {
+          let ix = ix0 + kx
+          let src = x + ((n * H + iy) * W + ix) * Ci
+          for c in 0..<Ci { p[kx * Ci + c] = ix < 0 || ix >= W ? 0 : src[c] }
         }
       }
+      p += K * Ci
     }
   }
 }

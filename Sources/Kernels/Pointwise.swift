@@ -282,6 +282,10 @@ func withPrefetch<R>(_ r0: (UnsafeRawPointer, Int)?, _ r1: (UnsafeRawPointer, In
   return withUnsafeMutablePointer(to: &streams) { body($0) }
 }
 
+/// Columns of A per register tile of the weight-gradient kernel (`gemmTransposedA`): a K that is not a
+/// multiple of it leaves the rest to a one-accumulator loop.
+let gemmReductionTile = 8
+
 /// Floats of one block's dz, x and dx rows together (256 KiB).
 let backwardBlockFloats = 65536
 

@@ -497,6 +497,14 @@ public final class MobileNetV2 {
     // With the input's BN pending, the kernel remakes (and rounds) x from z itself: no rounded copy.
     var xk: UnsafePointer<Float> { input == nil ? kx(x, xCount, act) : x }
     switch l.op {
+    case .conv(let k) where dx == nil:
+      // The stem: its weight gradient only, dz and the patches made block by block (never stored).
+      Profile.time(.stemConv, backward: true) {
+        withPendingOutputGradient(i, dA: dA, act: act) { pending in
+          conv2dWeightGradient(dw: g(l.weight), dy: dA, outputGradient: pending, x: xk, convShape(l, batch: n, kernel: k),
+                               scratch: scratch)
+        }
+      }
     case .conv(let k):
       Profile.time(.batchNorm, backward: true) {
         batchNormBackward(fromSums: act.gradSums[i], dz: dA, da: dA, reduction(i, act), dGamma: g(l.gamma),

@@ -60,8 +60,9 @@ final class ConvTests: XCTestCase {
     }
   }
 
-  /// The stem as the model runs it: no input gradient, dw accumulated, a scratch reused across
-  /// calls of different sizes (stale contents must not leak into the patches).
+  /// The stem without input gradient, dw accumulated, a scratch reused across calls of different
+  /// sizes (stale contents must not leak into the patches or their zero padding): the whole-patch
+  /// backward and the blocked weight gradient the model runs.
   func testStemWithoutInputGradientAndReusedScratch() {
     Compute.setThreads(2)
     defer { Compute.setThreads(1) }
@@ -81,6 +82,51 @@ final class ConvTests: XCTestCase {
       conv2dBackwardNaive(dx: nil, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
       conv2dBackwardNaive(dx: nil, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
       assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, "stem dw \(s)")
+      let dwBlocked = FloatBuffer(count: s.weightCount)
+      _ = scratch.uninitialized(1 << 16).update(repeating: .nan, count: 1 << 16)
+      conv2dWeightGradient(dw: dwBlocked.base, dy: dy.base, outputGradient: nil, x: x.base, s, scratch: scratch)
+      conv2dWeightGradient(dw: dwBlocked.base, dy: dy.base, outputGradient: nil, x: x.base, s, scratch: scratch)
+      assertClose(dwBlocked, dwRef, atol: 1e-3, rtol: 1e-4, "stem blocked dw \(s)")
+    }
+  }
+
+  /// The stem's blocked weight gradient making its dz from the pending BN backward block by block
+  /// (neither dz nor the patches stored) against the naive backward on the dz of the separate BN
+  /// backward pass: ReLU6 and bf16 rounding of dz, our GEMM (patch rows padded to its tile) and BLAS,
+  /// one and two threads, up to several blocks per thread; dγ, dβ exactly those of the separate pass.
+  func testBlockedWeightGradientFromPendingBatchNormMatchesNaive() {
+    defer { GemmChoice.forced = nil; Compute.setThreads(1) }
+    let manyBlocks = ConvShape(batch: 2, height: 96, width: 80, inChannels: 3, outChannels: 32, kernel: 3, stride: 2)
+    for (threads, impl) in [(1, GemmImplementation.own), (2, .own), (2, .blas)] {
+      Compute.setThreads(threads)
+      GemmChoice.forced = impl
+      for s in shapes + [manyBlocks] {
+        for round in [false, true] {
+          let rows = s.batch * s.outHeight * s.outWidth, co = s.outChannels
+          let layer = FusedKernelsTests.Layer(rows: rows, channels: co, relu6: true, seed: 30)
+          let x = randomBuffer(s.inputCount, seed: 31), w = randomBuffer(s.weightCount, seed: 33)
+          let da = randomBuffer(s.outputCount, seed: 32), daCopy = da.array
+          var sums = layer.naiveSums(da: da.base)
+          let dz = FloatBuffer(count: s.outputCount)
+          let (dg, db, dgRef, dbRef) = (FloatBuffer(count: co), FloatBuffer(count: co), FloatBuffer(count: co), FloatBuffer(count: co))
+          let dw = FloatBuffer(count: s.weightCount), dwRef = FloatBuffer(count: s.weightCount)
+          sums.withUnsafeMutableBufferPointer { sp in
+            let bn = layer.reduction(sp.baseAddress!)
+            batchNormBackward(fromSums: sp.baseAddress!, dz: dz.base, da: da.base, bn, dGamma: dgRef.base, dBeta: dbRef.base,
+                              rows: rows, channels: co, training: true, roundOutputToBF16: round)
+            withBatchNormBackward(fromSums: sp.baseAddress!, da: da.base, bn, dGamma: dg.base, dBeta: db.base, rows: rows,
+                                  channels: co, training: true, roundOutputToBF16: round) { pending in
+              conv2dWeightGradient(dw: dw.base, dy: da.base, outputGradient: pending, x: x.base, s, scratch: Scratch())
+            }
+          }
+          conv2dBackwardNaive(dx: nil, dw: dwRef.base, dy: dz.base, x: x.base, w: w.base, s)
+          let what = "\(impl) \(threads)t \(s) bf16=\(round)"
+          assertClose(dw, dwRef, atol: 1e-3, rtol: 1e-4, what + " dw")
+          XCTAssertEqual(dg.array, dgRef.array, what + " dgamma")
+          XCTAssertEqual(db.array, dbRef.array, what + " dbeta")
+          XCTAssertEqual(da.array, daCopy, what + ": da must not be overwritten")
+        }
+      }
     }
   }
 
