@@ -33,13 +33,14 @@ let coreTargets: [Target] = [
   // Per-instruction-set row kernels: one source (KernelsAVX2), compiled twice (KernelsAVX512 holds
   // symlinks); KernelRows is their protocol. Kernels picks one at start-up.
   .target(name: "KernelRows", swiftSettings: fastFlags),
-  .target(name: "KernelsAVX2", dependencies: ["KernelRows"], swiftSettings: fastFlags),
-  .target(name: "KernelsAVX512", dependencies: ["KernelRows"], swiftSettings: avx512Flags),
+  .systemLibrary(name: "CStreaming", path: "Sources/CStreaming"),
+  .target(name: "KernelsAVX2", dependencies: ["KernelRows", "CStreaming"], swiftSettings: fastFlags),
+  .target(name: "KernelsAVX512", dependencies: ["KernelRows", "CStreaming"], swiftSettings: avx512Flags),
   // The bf16 GEMM by run-time code generation: an x86-64 encoder, W^X executable memory, the
   // vdpbf16ps microkernels and their driver (used by Kernels' bf16 mode where the CPU has AVX512-BF16).
   .target(name: "KernelsJIT", dependencies: ["Common"], swiftSettings: fastFlags),
   .testTarget(name: "KernelsJITTests", dependencies: ["KernelsJIT", "Common"], swiftSettings: fastFlags),
-  .target(name: "Kernels", dependencies: ["CBLAS", "Common", "KernelRows", "KernelsAVX2", "KernelsAVX512", "KernelsJIT"],
+  .target(name: "Kernels", dependencies: ["CBLAS", "CStreaming", "Common", "KernelRows", "KernelsAVX2", "KernelsAVX512", "KernelsJIT"],
           swiftSettings: fastFlags),
   // MobileNetV2 exactly as TF-slim defines it: architecture, parameters, forward/backward.
   .target(name: "MobileNet", dependencies: ["Kernels", "Common"], swiftSettings: fastFlags),

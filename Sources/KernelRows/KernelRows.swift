@@ -87,12 +87,12 @@ public protocol RowKernelSet {
   /// x is z of the previous layer, transformed as read, if `input`.
   static func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                _ g: DepthwiseGeometry, rows: Range<Int>, stats: ChannelStatistics?,
-                               input: DepthwiseInputTransform?)
+                               input: DepthwiseInputTransform?, stream: Bool)
   /// dx rows (n·H + iy) of the depthwise input gradient (a gather), plus `residual` if given, and the
   /// batch-norm backward reductions of the layer that produced x over the finished dx if `reduce`.
   static func depthwiseInputGradient(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
                                      w: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
-                                     residual: UnsafePointer<Float>?, reduce: BatchNormReduction?)
+                                     residual: UnsafePointer<Float>?, reduce: BatchNormReduction?, stream: Bool)
   /// dw[K·K·C] += Σ x·dy over output rows (n·Ho + oy) (x transformed as read if `input`).
   static func depthwiseWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
                                       x: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
@@ -116,7 +116,8 @@ public protocol RowKernelSet {
   /// c[rows, n] = a[rows, k] · b over the given rows, b packed as [k, ldb] (ldb ≥ n a multiple of
   /// `gemmColumnPadding`, columns n..<ldb zero); with `stats`, the statistics of the written c rows.
   static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
-                   k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?, prefetch: UnsafeMutablePointer<PrefetchStreams>?)
+                   k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?, prefetch: UnsafeMutablePointer<PrefetchStreams>?,
+                   stream: Bool)
   /// c[k, n] += a[rows, k]ᵀ · b[rows, n] (the weight gradient of a 1×1 convolution: a sum over rows).
   static func gemmTransposedA(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                               k: Int, n: Int, rows: Range<Int>, prefetch: UnsafeMutablePointer<PrefetchStreams>?)
@@ -152,5 +153,15 @@ func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32
 }
 /// Bytes per cache line.
 public let prefetchLine = 64
+
+/// `stream: true` in a row kernel: its whole 16-float output vectors are written with streaming
+/// (non-temporal) stores, which skip reading each line into the cache before overwriting it and do
+/// not evict what the kernel reads; the kernel fences them (`streamingFence`) before it returns, so
+/// the join that follows publishes them like ordinary stores. Kernels decides (`StreamingStores`).
+@usableFromInline @_silgen_name("llvm.x86.sse.sfence")
+func llvmStoreFence()
+
+/// Orders every streaming store before it ahead of the stores after it (sfence).
+@inlinable @inline(__always) public func streamingFence() { llvmStoreFence() }
 /// llvm.prefetch locality 2: prefetcht1 (into L2; the next block is read after this one's compute).
 public let prefetchLocalityL2: Int32 = 2

@@ -51,9 +51,11 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
   }
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let kernels = KernelISA.rows, Wo = s.outWidth
+  let stream = StreamingStores.use(y, count: s.outputCount, channels: Co)
   parallelChannelSums(rows: s.batch * s.outHeight, channels: Co, minPerChunk: 1, scratch: scratch, into: sums) { _, r, partial in
+    defer { if stream { streamingFence() } }
     for row in r {
-      conv2dForwardDirect16(y: y, x: x, w: w, s, rows: row..<(row + 1))
+      conv2dForwardDirect16(y: y, x: x, w: w, s, rows: row..<(row + 1), stream: stream)
       kernels.channelStatistics(z: y, channels: Co, rows: (row * Wo)..<((row + 1) * Wo), stats.with(sums: partial))
     }
   }
@@ -66,12 +68,17 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
 /// writing and reading the patch matrix).
 func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                            _ s: ConvShape) {
-  parallelChunks(s.batch * s.outHeight) { _, rows in conv2dForwardDirect16(y: y, x: x, w: w, s, rows: rows) }
+  let stream = StreamingStores.use(y, count: s.outputCount, channels: s.outChannels)
+  parallelChunks(s.batch * s.outHeight) { _, rows in
+    conv2dForwardDirect16(y: y, x: x, w: w, s, rows: rows, stream: stream)
+    if stream { streamingFence() }
+  }
 }
 
-/// Output rows (n·Ho + oy) of the direct stem forward, single-threaded.
+/// Output rows (n·Ho + oy) of the direct stem forward, single-threaded (`stream`: streaming stores,
+/// fenced by the caller).
 func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                           _ s: ConvShape, rows: Range<Int>) {
+                           _ s: ConvShape, rows: Range<Int>, stream: Bool = false) {
   let (H, W, Ci, Co, K, S) = (s.height, s.width, s.inChannels, s.outChannels, s.kernel, s.stride)
   let (Ho, Wo, window) = (s.outHeight, s.outWidth, s.window)
   // Output columns whose windows lie inside the image: [inside.lowerBound, inside.upperBound).
@@ -90,7 +97,7 @@ func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
           let wk = w + tap * Ci * Co + cb
           for ci in 0..<Ci { acc = acc.addingProduct(SIMD16(repeating: xin[ci]), load16(wk + ci * Co)) }
         }
-        store16(acc, out + cb)
+        store16(acc, out + cb, stream: stream)
       }
     }
     guard iy0 >= 0 && iy0 + K <= H else {
@@ -121,7 +128,8 @@ func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
             }
           }
         }
-        store16(a0, out + cb); store16(a1, out + Co + cb); store16(a2, out + 2 * Co + cb); store16(a3, out + 3 * Co + cb)
+        store16(a0, out + cb, stream: stream); store16(a1, out + Co + cb, stream: stream)
+        store16(a2, out + 2 * Co + cb, stream: stream); store16(a3, out + 3 * Co + cb, stream: stream)
       }
       ox += 4
     }

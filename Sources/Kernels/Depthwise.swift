@@ -71,9 +71,10 @@ public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let g = s.geometry, rows = KernelISA.rows
   let total = s.batch * s.outHeight
   let buffers = input.map { _ in (scratch ?? Scratch()).uninitialized(transformFloats(s, chunks: chunkCount(total))) }
+  let stream = StreamingStores.use(y, count: s.outputCount, channels: s.channels)
   parallelChunks(total) { chunk, r in
     rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: nil,
-                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) })
+                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) }, stream: stream)
   }
 }
 
@@ -94,9 +95,10 @@ public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let g = s.geometry, rows = KernelISA.rows
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let buffers = input.map { _ in scratch.uninitialized(transformFloats(s, chunks: chunkCount(rowsTotal))) }
+  let stream = StreamingStores.use(y, count: s.outputCount, channels: C)
   parallelChannelSums(rows: rowsTotal, channels: C, minPerChunk: 1, scratch: scratch, into: sums) { chunk, r, partial in
     rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: stats.with(sums: partial),
-                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) })
+                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) }, stream: stream)
   }
 }
 
@@ -125,6 +127,7 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
   }
   let chunks = chunkCount(rowsTotal)
   let group = backwardGroupRows(s)
+  let streamDX = dx.map { StreamingStores.use($0, count: s.inputCount, channels: C) } ?? false
   // One scratch region: the per-thread weight partials (zeroed), the transform buffers, the dz buffers.
   let transformBase = chunks * wc, dzBase = transformBase + (input == nil ? 0 : transformFloats(s, chunks: chunks))
   let dzFloats = (group + 2 * s.kernel) * Wo * C
@@ -153,7 +156,7 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
       rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: grad, x: x, g, rows: lo..<hi, input: transform)
       if let dx, iy0 < iy1 {
         rows.depthwiseInputGradient(dx: dx, dy: grad, w: w, g, rows: (n * H + iy0)..<(n * H + iy1),
-                                    residual: residual, reduce: sums.map { reduce!.with(sums: $0) })
+                                    residual: residual, reduce: sums.map { reduce!.with(sums: $0) }, stream: streamDX)
       }
       lo = hi
     }

@@ -20,6 +20,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   guard rows > 0 else { return }
   let own = useOwnGEMM(.product, rows: rows, k: k, n: n)
   let blockRows = pendingBlockRows(k: k, n: n, own: own)
+  let stream = StreamingStores.use(y, count: rows * n, channels: n)
   withPackedB(own ? w : nil, k: k, n: n) { packed, ldb in
     withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
       parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
@@ -28,7 +29,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
           if let packed {
             let next = nextBlock(after: b, blockRows: blockRows, in: r)
             withPrefetch(next.isEmpty ? nil : rowBytes(x, next, k), steps: gemmSteps(rows: b.count, n: n)) {
-              KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0)
+              KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
             }
           } else {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
@@ -125,11 +126,13 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let kernels = KernelISA.rows
   let own = useOwnGEMM(.product, rows: rows, k: k, n: n)
+  let stream = StreamingStores.use(y, count: rows * n, channels: n)
   if own && input == nil {  // statistics from the kernel's registers, one call per chunk
     let packed = scratch.uninitialized(gemmPackedCount(k: k, n: n))
     let ldb = packGemmB(w, k: k, n: n, transposed: false, into: packed)
     parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
-      kernels.gemm(c: y, a: x, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: stats.with(sums: partial), prefetch: nil)
+      kernels.gemm(c: y, a: x, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: stats.with(sums: partial), prefetch: nil,
+                   stream: stream)
     }
     return
   }
@@ -144,7 +147,8 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
         if let packed {
           let next = nextBlock(after: b, blockRows: blockRows, in: r)
           withPrefetch(input == nil || next.isEmpty ? nil : rowBytes(x, next, k), steps: gemmSteps(rows: b.count, n: n)) {
-            kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0)
+            kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0,
+                         stream: stream)
           }
         } else {
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
@@ -204,6 +208,8 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
   _ = Compute.blasSingleThreaded
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let blockRows = backwardBlockRows(inChannels: m, outChannels: n, own: ownW && (dx == nil || ownX))
+  // dx is read back block by block by its reductions (in cache), then by the next layer's backward.
+  let streamDX = dx.map { StreamingStores.use($0, count: rows * m, channels: m) } ?? false
   // One scratch region: the weight partials of chunks 1…, the packed wᵀ, the per-chunk dz blocks.
   let partialFloats = (chunks - 1) * m * n, packedFloats = ownX ? gemmPackedCount(k: n, n: m) : 0
   let dzFloats = outputGradient == nil ? 0 : min(rows, blockRows) * n
@@ -233,7 +239,7 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
         }
         guard let dx else { return }
         if ownX {
-          kernels.gemm(c: dx, a: g, b: packed, ldb: ldb, k: n, n: m, rows: b, stats: nil, prefetch: nil)
+          kernels.gemm(c: dx, a: g, b: packed, ldb: ldb, k: n, n: m, rows: b, stats: nil, prefetch: nil, stream: streamDX)
         } else {
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(b.count), Int32(m), Int32(n),
                       1, g + lo * n, Int32(n), w, Int32(n), 0, dx + lo * m, Int32(m))

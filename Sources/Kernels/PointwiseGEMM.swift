@@ -134,7 +134,8 @@ func ownGemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, packed
                  rows: Int, k: Int, n: Int) {
   let kernels = KernelISA.rows
   parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { _, r in
-    kernels.gemm(c: c, a: a, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: nil, prefetch: nil)
+    kernels.gemm(c: c, a: a, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: nil, prefetch: nil,
+                 stream: StreamingStores.use(c, count: rows * n, channels: n))
   }
 }
 

@@ -3,6 +3,7 @@
 // into KernelsAVX512 (-target-cpu skylake-avx512): edit it here, both builds follow. It must stay
 // self-contained (no calls into other modules inside the loops) so that all of its machine code is
 // generated for the module's instruction set.
+import CStreaming
 import KernelRows
 
 @inline(__always) private func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
@@ -18,6 +19,15 @@ import KernelRows
 }
 @inline(__always) private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
   UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+}
+/// store16, or with `stream` a streaming store (p aligned to 64 bytes: the caller's `stream` says so).
+@inline(__always) private func store16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>, stream: Bool) {
+  guard stream else { return store16(v, p) }
+  withUnsafePointer(to: v) { mnv2_stream16(p, UnsafeRawPointer($0).assumingMemoryBound(to: Float.self)) }
+}
+@inline(__always) private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>, stream: Bool) {
+  guard stream else { return store8(v, p) }
+  withUnsafePointer(to: v) { mnv2_stream8(p, UnsafeRawPointer($0).assumingMemoryBound(to: Float.self)) }
 }
 /// g where 0 < y < 6, else 0 (TF's Relu6Grad).
 @inline(__always) private func relu6Mask(_ g: SIMD16<Float>, _ y: SIMD16<Float>) -> SIMD16<Float> {
@@ -319,9 +329,10 @@ public enum RowKernels: RowKernelSet {
 
   public static func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                       _ g: DepthwiseGeometry, rows: Range<Int>, stats: ChannelStatistics?,
-                                      input: DepthwiseInputTransform?) {
+                                      input: DepthwiseInputTransform?, stream: Bool) {
     let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
     let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
+    defer { if stream { streamingFence() } }
     withScratch(of: Int.self, capacity: 2 * K * K) { tapBuf in
       let taps = tapBuf.baseAddress!
       func run(_ sums: inout BlockSums?) {
@@ -344,7 +355,7 @@ public enum RowKernels: RowKernelSet {
                   var t0 = SIMD16<Float>(), t1 = t0
                   for ox in ox0..<ox1 {
                     let acc = taps.sumChecked(window, TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0))
-                    store16(acc, out + ox * C + c0)
+                    store16(acc, out + ox * C + c0, stream: stream)
                     if sums != nil {
                       let d = acc - sh
                       t0 += d
@@ -393,9 +404,10 @@ public enum RowKernels: RowKernelSet {
 
   public static func depthwiseInputGradient(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
                                             w: UnsafePointer<Float>, _ g: DepthwiseGeometry, rows: Range<Int>,
-                                            residual: UnsafePointer<Float>?, reduce: BatchNormReduction?) {
+                                            residual: UnsafePointer<Float>?, reduce: BatchNormReduction?, stream: Bool) {
     let (H, W, C, K, S) = (g.height, g.width, g.channels, g.kernel, g.stride)
     let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
+    defer { if stream { streamingFence() } }
     withScratch(of: Int.self, capacity: 2 * K * K) { tapBuf in
       let taps = tapBuf.baseAddress!
       // Gather: input pixel (iy, ix) is read by output (oy, ox) through tap (ky, kx) when
@@ -433,7 +445,7 @@ public enum RowKernels: RowKernelSet {
                   var acc = taps.sumChecked(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
                   let p = rowBase + ix * C + c0
                   if let residual { acc += load16(residual + p) }
-                  store16(acc, dx + p)
+                  store16(acc, dx + p, stream: stream)
                   if let r = reduce {
                     let zv = load16(r.z + p)
                     let gm = r.relu6 ? relu6Mask(acc, zv * sc + sf) : acc
@@ -802,6 +814,11 @@ private let lanes = GemmVector.scalarCount
 @inline(__always) private func vstore(_ v: GemmVector, _ p: UnsafeMutablePointer<Float>) {
   UnsafeMutableRawPointer(p).storeBytes(of: v, as: GemmVector.self)
 }
+#if KERNELS_AVX512
+@inline(__always) private func vstore(_ v: GemmVector, _ p: UnsafeMutablePointer<Float>, stream: Bool) { store16(v, p, stream: stream) }
+#else
+@inline(__always) private func vstore(_ v: GemmVector, _ p: UnsafeMutablePointer<Float>, stream: Bool) { store8(v, p, stream: stream) }
+#endif
 /// The first `count` (< lanes) floats of v to p: the last column block of a row whose width is not
 /// a multiple of the vector must not write into the next row.
 /// (On AVX-512 a first half of 8 goes in one store: 8-channel layers are common in the 0.35 models.)
@@ -964,8 +981,9 @@ extension RowKernels {
 
   public static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                           ldb: Int, k K: Int, n N: Int, rows: Range<Int>, stats: ChannelStatistics?,
-                          prefetch: UnsafeMutablePointer<PrefetchStreams>?) {
+                          prefetch: UnsafeMutablePointer<PrefetchStreams>?, stream: Bool) {
     let withStats = stats != nil
+    defer { if stream { streamingFence() } }
     let tileRows = gemmPairTiles && N <= lanes ? 16 : gemmTileRows  // divides rowKernelBlockPixels
     // Padded copies: the last column block reads the shift and its float sums in whole vectors.
     let shift = UnsafeMutablePointer<Float>.allocate(capacity: 3 * ldb), s0 = shift + ldb, s1 = s0 + ldb
@@ -998,7 +1016,7 @@ extension RowKernels {
               /// Stores vector v of row r + j; its statistics into t (first vector) or u (second).
               @inline(__always) func emit(_ value: GemmVector, _ j: Int, _ v: Int) {
                 let p = c + (r + j) * N + col + v * lanes
-                if v == 1 || width == lanes { vstore(value, p) } else { storePartial(value, p, width) }
+                if v == 1 || width == lanes { vstore(value, p, stream: stream) } else { storePartial(value, p, width) }
                 prefetch?.pointee.step()
                 if withStats {
                   if v == 0 {
