@@ -51,11 +51,10 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
   }
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let kernels = KernelISA.rows, Wo = s.outWidth
-  let stream = StreamingStores.use(y, count: s.outputCount, channels: Co)
+  // Not streamed: the statistics read each output row back right after it is written (from cache).
   parallelChannelSums(rows: s.batch * s.outHeight, channels: Co, minPerChunk: 1, scratch: scratch, into: sums) { _, r, partial in
-    defer { if stream { streamingFence() } }
     for row in r {
-      conv2dForwardDirect16(y: y, x: x, w: w, s, rows: row..<(row + 1), stream: stream)
+      conv2dForwardDirect16(y: y, x: x, w: w, s, rows: row..<(row + 1))
       kernels.channelStatistics(z: y, channels: Co, rows: (row * Wo)..<((row + 1) * Wo), stats.with(sums: partial))
     }
   }

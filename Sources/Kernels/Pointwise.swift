@@ -208,8 +208,9 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
   _ = Compute.blasSingleThreaded
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let blockRows = backwardBlockRows(inChannels: m, outChannels: n, own: ownW && (dx == nil || ownX))
-  // dx is read back block by block by its reductions (in cache), then by the next layer's backward.
-  let streamDX = dx.map { StreamingStores.use($0, count: rows * m, channels: m) } ?? false
+  // Streamed only without reductions: those read each dx block back (and add the residual into it)
+  // while it is in cache, which a streamed block no longer is.
+  let streamDX = reduce == nil ? dx.map { StreamingStores.use($0, count: rows * m, channels: m) } ?? false : false
   // One scratch region: the weight partials of chunks 1…, the packed wᵀ, the per-chunk dz blocks.
   let partialFloats = (chunks - 1) * m * n, packedFloats = ownX ? gemmPackedCount(k: n, n: m) : 0
   let dzFloats = outputGradient == nil ? 0 : min(rows, blockRows) * n

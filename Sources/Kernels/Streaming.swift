@@ -8,6 +8,8 @@
 // copy 46–50 GB/s with ordinary stores, 63–64 GB/s with streaming ones) the depthwise forwards of
 // 1.0/224 b32 went from 26.5 to 20 ms per step with every output streamed. A tensor that fits the
 // last-level cache is left to ordinary stores: its consumer, next in line, still finds it there.
+// A kernel that reads its output back while it is still in cache (the stem's statistics, row by row;
+// the 1×1 input gradient's BN reductions and residual add, block by block) does not stream it.
 // Streaming stores are weakly ordered: each kernel that streams ends with `streamingFence()` (sfence)
 // before its thread reaches the join that publishes the output.
 import Foundation

@@ -24,9 +24,10 @@ final class StreamingTests: XCTestCase {
     XCTAssertFalse(StreamingStores.use(buffer.base, count: 256, channels: 32), "MNV2_STREAM=0")
   }
 
-  /// Every kernel that streams (1×1 forward with and without a pending input, its input gradient,
-  /// the depthwise forward and input gradient, the stem forward) writes the same bits with every output
-  /// streamed (threshold 0) as with none, on two threads and every instruction set this CPU runs.
+  /// Every kernel that streams (1×1 forward with and without a pending input, its input gradient
+  /// without reductions, the depthwise forward and input gradient, the stem forward without
+  /// statistics) writes the same bits with every output streamed (threshold 0) as with none, on two
+  /// threads and every instruction set this CPU runs; so do the paths that decline to stream.
   func testKernelsWriteTheSameBitsWithStreamingStores() {
     Compute.setThreads(2)
     GemmChoice.forced = .own
@@ -69,12 +70,15 @@ final class StreamingTests: XCTestCase {
         var stemSums = [Double](repeating: .nan, count: 2 * cs.outChannels)
         conv2dForward(y: stem.base, x: image.base, w: stemW.base, cs, statisticsShift: stemShift.base, sums: &stemSums,
                       scratch: scratch)
+        let stem2 = FloatBuffer(count: cs.outputCount)
+        conv2dForward(y: stem2.base, x: image.base, w: stemW.base, cs, scratch: scratch)  // streams (no statistics)
         return [y.array, sums.map(Float.init), y2.array, dx.array, dw.array, dy.array, dSums.map(Float.init),
-                ddx.array, ddw.array, stem.array, stemSums.map(Float.init)]
+                ddx.array, ddw.array, stem.array, stemSums.map(Float.init), stem2.array]
       }
       let plain = run(stream: false), streamed = run(stream: true)
       let names = ["1x1 y", "1x1 statistics", "1x1 y (stored input)", "1x1 dx", "1x1 dw", "depthwise y",
-                   "depthwise statistics", "depthwise dx", "depthwise dw", "stem y", "stem statistics"]
+                   "depthwise statistics", "depthwise dx", "depthwise dw", "stem y", "stem statistics",
+                   "stem y (inference)"]
       for (i, name) in names.enumerated() {
         XCTAssertEqual(streamed[i].map(\.bitPattern), plain[i].map(\.bitPattern), "\(isa) \(name)")
         XCTAssertFalse(plain[i].allSatisfy { $0 == 0 }, "\(isa) \(name) was written")
