@@ -313,7 +313,9 @@ struct TrainOne: ParsableCommand {
       for (i, l) in net.layerSummaries.enumerated() {
         let f = (Profile.layerForward[i] ?? 0) * 1000 / Double(steps), b = (Profile.layerBackward[i] ?? 0) * 1000 / Double(steps)
         let name = l.scope.replacingOccurrences(of: MobileNetV2.scopePrefix + "/", with: "")
-        print(String(format: "  %2d %-28@ %-9@ %4d -> %4d  %3d² s%d  fwd %6.2f  bwd %6.2f", i, name as NSString, l.kind as NSString,
+        // (Foundation on Linux ignores the width of %@: pad in Swift.)
+        let label = name.padding(toLength: 28, withPad: " ", startingAt: 0) + " " + l.kind.padding(toLength: 9, withPad: " ", startingAt: 0)
+        print(String(format: "  %2d %@ %4d -> %4d  %3d² s%d  fwd %6.2f  bwd %6.2f", i, label as NSString,
                      l.inChannels, l.outChannels, l.inSize, l.stride, f, b))
       }
     }
