@@ -21,9 +21,7 @@ public enum Profile {
   @inline(__always)
   public static func time<T>(_ s: Section, backward isBackward: Bool = false, _ body: () throws -> T) rethrows -> T {
     guard enabled else { return try body() }
-    let t0 = DispatchTime.now().uptimeNanoseconds
-    let r = try body()
-    let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    let (r, dt) = try timed(body)
     if isBackward { backward[s, default: 0] += dt } else { forward[s, default: 0] += dt }
     return r
   }
@@ -32,10 +30,16 @@ public enum Profile {
   @inline(__always)
   public static func time<T>(layer: Int, backward isBackward: Bool = false, _ body: () throws -> T) rethrows -> T {
     guard enabled else { return try body() }
-    let t0 = DispatchTime.now().uptimeNanoseconds
-    let r = try body()
-    let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    let (r, dt) = try timed(body)
     if isBackward { layerBackward[layer, default: 0] += dt } else { layerForward[layer, default: 0] += dt }
     return r
+  }
+
+  /// body's result and its wall-clock seconds.
+  @inline(__always)
+  private static func timed<T>(_ body: () throws -> T) rethrows -> (T, Double) {
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    let r = try body()
+    return (r, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
   }
 }

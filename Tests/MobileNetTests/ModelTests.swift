@@ -43,6 +43,36 @@ final class ModelTests: XCTestCase {
     XCTAssertNotEqual(m.stateValues.array, before)
   }
 
+  /// With the profile on, one training step times every conv + BN layer forward and backward, by the
+  /// indices `layerSummaries` describes (stem first, Conv_1 last); with it off, nothing is recorded.
+  func testProfileTimesEveryLayerForwardAndBackward() throws {
+    let m = try tiny()
+    var rng = RandomState(seed: 1)
+    fillInput(m, batch: 2, seed: 13)
+    defer { Profile.enabled = false; Profile.reset() }
+    func step() {
+      m.zeroGradients()
+      m.forward(batch: 2, mode: .training, rng: &rng)
+      m.loss(batch: 2, labelSmoothing: 0.1)
+      m.backward(batch: 2)
+    }
+    Profile.reset()
+    Profile.enabled = false
+    step()
+    XCTAssertTrue(Profile.layerForward.isEmpty && Profile.layerBackward.isEmpty)
+    Profile.enabled = true
+    step()
+    let layers = m.layerSummaries
+    XCTAssertEqual(layers.count, 52)
+    XCTAssertEqual(layers.first?.scope, "MobilenetV2/Conv")
+    XCTAssertEqual(layers.first?.kind, "conv")
+    XCTAssertEqual(layers.last?.scope, "MobilenetV2/Conv_1")
+    XCTAssertEqual(layers.filter { $0.kind == "depthwise" }.count, 17)
+    XCTAssertEqual(Set(Profile.layerForward.keys), Set(layers.indices))
+    XCTAssertEqual(Set(Profile.layerBackward.keys), Set(layers.indices))
+    XCTAssertTrue(Profile.layerForward.values.allSatisfy { $0 > 0 } && Profile.layerBackward.values.allSatisfy { $0 > 0 })
+  }
+
   func testGradientRangesArriveInOrderAndCoverTheSlab() throws {
     let m = try tiny()
     var rng = RandomState(seed: 1)
