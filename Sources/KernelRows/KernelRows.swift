@@ -7,8 +7,8 @@
 // AVX-512 code where the CPU has it and AVX2 elsewhere. A row kernel is single-threaded over a range
 // of rows; `Kernels` splits the rows over threads and reduces per-thread partial sums.
 //
-// This module holds only plain data and the protocol (no loops), so nothing in it depends on the
-// instruction set it is compiled for.
+// This module holds only plain data, the protocol and two `@inlinable` helpers the row kernels inline
+// (`PrefetchStreams.step`, `streamingFence`), so nothing compiled here depends on the instruction set.
 
 /// A depthwise K×K, stride-S convolution over NHWC with TF `SAME` padding, as the row kernels see it.
 public struct DepthwiseGeometry {
