@@ -145,9 +145,11 @@ func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32
   }
   @inlinable @inline(__always) public mutating func step() {
     for _ in 0..<perStep {
-      if s0 < e0 { llvmPrefetch(s0, 0, prefetchLocalityL2, 1); s0 += prefetchLine }
-      if s1 < e1 { llvmPrefetch(s1, 0, prefetchLocalityL2, 1); s1 += prefetchLine }
-      if s2 < e2 { llvmPrefetch(s2, 0, prefetchLocalityL2, 1); s2 += prefetchLine }
+      // Locality 2 (prefetcht1: into L2, the next block is read after this one's compute), a literal:
+      // llvm.prefetch takes only constants there, and an unoptimised build would pass a load.
+      if s0 < e0 { llvmPrefetch(s0, 0, 2, 1); s0 += prefetchLine }
+      if s1 < e1 { llvmPrefetch(s1, 0, 2, 1); s1 += prefetchLine }
+      if s2 < e2 { llvmPrefetch(s2, 0, 2, 1); s2 += prefetchLine }
     }
   }
 }
@@ -158,10 +160,14 @@ public let prefetchLine = 64
 /// (non-temporal) stores, which skip reading each line into the cache before overwriting it and do
 /// not evict what the kernel reads; the kernel fences them (`streamingFence`) before it returns, so
 /// the join that follows publishes them like ordinary stores. Kernels decides (`StreamingStores`).
+#if arch(x86_64)
 @usableFromInline @_silgen_name("llvm.x86.sse.sfence")
 func llvmStoreFence()
+#endif
 
-/// Orders every streaming store before it ahead of the stores after it (sfence).
-@inlinable @inline(__always) public func streamingFence() { llvmStoreFence() }
-/// llvm.prefetch locality 2: prefetcht1 (into L2; the next block is read after this one's compute).
-public let prefetchLocalityL2: Int32 = 2
+/// Orders every streaming store before it ahead of the stores after it (sfence on x86-64).
+@inlinable @inline(__always) public func streamingFence() {
+  #if arch(x86_64)
+  llvmStoreFence()
+  #endif
+}

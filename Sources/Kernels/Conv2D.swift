@@ -153,7 +153,7 @@ public func conv2dBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePo
   gemmTransposedRows(c: dw, a: patches, b: dy, rows: rows, m: depth, n: s.outChannels, partials: region + rows * depth)
   guard let dx else { return }
   let dPatches = patches  // the patches are consumed
-  gemmRows(c: dPatches, a: dy, b: w, rows: rows, k: s.outChannels, n: depth, transposeB: true)
+  gemmRows(c: dPatches, a: dy, b: w, rows: rows, k: s.outChannels, n: depth, transposeB: true, mayStream: false)  // col2im reads it next
   col2im(dx, dPatches, s)
 }
 

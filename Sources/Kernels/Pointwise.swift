@@ -312,13 +312,15 @@ func backwardBlockRows(inChannels m: Int, outChannels n: Int, own: Bool) -> Int 
 /// Fewer rows than this per thread are not worth a split.
 let gemmMinRowsPerThread = 64
 
-/// c[rows, n] = a[rows, k] · b (b is [k, n], or [n, k] read transposed).
+/// c[rows, n] = a[rows, k] · b (b is [k, n], or [n, k] read transposed). `mayStream: false` where the
+/// caller reads c straight back (see `StreamingStores`).
 func gemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-              rows: Int, k: Int, n: Int, transposeB: Bool) {
+              rows: Int, k: Int, n: Int, transposeB: Bool, mayStream: Bool = true) {
   guard rows > 0 else { return }
   if useOwnGEMM(.product, rows: rows, k: k, n: n) {
     withPackedB(b, k: k, n: n, transposed: transposeB) { packed, ldb in
-      ownGemmRows(c: c, a: a, packed: packed!, ldb: ldb, rows: rows, k: k, n: n)
+      ownGemmRows(c: c, a: a, packed: packed!, ldb: ldb, rows: rows, k: k, n: n,
+                  stream: mayStream && StreamingStores.use(c, count: rows * n, channels: n))
     }
     return
   }

@@ -131,11 +131,10 @@ var gemmLanes: Int { KernelISA.rows.gemmColumnPadding }
 
 /// c[rows, n] = a[rows, k] · b with our kernels, rows split over threads (b packed by `packGemmB`).
 func ownGemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, packed: UnsafePointer<Float>, ldb: Int,
-                 rows: Int, k: Int, n: Int) {
+                 rows: Int, k: Int, n: Int, stream: Bool = false) {
   let kernels = KernelISA.rows
   parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { _, r in
-    kernels.gemm(c: c, a: a, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: nil, prefetch: nil,
-                 stream: StreamingStores.use(c, count: rows * n, channels: n))
+    kernels.gemm(c: c, a: a, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: nil, prefetch: nil, stream: stream)
   }
 }
 

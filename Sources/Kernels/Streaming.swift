@@ -1,15 +1,19 @@
 // Which kernel outputs are written with streaming (non-temporal) stores.
 //
 // An ordinary store first reads the line it overwrites into the cache (a read for ownership), so a
-// kernel writing a large tensor moves its bytes twice, and the tensor then pushes out of L2/L3 what
-// the kernel reads. The largest activations of a step (the 112² and 56² expand and depthwise outputs,
-// 38–154 MB at batch 32) are written once and read back only by the next layer or by backward, long
-// after they have left any cache, so for them streaming stores are pure gain: on Zen 5 (2 threads,
-// copy 46–50 GB/s with ordinary stores, 63–64 GB/s with streaming ones) the depthwise forwards of
-// 1.0/224 b32 went from 26.5 to 20 ms per step with every output streamed. A tensor that fits the
-// last-level cache is left to ordinary stores: its consumer, next in line, still finds it there.
-// A kernel that reads its output back while it is still in cache (the stem's statistics, row by row;
-// the 1×1 input gradient's BN reductions and residual add, block by block) does not stream it.
+// kernel writing a large tensor moves its bytes twice, and the tensor pushes out of L2/L3 what the
+// kernel reads. The largest activations of a step (the 112² and 56² expand and depthwise outputs,
+// 38–154 MB at batch 32) are larger than the 32 MiB L3: by the time their consumer (the next layer,
+// then backward) reads their first rows, those have long been evicted, so for them streaming is pure
+// gain. On Zen 5 (2 threads: copy 46–50 GB/s with ordinary stores, 63–64 GB/s with streaming ones)
+// the depthwise forwards of 1.0/224 b32 went from 26.5 to 20 ms per step with every output streamed.
+// Below the L3 size it is measured, not obvious: the 14² and 7² layers' 5–15 MB outputs lost 1.5–3
+// ms per step streamed (their consumer finds them in L3), the 28² layers' 19 MB gained ~2 ms, and the
+// 25.7 MB output of the first project layer, read at once by its BN apply, came out faster streamed
+// too (the L3 is shared with the other core's working set); hence `minimumBytes`.
+// A kernel that reads its output back while it is still in L1/L2 (the stem's statistics, row by row;
+// the 1×1 input gradient's BN reductions and residual add, block by block; col2im after the patch
+// gradient) does not stream. Neither do the OpenBLAS and bf16 JIT paths (not our stores).
 // Streaming stores are weakly ordered: each kernel that streams ends with `streamingFence()` (sfence)
 // before its thread reaches the join that publishes the output.
 import Foundation

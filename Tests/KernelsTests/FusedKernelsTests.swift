@@ -390,7 +390,8 @@ final class FusedKernelsTests: XCTestCase {
   /// block, pending input, residual, reductions) give bit-identical results with it on and off, over
   /// many blocks per thread, on every instruction set this CPU runs.
   func testPointwiseResultsAreBitIdenticalWithAndWithoutNextBlockPrefetch() {
-    defer { GemmChoice.forced = nil; NextBlockPrefetch.enabled = true }
+    let saved = NextBlockPrefetch.enabled  // MNV2_PREFETCH=0 must stay off for later tests
+    defer { GemmChoice.forced = nil; NextBlockPrefetch.enabled = saved }
     GemmChoice.forced = .own
     forEachInstructionSet { isa in
       for (m, ci, co) in [(5000, 16, 96), (3001, 144, 24)] {
