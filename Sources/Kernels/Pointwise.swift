@@ -146,7 +146,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
         let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
         if let packed {
           let next = nextBlock(after: b, blockRows: blockRows, in: r)
-          withPrefetch(input == nil || next.isEmpty ? nil : rowBytes(x, next, k), steps: gemmSteps(rows: b.count, n: n)) {
+          withPrefetch(next.isEmpty ? nil : rowBytes(x, next, k), steps: gemmSteps(rows: b.count, n: n)) {
             kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0,
                          stream: stream)
           }

@@ -23,10 +23,8 @@ public enum StreamingStores {
   public static let environmentVariable = "MNV2_STREAM"
   /// On unless MNV2_STREAM=0 (tests switch it and lower the threshold to compare both on small shapes).
   public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
-  /// Outputs of at least this many bytes stream: half the 32 MiB L3 of the machines measured. On Zen 5
-  /// at 1.0/224 b32 (three alternating runs of per-layer profiles), streaming every output cost the
-  /// 14² and 7² layers 1.5–3 ms per step (their 5–15 MB outputs are read back from L3), while the
-  /// 28² layers (19 MB outputs) gained ~2 ms.
+  /// Outputs of at least this many bytes stream: half the 32 MiB L3 of the machines measured (the
+  /// measurements behind it are in the comment at the top of this file).
   public static var minimumBytes = 16 << 20
   /// Whether a kernel writing `count` floats of `channels`-wide rows at `base` streams them: large
   /// enough, every 16-float vector of a row aligned (64-byte base, channels a multiple of 16; the

@@ -160,9 +160,10 @@ private struct Weights3x3 {
     w6 = load16(w + 6 * C + c0); w7 = load16(w + 7 * C + c0); w8 = load16(w + 8 * C + c0)
   }
   /// Σ over the valid taps in (ky, kx) order of row ky's vector at column kx times w[3·ky + kx]
-  /// (the per-pixel taps' order, so the same bits).
+  /// (the per-pixel taps' order, so the same bits); straight-line where every tap is inside.
   @inline(__always)
   func sum(_ rows: TapRows3, _ cols: TapColumns3) -> SIMD16<Float> {
+    if rows.all && cols.all { return sumAll(rows, cols) }
     let (r0, r1, r2, v0, v1, v2) = (rows.r0, rows.r1, rows.r2, rows.v0, rows.v1, rows.v2)
     let (o0, o1, o2, u0, u1, u2) = (cols.o0, cols.o1, cols.o2, cols.u0, cols.u1, cols.u2)
     var acc = SIMD16<Float>()
@@ -199,11 +200,6 @@ private struct Weights3x3 {
     acc = acc.addingProduct(load16(r2 + o1), w7)
     acc = acc.addingProduct(load16(r2 + o2), w8)
     return acc
-  }
-  /// `sum`, straight-line where every tap is inside (the interior of the image).
-  @inline(__always)
-  func sumChecked(_ rows: TapRows3, _ cols: TapColumns3) -> SIMD16<Float> {
-    rows.all && cols.all ? sumAll(rows, cols) : sum(rows, cols)
   }
 }
 
@@ -354,7 +350,7 @@ public enum RowKernels: RowKernelSet {
                   let ox1 = min(Wo, ox0 + rowKernelBlockPixels)
                   var t0 = SIMD16<Float>(), t1 = t0
                   for ox in ox0..<ox1 {
-                    let acc = taps.sumChecked(window, TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0))
+                    let acc = taps.sum(window, TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0))
                     store16(acc, out + ox * C + c0, stream: stream)
                     if sums != nil {
                       let d = acc - sh
@@ -442,7 +438,7 @@ public enum RowKernels: RowKernelSet {
                   let tx0 = ix + pl, tx1 = tx0 - 1, tx2 = tx0 - 2
                   let u0 = reached(tx0, Wo), u1 = reached(tx1, Wo), u2 = reached(tx2, Wo)
                   let q0 = (tx0 >> sh) * C + c0, q1 = (tx1 >> sh) * C + c0, q2 = (tx2 >> sh) * C + c0
-                  var acc = taps.sumChecked(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
+                  var acc = taps.sum(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
                   let p = rowBase + ix * C + c0
                   if let residual { acc += load16(residual + p) }
                   store16(acc, dx + p, stream: stream)
