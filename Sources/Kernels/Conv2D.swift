@@ -219,10 +219,21 @@ func im2col(_ patches: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _
   let (H, W, Ci, K, S) = (s.height, s.width, s.inChannels, s.kernel, s.stride)
   let (Ho, Wo, pt, pl) = (s.outHeight, s.outWidth, s.padTop, s.padLeft)
   let depth = K * K * Ci, stride = rowStride ?? depth
+  // The stem's 3×3×3 windows: a window row is 9 contiguous floats, copied as one 8-wide vector and a
+  // float, with the padding columns of a 32-float row zeroed by one vector (4× the generic loop).
+  let stemRows = K == 3 && Ci == 3 && stride == 32
   for pixel in pixels {
     let row = pixel / Wo, ox = pixel % Wo
     let n = row / Ho, oy = row % Ho
     var p = patches + pixel * stride
+    if stemRows {
+      let ix0 = ox * S - pl, iy0 = oy * S - pt
+      if ix0 >= 0 && ix0 + 3 <= W && iy0 >= 0 && iy0 + 3 <= H {
+        let src = x + ((n * H + iy0) * W + ix0) * 3, rowFloats = W * 3
+        copyStemWindow(p, src, rowFloats)
+        continue
+      }
+    }
     for j in depth..<stride { p[j] = 0 }
     let ix0 = ox * S - pl
     let inside = ix0 >= 0 && ix0 + K <= W  // the window's K pixels of a row are contiguous in x
@@ -243,6 +254,20 @@ func im2col(_ patches: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _
       }
       p += K * Ci
     }
+  }
+}
+
+/// One interior 3×3×3 window (rows `rowFloats` apart from `src`) into a 32-float patch row: the three
+/// 9-float rows at 0, 9, 18 and zeros in 27..<32. The zero vector goes first; the third row overwrites
+/// its first three floats.
+@inline(__always)
+private func copyStemWindow(_ p: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ rowFloats: Int) {
+  let dst = UnsafeMutableRawPointer(p)
+  dst.storeBytes(of: SIMD8<Float>(repeating: 0), toByteOffset: 24 * 4, as: SIMD8<Float>.self)
+  for r in 0..<3 {
+    let s = src + r * rowFloats
+    dst.storeBytes(of: UnsafeRawPointer(s).loadUnaligned(as: SIMD8<Float>.self), toByteOffset: r * 9 * 4, as: SIMD8<Float>.self)
+    p[r * 9 + 8] = s[8]
   }
 }
 
