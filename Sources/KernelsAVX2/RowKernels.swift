@@ -1004,15 +1004,18 @@ extension RowKernels {
             let tall = r + tileRows <= r1
             var col = 0
             while col < N {
-              let pair = gemmPairTiles && tall && col + 2 * lanes <= N
-              let width = min(lanes, N - col)
+              // A pair's second vector may be partial (24 channels: 16 + 8): b is packed with zero
+              // columns to ldb, so its loads stay inside b, and only the stores are partial.
+              let pair = gemmPairTiles && tall && col + lanes < N
+              let width = min(lanes, N - col), width1 = pair ? min(lanes, N - col - lanes) : 0
               let sh0 = withStats ? vload(shift + col) : GemmVector()
               let sh1 = withStats && pair ? vload(shift + col + lanes) : GemmVector()
               var t0 = GemmVector(), t1 = GemmVector(), u0 = GemmVector(), u1 = GemmVector()
               /// Stores vector v of row r + j; its statistics into t (first vector) or u (second).
               @inline(__always) func emit(_ value: GemmVector, _ j: Int, _ v: Int) {
                 let p = c + (r + j) * N + col + v * lanes
-                if v == 1 || width == lanes { vstore(value, p, stream: stream) } else { storePartial(value, p, width) }
+                let w = v == 0 ? width : width1
+                if w == lanes { vstore(value, p, stream: stream) } else { storePartial(value, p, w) }
                 prefetch?.pointee.step()
                 if withStats {
                   if v == 0 {
@@ -1080,34 +1083,38 @@ extension RowKernels {
       let r1 = min(r0 + gemmReductionBlockRows, rows.upperBound)
       var col = 0
       while col < N {
-        let pair = gemmPairTiles && col + 2 * lanes <= N
-        let width = min(lanes, N - col)
-        // A whole-vector load of b's row r at col reads up to r·N + col + lanes − 1: past the row
-        // only in the last, narrower block, and past the end of b only for the last row or two
-        // there, from `safe` on, which are read lane by lane.
-        let limit = end - col - lanes
-        let safe = width == lanes ? r1 : limit < 0 ? r0 : max(r0, min(r1, limit / N + 1))
+        // A pair's second vector may be partial (24 channels: 16 + 8); its lanes past the row hold
+        // the next row's values, which go only into accumulator lanes that are never folded.
+        let pair = gemmPairTiles && col + lanes < N
+        let width = min(lanes, N - col), width1 = pair ? min(lanes, N - col - lanes) : 0
+        @inline(__always) func widthOf(_ u: Int) -> Int { u == 0 ? width : width1 }
+        // A whole-vector load of b's row r at col (and col + lanes in a pair) reads up to
+        // r·N + col + vectors·lanes − 1: past the row only where the last vector is partial, and past
+        // the end of b only for the last row or two there, from `safe` on, which are read lane by lane.
+        let vectors = pair ? 2 : 1
+        let limit = end - col - vectors * lanes
+        let safe = widthOf(vectors - 1) == lanes ? r1 : limit < 0 ? r0 : max(r0, min(r1, limit / N + 1))
         @inline(__always) func fold(_ v: GemmVector, _ i: Int, _ u: Int) {
-          let p = c + i * N + col + u * lanes
-          if u == 1 || width == lanes { vstore(vload(p) + v, p) } else { storePartial(loadPartial(p, width) + v, p, width) }
+          let p = c + i * N + col + u * lanes, w = widthOf(u)
+          if w == lanes { vstore(vload(p) + v, p) } else { storePartial(loadPartial(p, w) + v, p, w) }
         }
         @inline(__always) func whole(_ p: UnsafePointer<Float>, _ u: Int) -> GemmVector { vload(p) }
-        @inline(__always) func partial(_ p: UnsafePointer<Float>, _ u: Int) -> GemmVector { loadPartial(p, width) }
+        @inline(__always) func partial(_ p: UnsafePointer<Float>, _ u: Int) -> GemmVector { loadPartial(p, widthOf(u)) }
         var i = 0
         while i + 8 <= K {
           @inline(__always) func foldAt(_ v: GemmVector, _ j: Int, _ u: Int) { fold(v, i + j, u) }
           reductionTile8(a + r0 * K + i, k: K, b + r0 * N + col, n: N, count: safe - r0, pair: pair, prefetch: prefetch, whole, foldAt)
-          if safe < r1 {  // only in a block narrower than a vector, so never a pair
-            reductionTile8(a + safe * K + i, k: K, b + safe * N + col, n: N, count: r1 - safe, pair: false, prefetch: prefetch, partial, foldAt)
+          if safe < r1 {
+            reductionTile8(a + safe * K + i, k: K, b + safe * N + col, n: N, count: r1 - safe, pair: pair, prefetch: prefetch, partial, foldAt)
           }
           i += 8
         }
         while i < K {
-          for u in 0..<(pair ? 2 : 1) {
+          for u in 0..<vectors {
             var c0 = GemmVector()
             for r in r0..<r1 {
               let p = b + r * N + col + u * lanes
-              c0 = c0.addingProduct(splat(a[r * K + i]), r < safe ? vload(p) : loadPartial(p, width))
+              c0 = c0.addingProduct(splat(a[r * K + i]), r < safe ? vload(p) : loadPartial(p, widthOf(u)))
             }
             fold(c0, i, u)
           }
