@@ -127,24 +127,36 @@ public protocol RowKernelSet {
 func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32, _ data: Int32)
 
 /// Up to three address ranges to pull into L2 a cache line at a time while a kernel computes on data
-/// already in cache: `step()` (called once per row or tile of the kernel's inner loop) issues
-/// `perStep` lines of each range, so the next block's operands arrive during this block's FMAs
-/// instead of in a separate, memory-stalled pass.
+/// already in cache, so the next block's operands arrive during this block's FMAs instead of in a
+/// separate, memory-stalled pass. The lines are paced evenly over the kernels' work: `step(u)` is
+/// called with the vector FMAs the kernel just issued (a row of a weight-gradient tile, an output
+/// vector of a product), and the streams owe one line each per `units / lines` of them, so the last
+/// line of the largest range goes out with the last FMA of the `units` they were made for. (Issuing
+/// every line within the first product, as a fixed lines-per-step rate did, asks one core for several
+/// times the bandwidth memory gives it; the lines then queue behind each other instead of overlapping
+/// the second product.)
 @frozen public struct PrefetchStreams {
   public var s0, e0, s1, e1, s2, e2: UnsafeRawPointer
-  public var perStep: Int
-  /// The ranges (start, bytes) spread over about `steps` calls of `step()`.
+  /// Lines of the largest range, and the vector FMAs they are spread over.
+  public let lines, units: Int
+  /// lines · (FMAs so far) − units · (lines issued so far): a line is due whenever it reaches `units`.
+  public var credit = 0
+  /// The ranges (start, bytes) spread over `units` vector FMAs of `step` calls.
   @inlinable public init(_ r0: (UnsafeRawPointer, Int), _ r1: (UnsafeRawPointer, Int)? = nil,
-                         _ r2: (UnsafeRawPointer, Int)? = nil, steps: Int) {
+                         _ r2: (UnsafeRawPointer, Int)? = nil, units: Int) {
     let none = UnsafeRawPointer(bitPattern: prefetchLine)!
     s0 = r0.0; e0 = r0.0 + r0.1
     s1 = r1?.0 ?? none; e1 = r1.map { $0.0 + $0.1 } ?? none
     s2 = r2?.0 ?? none; e2 = r2.map { $0.0 + $0.1 } ?? none
     let bytes = max(r0.1, r1?.1 ?? 0, r2?.1 ?? 0)
-    perStep = max(1, ((bytes + prefetchLine - 1) / prefetchLine + max(steps, 1) - 1) / max(steps, 1))
+    lines = (bytes + prefetchLine - 1) / prefetchLine
+    self.units = max(1, units)
   }
-  @inlinable @inline(__always) public mutating func step() {
-    for _ in 0..<perStep {
+  /// The kernel issued `fmas` more vector FMAs: the lines now due.
+  @inlinable @inline(__always) public mutating func step(_ fmas: Int) {
+    credit += fmas * lines
+    while credit >= units {
+      credit -= units
       // Locality 2 (prefetcht1: into L2, the next block is read after this one's compute), a literal:
       // llvm.prefetch takes only constants there, and an unoptimised build would pass a load.
       if s0 < e0 { llvmPrefetch(s0, 0, 2, 1); s0 += prefetchLine }

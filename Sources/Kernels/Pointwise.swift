@@ -28,7 +28,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
           let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
           if let packed {
             let next = nextBlock(after: b, blockRows: blockRows, in: r)
-            withPrefetch(next.isEmpty ? nil : rowBytes(x, next, k), steps: gemmSteps(rows: b.count, n: n)) {
+            withPrefetch(next.isEmpty ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
               KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
             }
           } else {
@@ -146,7 +146,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
         let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
         if let packed {
           let next = nextBlock(after: b, blockRows: blockRows, in: r)
-          withPrefetch(next.isEmpty ? nil : rowBytes(x, next, k), steps: gemmSteps(rows: b.count, n: n)) {
+          withPrefetch(next.isEmpty ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
             kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0,
                          stream: stream)
           }
@@ -226,22 +226,25 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
         var g = dy
         if let pending = outputGradient { g = pending.block(rows: b, into: dzBlocks + chunk * dzFloats) }
         let xb = pendingInputRows(x, input, rows: b, channels: m, tmp: tmp(chunk))
-        if ownW {
-          // The next block's dy (and z), x rows arrive while this block's products compute.
-          let next = nextBlock(after: b, blockRows: blockRows, in: r)
-          let dyRows = rowBytes(outputGradient?.da ?? dy, next, n)
-          withPrefetch(next.isEmpty ? nil : dyRows, outputGradient.map { rowBytes($0.reduction.z, next, n) }, rowBytes(x, next, m),
-                       steps: gemmTransposedSteps(rows: b.count, k: m, n: n)) { streams in
+        // The next block's dy (and z), x rows arrive while this block's products compute (paced over
+        // both when both are ours).
+        let next = nextBlock(after: b, blockRows: blockRows, in: r)
+        let dyRows = rowBytes(outputGradient?.da ?? dy, next, n)
+        let dxFMAs = dx != nil && ownX ? gemmFMAs(rows: b.count, k: n, n: m) : 0
+        withPrefetch(next.isEmpty || !ownW ? nil : dyRows, outputGradient.map { rowBytes($0.reduction.z, next, n) },
+                     rowBytes(x, next, m), units: gemmFMAs(rows: b.count, k: m, n: n) + dxFMAs) { streams in
+          if ownW {
             kernels.gemmTransposedA(c: out, a: xb, b: g, k: m, n: n, rows: b, prefetch: streams)
+          } else {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(b.count),
+                        1, xb + lo * m, Int32(m), g + lo * n, Int32(n), 1, out, Int32(n))
           }
-        } else {
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(b.count),
-                      1, xb + lo * m, Int32(m), g + lo * n, Int32(n), 1, out, Int32(n))
+          if let dx, ownX {
+            kernels.gemm(c: dx, a: g, b: packed, ldb: ldb, k: n, n: m, rows: b, stats: nil, prefetch: streams, stream: streamDX)
+          }
         }
         guard let dx else { return }
-        if ownX {
-          kernels.gemm(c: dx, a: g, b: packed, ldb: ldb, k: n, n: m, rows: b, stats: nil, prefetch: nil, stream: streamDX)
-        } else {
+        if !ownX {
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(b.count), Int32(m), Int32(n),
                       1, g + lo * n, Int32(n), w, Int32(n), 0, dx + lo * m, Int32(m))
         }
@@ -274,18 +277,17 @@ func rowBytes(_ p: UnsafePointer<Float>, _ r: Range<Int>, _ channels: Int) -> (U
   (UnsafeRawPointer(p + r.lowerBound * channels), r.count * channels * MemoryLayout<Float>.stride)
 }
 
-/// Prefetch steps of a `gemm` call (one per stored output vector) and of a `gemmTransposedA` call (one
-/// per row of each 8-column register tile; two-vector tiles assumed, so the streams end early rather than late).
-func gemmSteps(rows: Int, n: Int) -> Int { rows * ((n + gemmLanes - 1) / gemmLanes) }
-func gemmTransposedSteps(rows: Int, k: Int, n: Int) -> Int { rows * ((k + 7) / 8) * ((n + 2 * gemmLanes - 1) / (2 * gemmLanes)) }
+/// Vector FMAs of a `gemm` call over `rows` rows (c[rows, n] = a[rows, k]·b), and as well of a
+/// `gemmTransposedA` call (c[k, n] += a[rows, k]ᵀ·b[rows, n]): the units `PrefetchStreams.step` counts.
+func gemmFMAs(rows: Int, k: Int, n: Int) -> Int { rows * k * ((n + gemmLanes - 1) / gemmLanes) }
 
-/// body with the ranges as prefetch streams spread over `steps` kernel steps (`NextBlockPrefetch`), or
+/// body with the ranges as prefetch streams paced over `units` vector FMAs (`NextBlockPrefetch`), or
 /// nil (no first range: the last block, or prefetch off).
 @inline(__always)
 func withPrefetch<R>(_ r0: (UnsafeRawPointer, Int)?, _ r1: (UnsafeRawPointer, Int)? = nil, _ r2: (UnsafeRawPointer, Int)? = nil,
-                     steps: Int, _ body: (UnsafeMutablePointer<PrefetchStreams>?) -> R) -> R {
+                     units: Int, _ body: (UnsafeMutablePointer<PrefetchStreams>?) -> R) -> R {
   guard NextBlockPrefetch.enabled, let r0 else { return body(nil) }
-  var streams = PrefetchStreams(r0, r1, r2, steps: steps)
+  var streams = PrefetchStreams(r0, r1, r2, units: units)
   return withUnsafeMutablePointer(to: &streams) { body($0) }
 }
 

@@ -126,7 +126,7 @@ public enum NextBlockPrefetch {
   public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
 }
 
-/// Floats per vector of the GEMM row kernels (their steps per row, for spreading the prefetches).
+/// Floats per vector of the GEMM row kernels (for counting their vector FMAs, the prefetch pacing units).
 var gemmLanes: Int { KernelISA.rows.gemmColumnPadding }
 
 /// c[rows, n] = a[rows, k] · b with our kernels, rows split over threads (b packed by `packGemmB`).

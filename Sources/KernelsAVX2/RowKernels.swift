@@ -948,7 +948,7 @@ private func reductionTile8(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePoin
       x = splat(ap[5]); c5 = c5.addingProduct(x, bv); d5 = d5.addingProduct(x, bw)
       x = splat(ap[6]); c6 = c6.addingProduct(x, bv); d6 = d6.addingProduct(x, bw)
       x = splat(ap[7]); c7 = c7.addingProduct(x, bv); d7 = d7.addingProduct(x, bw)
-      prefetch?.pointee.step()
+      prefetch?.pointee.step(16)
       ap += K; bp += N
     }
     fold(d0, 0, 1); fold(d1, 1, 1); fold(d2, 2, 1); fold(d3, 3, 1)
@@ -964,7 +964,7 @@ private func reductionTile8(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePoin
       c5 = c5.addingProduct(splat(ap[5]), bv)
       c6 = c6.addingProduct(splat(ap[6]), bv)
       c7 = c7.addingProduct(splat(ap[7]), bv)
-      prefetch?.pointee.step()
+      prefetch?.pointee.step(8)
       ap += K; bp += N
     }
   }
@@ -1016,7 +1016,7 @@ extension RowKernels {
                 let p = c + (r + j) * N + col + v * lanes
                 let w = v == 0 ? width : width1
                 if w == lanes { vstore(value, p, stream: stream) } else { storePartial(value, p, w) }
-                prefetch?.pointee.step()
+                prefetch?.pointee.step(K)
                 if withStats {
                   if v == 0 {
                     let d = value - sh0

@@ -173,29 +173,33 @@ final class GemmKernelsTests: XCTestCase {
     XCTAssertEqual(a.ownAVX512, KernelISA.current == .avx512)
   }
 
-  /// PrefetchStreams spreads its ranges over the steps it was made for: after that many steps every
-  /// line of every range was issued (each cursor is at its end, not past it by a line), and not before
-  /// the last step for the largest range; further steps issue nothing.
-  func testPrefetchStreamsCoverTheirRangesInTheirSteps() {
+  /// PrefetchStreams paces its ranges over the FMAs it was made for: after u of its `units`, exactly
+  /// ⌊u·lines/units⌋ lines of the largest range (and as many of each smaller one, up to its end) were
+  /// issued, whatever the sizes of the steps; after all of them every line of every range, and the
+  /// cursors stop at their ends.
+  func testPrefetchStreamsPaceTheirRangesOverTheirUnits() {
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 64)
     defer { buffer.deallocate() }
-    for (sizes, steps) in [([4000, 640, 64], 7), ([64 * 1000, 100, 3], 37), ([10, 20, 30], 100), ([5000, 0, 0], 1)] {
+    let cases: [([Int], [Int])] = [([4000, 640, 64], [16, 16, 16, 8, 96, 96]), ([64 * 1000, 100, 3], Array(repeating: 16, count: 37)),
+                                   ([10, 20, 30], Array(repeating: 8, count: 100)), ([5000, 0, 0], [24]), ([6400, 64, 64], [1, 1, 500, 1])]
+    for (sizes, steps) in cases {
       let ranges = [(UnsafeRawPointer(buffer), sizes[0]), (UnsafeRawPointer(buffer + 20_000), sizes[1]),
                     (UnsafeRawPointer(buffer + 40_000), sizes[2])]
-      var streams = PrefetchStreams(ranges[0], ranges[1], ranges[2], steps: steps)
+      let units = steps.reduce(0, +)
+      var streams = PrefetchStreams(ranges[0], ranges[1], ranges[2], units: units)
       let lines = sizes.map { ($0 + prefetchLine - 1) / prefetchLine }
-      XCTAssertEqual(streams.perStep, max(1, (lines.max()! + steps - 1) / steps), "\(sizes) over \(steps)")
-      for _ in 0..<(steps - 1) { streams.step() }
-      if (lines.max()! + streams.perStep - 1) / streams.perStep == steps {
-        XCTAssertLessThan(streams.s0, streams.e0, "\(sizes): the largest range is not done before the last step")
+      XCTAssertEqual(streams.lines, lines.max()!, "\(sizes)")
+      var done = 0
+      for u in steps {
+        streams.step(u)
+        done += u
+        let due = done * lines.max()! / units
+        let cursors = [streams.s0, streams.s1, streams.s2]
+        for i in 0..<3 {
+          XCTAssertEqual(cursors[i] - ranges[i].0, min(due, lines[i]) * prefetchLine, "\(sizes) after \(done) of \(units): range \(i)")
+        }
       }
-      streams.step()
-      let cursors = [(streams.s0, streams.e0), (streams.s1, streams.e1), (streams.s2, streams.e2)]
-      for (i, (s, e)) in cursors.enumerated() {
-        XCTAssertGreaterThanOrEqual(s, e, "\(sizes) over \(steps): range \(i) done")
-        XCTAssertEqual(s - ranges[i].0, lines[i] * prefetchLine, "\(sizes) over \(steps): range \(i) issued line by line")
-      }
-      streams.step()
+      streams.step(100)
       XCTAssertEqual(streams.s0 - ranges[0].0, lines[0] * prefetchLine, "no line past the end")
     }
   }
