@@ -295,14 +295,17 @@ func withPrefetch<R>(_ r0: (UnsafeRawPointer, Int)?, _ r1: (UnsafeRawPointer, In
 /// multiple of it leaves the rest to a one-accumulator loop.
 let gemmReductionTile = 8
 
-/// Floats of one block's dz, x and dx rows together (256 KiB).
-let backwardBlockFloats = 65536
+/// Floats of one block's dz, x and dx rows together (128 KiB).
+let backwardBlockFloats = 32768
 
 /// Rows per block of `pointwiseBackwardBlocks`. Our kernels: the dz, x and dx blocks together within
-/// ~256 KiB (in L2 while both products read them; 4 % faster per 1.0/224 step than 128 KiB in four
-/// alternating pairs on Zen 5, 512 KiB no better), but at least 128 rows, the weight-gradient
+/// ~128 KiB (in L2 while both products read them), but at least 128 rows, the weight-gradient
 /// kernel's reduction block, below which folding its register tiles into dw costs as much as the
 /// products. BLAS calls repack their operands each time and keep the fused kernels' larger blocks.
+/// Measured on Zen 5 (1.0/224 b32, alternating profiles): with the next block's prefetch issued all
+/// within the weight gradient, 256 KiB was 4 % faster per step than 128 KiB; since the prefetch is
+/// paced over both products (`PrefetchStreams`), 128 KiB is 2 % faster than 256 KiB (layer 3's
+/// backward 14.9 → 13.0 ms), 512 KiB no better and 64 KiB 2 % slower.
 func backwardBlockRows(inChannels m: Int, outChannels n: Int, own: Bool) -> Int {
   guard own else { return fusedBlockRows(k: n, n: m) }
   return wholeTiles(max(128, backwardBlockFloats / max(1, n + 2 * m)))
