@@ -108,8 +108,8 @@ proto:
 # images) converted to TF-slim TFRecords, 2 ranks on loopback through launch, then evaluate.
 DEMO_DIR    ?= result/demo
 # 64×64 input for 3 epochs at LR 0.02: at 32×32 the last layers see a 1×1 map and the result moved
-# by 2 points with OpenBLAS's GEMM kernel (0.858-0.878); this recipe scores 0.889-0.892 with the
-# AVX-512 kernels and 0.892 with AVX2 + OpenBLAS Haswell forced, in 1.5-2.5 minutes (docs/training.md).
+# by 2 points with OpenBLAS's GEMM kernel (0.858-0.878); this recipe scores 0.886-0.894 with the
+# AVX-512 kernels (builds and seeds) and 0.892 with AVX2 + OpenBLAS Haswell forced, in 1-2.5 minutes (docs/training.md).
 DEMO_SIZE   ?= 64
 DEMO_EPOCHS ?= 3
 # fp32 or bf16 (mixed precision, docs/training.md); both score within 0.5 points of each other.
