@@ -190,7 +190,13 @@ public func conv2dWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePoin
       let patches = patchBuffer - lo * padded
       im2col(patches, x, s, pixels: b, rowStride: padded)
       if own {
-        kernels.gemmTransposedA(c: partial, a: patches, b: g, k: padded, n: co, rows: b, prefetch: nil)
+        // The next block's dy (and z) rows arrive while this block's product runs (see PrefetchStreams).
+        let next = nextBlock(after: b, blockRows: blockRows, in: r)
+        withPrefetch(next.isEmpty ? nil : rowBytes(outputGradient?.da ?? dy, next, co),
+                     outputGradient.map { rowBytes($0.reduction.z, next, co) },
+                     units: gemmFMAs(rows: b.count, k: padded, n: co)) { streams in
+          kernels.gemmTransposedA(c: partial, a: patches, b: g, k: padded, n: co, rows: b, prefetch: streams)
+        }
       } else {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(depth), Int32(co), Int32(b.count),
                     1, patches + lo * padded, Int32(padded), g + lo * co, Int32(co), 1, partial, Int32(co))
