@@ -20,6 +20,17 @@ public struct DepthwiseGeometry {
   }
 }
 
+/// A regular K×K, stride-S convolution over NHWC with TF `SAME` padding (the stem), as the row kernels see it.
+public struct ConvGeometry {
+  public var height, width, inChannels, outChannels, kernel, stride, outHeight, outWidth, padTop, padLeft: Int
+  public init(height: Int, width: Int, inChannels: Int, outChannels: Int, kernel: Int, stride: Int, outHeight: Int,
+              outWidth: Int, padTop: Int, padLeft: Int) {
+    self.height = height; self.width = width; self.inChannels = inChannels; self.outChannels = outChannels
+    self.kernel = kernel; self.stride = stride; self.outHeight = outHeight; self.outWidth = outWidth
+    self.padTop = padTop; self.padLeft = padLeft
+  }
+}
+
 /// What the batch-norm backward reductions of a layer need while its output gradient `da` is produced:
 /// the layer's saved conv output `z`, its BN scale/shift (γ·invStd, β − μ·γ·invStd: the ReLU6 mask is
 /// recomputed from z exactly as forward computed the activation), mean and 1/σ. The reductions
@@ -111,6 +122,14 @@ public protocol RowKernelSet {
                                      _ r: BatchNormReduction, k: UnsafePointer<Float>, meanG: UnsafePointer<Float>,
                                      meanGX: UnsafePointer<Float>, channels: Int, rows: Range<Int>)
 
+  /// y rows (n·Ho + oy) of the direct convolution forward (w in HWIO, Co a multiple of 16): register
+  /// accumulators over all K·K·Ci taps, each output written once; statistics of the written outputs,
+  /// from the registers, if `stats`; with `prefetch`, each row first pulls into L1 the input rows the
+  /// next output row adds.
+  static func convForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                                  _ g: ConvGeometry, rows: Range<Int>, stats: ChannelStatistics?, stream: Bool,
+                                  prefetch: Bool)
+
   /// Columns the GEMM kernels process per register (their packed B's row stride must be a multiple of it).
   static var gemmColumnPadding: Int { get }
   /// c[rows, n] = a[rows, k] · b over the given rows, b packed as [k, ldb] (ldb ≥ n a multiple of
@@ -165,6 +184,9 @@ func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32
     }
   }
 }
+/// One cache line into L1 (prefetcht0; the locality a literal, as llvm.prefetch requires).
+@inlinable @inline(__always) public func prefetchLineIntoL1(_ p: UnsafeRawPointer) { llvmPrefetch(p, 0, 3, 1) }
+
 /// Bytes per cache line.
 public let prefetchLine = 64
 

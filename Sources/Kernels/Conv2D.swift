@@ -33,8 +33,8 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
 }
 
 /// The same, with the batch-norm statistics of y (see `pointwiseForward(statisticsShift:)`): on the
-/// direct path each output row's statistics are made right after the row is written (still in L1/L2);
-/// the GEMM path makes them in a separate pass.
+/// direct path the kernel adds each output vector to them from its registers; the GEMM path makes
+/// them in a separate pass.
 public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                           _ s: ConvShape, statisticsShift shift: UnsafeMutablePointer<Float>,
                           sums: UnsafeMutablePointer<Double>, scratch: Scratch) {
@@ -50,89 +50,35 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
     for ci in 0..<s.inChannels { for co in 0..<Co { shift[co] += xin[ci] * w[(tap * s.inChannels + ci) * Co + co] } }
   }
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
-  let kernels = KernelISA.rows, Wo = s.outWidth
-  // Not streamed: the statistics read each output row back right after it is written (from cache).
+  let kernels = KernelISA.rows, g = s.geometry
+  // Not streamed, although the statistics come from the kernel's registers: with the 51 MB 1.0/224
+  // b32 output streamed, the step was 3 % slower (medians of five alternating profiles), the stem
+  // forward itself 0.4 ms faster.
   parallelChannelSums(rows: s.batch * s.outHeight, channels: Co, minPerChunk: 1, scratch: scratch, into: sums) { _, r, partial in
-    for row in r {
-      conv2dForwardDirect16(y: y, x: x, w: w, s, rows: row..<(row + 1))
-      kernels.channelStatistics(z: y, channels: Co, rows: (row * Wo)..<((row + 1) * Wo), stats.with(sums: partial))
-    }
+    kernels.convForwardDirect16(y: y, x: x, w: w, g, rows: r, stats: stats.with(sums: partial), stream: false,
+                                prefetch: NextBlockPrefetch.enabled)
   }
 }
 
 /// The stems of mobilenet_v2_035/_050 (16), _100 (32) and _140 (48) output channels (_075 has 24 and
-/// _130 40, which take the GEMM path): one SIMD16 accumulator per 16 output
-/// channels stays in registers across all K·K·Ci taps, so each tap is one broadcast FMA and the
-/// output is written once (3× faster than im2col + GEMM on the 0.35/96 stem, which is bound by
-/// writing and reading the patch matrix).
+/// _130 40, which take the GEMM path): register accumulators per 16 output channels across all
+/// K·K·Ci taps, so each tap is one broadcast FMA and the output is written once (3× faster than
+/// im2col + GEMM on the 0.35/96 stem, which is bound by writing and reading the patch matrix). The
+/// loops are `RowKernelSet.convForwardDirect16`, in the CPU's instruction set.
 func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                            _ s: ConvShape) {
   let stream = StreamingStores.use(y, count: s.outputCount, channels: s.outChannels)
+  let kernels = KernelISA.rows, g = s.geometry
   parallelChunks(s.batch * s.outHeight) { _, rows in
-    conv2dForwardDirect16(y: y, x: x, w: w, s, rows: rows, stream: stream)
-    if stream { streamingFence() }
+    kernels.convForwardDirect16(y: y, x: x, w: w, g, rows: rows, stats: nil, stream: stream,
+                                prefetch: NextBlockPrefetch.enabled)
   }
 }
 
-/// Output rows (n·Ho + oy) of the direct stem forward, single-threaded (`stream`: streaming stores,
-/// fenced by the caller).
-func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                           _ s: ConvShape, rows: Range<Int>, stream: Bool = false) {
-  let (H, W, Ci, Co, K, S) = (s.height, s.width, s.inChannels, s.outChannels, s.kernel, s.stride)
-  let (Ho, Wo, window) = (s.outHeight, s.outWidth, s.window)
-  // Output columns whose windows lie inside the image: [inside.lowerBound, inside.upperBound).
-  let firstInside = (s.padLeft + S - 1) / S, lastInside = (W - K + s.padLeft) / S
-  let inside = firstInside..<max(firstInside, min(Wo, lastInside + 1))
-  for row in rows {
-    let n = row / Ho, oy = row % Ho
-    let iy0 = oy * S - s.padTop
-    /// Output pixel ox on its own, the taps the padding leaves.
-    func single(_ ox: Int) {
-      let out = y + (row * Wo + ox) * Co
-      for cb in stride(from: 0, to: Co, by: 16) {
-        var acc = SIMD16<Float>()
-        window.forEachTap(oy: oy, ox: ox) { tap, iy, ix in
-          let xin = x + ((n * H + iy) * W + ix) * Ci
-          let wk = w + tap * Ci * Co + cb
-          for ci in 0..<Ci { acc = acc.addingProduct(SIMD16(repeating: xin[ci]), load16(wk + ci * Co)) }
-        }
-        store16(acc, out + cb, stream: stream)
-      }
-    }
-    guard iy0 >= 0 && iy0 + K <= H else {
-      for ox in 0..<Wo { single(ox) }
-      continue
-    }
-    for ox in 0..<inside.lowerBound { single(ox) }
-    // Four output pixels with their windows inside the image at a time: four independent
-    // accumulator chains (one alone waits out the FMA latency on every tap), each weight vector
-    // loaded once for the four; the same taps in the same order as `single`, so the same bits.
-    var ox = inside.lowerBound
-    let step = S * Ci  // from one output pixel's window to the next one's
-    while ox + 4 <= inside.upperBound {
-      let ix0 = ox * S - s.padLeft
-      let out = y + (row * Wo + ox) * Co
-      for cb in stride(from: 0, to: Co, by: 16) {
-        var a0 = SIMD16<Float>(), a1 = a0, a2 = a0, a3 = a0
-        for ky in 0..<K {
-          for kx in 0..<K {
-            let xin = x + ((n * H + iy0 + ky) * W + ix0 + kx) * Ci
-            let wk = w + (ky * K + kx) * Ci * Co + cb
-            for ci in 0..<Ci {
-              let wv = load16(wk + ci * Co)
-              a0 = a0.addingProduct(SIMD16(repeating: xin[ci]), wv)
-              a1 = a1.addingProduct(SIMD16(repeating: xin[step + ci]), wv)
-              a2 = a2.addingProduct(SIMD16(repeating: xin[2 * step + ci]), wv)
-              a3 = a3.addingProduct(SIMD16(repeating: xin[3 * step + ci]), wv)
-            }
-          }
-        }
-        store16(a0, out + cb, stream: stream); store16(a1, out + Co + cb, stream: stream)
-        store16(a2, out + 2 * Co + cb, stream: stream); store16(a3, out + 3 * Co + cb, stream: stream)
-      }
-      ox += 4
-    }
-    for ox in ox..<Wo { single(ox) }
+extension ConvShape {
+  var geometry: ConvGeometry {
+    ConvGeometry(height: height, width: width, inChannels: inChannels, outChannels: outChannels, kernel: kernel,
+                 stride: stride, outHeight: outHeight, outWidth: outWidth, padTop: padTop, padLeft: padLeft)
   }
 }
 
@@ -158,9 +104,9 @@ public func conv2dBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePo
 }
 
 /// dw[K,K,Ci,Co] += patchesᵀ · dz with neither stored: each thread takes blocks of output pixels
-/// (~256 KiB of patch and dz rows), remakes the block's patches from x and, with `outputGradient`, its
-/// dz from the layer's pending BN backward into per-thread buffers, and adds the block's product into
-/// its dw partial while both are in cache. The stem's backward (its input gradient is never needed):
+/// (`backwardBlockRows`, as the 1×1 backward: ~128 KiB of patch and dz rows), remakes the block's
+/// patches from x and, with `outputGradient`, its dz from the layer's pending BN backward into
+/// per-thread buffers, and adds the block's product into its dw partial while both are in cache. The stem's backward (its input gradient is never needed):
 /// the separate BN-backward pass over dA and the whole patch matrix (rows·K·K·Ci floats, written and
 /// read back) are gone. Our GEMM gets patch rows padded with zero columns to a multiple of its 8-column
 /// register tile (the stem's 27 would leave 3 columns to its one-accumulator remainder loop, which
@@ -190,10 +136,11 @@ public func conv2dWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePoin
       let patches = patchBuffer - lo * padded
       im2col(patches, x, s, pixels: b, rowStride: padded)
       if own {
-        // The next block's dy (and z) rows arrive while this block's product runs (see PrefetchStreams).
+        // The next block's dy (and z) rows, and the input rows its patches read, arrive while this
+        // block's product runs (see PrefetchStreams).
         let next = nextBlock(after: b, blockRows: blockRows, in: r)
         withPrefetch(next.isEmpty ? nil : rowBytes(outputGradient?.da ?? dy, next, co),
-                     outputGradient.map { rowBytes($0.reduction.z, next, co) },
+                     outputGradient.map { rowBytes($0.reduction.z, next, co) }, next.isEmpty ? nil : inputRows(of: next, s, x),
                      units: gemmFMAs(rows: b.count, k: padded, n: co)) { streams in
           kernels.gemmTransposedA(c: partial, a: patches, b: g, k: padded, n: co, rows: b, prefetch: streams)
         }
@@ -208,6 +155,17 @@ public func conv2dWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePoin
     let partial = region + chunk * perChunk
     for i in 0..<(depth * co) { dw[i] += partial[i] }
   }
+}
+
+/// The bytes of x the windows of output pixels `pixels` read: from the first one's top input row to
+/// the last one's bottom row (images are consecutive, so a range across two of them is contiguous).
+func inputRows(of pixels: Range<Int>, _ s: ConvShape, _ x: UnsafePointer<Float>) -> (UnsafeRawPointer, Int) {
+  let (Ho, Wo, H) = (s.outHeight, s.outWidth, s.height)
+  let first = pixels.lowerBound / Wo, last = (pixels.upperBound - 1) / Wo
+  let top = (first / Ho) * H + max(0, (first % Ho) * s.stride - s.padTop)
+  let bottom = (last / Ho) * H + min(H, (last % Ho) * s.stride - s.padTop + s.kernel)
+  let rowFloats = s.width * s.inChannels
+  return (UnsafeRawPointer(x + top * rowFloats), max(0, bottom - top) * rowFloats * MemoryLayout<Float>.stride)
 }
 
 /// Row (n, oy, ox) of `patches` = the K×K×Ci input window of that output pixel, in the weights'

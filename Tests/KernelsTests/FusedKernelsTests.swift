@@ -62,8 +62,12 @@ final class FusedKernelsTests: XCTestCase {
 
   func testStemForwardStatisticsMatchNaive() {
     forEachInstructionSet { isa in
+      // 16 channels; 24 (the GEMM path); 32 and 48 over rows wide enough for the four-pixel tiles (two
+      // 16-channel blocks at a time on AVX-512, then one), with the borders' one-pixel path around them.
       for s in [ConvShape(batch: 2, height: 8, width: 8, inChannels: 3, outChannels: 16, kernel: 3, stride: 2),
-                ConvShape(batch: 3, height: 7, width: 9, inChannels: 3, outChannels: 24, kernel: 3, stride: 2)] {
+                ConvShape(batch: 3, height: 7, width: 9, inChannels: 3, outChannels: 24, kernel: 3, stride: 2),
+                ConvShape(batch: 2, height: 21, width: 30, inChannels: 3, outChannels: 32, kernel: 3, stride: 2),
+                ConvShape(batch: 1, height: 16, width: 23, inChannels: 3, outChannels: 48, kernel: 3, stride: 2)] {
         let x = randomBuffer(s.inputCount, seed: 60, offset: -2), w = randomBuffer(s.weightCount, seed: 61)
         let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
         let shift = FloatBuffer(count: s.outChannels)
@@ -382,6 +386,37 @@ final class FusedKernelsTests: XCTestCase {
           XCTAssertEqual(da.array, daCopy, what + ": da must not be overwritten")
         }
       }
+    }
+  }
+
+  /// The stem's prefetches (the next output row's input rows in the direct forward; the next block's
+  /// dA, z and input rows in the blocked weight gradient) change nothing computed: bit-identical
+  /// forward (with statistics and without) and dw with them on and off, two threads, many rows and blocks.
+  func testStemResultsAreBitIdenticalWithAndWithoutPrefetch() {
+    let saved = NextBlockPrefetch.enabled
+    defer { GemmChoice.forced = nil; NextBlockPrefetch.enabled = saved; Compute.setThreads(1) }
+    GemmChoice.forced = .own
+    Compute.setThreads(2)
+    forEachInstructionSet { isa in
+      let s = ConvShape(batch: 2, height: 96, width: 80, inChannels: 3, outChannels: 32, kernel: 3, stride: 2)
+      let x = randomBuffer(s.inputCount, seed: 190), w = randomBuffer(s.weightCount, seed: 191)
+      let dy = randomBuffer(s.outputCount, seed: 192)
+      func run(prefetch: Bool) -> [[Float]] {
+        NextBlockPrefetch.enabled = prefetch
+        let scratch = Scratch()
+        let y = FloatBuffer(count: s.outputCount), y2 = FloatBuffer(count: s.outputCount), shift = FloatBuffer(count: 32)
+        var sums = [Double](repeating: .nan, count: 64)
+        conv2dForward(y: y.base, x: x.base, w: w.base, s, statisticsShift: shift.base, sums: &sums, scratch: scratch)
+        conv2dForward(y: y2.base, x: x.base, w: w.base, s, scratch: scratch)
+        let dw = FloatBuffer(count: s.weightCount)
+        conv2dWeightGradient(dw: dw.base, dy: dy.base, outputGradient: nil, x: x.base, s, scratch: scratch)
+        return [y.array, y2.array, sums.map(Float.init), dw.array]
+      }
+      let off = run(prefetch: false), on = run(prefetch: true)
+      for (i, name) in ["y", "y (inference)", "statistics", "dw"].enumerated() {
+        XCTAssertEqual(on[i].map(\.bitPattern), off[i].map(\.bitPattern), "\(isa) stem \(name)")
+      }
+      XCTAssertFalse(off[3].allSatisfy { $0 == 0 }, "the weight gradient was computed")
     }
   }
 
