@@ -11,9 +11,9 @@
 // ms per step streamed (their consumer finds them in L3), the 28² layers' 19 MB gained ~2 ms, and the
 // 25.7 MB output of the first project layer, read at once by its BN apply, came out faster streamed
 // too (the L3 is shared with the other core's working set); hence `minimumBytes`.
-// A kernel that reads its output back while it is still in L1/L2 (the stem's statistics, row by row;
-// the 1×1 input gradient's BN reductions and residual add, block by block; col2im after the patch
-// gradient) does not stream. Neither do the OpenBLAS and bf16 JIT paths (not our stores).
+// A kernel that reads its output back while it is still in L1/L2 (the 1×1 input gradient's BN
+// reductions and residual add, block by block; col2im after the patch gradient) does not stream, nor
+// does the stem's training forward (measured slower streamed, although its statistics come from registers). Neither do the OpenBLAS and bf16 JIT paths (not our stores).
 // Streaming stores are weakly ordered: each kernel that streams ends with `streamingFence()` (sfence)
 // before its thread reaches the join that publishes the output.
 import Foundation
