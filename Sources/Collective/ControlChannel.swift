@@ -27,6 +27,8 @@ public final class ControlChannel: @unchecked Sendable {
   private var outbox: [(peer: String?, text: String)] = []
   private var inbox: [(from: String, text: String)] = []
   private var lastHeard: [String: Date] = [:]
+  /// When the channel's thread last went round its loop (every ≤ 50 ms while this process runs).
+  private var lastTurn = Date()
   private var stopping = false
   private var thread: Thread?
   private let finished = DispatchSemaphore(value: 0)
@@ -104,10 +106,18 @@ public final class ControlChannel: @unchecked Sendable {
     return out
   }
 
-  /// Seconds since `peer` was last heard (any message or heartbeat); nil if never.
+  /// A gap longer than this between two turns of the channel's loop means this process was not
+  /// running (SIGSTOP, a suspended VM): the gap is not counted as any peer's silence.
+  static let stallAllowance = 1.0
+
+  /// Seconds since `peer` was last heard (any message or heartbeat); nil if never. Time this process
+  /// spent stopped does not count: after a SIGCONT the peers' queued messages (a decision, their
+  /// heartbeats) must be read before anyone is declared silent, and the channel's thread may not have
+  /// turned yet when the caller asks.
   public func silence(of peer: String) -> Double? {
     lock.lock(); defer { lock.unlock() }
-    return lastHeard[peer].map { Date().timeIntervalSince($0) }
+    let now = min(Date(), lastTurn.addingTimeInterval(Self.stallAllowance))
+    return lastHeard[peer].map { max(0, now.timeIntervalSince($0)) }
   }
 
   /// Peers heard so far.
@@ -137,6 +147,14 @@ public final class ControlChannel: @unchecked Sendable {
     while true {
       var item = zmq_pollitem_t(socket: socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
       _ = zmq_poll(&item, 1, 50)
+      lock.lock()
+      let now = Date(), gap = now.timeIntervalSince(lastTurn)
+      if gap > Self.stallAllowance {
+        // This process was stopped: the peers were not silent for that long, we were not listening.
+        for (peer, heard) in lastHeard { lastHeard[peer] = heard.addingTimeInterval(gap) }
+      }
+      lastTurn = now
+      lock.unlock()
       while let frames = receiveMultipart() {
         let from = isCoordinator ? String(decoding: frames.first ?? [], as: UTF8.self) : Self.coordinatorName
         let text = String(decoding: frames.last ?? [], as: UTF8.self)
