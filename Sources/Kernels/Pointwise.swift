@@ -230,7 +230,7 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
         // both when both are ours).
         let next = nextBlock(after: b, blockRows: blockRows, in: r)
         let dyRows = rowBytes(outputGradient?.da ?? dy, next, n)
-        let dxFMAs = dx != nil && ownX ? gemmFMAs(rows: b.count, k: n, n: m) : 0
+        let dxFMAs = ownX ? gemmFMAs(rows: b.count, k: n, n: m) : 0
         withPrefetch(next.isEmpty || !ownW ? nil : dyRows, outputGradient.map { rowBytes($0.reduction.z, next, n) },
                      rowBytes(x, next, m), units: gemmFMAs(rows: b.count, k: m, n: n) + dxFMAs) { streams in
           if ownW {

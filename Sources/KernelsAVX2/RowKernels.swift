@@ -114,6 +114,20 @@ private func withBlockSums(channels C: Int, out: UnsafeMutablePointer<Double>, _
   }
 }
 
+/// body with block sums into `out` (folded at the end), or with nil when there is nothing to sum.
+@inline(__always)
+private func withOptionalBlockSums(channels C: Int, out: UnsafeMutablePointer<Double>?, _ body: (inout BlockSums?) -> Void) {
+  guard let out else {
+    var none: BlockSums? = nil
+    return body(&none)
+  }
+  withBlockSums(channels: C, out: out) { b in
+    var s: BlockSums? = b
+    body(&s)
+    b = s!
+  }
+}
+
 /// The three rows a 3×3 tap window reads: where each starts and whether it lies inside the image.
 private struct TapRows3 {
   let r0, r1, r2: UnsafePointer<Float>
@@ -438,16 +452,7 @@ public enum RowKernels: RowKernelSet {
         for ox in ox..<Wo { single(ox) }
       }
     }
-    if let stats {
-      withBlockSums(channels: Co, out: stats.sums) { b in
-        var s: BlockSums? = b
-        run(&s)
-        b = s!
-      }
-    } else {
-      var none: BlockSums? = nil
-      run(&none)
-    }
+    withOptionalBlockSums(channels: Co, out: stats?.sums, run)
   }
 
   // MARK: - Depthwise
@@ -514,16 +519,7 @@ public enum RowKernels: RowKernelSet {
           }
         }
       }
-      if let stats {
-        withBlockSums(channels: C, out: stats.sums) { b in
-          var s: BlockSums? = b
-          run(&s)
-          b = s!
-        }
-      } else {
-        var none: BlockSums? = nil
-        run(&none)
-      }
+      withOptionalBlockSums(channels: C, out: stats?.sums, run)
     }
   }
 
@@ -652,16 +648,7 @@ public enum RowKernels: RowKernelSet {
           }
         }
       }
-      if let reduce {
-        withBlockSums(channels: C, out: reduce.sums) { b in
-          var s: BlockSums? = b
-          run(&s)
-          b = s!
-        }
-      } else {
-        var none: BlockSums? = nil
-        run(&none)
-      }
+      withOptionalBlockSums(channels: C, out: reduce?.sums, run)
     }
   }
 
