@@ -1097,6 +1097,9 @@ extension RowKernels {
     let withStats = stats != nil
     defer { if stream { streamingFence() } }
     let tileRows = gemmPairTiles && N <= lanes ? 16 : gemmTileRows  // divides rowKernelBlockPixels
+    // A b too large for L2 (the late layers' 960×320, 320×1280) is swept column panel by column
+    // panel over the block's rows; streamed outputs keep whole rows in order (`GemmPanels`).
+    let panelsOuter = !stream && K * ldb * MemoryLayout<Float>.stride >= GemmPanels.minimumBytes
     // Padded copies: the last column block reads the shift and its float sums in whole vectors.
     let shift = UnsafeMutablePointer<Float>.allocate(capacity: 3 * ldb), s0 = shift + ldb, s1 = s0 + ldb
     let sums = UnsafeMutablePointer<Double>.allocate(capacity: 2 * ldb)
@@ -1113,65 +1116,90 @@ extension RowKernels {
           // Blocks of rowKernelBlockPixels rows: float sums per block, folded into doubles after it.
           let r1 = min(r0 + rowKernelBlockPixels, rows.upperBound)
           if withStats { s0.update(repeating: 0, count: 2 * ldb) }
-          var r = r0
-          // Tile by tile along the rows, all column blocks of a tile before the next: c is written
-          // in order, whole rows at a time.
-          while r < r1 {
-            let tall = r + tileRows <= r1
+          /// One register tile: rows r..< (r + tileRows, or r1 where not `tall`), columns col..< (one
+          /// vector, or two with `pair`), stored and added into the block's float sums.
+          @inline(__always) func tile(_ r: Int, _ col: Int, pair: Bool, tall: Bool) {
+            let width = min(lanes, N - col), width1 = pair ? min(lanes, N - col - lanes) : 0
+            let sh0 = withStats ? vload(shift + col) : GemmVector()
+            let sh1 = withStats && pair ? vload(shift + col + lanes) : GemmVector()
+            var t0 = GemmVector(), t1 = GemmVector(), u0 = GemmVector(), u1 = GemmVector()
+            /// Stores vector v of row r + j; its statistics into t (first vector) or u (second).
+            @inline(__always) func emit(_ value: GemmVector, _ j: Int, _ v: Int) {
+              let p = c + (r + j) * N + col + v * lanes
+              let w = v == 0 ? width : width1
+              if w == lanes { vstore(value, p, stream: stream) } else { storePartial(value, p, w) }
+              prefetch?.pointee.step(K)
+              if withStats {
+                if v == 0 {
+                  let d = value - sh0
+                  t0 += d
+                  t1 = t1.addingProduct(d, d)
+                } else {
+                  let d = value - sh1
+                  u0 += d
+                  u1 = u1.addingProduct(d, d)
+                }
+              }
+            }
+            if tall && tileRows == 16 {
+              productTile16(a + r * K, k: K, b + col, ldb: ldb, emit)
+            } else if tall {
+              productTile8(a + r * K, k: K, b + col, ldb: ldb, pair: pair, emit)
+            } else {
+              for row in r..<r1 {
+                let p0 = a + row * K
+                var c0 = GemmVector()
+                var bp = b + col
+                for i in 0..<K {
+                  c0 = c0.addingProduct(splat(p0[i]), vload(bp))
+                  bp += ldb
+                }
+                emit(c0, row - r, 0)
+              }
+            }
+            if withStats {
+              vstore(vload(s0 + col) + t0, s0 + col)
+              vstore(vload(s1 + col) + t1, s1 + col)
+              if pair {
+                vstore(vload(s0 + col + lanes) + u0, s0 + col + lanes)
+                vstore(vload(s1 + col + lanes) + u1, s1 + col + lanes)
+              }
+            }
+          }
+          // A pair's second vector may be partial (24 channels: 16 + 8): b is packed with zero
+          // columns to ldb, so its loads stay inside b, and only the stores are partial.
+          if panelsOuter {
+            // Column panel by column panel: the panel's rows of b stay in L2 across the block's tiles.
             var col = 0
             while col < N {
-              // A pair's second vector may be partial (24 channels: 16 + 8): b is packed with zero
-              // columns to ldb, so its loads stay inside b, and only the stores are partial.
-              let pair = gemmPairTiles && tall && col + lanes < N
-              let width = min(lanes, N - col), width1 = pair ? min(lanes, N - col - lanes) : 0
-              let sh0 = withStats ? vload(shift + col) : GemmVector()
-              let sh1 = withStats && pair ? vload(shift + col + lanes) : GemmVector()
-              var t0 = GemmVector(), t1 = GemmVector(), u0 = GemmVector(), u1 = GemmVector()
-              /// Stores vector v of row r + j; its statistics into t (first vector) or u (second).
-              @inline(__always) func emit(_ value: GemmVector, _ j: Int, _ v: Int) {
-                let p = c + (r + j) * N + col + v * lanes
-                let w = v == 0 ? width : width1
-                if w == lanes { vstore(value, p, stream: stream) } else { storePartial(value, p, w) }
-                prefetch?.pointee.step(K)
-                if withStats {
-                  if v == 0 {
-                    let d = value - sh0
-                    t0 += d
-                    t1 = t1.addingProduct(d, d)
-                  } else {
-                    let d = value - sh1
-                    u0 += d
-                    u1 = u1.addingProduct(d, d)
-                  }
+              let wide = gemmPairTiles && col + lanes < N
+              var r = r0
+              while r < r1 {
+                let tall = r + tileRows <= r1
+                if tall {
+                  tile(r, col, pair: wide, tall: true)
+                } else {
+                  tile(r, col, pair: false, tall: false)
+                  if wide { tile(r, col + lanes, pair: false, tall: false) }
                 }
+                r = tall ? r + tileRows : r1
               }
-              if tall && tileRows == 16 {
-                productTile16(a + r * K, k: K, b + col, ldb: ldb, emit)
-              } else if tall {
-                productTile8(a + r * K, k: K, b + col, ldb: ldb, pair: pair, emit)
-              } else {
-                for row in r..<r1 {
-                  let p0 = a + row * K
-                  var c0 = GemmVector()
-                  var bp = b + col
-                  for i in 0..<K {
-                    c0 = c0.addingProduct(splat(p0[i]), vload(bp))
-                    bp += ldb
-                  }
-                  emit(c0, row - r, 0)
-                }
-              }
-              if withStats {
-                vstore(vload(s0 + col) + t0, s0 + col)
-                vstore(vload(s1 + col) + t1, s1 + col)
-                if pair {
-                  vstore(vload(s0 + col + lanes) + u0, s0 + col + lanes)
-                  vstore(vload(s1 + col + lanes) + u1, s1 + col + lanes)
-                }
-              }
-              col += pair ? 2 * lanes : lanes
+              col += wide ? 2 * lanes : lanes
             }
-            r = tall ? r + tileRows : r1
+          } else {
+            // Tile by tile along the rows, all column blocks of a tile before the next: c is written
+            // in order, whole rows at a time.
+            var r = r0
+            while r < r1 {
+              let tall = r + tileRows <= r1
+              var col = 0
+              while col < N {
+                let pair = gemmPairTiles && tall && col + lanes < N
+                tile(r, col, pair: pair, tall: tall)
+                col += pair ? 2 * lanes : lanes
+              }
+              r = tall ? r + tileRows : r1
+            }
           }
           if withStats {
             for j in 0..<N {

@@ -120,6 +120,47 @@ final class GemmKernelsTests: XCTestCase {
     }
   }
 
+  /// The column-panel loop order (`GemmPanels`, for a b larger than L2 can keep) computes every
+  /// output and statistic as the same sum in the same order as the row-tile order: with the threshold
+  /// at 0 (every shape panel by panel) the forward, its statistics, the input gradient and the fused
+  /// backward are bit-identical to the default order on every tail, and match the naive loops on a
+  /// shape past the real threshold (600x520 b: 0.3 MiB; 264x304 packed wᵀ in dx).
+  func testColumnPanelOrderIsBitIdenticalToRowOrder() {
+    let scratch = nanScratch()
+    defer { GemmPanels.minimumBytes = 256 << 10 }
+    func outputs(m: Int, ci: Int, co: Int) -> [[Float]] {
+      let x = randomBuffer(m * ci, seed: 11, offset: 0.5), w = randomBuffer(ci * co, seed: 12), dy = randomBuffer(m * co, seed: 13)
+      let y = FloatBuffer(count: m * co), shift = FloatBuffer(count: co), dx = FloatBuffer(count: m * ci)
+      let dw = FloatBuffer(count: ci * co)
+      var sums = [Double](repeating: .nan, count: 2 * co)
+      pointwiseForward(y: y.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co,
+                       statisticsShift: shift.base, sums: &sums, scratch: scratch)
+      let plain = FloatBuffer(count: m * co)
+      pointwiseForward(y: plain.base, x: x.base, w: w.base, rows: m, inChannels: ci, outChannels: co)
+      pointwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, rows: m, inChannels: ci,
+                        outChannels: co, scratch: scratch)
+      return [y.array, plain.array, sums.map(Float.init), dx.array, dw.array]
+    }
+    GemmChoice.forced = .own
+    forEachInstructionSet { isa in
+      for (m, k, n) in [(100, 40, 144), (17, 24, 17), (3, 16, 96), (100, 3, 24), (37, 520, 136), (41, 304, 264)] {
+        GemmPanels.minimumBytes = Int.max
+        let rowOrder = outputs(m: m, ci: k, co: n)
+        GemmPanels.minimumBytes = 0
+        let panelOrder = outputs(m: m, ci: k, co: n)
+        for (i, name) in ["forward with statistics", "forward", "statistics", "dx", "dw"].enumerated() {
+          let (a, b) = (rowOrder[i], panelOrder[i])
+          let first = a.indices.first { $0 >= b.count || a[$0].bitPattern != b[$0].bitPattern }
+          XCTAssertTrue(a.count == b.count && first == nil,
+                        "\(isa) \(m)x\(k)x\(n) \(name): panel order differs from row order at \(first ?? -1): \(first.map { "\(a[$0]) vs \(b[$0])" } ?? "")")
+        }
+      }
+      GemmPanels.minimumBytes = 256 << 10
+      checkForward(m: 37, ci: 520, co: 136, scratch: scratch, "\(isa) panels")
+      checkBackward(m: 41, ci: 304, co: 264, scratch: scratch, "\(isa) panels")
+    }
+  }
+
   /// Where OpenBLAS has an AVX-512 kernel for the CPU (Cooperlake on Zen 4), the selection is the
   /// shape rule that docs/performance.md documents: ours for the narrow early layers and the small
   /// expands, OpenBLAS for the wide late layers and the big expands; GemmChoice.forced overrides it.
