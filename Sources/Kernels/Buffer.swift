@@ -4,18 +4,48 @@
 // parameters, gradients and optimizer slots are parallel slabs, and all activations live in one arena
 // that is allocated once per (batch, image size) and reused every step.
 
+import Foundation
+import Glibc
+
+/// Large blocks (the activation arena, the parameter slabs, the scratch) are 2 MiB aligned and
+/// advised to the kernel as transparent huge pages (madvise MADV_HUGEPAGE: in THP mode "madvise", as
+/// on the machines measured, only advised regions get them; in mode "always" the advice changes nothing). A step streams ~5 GB through tensors of up to
+/// 154 MB: with 4 KiB pages every 64 lines is a new page, a dTLB miss and a page walk, and the
+/// hardware prefetchers stop at each page boundary. Measured on Zen 5 (1.0/224 b32, 2 threads, six
+/// alternating pairs): step median 0.280 → 0.268 s. MNV2_HUGEPAGES=0 turns it off; where the kernel
+/// has THP disabled the advice is ignored and nothing else changes. Contents and results are the same.
+public enum HugePages {
+  public static let environmentVariable = "MNV2_HUGEPAGES"
+  public static var enabled = getenv(environmentVariable).map { String(cString: $0) != "0" } ?? true
+  /// The x86-64 transparent huge page: blocks of at least this size are advised, rounded up to it.
+  public static let pageBytes = 2 << 20
+  static func rounded(_ bytes: Int) -> Int { (bytes + pageBytes - 1) / pageBytes * pageBytes }
+  /// KiB of this process's memory on transparent huge pages (AnonHugePages of /proc/self/smaps_rollup),
+  /// nil where the kernel does not report it.
+  public static var residentKiB: Int? {
+    guard let text = try? String(contentsOfFile: "/proc/self/smaps_rollup", encoding: .utf8) else { return nil }
+    let line = text.split(separator: "\n").first { $0.hasPrefix("AnonHugePages:") }
+    return line.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") }
+  }
+}
+
 /// A 64-byte aligned, zero-initialised block of `Float` that frees itself.
 /// Cache-line alignment keeps SIMD loads at the start of every slab from straddling lines.
 public final class FloatBuffer {
   public static let alignment = 64
   public let count: Int
   public let base: UnsafeMutablePointer<Float>
+  /// Whether the kernel was asked to back this block with transparent huge pages (`HugePages`).
+  public let hugePagesAdvised: Bool
 
   public init(count: Int) {
     precondition(count >= 0, "negative buffer size")
     self.count = count
-    let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride,
-                                               alignment: FloatBuffer.alignment)
+    let bytes = max(count, 1) * MemoryLayout<Float>.stride
+    let huge = HugePages.enabled && bytes >= HugePages.pageBytes
+    let reserved = huge ? HugePages.rounded(bytes) : bytes
+    let raw = UnsafeMutableRawPointer.allocate(byteCount: reserved, alignment: huge ? HugePages.pageBytes : FloatBuffer.alignment)
+    hugePagesAdvised = huge && madvise(raw, reserved, MADV_HUGEPAGE) == 0
     base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
     base.initialize(repeating: 0, count: max(count, 1))
   }

@@ -325,5 +325,6 @@ struct TrainOne: ParsableCommand {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     print("peak_rss_kib \(usage.ru_maxrss)")
+    if let huge = HugePages.residentKiB { print("huge_pages_kib \(huge)") }
   }
 }
