@@ -20,6 +20,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   guard rows > 0 else { return }
   let own = useOwnGEMM(.product, rows: rows, k: k, n: n)
   let blockRows = pendingBlockRows(k: k, n: n, own: own)
+  let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * k * MemoryLayout<Float>.stride)
   let stream = StreamingStores.use(y, count: rows * n, channels: n)
   withPackedB(own ? w : nil, k: k, n: n) { packed, ldb in
     withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
@@ -28,7 +29,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
           let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
           if let packed {
             let next = nextBlock(after: b, blockRows: blockRows, in: r)
-            withPrefetch(next.isEmpty ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
+            withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
               KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
             }
           } else {
@@ -140,13 +141,14 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let packed = own ? scratch.uninitialized(gemmPackedCount(k: k, n: n)) : nil
   let ldb = packed.map { packGemmB(w, k: k, n: n, transposed: false, into: $0) } ?? 0
   let blockRows = pendingBlockRows(k: k, n: n, own: own)
+  let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * k * MemoryLayout<Float>.stride)
   withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
     parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { chunk, r, partial in
       forEachBlock(r, blockRows: blockRows) { b in
         let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
         if let packed {
           let next = nextBlock(after: b, blockRows: blockRows, in: r)
-          withPrefetch(next.isEmpty ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
+          withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
             kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0,
                          stream: stream)
           }
@@ -208,6 +210,7 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
   _ = Compute.blasSingleThreaded
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let blockRows = backwardBlockRows(inChannels: m, outChannels: n, own: ownW && (dx == nil || ownX))
+  let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * max(m, n) * MemoryLayout<Float>.stride)
   // Streamed only without reductions: those read each dx block back (and add the residual into it)
   // while it is in cache, which a streamed block no longer is.
   let streamDX = reduce == nil ? dx.map { StreamingStores.use($0, count: rows * m, channels: m) } ?? false : false
@@ -231,7 +234,7 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
         let next = nextBlock(after: b, blockRows: blockRows, in: r)
         let dyRows = rowBytes(outputGradient?.da ?? dy, next, n)
         let dxFMAs = ownX ? gemmFMAs(rows: b.count, k: n, n: m) : 0
-        withPrefetch(next.isEmpty || !ownW ? nil : dyRows, outputGradient.map { rowBytes($0.reduction.z, next, n) },
+        withPrefetch(next.isEmpty || !ownW || !prefetchNext ? nil : dyRows, outputGradient.map { rowBytes($0.reduction.z, next, n) },
                      rowBytes(x, next, m), units: gemmFMAs(rows: b.count, k: m, n: n) + dxFMAs) { streams in
           if ownW {
             kernels.gemmTransposedA(c: out, a: xb, b: g, k: m, n: n, rows: b, prefetch: streams)

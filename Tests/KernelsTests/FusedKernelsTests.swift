@@ -423,10 +423,13 @@ final class FusedKernelsTests: XCTestCase {
   /// Prefetching the next block (NextBlockPrefetch) changes when data arrives, never what is computed:
   /// the blocked 1×1 forward (pending input, with and without statistics) and backward (dz made block by
   /// block, pending input, residual, reductions) give bit-identical results with it on and off, over
-  /// many blocks per thread, on every instruction set this CPU runs.
+  /// many blocks per thread, on every instruction set this CPU runs. (The test's tensors are far below
+  /// the size from which training prefetches, `NextBlockPrefetch.minimumBytes`: it is lowered to 0.)
   func testPointwiseResultsAreBitIdenticalWithAndWithoutNextBlockPrefetch() {
     let saved = NextBlockPrefetch.enabled  // MNV2_PREFETCH=0 must stay off for later tests
-    defer { GemmChoice.forced = nil; NextBlockPrefetch.enabled = saved }
+    let savedBytes = NextBlockPrefetch.minimumBytes
+    defer { GemmChoice.forced = nil; NextBlockPrefetch.enabled = saved; NextBlockPrefetch.minimumBytes = savedBytes }
+    NextBlockPrefetch.minimumBytes = 0
     GemmChoice.forced = .own
     forEachInstructionSet { isa in
       for (m, ci, co) in [(5000, 16, 96), (3001, 144, 24)] {
