@@ -66,5 +66,6 @@ public enum KernelISA {
   /// One line for logs: "kernels: AVX-512 (cpu has avx512f/…)".
   public static var summary: String { "kernels: \(current.displayName) (\(reason))" }
 
-  @inline(__always) static var rows: any RowKernelSet.Type { current.kernels }
+  /// The row kernels of the chosen instruction set (tests call them directly).
+  @inline(__always) public static var rows: any RowKernelSet.Type { current.kernels }
 }

@@ -1261,6 +1261,7 @@ extension RowKernels {
               c0 = c0.addingProduct(splat(a[r * K + i]), r < safe ? vload(p) : loadPartial(p, widthOf(u)))
             }
             fold(c0, i, u)
+            prefetch?.pointee.step(r1 - r0)  // the columns past the last 8-column tile count too
           }
           i += 1
         }

@@ -214,6 +214,51 @@ final class GemmKernelsTests: XCTestCase {
     XCTAssertEqual(a.ownAVX512, KernelISA.current == .avx512)
   }
 
+  /// The kernels step their prefetch streams by exactly the vector FMAs they issue, rows × k ×
+  /// ⌈n / lanes⌉ per product (what `pointwiseBackwardBlocks` makes the streams for): after a real
+  /// `gemm` and `gemmTransposedA` run every line of every range has gone out, and not before the last
+  /// FMAs (one FMA short leaves the last line). k not a multiple of the 8-column reduction tile is
+  /// counted too. Results are bit-identical with and without the streams.
+  func testKernelsStepTheirPrefetchStreamsByTheFMAsTheyIssue() {
+    let region = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 64)
+    defer { region.deallocate() }
+    forEachInstructionSet { isa in
+      let kernels = KernelISA.rows, lanes = kernels.gemmColumnPadding
+      for (rows, k, n) in [(300, 24, 40), (129, 16, 96), (77, 13, 24), (64, 144, 24)] {
+        let a = randomBuffer(rows * k, seed: 31), bt = randomBuffer(rows * n, seed: 32), w = randomBuffer(k * n, seed: 33)
+        let ldb = (n + lanes - 1) / lanes * lanes
+        let packed = FloatBuffer(count: k * ldb)
+        for i in 0..<k { for j in 0..<n { packed[i * ldb + j] = w[i * n + j] } }
+        let fmas = rows * k * ((n + lanes - 1) / lanes)
+        // Three ranges of different lengths: the largest sets the pace, all must end exhausted.
+        let ranges = [(UnsafeRawPointer(region), 200_000), (UnsafeRawPointer(region + 300_000), 7_000),
+                      (UnsafeRawPointer(region + 500_000), 64_000)]
+        func exhausted(_ s: PrefetchStreams) -> Bool { s.s0 >= s.e0 && s.s1 >= s.e1 && s.s2 >= s.e2 }
+        let what = "\(isa) \(rows)x\(k)x\(n)"
+
+        let c = FloatBuffer(count: rows * n), cRef = FloatBuffer(count: rows * n)
+        kernels.gemm(c: cRef.base, a: a.base, b: packed.base, ldb: ldb, k: k, n: n, rows: 0..<rows, stats: nil,
+                     prefetch: nil, stream: false)
+        var streams = PrefetchStreams(ranges[0], ranges[1], ranges[2], units: fmas)
+        kernels.gemm(c: c.base, a: a.base, b: packed.base, ldb: ldb, k: k, n: n, rows: 0..<rows, stats: nil,
+                     prefetch: &streams, stream: false)
+        XCTAssertTrue(exhausted(streams), "\(what) gemm: streams left at \(streams.s0 - streams.e0) bytes")
+        XCTAssertEqual(c.array.map(\.bitPattern), cRef.array.map(\.bitPattern), "\(what) gemm with prefetch")
+        var short = PrefetchStreams(ranges[0], ranges[1], ranges[2], units: fmas + 1)
+        kernels.gemm(c: c.base, a: a.base, b: packed.base, ldb: ldb, k: k, n: n, rows: 0..<rows, stats: nil,
+                     prefetch: &short, stream: false)
+        XCTAssertFalse(exhausted(short), "\(what) gemm: made for one FMA more, the last line is still due")
+
+        let dw = FloatBuffer(count: k * n), dwRef = FloatBuffer(count: k * n)
+        kernels.gemmTransposedA(c: dwRef.base, a: a.base, b: bt.base, k: k, n: n, rows: 0..<rows, prefetch: nil)
+        var streamsT = PrefetchStreams(ranges[0], ranges[1], ranges[2], units: fmas)
+        kernels.gemmTransposedA(c: dw.base, a: a.base, b: bt.base, k: k, n: n, rows: 0..<rows, prefetch: &streamsT)
+        XCTAssertTrue(exhausted(streamsT), "\(what) gemmTransposedA: streams left at \(streamsT.s0 - streamsT.e0) bytes")
+        XCTAssertEqual(dw.array.map(\.bitPattern), dwRef.array.map(\.bitPattern), "\(what) gemmTransposedA with prefetch")
+      }
+    }
+  }
+
   /// PrefetchStreams paces its ranges over the FMAs it was made for: after u of its `units`, exactly
   /// ⌊u·lines/units⌋ lines of the largest range (and as many of each smaller one, up to its end) were
   /// issued, whatever the sizes of the steps; after all of them every line of every range, and the
