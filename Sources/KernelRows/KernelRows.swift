@@ -188,7 +188,8 @@ func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32
 /// every column of b; once b ([k, n] packed) outgrows L2 that re-reads all of b from L3 for every
 /// 8 rows. From `minimumBytes` on, the kernel instead takes b one column panel (one or two vectors
 /// wide) at a time across all the tiles of a block of rows, so a panel is read from L3 once per
-/// block. Each output is the same sum in the same order either way (bit-identical results).
+/// block (`rowKernelBlockPixels` = 32 rows: a quarter of the reads of b of the 8-row tile order).
+/// Each output is the same sum in the same order either way (bit-identical results).
 /// `bench gemm`, 2 threads, Zen 5: 1568x960x320 forward 411–451 → 502 GFLOP/s, its dx 363–381 →
 /// 416–435, 1568x320x1280 forward with statistics 337–357 → 406–420; b of 221–614 KiB unchanged.
 public enum GemmPanels {

@@ -9,7 +9,9 @@ import Glibc
 
 /// Large blocks (the activation arena, the parameter slabs, the scratch) are 2 MiB aligned and
 /// advised to the kernel as transparent huge pages (madvise MADV_HUGEPAGE: in THP mode "madvise", as
-/// on the machines measured, only advised regions get them; in mode "always" the advice changes nothing). A step streams ~5 GB through tensors of up to
+/// on the machines measured, only advised regions get them; in mode "always" every large region may,
+/// and the advice still asks for compaction when the pages are first touched under the default
+/// defrag setting). A step streams ~5 GB through tensors of up to
 /// 154 MB: with 4 KiB pages every 64 lines is a new page, a dTLB miss and a page walk, and the
 /// hardware prefetchers stop at each page boundary. Measured on Zen 5 (1.0/224 b32, 2 threads, six
 /// alternating pairs): step median 0.280 → 0.268 s. MNV2_HUGEPAGES=0 turns it off; where the kernel
@@ -24,6 +26,10 @@ public enum HugePages {
   /// nil where the kernel does not report it.
   public static var residentKiB: Int? {
     guard let text = try? String(contentsOfFile: "/proc/self/smaps_rollup", encoding: .utf8) else { return nil }
+    return anonHugePagesKiB(smaps: text)
+  }
+  /// The AnonHugePages figure (KiB) of an smaps text, nil without that line.
+  public static func anonHugePagesKiB(smaps text: String) -> Int? {
     let line = text.split(separator: "\n").first { $0.hasPrefix("AnonHugePages:") }
     return line.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") }
   }
@@ -37,6 +43,8 @@ public final class FloatBuffer {
   public let base: UnsafeMutablePointer<Float>
   /// Whether the kernel was asked to back this block with transparent huge pages (`HugePages`).
   public let hugePagesAdvised: Bool
+  /// Bytes reserved for the block: count floats, rounded up to whole huge pages when advised.
+  public let reservedBytes: Int
 
   public init(count: Int) {
     precondition(count >= 0, "negative buffer size")
@@ -46,6 +54,7 @@ public final class FloatBuffer {
     let reserved = huge ? HugePages.rounded(bytes) : bytes
     let raw = UnsafeMutableRawPointer.allocate(byteCount: reserved, alignment: huge ? HugePages.pageBytes : FloatBuffer.alignment)
     hugePagesAdvised = huge && madvise(raw, reserved, MADV_HUGEPAGE) == 0
+    reservedBytes = reserved
     base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
     base.initialize(repeating: 0, count: max(count, 1))
   }
