@@ -10,7 +10,11 @@
 // Below the L3 size it is measured, not obvious: the 14² and 7² layers' 5–15 MB outputs lost 1.5–3
 // ms per step streamed (their consumer finds them in L3), the 28² layers' 19 MB gained ~2 ms, and the
 // 25.7 MB output of the first project layer, read at once by its BN apply, came out faster streamed
-// too (the L3 is shared with the other core's working set); hence `minimumBytes`.
+// too (the L3 is shared with the other core's working set); hence `minimumBytes`, first 16 MiB. Since
+// the large buffers sit on 2 MiB pages (`HugePages`) it is 8 MiB: the 14² depthwise forwards' 9.6 and
+// 14.4 MB outputs came out 0.13–0.21 ms faster each streamed (six layers, five alternating profiles;
+// per-layer sums 256.0 → 254.8 ms), 4 MiB was no better and 32 MiB slower. The 7² layers' 6 MB
+// outputs stay ordinary stores.
 // A kernel that reads its output back while it is still in L1/L2 (the 1×1 input gradient's BN
 // reductions and residual add, block by block; col2im after the patch gradient) does not stream, nor
 // does the stem's training forward (measured slower streamed, although its statistics come from registers). Neither do the OpenBLAS and bf16 JIT paths (not our stores).
@@ -23,9 +27,9 @@ public enum StreamingStores {
   public static let environmentVariable = "MNV2_STREAM"
   /// On unless MNV2_STREAM=0 (tests switch it and lower the threshold to compare both on small shapes).
   public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
-  /// Outputs of at least this many bytes stream: half the 32 MiB L3 of the machines measured (the
-  /// measurements behind it are in the comment at the top of this file).
-  public static var minimumBytes = 16 << 20
+  /// Outputs of at least this many bytes stream: a quarter of the 32 MiB L3 of the machines measured
+  /// (the measurements behind it are in the comment at the top of this file).
+  public static var minimumBytes = 8 << 20
   /// Whether a kernel writing `count` floats of `channels`-wide rows at `base` streams them: large
   /// enough, every 16-float vector of a row aligned (64-byte base, channels a multiple of 16; the
   /// streaming store of a misaligned vector faults).
