@@ -59,6 +59,12 @@ public enum BenchMath {
   /// FLOPs of one m×k by k×n matrix product.
   public static func gemmFLOPs(m: Int, n: Int, k: Int) -> Double { 2 * Double(m) * Double(n) * Double(k) }
 
+  /// The GEMM peak from its rounds: the best one. Load from other processes only ever lowers a
+  /// measured rate, so the best round is the nearest to what the machine can do, and one disturbed
+  /// round cannot raise the roofline (round 11's fourth `make bench`: rounds 458, 444, 372 GFLOP/s,
+  /// whose median made a 45 % step read 49 %).
+  public static func peak(ofRounds rounds: [Double]) -> Double { rounds.max() ?? .nan }
+
   /// Achieved over peak, in percent.
   public static func rooflinePercent(gflops: Double, peakGflops: Double) -> Double { 100 * gflops / peakGflops }
 

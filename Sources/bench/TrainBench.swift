@@ -82,7 +82,8 @@ struct TrainBench: ParsableCommand {
     print("cpu: \(cpu.model); flags: \(cpu.flags.joined(separator: " "))")
     print("\(KernelISA.summary); \(GemmChoice.summary)")
     print("threads=\(threads) steps=\(steps) (median) warmup=\(warmup) compile-warmup=\(compileWarmup) rounds=\(rounds): "
-          + "each round runs every row once (ours, then PyTorch, then the GEMM peak); figures are medians over rounds")
+          + "each round runs every row once (ours, then PyTorch, then the GEMM peak); figures are medians over rounds, "
+          + "the GEMM peak the best round")
     let torchReady = !python.isEmpty && FileManager.default.isExecutableFile(atPath: python) && FileManager.default.fileExists(atPath: baseline)
     if !torchReady && !variants.isEmpty {
       print("note: PyTorch rows skipped (needs \(python) with torch and \(baseline); see ../shared/baselines/README.md)")
@@ -139,7 +140,7 @@ struct TrainBench: ParsableCommand {
   func report(flopsPerImage: Int, ours: [PrecisionClass], oursRuns: [PrecisionClass: [Measure]], variants: [TorchVariant],
               torchRuns: [TorchVariant: [Measure]], notes: [String: String], peaks: [Double]) {
     func perRound(_ v: [Double]) -> String { v.map { String(format: "%.1f", $0) }.joined(separator: " ") }
-    let fp32Peak = BenchMath.median(peaks)
+    let fp32Peak = BenchMath.peak(ofRounds: peaks)
     print(String(format: "  fp32 GEMM peak: %.1f GFLOP/s (the fastest of OpenBLAS sgemm and our kernel on %d² and %dx%dx%d, %d threads as the kernels split it; rounds: %@)",
                  fp32Peak, gemmSize, Self.lateRows, Self.lateK, Self.lateN, threads, perRound(peaks) as NSString))
     var torchMedian = [TorchVariant: Double](), torchRSS = [TorchVariant: Double]()

@@ -30,6 +30,15 @@ final class BenchReportTests: XCTestCase {
     XCTAssertEqual(TorchVariant.allCases.filter(\.compiles), [.compile, .bf16Compile])
   }
 
+  /// The peak is the best round, so a disturbed round lowers nothing and raises no roofline.
+  func testPeakIsTheBestRound() {
+    XCTAssertEqual(BenchMath.peak(ofRounds: [458.1, 444.2, 372.1]), 458.1)
+    XCTAssertEqual(BenchMath.peak(ofRounds: [491]), 491)
+    XCTAssertTrue(BenchMath.peak(ofRounds: []).isNaN)
+    XCTAssertLessThan(BenchMath.rooflinePercent(gflops: 218.5, peakGflops: BenchMath.peak(ofRounds: [458.1, 444.2, 372.1])),
+                      BenchMath.rooflinePercent(gflops: 218.5, peakGflops: BenchMath.median([458.1, 444.2, 372.1])))
+  }
+
   /// 1.0/224: 6 × 300.78 M FLOPs per image at 37 img/s is 66.8 GFLOP/s, 32 % of a 208 GFLOP/s peak
   /// (the figures of issue 12).
   func testGflopsAndRoofline() {
