@@ -11,14 +11,15 @@ import Glibc
 /// advised to the kernel as transparent huge pages (madvise MADV_HUGEPAGE: in THP mode "madvise", as
 /// on the machines measured, only advised regions get them; in mode "always" every large region may,
 /// and the advice still asks for compaction when the pages are first touched under the default
-/// defrag setting). A step streams ~5 GB through tensors of up to
-/// 154 MB: with 4 KiB pages every 64 lines is a new page, a dTLB miss and a page walk, and the
-/// hardware prefetchers stop at each page boundary. Measured on Zen 5 (1.0/224 b32, 2 threads, six
-/// alternating pairs): step median 0.280 → 0.268 s. MNV2_HUGEPAGES=0 turns it off; where the kernel
-/// has THP disabled the advice is ignored and nothing else changes. Contents and results are the same.
+/// defrag setting). A step streams ~5 GB through tensors of up to 154 MB: with 4 KiB pages every 64
+/// lines is a new page, a dTLB miss and a page walk, and the hardware prefetchers stop at each page
+/// boundary. Measured on Zen 5 (1.0/224 b32, 2 threads, six alternating pairs): step median 0.280 →
+/// 0.268 s. MNV2_HUGEPAGES=0 turns it off; where the kernel has THP disabled the advice is ignored and
+/// nothing else changes. Contents and results are the same.
 public enum HugePages {
   public static let environmentVariable = "MNV2_HUGEPAGES"
-  public static var enabled = getenv(environmentVariable).map { String(cString: $0) != "0" } ?? true
+  /// On unless MNV2_HUGEPAGES=0 (as MNV2_STREAM and MNV2_PREFETCH).
+  public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
   /// The x86-64 transparent huge page: blocks of at least this size are advised, rounded up to it.
   public static let pageBytes = 2 << 20
   static func rounded(_ bytes: Int) -> Int { (bytes + pageBytes - 1) / pageBytes * pageBytes }

@@ -108,10 +108,10 @@ public func conv2dBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePo
 /// patches from x and, with `outputGradient`, its dz from the layer's pending BN backward into
 /// per-thread buffers, and adds the block's product into its dw partial while both are in cache. The
 /// stem's backward (its input gradient is never needed): the separate BN-backward pass over dA and
-/// the whole patch matrix (rows·K·K·Ci floats, written and read back) are gone. Our GEMM gets patch rows padded with zero columns to a multiple of its 8-column
-/// register tile (the stem's 27 would leave 3 columns to its one-accumulator remainder loop, which
-/// cost more than the 24 in tiles); each thread's partial is then [padded depth, Co] and only its
-/// first K·K·Ci rows are added into dw.
+/// the whole patch matrix (rows·K·K·Ci floats, written and read back) are gone. Our GEMM gets patch
+/// rows padded with zero columns to a multiple of its 8-column register tile (the stem's 27 would
+/// leave 3 columns to its one-accumulator remainder loop, which cost more than the 24 in tiles); each
+/// thread's partial is then [padded depth, Co] and only its first K·K·Ci rows are added into dw.
 public func conv2dWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
                                  outputGradient: PendingBatchNormBackward?, x: UnsafePointer<Float>,
                                  _ s: ConvShape, scratch: Scratch) {

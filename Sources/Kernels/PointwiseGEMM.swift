@@ -125,10 +125,10 @@ public enum NextBlockPrefetch {
   /// On unless MNV2_PREFETCH=0 (tests switch it to compare both).
   public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
   /// Only tensors of at least this many bytes are prefetched: smaller ones are read back from L3
-  /// (below half its 32 MiB), where the hardware prefetchers keep
-  /// up and the software lines only take issue slots. Measured on Zen 5 (1.0/224 b32, four
-  /// alternating profiles with prefetch on and off): the 112² and 56² layers gained 0.5–2.3 ms each
-  /// from it, the 14² and 7² layers' backwards (5–15 MB tensors) lost ~0.2 ms each.
+  /// (below half its 32 MiB), where the hardware prefetchers keep up and the software lines only take
+  /// issue slots. Measured on Zen 5 (1.0/224 b32, four alternating profiles with prefetch on and
+  /// off): the 112² and 56² layers gained 0.5–2.3 ms each from it, the 14² and 7² layers' backwards
+  /// (5–15 MB tensors) lost ~0.2 ms each.
   public static var minimumBytes = 16 << 20
   /// Whether a kernel reading tensors of up to `bytes` prefetches its next blocks.
   static func use(tensorBytes bytes: Int) -> Bool { enabled && bytes >= minimumBytes }

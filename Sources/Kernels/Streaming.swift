@@ -17,7 +17,8 @@
 // outputs stay ordinary stores.
 // A kernel that reads its output back while it is still in L1/L2 (the 1×1 input gradient's BN
 // reductions and residual add, block by block; col2im after the patch gradient) does not stream, nor
-// does the stem's training forward (measured slower streamed, although its statistics come from registers). Neither do the OpenBLAS and bf16 JIT paths (not our stores).
+// does the stem's training forward (measured slower streamed, although its statistics come from
+// registers). Neither do the OpenBLAS and bf16 JIT paths (not our stores).
 // Streaming stores are weakly ordered: each kernel that streams ends with `streamingFence()` (sfence)
 // before its thread reaches the join that publishes the output.
 import Foundation
