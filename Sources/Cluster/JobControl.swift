@@ -57,6 +57,7 @@ public final class JobControl {
   private var decisions: [Int: JobDecision] = [:]
   private var finished: Set<Int> = []
   private var warnedRestarts: Set<String> = []
+  private var announcedJoin = false
 
   /// The control endpoint: the coordinator server's address, port `port`.
   public static func endpoint(table: RankTable, serverAddresses: [String: String], port: Int) throws -> Endpoint {
@@ -116,6 +117,22 @@ public final class JobControl {
       + "(stopped, hung or its host is down)"
   }
 
+  /// Says once that the channel is complete: the coordinator when it has heard every other
+  /// server, a member when it first hears the coordinator (which sends only to servers it heard).
+  /// Until then a failure on a server that has not joined cannot be reported to, or decided for,
+  /// that server: scripts and tests wait for this line before they count on it.
+  func announceJoin() {
+    guard !announcedJoin else { return }
+    if isCoordinator {
+      guard servers.allSatisfy({ $0 == server || channel.silence(of: $0) != nil }) else { return }
+      say("all \(servers.count) servers joined the job's control channel")
+    } else {
+      guard channel.silence(of: ControlChannel.coordinatorName) != nil else { return }
+      say("joined the job's control channel (coordinating launch: server \(coordinator))")
+    }
+    announcedJoin = true
+  }
+
   // MARK: Messages
 
   private func absorb() {
@@ -148,6 +165,7 @@ public final class JobControl {
 
   public func poll(attempt: Int) -> Event {
     absorb()
+    announceJoin()
     if isCoordinator {
       if !(reports[attempt] ?? [:]).isEmpty || !lostServers().isEmpty { return .mustDecide }
       return .none

@@ -47,6 +47,15 @@ final class TwoServerTests: XCTestCase {
     return condition()
   }
 
+  /// Waits until both launches said the control channel is complete: before that, a failure on
+  /// server 2 cannot reach the coordinator (CI once stopped server 2 before it had joined).
+  func assertJoined(_ a: Child, _ b: Child, file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertTrue(waitFor(30) { a.output.contains("launch: all 2 servers joined the job's control channel") }, a.output,
+                  file: file, line: line)
+    XCTAssertTrue(waitFor(30) { b.output.contains("launch: joined the job's control channel (coordinating launch: server 127.0.1.1)") },
+                  b.output, file: file, line: line)
+  }
+
   /// The job's root-cause line of a launch's output.
   func jobCause(_ output: String) -> String? {
     output.split(separator: "\n").first { $0.hasPrefix("launch: job: ") }.map(String.init)
@@ -57,6 +66,7 @@ final class TwoServerTests: XCTestCase {
     let (a, b, logs) = try startJob("kill", flags: ["--connect-timeout", "60"],
                                     worker: ["self-test", "--counts", "1000", "--loop-seconds", "120"])
     XCTAssertTrue(waitFor(60) { self.log(logs, rank: 3).contains("self-test passed") }, log(logs, rank: 3))
+    assertJoined(a, b)
     let pid = try XCTUnwrap(workerPIDs(in: log(logs, rank: 3)).first)
     XCTAssertEqual(kill(pid, SIGKILL), 0)
     let killed = Date()
@@ -76,6 +86,9 @@ final class TwoServerTests: XCTestCase {
   func testStoppedServerIsDetectedAndNamedWithinFifteenSeconds() throws {
     let (a, b, logs) = try startJob("stop", flags: [], worker: ["self-test", "--counts", "1000", "--loop-seconds", "120"])
     XCTAssertTrue(waitFor(60) { self.log(logs, rank: 3).contains("self-test passed") && self.log(logs, rank: 0).contains("self-test passed") })
+    // Stopped before its launch joined the control channel, server 2 could neither be named as a
+    // silent server nor receive the decision (the coordinator sends only to servers it heard).
+    assertJoined(a, b)
     let stopped = [b.process.processIdentifier] + [2, 3].flatMap { workerPIDs(in: log(logs, rank: $0)) }
     XCTAssertEqual(stopped.count, 3)
     for p in stopped { kill(p, SIGSTOP) }
