@@ -209,9 +209,9 @@ final class SmokeTrainingTests: XCTestCase {
     let trace = "\(dir!)/timeline.json"
     let (status, out) = try run("launch", [
       "--rank-table", "\(Self.root)/rank_table/2p.json", "--base-port", "\(port)", "--log-dir", "\(dir!)/logs",
-      "--connect-timeout", "60", "--running-timeout", "60", "--timeline", trace, "--timeline-steps", "6", "--",
+      "--connect-timeout", "60", "--running-timeout", "60", "--timeline", trace, "--timeline-steps", "10", "--",
       "--dataset-dir", "\(dir!)/data", "--model-name", "mobilenet_v2_035", "--num-classes", "3", "--image-size", "32",
-      "--batch-size", "16", "--max-train-steps", "14", "--learning-rate", "0.003", "--log-every-n-steps", "5",
+      "--batch-size", "32", "--max-train-steps", "18", "--learning-rate", "0.003", "--log-every-n-steps", "5",
       "--train-dir", "\(dir!)/train", "--decode-threads", "1",
       // Small buckets, so that several are reduced while backward still runs (the model is 1.6 MB).
       "--fusion-mib", "0.125",
@@ -230,8 +230,10 @@ final class SmokeTrainingTests: XCTestCase {
     XCTAssertEqual(Set(spans.map(\.pid)), [0, 1], "both ranks")
     for pid in [0, 1] {
       let mine = spans.filter { $0.pid == pid }
-      // The window: 6 steps after 5 warm-up steps.
-      XCTAssertEqual(Set(mine.map(\.step)), Set(5..<11), "rank \(pid)")
+      // The window: 10 steps after 5 warm-up steps (several, and batches of 32: with the CPU
+      // oversubscribed the communication thread can miss a short backward; it missed all of 6 steps of
+      // batch 16 once, in a `make test` run beside two busy loops).
+      XCTAssertEqual(Set(mine.map(\.step)), Set(5..<15), "rank \(pid)")
       for name in ["step", "data wait", "forward", "backward", "allreduce wait", "optimizer", "allreduce", "checkpoint"] {
         XCTAssertTrue(mine.contains { $0.name == name }, "rank \(pid) has no \(name) span")
       }
