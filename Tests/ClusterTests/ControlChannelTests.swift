@@ -6,12 +6,6 @@ import Foundation
 import XCTest
 
 final class ControlChannelTests: XCTestCase {
-  func waitFor(_ timeout: Double, _ condition: () -> Bool) -> Bool {
-    let deadline = Date(timeIntervalSinceNow: timeout)
-    while Date() < deadline { if condition() { return true }; usleep(20_000) }
-    return condition()
-  }
-
   func testMessagesFlowBothWaysAndStrangersAreNeverHeard() throws {
     let port = try XCTUnwrap(LoopbackPorts.findFree(count: 1, hosts: ["127.0.1.1"]))
     let secret = JobSecret.generate()

@@ -17,6 +17,13 @@ func productsDirectory(file: StaticString = #filePath, line: UInt = #line) throw
   throw CocoaError(.fileNoSuchFile)
 }
 
+/// Polls `condition` every 20 ms until it holds or `timeout` seconds have passed; its last value.
+func waitFor(_ timeout: Double, _ condition: () -> Bool) -> Bool {
+  let deadline = Date(timeIntervalSinceNow: timeout)
+  while Date() < deadline { if condition() { return true }; usleep(20_000) }
+  return condition()
+}
+
 /// The repository root (for the shipped rank tables).
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 

@@ -14,12 +14,6 @@ final class JobControlTests: XCTestCase {
     var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
   }
 
-  func waitFor(_ timeout: Double, _ condition: () -> Bool) -> Bool {
-    let deadline = Date(timeIntervalSinceNow: timeout)
-    while Date() < deadline { if condition() { return true }; usleep(20_000) }
-    return condition()
-  }
-
   func testEachLaunchSaysOnceWhenTheControlChannelIsComplete() throws {
     let ports = try XCTUnwrap(LoopbackPorts.findFree(count: 3, hosts: ["127.0.1.1", "127.0.2.1"]))
     let json = RankTable.seedSchemaJSON(servers: [("127.0.1.1", ["127.0.1.1"], [ports]), ("127.0.2.1", ["127.0.2.1"], [ports + 1])],

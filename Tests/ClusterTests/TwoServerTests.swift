@@ -41,12 +41,6 @@ final class TwoServerTests: XCTestCase {
     (try? String(contentsOfFile: "\(logs)/\(rank)/worker.log", encoding: .utf8)) ?? ""
   }
 
-  func waitFor(_ timeout: Double, _ condition: () -> Bool) -> Bool {
-    let deadline = Date(timeIntervalSinceNow: timeout)
-    while Date() < deadline { if condition() { return true }; usleep(50_000) }
-    return condition()
-  }
-
   /// Waits until both launches said the control channel is complete: before that, a failure on
   /// server 2 cannot reach the coordinator (CI once stopped server 2 before it had joined).
   func assertJoined(_ a: Child, _ b: Child, file: StaticString = #filePath, line: UInt = #line) {
