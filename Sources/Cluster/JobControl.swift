@@ -97,12 +97,18 @@ public final class JobControl {
 
   // MARK: Liveness
 
+  /// The servers this launch hears on the channel: every other one (coordinator), or the coordinator.
+  private var heardServers: [String] { isCoordinator ? servers.filter { $0 != server } : [coordinator] }
+
+  /// Seconds since server `id`'s launch was last heard (members know the coordinator by one name); nil if never.
+  private func silence(ofServer id: String) -> Double? {
+    channel.silence(of: isCoordinator ? id : ControlChannel.coordinatorName)
+  }
+
   /// Servers (other than this one) that joined and then went silent, or never joined in time.
   func lostServers() -> [(id: String, silence: Double?)] {
-    let others = isCoordinator ? servers.filter { $0 != server } : [coordinator]
-    return others.compactMap { id in
-      let name = isCoordinator ? id : ControlChannel.coordinatorName
-      if let s = channel.silence(of: name) { return s > heartbeatTimeout ? (id, s) : nil }
+    heardServers.compactMap { id in
+      if let s = silence(ofServer: id) { return s > heartbeatTimeout ? (id, s) : nil }
       return Date().timeIntervalSince(started) > joinTimeout ? (id, nil) : nil
     }
   }
@@ -121,15 +127,10 @@ public final class JobControl {
   /// server, a member when it first hears the coordinator (which sends only to servers it heard).
   /// Until then a failure on a server that has not joined cannot be reported to, or decided for,
   /// that server: scripts and tests wait for this line before they count on it.
-  func announceJoin() {
-    guard !announcedJoin else { return }
-    if isCoordinator {
-      guard servers.allSatisfy({ $0 == server || channel.silence(of: $0) != nil }) else { return }
-      say("all \(servers.count) servers joined the job's control channel")
-    } else {
-      guard channel.silence(of: ControlChannel.coordinatorName) != nil else { return }
-      say("joined the job's control channel (coordinating launch: server \(coordinator))")
-    }
+  private func announceJoin() {
+    guard !announcedJoin, heardServers.allSatisfy({ silence(ofServer: $0) != nil }) else { return }
+    say(isCoordinator ? "all \(servers.count) servers joined the job's control channel"
+                      : "joined the job's control channel (coordinating launch: server \(coordinator))")
     announcedJoin = true
   }
 
@@ -211,7 +212,7 @@ public final class JobControl {
       let missing = servers.filter { $0 != server && got[$0] == nil && !lost.contains($0) }
       if missing.isEmpty { break }
       if got.values.contains(where: { $0.kind == .own }) && Date() >= windowEnd { break }
-      let suspicious = missing.contains { (channel.silence(of: $0) ?? 0) > Self.suspiciousSilence }
+      let suspicious = missing.contains { (silence(ofServer: $0) ?? 0) > Self.suspiciousSilence }
       if Date() >= windowEnd && !suspicious { break }
       wait(0.05)
     }
