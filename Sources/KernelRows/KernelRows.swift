@@ -39,10 +39,20 @@ public struct BatchNormReduction {
   public var z, scale, shift, mean, invStd: UnsafePointer<Float>
   public var relu6: Bool
   public var sums: UnsafeMutablePointer<Double>
+  /// The gradient is stored as P = scale·g (g: the gradient masked by ReLU6's window, as the
+  /// reductions see it) instead of as itself: what `pointwiseBackwardScaled` reads. Honoured by the
+  /// depthwise input gradient only (`depthwiseBackward`); the other kernels reject it.
+  public var storesScaledGradient = false
   public init(z: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
               mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>, relu6: Bool, sums: UnsafeMutablePointer<Double>) {
     self.z = z; self.scale = scale; self.shift = shift; self.mean = mean; self.invStd = invStd
     self.relu6 = relu6; self.sums = sums
+  }
+  /// The same reduction storing P = scale·g (`storesScaledGradient`).
+  public func storingScaledGradient() -> BatchNormReduction {
+    var r = self
+    r.storesScaledGradient = true
+    return r
   }
   /// The same reduction writing into other sums (a thread's partials).
   public func with(sums: UnsafeMutablePointer<Double>) -> BatchNormReduction {

@@ -155,6 +155,7 @@ public func batchNormBackward(dz: UnsafeMutablePointer<Float>, da: UnsafePointer
 /// written back into da first when given; da is only written then).
 public func batchNormReduce(da: UnsafeMutablePointer<Float>, residual: UnsafePointer<Float>?, rows M: Int, channels C: Int,
                             _ red: BatchNormReduction, scratch: Scratch) {
+  precondition(!red.storesScaledGradient, "only the depthwise input gradient stores the scaled gradient")
   let rows = KernelISA.rows
   parallelChannelSums(rows: M, channels: C, scratch: scratch, into: red.sums) { _, range, partial in
     rows.batchNormReduce(da: da, residual: residual, channels: C, rows: range, red.with(sums: partial))
@@ -183,6 +184,8 @@ public struct PendingBatchNormBackward {
   public let reduction: BatchNormReduction
   public let channels: Int
   let k, meanG, meanGX: UnsafePointer<Float>
+  /// The reductions it was made from: Σg ([C]), then Σg·x̂ ([C]).
+  let sums: UnsafePointer<Double>
   let roundToBF16: Bool
   /// dz rows `rows` (absolute row indices; dz addressed by absolute row, like da).
   @inline(__always)
@@ -218,7 +221,7 @@ public func withBatchNormBackward<R>(fromSums sums: UnsafePointer<Double>, da: U
       meanGX[c] = training && M > 0 ? Float(sums[C + c] / Double(M)) * red.invStd[c] : 0
     }
     return body(PendingBatchNormBackward(da: da, reduction: red, channels: C, k: k, meanG: meanG, meanGX: meanGX,
-                                         roundToBF16: roundOutputToBF16))
+                                         sums: sums, roundToBF16: roundOutputToBF16))
   }
 }
 

@@ -203,6 +203,7 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
                                     rows: Int, inChannels m: Int, outChannels n: Int, scratch: Scratch,
                                     residual: UnsafePointer<Float>?, reduce: BatchNormReduction?, input: PendingBatchNorm?) {
   precondition(residual == nil || (dx != nil && reduce != nil), "a residual gradient is added by the reduction pass")
+  precondition(reduce?.storesScaledGradient != true, "only the depthwise input gradient stores the scaled gradient")
   guard rows > 0 else { reduce?.sums.update(repeating: 0, count: 2 * m); return }
   let kernels = KernelISA.rows
   let ownW = useOwnGEMM(.weightGradient, rows: rows, k: m, n: n)

@@ -130,6 +130,7 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
                                   input: PendingBatchNorm? = nil, outputGradient: PendingBatchNormBackward? = nil) {
   let (co, ci) = (wT.k, wT.n)
   precondition(residual == nil || (reduce != nil && dx != nil), "a residual gradient needs the fused backward")
+  precondition(reduce?.storesScaledGradient != true, "only the depthwise input gradient stores the scaled gradient")
   guard rows > 0 else {
     if let reduce, dx != nil { reduce.sums.update(repeating: 0, count: 2 * ci) }
     return

@@ -566,13 +566,15 @@ public enum RowKernels: RowKernelSet {
                   var acc = taps.sum(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
                   let p = rowBase + ix * C + c0
                   if let residual { acc += load16(residual + p) }
-                  store16(acc, dx + p, stream: stream)
                   if let r = reduce {
                     let zv = load16(r.z + p)
                     let gm = r.relu6 ? relu6Mask(acc, zv * sc + sf) : acc
+                    store16(r.storesScaledGradient ? gm * sc : acc, dx + p, stream: stream)
                     let xhat = (zv - mu) * isd
                     t0 += gm
                     t1 = t1.addingProduct(gm, xhat)
+                  } else {
+                    store16(acc, dx + p, stream: stream)
                   }
                 }
                 sums?.addToDoubles(t0, t1, from: c0)
@@ -611,6 +613,7 @@ public enum RowKernels: RowKernelSet {
               if let r = reduce, let s = sums {
                 let zv = load16(r.z + p + c)
                 let gm = r.relu6 ? relu6Mask(acc, zv * load16(r.scale + c) + load16(r.shift + c)) : acc
+                if r.storesScaledGradient { store16(gm * load16(r.scale + c), out + c) }
                 let xhat = (zv - load16(r.mean + c)) * load16(r.invStd + c)
                 store16(load16(s.s0 + c) + gm, s.s0 + c)
                 store16(load16(s.s1 + c).addingProduct(gm, xhat), s.s1 + c)
@@ -625,6 +628,7 @@ public enum RowKernels: RowKernelSet {
               if let r = reduce, let s = sums {
                 let zv = load8(r.z + p + c)
                 let gm = r.relu6 ? relu6Mask(acc, zv * load8(r.scale + c) + load8(r.shift + c)) : acc
+                if r.storesScaledGradient { store8(gm * load8(r.scale + c), out + c) }
                 let xhat = (zv - load8(r.mean + c)) * load8(r.invStd + c)
                 store8(load8(s.s0 + c) + gm, s.s0 + c)
                 store8(load8(s.s1 + c).addingProduct(gm, xhat), s.s1 + c)
@@ -639,6 +643,7 @@ public enum RowKernels: RowKernelSet {
               if let r = reduce, let s = sums {
                 let zv = r.z[p + c]
                 let gm = r.relu6 ? relu6Mask(acc, zv * r.scale[c] + r.shift[c]) : acc
+                if r.storesScaledGradient { out[c] = gm * r.scale[c] }
                 s.s0[c] += gm
                 s.s1[c] += gm * ((zv - r.mean[c]) * r.invStd[c])
               }

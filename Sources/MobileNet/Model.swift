@@ -458,10 +458,18 @@ public final class MobileNetV2 {
                      dxReduce: reduction(b.depthwise, act), input: pendingBatchNorm(b.depthwise, act), act: act)
       ready(upTo: b.project)
       if let e = b.expand {
-        convBNBackward(b.depthwise, dA: act.exp1, x: UnsafePointer(act.z[e]), dx: act.exp0, dxReduce: reduction(e, act),
+        // Large expand layers: the depthwise stores P = k·mask(dA) and the expand's backward reads
+        // P and x, not z (`pointwiseBackwardScaled`).
+        let scaled = pendingInput == nil && takesScaledBackward(e, act)
+        convBNBackward(b.depthwise, dA: act.exp1, x: UnsafePointer(act.z[e]), dx: act.exp0,
+                       dxReduce: scaled ? reduction(e, act).storingScaledGradient() : reduction(e, act),
                        input: pendingBatchNorm(e, act), act: act)
         ready(upTo: b.depthwise)
-        convBNBackward(e, dA: act.exp0, x: x, dx: gIn, dxReduce: reduction(inputLayer, act), dxResidual: residual, act: act)
+        if scaled {
+          expandBackwardScaled(e, p: act.exp0, x: x, dx: gIn, dxReduce: reduction(inputLayer, act), dxResidual: residual, act: act)
+        } else {
+          convBNBackward(e, dA: act.exp0, x: x, dx: gIn, dxReduce: reduction(inputLayer, act), dxResidual: residual, act: act)
+        }
         ready(upTo: e)
       } else {
         convBNBackward(b.depthwise, dA: act.exp1, x: x, dx: gIn, dxReduce: reduction(inputLayer, act),
@@ -538,6 +546,32 @@ public final class MobileNetV2 {
                                     rows: rows, inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch,
                                     residual: dxResidual, reduce: dxReduce, input: input)
           }
+        }
+      }
+    }
+  }
+
+  /// Whether expand layer i's backward takes `pointwiseBackwardScaled`: fp32 on our GEMM kernels, an
+  /// output large enough (`ScaledExpandBackward`).
+  private func takesScaledBackward(_ i: Int, _ act: Activations) -> Bool {
+    let l = layers[i]
+    let rows = act.batch * l.inSize * l.inSize
+    return precision == .fp32 && !jit
+      && ScaledExpandBackward.use(rows: rows, inChannels: l.inChannels, outChannels: l.outChannels)
+  }
+
+  /// Expand layer i's backward from P = k·mask(dA) (which the depthwise backward stored in `p`) and x:
+  /// dγ, dβ from the reductions, then both products without reading z.
+  private func expandBackwardScaled(_ i: Int, p: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+                                    dx: UnsafeMutablePointer<Float>, dxReduce: BatchNormReduction,
+                                    dxResidual: UnsafePointer<Float>?, act: Activations) {
+    let l = layers[i]
+    Profile.time(layer: i, backward: true) {
+      Profile.time(.pointwise, backward: true) {
+        withPendingOutputGradient(i, dA: p, act: act) { pending in
+          pointwiseBackwardScaled(dx: dx, dw: g(l.weight), outputGradient: pending, x: x, w: kw(l.weight),
+                                  rows: act.batch * l.inSize * l.inSize, inChannels: l.inChannels,
+                                  outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce)
         }
       }
     }

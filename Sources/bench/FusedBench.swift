@@ -96,5 +96,45 @@ struct FusedBench: ParsableCommand {
         batchNormReduce(da: dxD.base, residual: nil, rows: rows, channels: cMid, rE, scratch: scratch)
       })
     }
+    scaledExpandBackward(scratch: scratch, rng: &rng)
+  }
+
+  /// Layer 3 of 1.0/224 (112², 16 → 96, the expanded tensor 154 MB at batch 32): the expand backward
+  /// from P = k·mask(dA) and x (`pointwiseBackwardScaled`, z not read) against the direct one, which
+  /// makes dz from dA and z block by block. Both with the block input's BN reductions.
+  func scaledExpandBackward(scratch: Scratch, rng: inout RandomState) {
+    let (hw, m, n) = (112, 16, 96)
+    let rows = batch * hw * hw
+    let x = FloatBuffer(count: rows * m), z = FloatBuffer(count: rows * n), da = FloatBuffer(count: rows * n)
+    let w = FloatBuffer(count: m * n), dw = FloatBuffer(count: m * n), dx = FloatBuffer(count: rows * m)
+    for b in [x, da, w] { for i in 0..<b.count { b[i] = rng.uniform() - 0.5 } }
+    pointwiseForward(y: z.base, x: x.base, w: w.base, rows: rows, inChannels: m, outChannels: n)
+    // BN parameters: scale, shift, mean, 1/σ of z (any values in range time the same), and of x's producer.
+    let bn = FloatBuffer(count: 4 * n), bnIn = FloatBuffer(count: 4 * m)
+    for (b, c) in [(bn, n), (bnIn, m)] { for i in 0..<c { b[i] = 1.1; b[c + i] = 0.1; b[2 * c + i] = 0; b[3 * c + i] = 1.2 } }
+    var sums = [Double](repeating: 1, count: 2 * n), sumsIn = [Double](repeating: 0, count: 2 * m)
+    let (dGamma, dBeta) = (FloatBuffer(count: n), FloatBuffer(count: n))
+    sums.withUnsafeMutableBufferPointer { sp in
+      sumsIn.withUnsafeMutableBufferPointer { ip in
+        let red = BatchNormReduction(z: z.base, scale: bn.base, shift: bn.base + n, mean: bn.base + 2 * n,
+                                     invStd: bn.base + 3 * n, relu6: true, sums: sp.baseAddress!)
+        let redIn = BatchNormReduction(z: x.base, scale: bnIn.base, shift: bnIn.base + m, mean: bnIn.base + 2 * m,
+                                       invStd: bnIn.base + 3 * m, relu6: false, sums: ip.baseAddress!)
+        func backward(scaled: Bool) {
+          withBatchNormBackward(fromSums: sp.baseAddress!, da: da.base, red, dGamma: dGamma.base, dBeta: dBeta.base,
+                                rows: rows, channels: n, training: true) { pending in
+            if scaled {
+              pointwiseBackwardScaled(dx: dx.base, dw: dw.base, outputGradient: pending, x: x.base, w: w.base, rows: rows,
+                                      inChannels: m, outChannels: n, scratch: scratch, residual: nil, reduce: redIn)
+            } else {
+              pointwiseBackward(dx: dx.base, dw: dw.base, dy: da.base, x: x.base, w: w.base, rows: rows, inChannels: m,
+                                outChannels: n, scratch: scratch, residual: nil, reduce: redIn, outputGradient: pending)
+            }
+          }
+        }
+        report("expand 1x1 backward \(rows)x\(m)x\(n) from P and x (z not read)", fused: minTime { backward(scaled: true) },
+               unfused: minTime { backward(scaled: false) })
+      }
+    }
   }
 }

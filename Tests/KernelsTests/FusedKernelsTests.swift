@@ -18,7 +18,7 @@ final class FusedKernelsTests: XCTestCase {
     XCTAssertNotEqual(InstructionSet.avx512.displayName, InstructionSet.avx2.displayName)
   }
 
-  let depthwiseShapes = [
+  static let depthwiseShapes = [
     DepthwiseShape(batch: 2, height: 6, width: 6, channels: 16, stride: 1),
     DepthwiseShape(batch: 2, height: 9, width: 8, channels: 24, stride: 2),
     DepthwiseShape(batch: 1, height: 7, width: 5, channels: 37, stride: 2),
@@ -28,7 +28,7 @@ final class FusedKernelsTests: XCTestCase {
 
   func testDepthwiseForwardStatisticsMatchNaive() {
     forEachInstructionSet { isa in
-      for (k, s) in depthwiseShapes.enumerated() {
+      for (k, s) in Self.depthwiseShapes.enumerated() {
         let x = randomBuffer(s.inputCount, seed: 40 + UInt64(k), offset: 3), w = randomBuffer(s.weightCount, seed: 41)
         let y = FloatBuffer(count: s.outputCount), yRef = FloatBuffer(count: s.outputCount)
         let shift = FloatBuffer(count: s.channels)
@@ -115,16 +115,9 @@ final class FusedKernelsTests: XCTestCase {
     }
   }
 
-  func assertSums(_ sums: [Double], _ expected: [Double], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
-    XCTAssertEqual(sums.count, expected.count, file: file, line: line)
-    for i in sums.indices {
-      XCTAssertEqual(sums[i], expected[i], accuracy: 1e-3 + 1e-4 * abs(expected[i]), "\(what) sum[\(i)]", file: file, line: line)
-    }
-  }
-
   func testDepthwiseBackwardWithFusedReductionsAndResidualMatchesNaive() {
     forEachInstructionSet { isa in
-      for (k, s) in depthwiseShapes.enumerated() {
+      for (k, s) in Self.depthwiseShapes.enumerated() {
         for (relu6, withResidual) in [(true, false), (false, true), (true, true)] {
           let x = randomBuffer(s.inputCount, seed: 70 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 71)
           let dy = randomBuffer(s.outputCount, seed: 72), res = randomBuffer(s.inputCount, seed: 73)
@@ -234,7 +227,7 @@ final class FusedKernelsTests: XCTestCase {
   /// with statistics, and the weight gradient), against the naive depthwise of the stored activation.
   /// Large enough that a thread processes several groups of transformed rows.
   func testDepthwiseWithPendingBatchNormInputMatchesNaive() {
-    let shapes = depthwiseShapes + [DepthwiseShape(batch: 2, height: 40, width: 40, channels: 48, stride: 1),
+    let shapes = Self.depthwiseShapes + [DepthwiseShape(batch: 2, height: 40, width: 40, channels: 48, stride: 1),
                                     DepthwiseShape(batch: 2, height: 41, width: 40, channels: 48, stride: 2)]
     forEachInstructionSet { isa in
       for (k, s) in shapes.enumerated() {

@@ -89,3 +89,11 @@ func assertStatistics(shift: FloatBuffer, sums: UnsafePointer<Double>, of y: Uns
     XCTAssertEqual(v, variance[c], accuracy: 1e-4 + 1e-4 * variance[c], "\(what) variance[\(c)]", file: file, line: line)
   }
 }
+
+/// Per-channel BN backward reductions (Σg, Σg·x̂) against expected ones, each within 1e-3 + 1e-4·|expected|.
+func assertSums(_ sums: [Double], _ expected: [Double], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+  XCTAssertEqual(sums.count, expected.count, file: file, line: line)
+  for i in sums.indices {
+    XCTAssertEqual(sums[i], expected[i], accuracy: 1e-3 + 1e-4 * abs(expected[i]), "\(what) sum[\(i)]", file: file, line: line)
+  }
+}

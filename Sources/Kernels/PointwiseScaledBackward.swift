@@ -1,0 +1,172 @@
+// The backward of an expand 1×1 layer without reading its output z.
+//
+// The expand's BN(+ReLU6) backward makes dz = k·(g − meanG − (z − μ)·meanGX) (k = γ·invStd, g = dA
+// masked by ReLU6's window), and both products read it: dW += xᵀ·dz, dx = dz·wᵀ. Made block by block
+// (`PendingBatchNormBackward`) that reads dA and z, two tensors of the expanded size T (154 MB each
+// at 1.0/224 b32 layer 3). But z = x·w, so z − μ is linear in x and the products can be rewritten
+// on P = k·g alone, which the depthwise backward before writes in place of dA (it has z in cache for
+// the mask anyway; `BatchNormReduction.storesScaledGradient`). With c1 = k·meanG, v = k·meanGX and a
+// per-channel shift s of x (x̃ = x − s, μ̃ = μ − s·w, q = c1 − μ̃·v):
+//   dz = P − q − (x̃·w)·diag(v)
+//   dW += x̃ᵀ·P − Σx̃·qᵀ − (x̃ᵀx̃)·w·diag(v)     (xᵀdz = x̃ᵀdz: the rows of dz sum to zero)
+//   dx  = P·wᵀ − x̃·M − r,   M = w·diag(v)·wᵀ (k×k), r = q·wᵀ
+// Every coefficient is known before the pass (the reductions behind meanG, meanGX were made by the
+// depthwise backward), so one pass reads P and x and writes dx; the k×k products (x̃ᵀx̃, x̃·M) are
+// 1/6 of the block's FMAs at MobileNetV2's expansion 6, on rows already in cache. The shift keeps
+// the float sums of x̃ᵀP and x̃ᵀx̃ from carrying x's mean (x is a block output: its mean can be large
+// against its spread); s is the mean of x's first rows.
+import Foundation
+import KernelRows
+
+/// Which expand layers take `pointwiseBackwardScaled`.
+public enum ScaledExpandBackward {
+  public static let environmentVariable = "MNV2_SCALED_EXPAND"
+  /// On unless MNV2_SCALED_EXPAND=0 (tests switch it and lower the threshold to compare both paths).
+  public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
+  /// Expanded tensors (z) of at least this many bytes: below it z is read back from L3, where the
+  /// read saved costs less than the k×k products added (see docs/performance.md, issue 12 round 13).
+  public static var minimumBytes = 64 << 20
+  /// Whether an expand layer of `rows` pixels takes the scaled path: its output large enough, and
+  /// both of its backward products on our GEMM kernels (the only ones `pointwiseBackwardScaled` runs).
+  public static func use(rows: Int, inChannels: Int, outChannels: Int) -> Bool {
+    enabled && rows * outChannels * MemoryLayout<Float>.stride >= minimumBytes
+      && useOwnGEMM(.weightGradient, rows: rows, k: inChannels, n: outChannels)
+      && useOwnGEMM(.product, rows: rows, k: outChannels, n: inChannels)
+  }
+}
+
+/// Rows of x averaged for the shift s.
+private let shiftSampleRows = 256
+
+/// dW += xᵀ·dz, dx = dz·wᵀ (+ residual, with the reductions `reduce` of the layer that produced x),
+/// where dz is the BN backward of `outputGradient`, whose `da` holds P = k·mask(dA) (the depthwise
+/// backward's `storesScaledGradient` output) instead of dA: z is not read (see the top of this file).
+/// Our GEMM kernels only (callers check `useOwnGEMM`).
+public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
+                                    outputGradient og: PendingBatchNormBackward, x: UnsafePointer<Float>,
+                                    w: UnsafePointer<Float>, rows: Int, inChannels m: Int, outChannels n: Int,
+                                    scratch: Scratch, residual: UnsafePointer<Float>?, reduce: BatchNormReduction?) {
+  precondition(residual == nil || reduce != nil, "a residual gradient is added by the reduction pass")
+  precondition(reduce?.storesScaledGradient != true, "only the depthwise input gradient stores the scaled gradient")
+  precondition(og.channels == n, "outputGradient has \(og.channels) channels, the layer \(n)")
+  guard rows > 0 else { reduce?.sums.update(repeating: 0, count: 2 * m); return }
+  let kernels = KernelISA.rows
+  let p = og.da
+
+  // The coefficients, in doubles: s, μ̃, q, v, M and r.
+  let sampled = min(rows, shiftSampleRows)
+  var s = [Double](repeating: 0, count: m)
+  for i in 0..<sampled { for a in 0..<m { s[a] += Double(x[i * m + a]) } }
+  for a in 0..<m { s[a] /= Double(sampled) }
+  var v = [Double](repeating: 0, count: n), q = [Double](repeating: 0, count: n)
+  for j in 0..<n {
+    var sw = 0.0
+    for a in 0..<m { sw += s[a] * Double(w[a * n + j]) }
+    let k = Double(og.k[j])
+    v[j] = k * Double(og.meanGX[j])
+    q[j] = k * Double(og.meanG[j]) - (Double(og.reduction.mean[j]) - sw) * v[j]
+  }
+  var negM = [Float](repeating: 0, count: m * m), r = [Float](repeating: 0, count: m)
+  var shiftNeg = [Float](repeating: 0, count: m)
+  let ones = [Float](repeating: 1, count: m)
+  for a in 0..<m {
+    var ra = 0.0
+    for j in 0..<n { ra += q[j] * Double(w[a * n + j]) }
+    r[a] = Float(ra)
+    shiftNeg[a] = Float(-s[a])
+    for b in 0..<m {
+      var mab = 0.0
+      for j in 0..<n { mab += Double(w[a * n + j]) * v[j] * Double(w[b * n + j]) }
+      negM[a * m + b] = Float(-mab)
+    }
+  }
+
+  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
+  let blockRows = backwardBlockRows(inChannels: m, outChannels: n, own: true)
+  let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * n * MemoryLayout<Float>.stride)
+  // One scratch region: the weight partials of chunks 1…, the Gram partials, packed wᵀ and −M, the
+  // per-chunk blocks of x̃·(−M).
+  let partialFloats = (chunks - 1) * m * n, gramFloats = chunks * m * m
+  let packedWT = gemmPackedCount(k: n, n: m), packedM = gemmPackedCount(k: m, n: m)
+  let corrFloats = min(rows, blockRows) * m
+  let region = scratch.uninitialized(partialFloats + gramFloats + packedWT + packedM + chunks * (corrFloats + m))
+  let partials = region, grams = region + partialFloats
+  let packedW = grams + gramFloats, packedNegM = packedW + packedWT, corrBlocks = packedNegM + packedM
+  let blockSums = corrBlocks + chunks * corrFloats
+  grams.update(repeating: 0, count: gramFloats)
+  let ldw = packGemmB(w, k: n, n: m, transposed: true, into: packedW)
+  let ldm = negM.withUnsafeBufferPointer { packGemmB($0.baseAddress!, k: m, n: m, transposed: false, into: packedNegM) }
+  var xSums = [Double](repeating: 0, count: chunks * m)
+
+  shiftNeg.withUnsafeBufferPointer { shiftNeg in
+  ones.withUnsafeBufferPointer { ones in
+  r.withUnsafeBufferPointer { r in
+  xSums.withUnsafeMutableBufferPointer { xSums in
+    let centre = PendingBatchNorm(scale: ones.baseAddress!, shift: shiftNeg.baseAddress!, relu6: false)
+    withPendingBuffers(centre, rows: rows, k: m, blockRows: blockRows, scratch: scratch) { tmp in
+      func run(_ chunk: Int, _ range: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) {
+        let out = chunk == 0 ? dw : partials + (chunk - 1) * m * n
+        if chunk > 0 { out.update(repeating: 0, count: m * n) }
+        let gram = grams + chunk * m * m, xSum = xSums.baseAddress! + chunk * m
+        forEachBlock(range, blockRows: blockRows) { b in
+          let xt = pendingInputRows(x, centre, rows: b, channels: m, tmp: tmp(chunk))
+          let next = nextBlock(after: b, blockRows: blockRows, in: range)
+          let corr = corrBlocks + chunk * corrFloats - b.lowerBound * m
+          withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(p, next, n), rowBytes(x, next, m),
+                       units: gemmFMAs(rows: b.count, k: m, n: n) + gemmFMAs(rows: b.count, k: n, n: m)
+                         + 2 * gemmFMAs(rows: b.count, k: m, n: m)) { streams in
+            kernels.gemmTransposedA(c: out, a: xt, b: p, k: m, n: n, rows: b, prefetch: streams)
+            kernels.gemmTransposedA(c: gram, a: xt, b: xt, k: m, n: m, rows: b, prefetch: streams)
+            kernels.gemm(c: dx, a: p, b: packedW, ldb: ldw, k: n, n: m, rows: b, stats: nil, prefetch: streams, stream: false)
+            kernels.gemm(c: corr, a: xt, b: packedNegM, ldb: ldm, k: m, n: m, rows: b, stats: nil, prefetch: streams, stream: false)
+          }
+          // dx += x̃·(−M) − r, and Σx̃ of the block (in floats over one block, then into the doubles).
+          let t = blockSums + chunk * m, rv = r.baseAddress!
+          t.update(repeating: 0, count: m)
+          for i in b {
+            let d = dx + i * m, c = corr + i * m, xr = xt + i * m
+            for a in 0..<m {
+              d[a] += c[a] - rv[a]
+              t[a] += xr[a]
+            }
+          }
+          for a in 0..<m { xSum[a] += Double(t[a]) }
+          if let reduce, let sums {
+            kernels.batchNormReduce(da: dx, residual: residual, channels: m, rows: b, reduce.with(sums: sums))
+          }
+        }
+      }
+      if let reduce {
+        parallelChannelSums(rows: rows, channels: m, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
+                            into: reduce.sums) { chunk, range, partial in run(chunk, range, partial) }
+      } else {
+        _ = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in run(chunk, range, nil) }
+      }
+    }
+    addChunkPartials(into: dw, partials, count: m * n, chunks: chunks)
+    // dW −= Σx̃·qᵀ + (x̃ᵀx̃)·w·diag(v), and += s·Σdzᵀ: xᵀdz = x̃ᵀdz + s·Σdzᵀ. With training-mode BN,
+    // Σdz = ΣP − N·q − Σx̃·w·diag(v) is zero in exact arithmetic, but μ is the mean of the rounded z,
+    // kept as a float (~1e-6 off at |μ| ~ 20), and x's mean amplifies what is left (~1e-3 of dW at a
+    // mean of 4 in the tests). With inference-mode BN it is ΣP itself (dz = P).
+    var sx = [Double](repeating: 0, count: m)
+    for c in 0..<chunks { for a in 0..<m { sx[a] += xSums[c * m + a] } }
+    var sdz = [Double](repeating: 0, count: n)
+    for j in 0..<n {
+      var t = 0.0
+      for a in 0..<m { t += sx[a] * Double(w[a * n + j]) }
+      sdz[j] = Double(og.k[j]) * og.sums[j] - Double(rows) * q[j] - t * v[j]
+    }
+    for a in 0..<m {
+      var gRow = [Double](repeating: 0, count: m)
+      for c in 0..<chunks { for b in 0..<m { gRow[b] += Double(grams[c * m * m + a * m + b]) } }
+      for j in 0..<n {
+        var gw = 0.0
+        for b in 0..<m { gw += gRow[b] * Double(w[b * n + j]) }
+        dw[a * n + j] += Float(s[a] * sdz[j] - sx[a] * q[j] - gw * v[j])
+      }
+    }
+  }
+  }
+  }
+  }
+}

@@ -1,0 +1,181 @@
+// The expand layer's backward from P = k·mask(dA) and x alone (`pointwiseBackwardScaled`), and the
+// depthwise input gradient that stores P (`BatchNormReduction.storesScaledGradient`).
+import Kernels
+import XCTest
+
+final class ScaledExpandBackwardTests: XCTestCase {
+  /// An expand layer's forward as the model runs it: z = x·w (our GEMM), then its training-mode BN
+  /// (naive, in double), and the consumer's reductions (Σg, Σg·x̂) for a given dA.
+  struct Expand {
+    let rows, m, n: Int
+    let relu6: Bool
+    let x, w, z, gamma, beta, mean, invStd, scaleShift, a: FloatBuffer
+    init(rows: Int, m: Int, n: Int, relu6: Bool, xMean: Float, xSpread: Float, seed: UInt64) {
+      self.rows = rows; self.m = m; self.n = n; self.relu6 = relu6
+      x = randomBuffer(rows * m, seed: seed, scale: xSpread, offset: xMean)
+      // Weights with a mean of their own, so that z's mean (μ) is large and every term of the
+      // rewritten products matters.
+      w = randomBuffer(m * n, seed: seed + 1, scale: 0.5, offset: 0.2)
+      z = FloatBuffer(count: rows * n)
+      pointwiseForward(y: z.base, x: x.base, w: w.base, rows: rows, inChannels: m, outChannels: n)
+      gamma = randomBuffer(n, seed: seed + 2, scale: 0.3, offset: 1)
+      beta = randomBuffer(n, seed: seed + 3, scale: 0.5, offset: 1.5)
+      mean = FloatBuffer(count: n); invStd = FloatBuffer(count: n); scaleShift = FloatBuffer(count: 2 * n)
+      a = FloatBuffer(count: rows * n)
+      let mm = FloatBuffer(count: n), mv = FloatBuffer(count: n)
+      batchNormForwardNaive(a: a.base, z: z.base, gamma: gamma.base, beta: beta.base, mean: mean.base, invStd: invStd.base,
+                            movingMean: mm.base, movingVariance: mv.base, rows: rows, channels: n, training: true, relu6: relu6)
+      batchNormScaleShift(scale: scaleShift.base, shift: scaleShift.base + n, gamma: gamma.base, beta: beta.base,
+                          mean: mean.base, invStd: invStd.base, channels: n)
+    }
+    func reduction(_ sums: UnsafeMutablePointer<Double>) -> BatchNormReduction {
+      BatchNormReduction(z: z.base, scale: scaleShift.base, shift: scaleShift.base + n, mean: mean.base,
+                         invStd: invStd.base, relu6: relu6, sums: sums)
+    }
+    /// P = scale·g with the kernels' own mask expression (y = z·scale + shift inside (0, 6)).
+    func scaled(_ da: FloatBuffer) -> FloatBuffer {
+      let p = FloatBuffer(count: rows * n)
+      for i in 0..<(rows * n) {
+        let c = i % n, y = z[i] * scaleShift[c] + scaleShift[n + c]
+        p[i] = (relu6 && !(y > 0 && y < 6) ? 0 : da[i]) * scaleShift[c]
+      }
+      return p
+    }
+  }
+
+  func testScaledExpandBackwardMatchesNaive() {
+    defer { Compute.setThreads(1) }
+    forEachInstructionSet { isa in
+      for threads in [1, 2] {
+        Compute.setThreads(threads)
+        for (rows, m, n) in [(1, 3, 5), (37, 16, 96), (3001, 24, 144), (5000, 8, 40), (700, 5, 30)] {
+          // x centred, and x far from zero against its spread (a block output can be), which the
+          // shift in the kernel is for. And a BN mean that is not the mean of x·w: the model's is the
+          // float mean of the rounded z (~1e-6 off); 1e-3 makes the difference visible. Every path
+          // then computes xᵀdz with that mean, the scaled one through its s·Σdz term.
+          // Inference-mode BN too (dz = P: nothing subtracted).
+          for (relu6, withResidual, xMean, meanOffset, training) in [
+            (true, false, Float(0), Float(0), true), (true, false, 4, 0, true), (false, true, 4, 0, true),
+            (true, true, 4, 0, true), (true, false, 4, 1e-3, true), (true, true, 4, 0, false)] {
+            let e = Expand(rows: rows, m: m, n: n, relu6: relu6, xMean: xMean, xSpread: 0.3, seed: 200)
+            for c in 0..<n { e.mean[c] += meanOffset }
+            let producer = FusedKernelsTests.Layer(rows: rows, channels: m, relu6: false, seed: 210)
+            let da = randomBuffer(rows * n, seed: 220, offset: 0.3), res = randomBuffer(rows * m, seed: 221)
+            // The reductions as the depthwise backward makes them: the naive BN backward's dβ, dγ.
+            let dzRef = FloatBuffer(count: rows * n), dgRef = FloatBuffer(count: n), dbRef = FloatBuffer(count: n)
+            batchNormBackwardNaive(dz: dzRef.base, da: da.base, a: e.a.base, z: e.z.base, gamma: e.gamma.base,
+                                   mean: e.mean.base, invStd: e.invStd.base, dGamma: dgRef.base, dBeta: dbRef.base,
+                                   rows: rows, channels: n, training: training, relu6: relu6)
+            var gradSums = dbRef.array.map(Double.init) + dgRef.array.map(Double.init)
+            // dW accumulates onto what is there.
+            let dw0 = randomBuffer(m * n, seed: 222), dxRef = FloatBuffer(count: rows * m), dwRef = FloatBuffer(count: m * n)
+            let dw = FloatBuffer(count: m * n)
+            dwRef.copy(from: dw0.array); dw.copy(from: dw0.array)
+            pointwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dzRef.base, x: e.x.base, w: e.w.base, rows: rows,
+                                   inChannels: m, outChannels: n)
+            if withResidual { for i in 0..<(rows * m) { dxRef[i] += res[i] } }
+
+            // The direct path (dz made from dA and z as the products read it), which the model ran before.
+            let dxDirect = FloatBuffer(count: rows * m), dwDirect = FloatBuffer(count: m * n)
+            dwDirect.copy(from: dw0.array)
+            var redDirect = [Double](repeating: .nan, count: 2 * m)
+            gradSums.withUnsafeMutableBufferPointer { gp in
+              redDirect.withUnsafeMutableBufferPointer { rp in
+                let (dg, db) = (FloatBuffer(count: n), FloatBuffer(count: n))
+                withBatchNormBackward(fromSums: gp.baseAddress!, da: da.base, e.reduction(gp.baseAddress!), dGamma: dg.base,
+                                      dBeta: db.base, rows: rows, channels: n, training: training) { pending in
+                  pointwiseBackward(dx: dxDirect.base, dw: dwDirect.base, dy: da.base, x: e.x.base, w: e.w.base, rows: rows,
+                                    inChannels: m, outChannels: n, scratch: Scratch(),
+                                    residual: withResidual ? UnsafePointer(res.base) : nil,
+                                    reduce: producer.reduction(rp.baseAddress!), outputGradient: pending)
+                }
+              }
+            }
+            let p = e.scaled(da), dx = FloatBuffer(count: rows * m)
+            dx.base.update(repeating: .nan, count: rows * m)
+            let (dg, db) = (FloatBuffer(count: n), FloatBuffer(count: n))
+            var red = [Double](repeating: .nan, count: 2 * m)
+            gradSums.withUnsafeMutableBufferPointer { gp in
+              red.withUnsafeMutableBufferPointer { rp in
+                withBatchNormBackward(fromSums: gp.baseAddress!, da: p.base, e.reduction(gp.baseAddress!), dGamma: dg.base,
+                                      dBeta: db.base, rows: rows, channels: n, training: training) { pending in
+                  pointwiseBackwardScaled(dx: dx.base, dw: dw.base, outputGradient: pending, x: e.x.base, w: e.w.base,
+                                          rows: rows, inChannels: m, outChannels: n, scratch: Scratch(),
+                                          residual: withResidual ? UnsafePointer(res.base) : nil,
+                                          reduce: producer.reduction(rp.baseAddress!))
+                }
+              }
+            }
+            let what = "\(isa) \(threads)t scaled expand backward \(rows)x\(m)x\(n) relu6=\(relu6) residual=\(withResidual) x̄=\(xMean) μ+\(meanOffset) training=\(training)"
+            let dwScale = (0..<(m * n)).map { abs(dwRef[$0]) }.max() ?? 0
+            let dxScale = (0..<(rows * m)).map { abs(dxRef[$0]) }.max() ?? 0
+            // Tolerances relative to the largest element: the rewritten sums round differently, and
+            // x's mean amplifies rounding in both paths (μ is the mean of the rounded z).
+            assertClose(dx, dxRef, atol: 1e-5 * max(1, dxScale), rtol: 1e-4, what + " dx")
+            assertClose(dw, dwRef, atol: 1e-4 * max(1, dwScale), rtol: 1e-4, what + " dw")
+            assertClose(dx, dxDirect, atol: 1e-5 * max(1, dxScale), rtol: 1e-4, what + " dx against the direct path")
+            assertClose(dw, dwDirect, atol: 1e-4 * max(1, dwScale), rtol: 1e-4, what + " dw against the direct path")
+            assertClose(dg, dgRef, atol: 1e-5, rtol: 1e-5, what + " dgamma")
+            assertClose(db, dbRef, atol: 1e-5, rtol: 1e-5, what + " dbeta")
+            // Σdx is ~0 (the rows of dz sum to zero) and rounds to ~1e-6 of Σ|dx| in either path.
+            let expected = producer.naiveSums(da: dxRef.base)
+            for c in 0..<m {
+              var mass = 0.0
+              for r in 0..<rows { mass += abs(Double(dxRef[r * m + c])) * max(1, abs(Double(producer.z[r * m + c]))) }
+              for (i, sum) in [(c, "Σg"), (m + c, "Σg·x̂")] {
+                XCTAssertEqual(red[i], expected[i], accuracy: 1e-4 + 2e-6 * mass, "\(what) channel \(c) reduction \(sum)")
+              }
+            }
+            // The rewriting is not trivially exact here: xᵀP alone (no corrections) is far from dW
+            // (with inference-mode BN, dz = P and xᵀP is dW).
+            if rows > 1 && training {
+              var uncorrected = 0.0
+              for a in 0..<m { for j in 0..<n {
+                var s = 0.0
+                for r in 0..<rows { s += Double(e.x[r * m + a]) * Double(p[r * n + j]) }
+                uncorrected = max(uncorrected, abs(s - Double(dwRef[a * n + j] - dw0[a * n + j])))
+              } }
+              XCTAssertGreaterThan(uncorrected, 1e-2 * max(1, Double(dwScale)), what + ": corrections too small to test")
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /// The depthwise input gradient storing P = scale·mask(dx) writes exactly that (the same bits as
+  /// masking and scaling its ordinary output), with the same reductions and weight gradient.
+  func testDepthwiseStoresTheScaledGradient() {
+    let shapes = FusedKernelsTests.depthwiseShapes
+    forEachInstructionSet { isa in
+      for (k, s) in shapes.enumerated() {
+        for relu6 in [true, false] {
+          let x = randomBuffer(s.inputCount, seed: 230 + UInt64(k)), w = randomBuffer(s.weightCount, seed: 231)
+          let dy = randomBuffer(s.outputCount, seed: 232)
+          let producer = FusedKernelsTests.Layer(rows: s.inputCount / s.channels, channels: s.channels, relu6: relu6, seed: 233)
+          let (dx, p) = (FloatBuffer(count: s.inputCount), FloatBuffer(count: s.inputCount))
+          let (dw, dwScaled) = (FloatBuffer(count: s.weightCount), FloatBuffer(count: s.weightCount))
+          var (sums, sumsScaled) = ([Double](repeating: .nan, count: 2 * s.channels), [Double](repeating: .nan, count: 2 * s.channels))
+          sums.withUnsafeMutableBufferPointer { sp in
+            depthwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch(),
+                              reduce: producer.reduction(sp.baseAddress!))
+          }
+          sumsScaled.withUnsafeMutableBufferPointer { sp in
+            depthwiseBackward(dx: p.base, dw: dwScaled.base, dy: dy.base, x: x.base, w: w.base, s, scratch: Scratch(),
+                              reduce: producer.reduction(sp.baseAddress!).storingScaledGradient())
+          }
+          let expected = FloatBuffer(count: s.inputCount)
+          let C = s.channels, sc = producer.scaleShift
+          for i in 0..<s.inputCount {
+            let c = i % C, y = producer.z[i] * sc[c] + sc[C + c]
+            expected[i] = (relu6 && !(y > 0 && y < 6) ? 0 : dx[i]) * sc[c]
+          }
+          let what = "\(isa) depthwise \(s) relu6=\(relu6)"
+          XCTAssertEqual(p.array, expected.array, what + ": P")
+          XCTAssertEqual(dwScaled.array, dw.array, what + ": dw")
+          XCTAssertEqual(sumsScaled, sums, what + ": reductions")
+        }
+      }
+    }
+  }
+}
