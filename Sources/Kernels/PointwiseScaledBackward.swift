@@ -67,13 +67,12 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
     q[j] = k * Double(og.meanG[j]) - (Double(og.reduction.mean[j]) - sw) * v[j]
   }
   var negM = [Float](repeating: 0, count: m * m), r = [Float](repeating: 0, count: m)
-  var shiftNeg = [Float](repeating: 0, count: m)
-  let ones = [Float](repeating: 1, count: m)
+  var shift = [Float](repeating: 0, count: m)
   for a in 0..<m {
     var ra = 0.0
     for j in 0..<n { ra += q[j] * Double(w[a * n + j]) }
     r[a] = Float(ra)
-    shiftNeg[a] = Float(-s[a])
+    shift[a] = Float(s[a])
     for b in 0..<m {
       var mab = 0.0
       for j in 0..<n { mab += Double(w[a * n + j]) * v[j] * Double(w[b * n + j]) }
@@ -98,18 +97,24 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
   let ldm = negM.withUnsafeBufferPointer { packGemmB($0.baseAddress!, k: m, n: m, transposed: false, into: packedNegM) }
   var xSums = [Double](repeating: 0, count: chunks * m)
 
-  shiftNeg.withUnsafeBufferPointer { shiftNeg in
-  ones.withUnsafeBufferPointer { ones in
+  shift.withUnsafeBufferPointer { shift in
   r.withUnsafeBufferPointer { r in
   xSums.withUnsafeMutableBufferPointer { xSums in
-    let centre = PendingBatchNorm(scale: ones.baseAddress!, shift: shiftNeg.baseAddress!, relu6: false)
-    withPendingBuffers(centre, rows: rows, k: m, blockRows: blockRows, scratch: scratch) { tmp in
+    // (Any pending input makes withPendingBuffers hand out the per-thread row buffers.)
+    let buffers = PendingBatchNorm(scale: shift.baseAddress!, shift: shift.baseAddress!, relu6: false)
+    withPendingBuffers(buffers, rows: rows, k: m, blockRows: blockRows, scratch: scratch) { tmp in
       func run(_ chunk: Int, _ range: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) {
         let out = chunk == 0 ? dw : partials + (chunk - 1) * m * n
         if chunk > 0 { out.update(repeating: 0, count: m * n) }
         let gram = grams + chunk * m * m, xSum = xSums.baseAddress! + chunk * m
         forEachBlock(range, blockRows: blockRows) { b in
-          let xt = pendingInputRows(x, centre, rows: b, channels: m, tmp: tmp(chunk))
+          // x̃ = x − s into the block buffer, and Σx̃ of the block (in floats over one block, then into
+          // the doubles).
+          let t = blockSums + chunk * m
+          t.update(repeating: 0, count: m)
+          let xt = UnsafePointer(tmp(chunk)! - b.lowerBound * m)
+          centreRows(x, minus: shift.baseAddress!, into: tmp(chunk)! - b.lowerBound * m, rows: b, channels: m, sums: t)
+          for a in 0..<m { xSum[a] += Double(t[a]) }
           let next = nextBlock(after: b, blockRows: blockRows, in: range)
           let corr = corrBlocks + chunk * corrFloats - b.lowerBound * m
           withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(p, next, n), rowBytes(x, next, m),
@@ -120,17 +125,7 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
             kernels.gemm(c: dx, a: p, b: packedW, ldb: ldw, k: n, n: m, rows: b, stats: nil, prefetch: streams, stream: false)
             kernels.gemm(c: corr, a: xt, b: packedNegM, ldb: ldm, k: m, n: m, rows: b, stats: nil, prefetch: streams, stream: false)
           }
-          // dx += x̃·(−M) − r, and Σx̃ of the block (in floats over one block, then into the doubles).
-          let t = blockSums + chunk * m, rv = r.baseAddress!
-          t.update(repeating: 0, count: m)
-          for i in b {
-            let d = dx + i * m, c = corr + i * m, xr = xt + i * m
-            for a in 0..<m {
-              d[a] += c[a] - rv[a]
-              t[a] += xr[a]
-            }
-          }
-          for a in 0..<m { xSum[a] += Double(t[a]) }
+          addCorrection(dx, corr, minus: r.baseAddress!, rows: b, channels: m)
           if let reduce, let sums {
             kernels.batchNormReduce(da: dx, residual: residual, channels: m, rows: b, reduce.with(sums: sums))
           }
@@ -168,5 +163,65 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
   }
   }
   }
+}
+
+/// out rows = x rows − s, and t += their sum (t: m floats). Vectors of 16 down each column block,
+/// then 8, then single channels.
+@inline(__always)
+private func centreRows(_ x: UnsafePointer<Float>, minus s: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
+                        rows b: Range<Int>, channels m: Int, sums t: UnsafeMutablePointer<Float>) {
+  var a = 0
+  while a + 16 <= m {
+    let sv = load16(s + a)
+    var acc = SIMD16<Float>()
+    for i in b {
+      let v = load16(x + i * m + a) - sv
+      store16(v, out + i * m + a)
+      acc += v
+    }
+    store16(load16(t + a) + acc, t + a)
+    a += 16
+  }
+  while a + 8 <= m {
+    let sv = load8(s + a)
+    var acc = SIMD8<Float>()
+    for i in b {
+      let v = load8(x + i * m + a) - sv
+      store8(v, out + i * m + a)
+      acc += v
+    }
+    store8(load8(t + a) + acc, t + a)
+    a += 8
+  }
+  while a < m {
+    var acc: Float = 0
+    for i in b {
+      let v = x[i * m + a] - s[a]
+      out[i * m + a] = v
+      acc += v
+    }
+    t[a] += acc
+    a += 1
+  }
+}
+
+/// dx rows += corr rows − r.
+@inline(__always)
+private func addCorrection(_ dx: UnsafeMutablePointer<Float>, _ corr: UnsafePointer<Float>, minus r: UnsafePointer<Float>,
+                           rows b: Range<Int>, channels m: Int) {
+  var a = 0
+  while a + 16 <= m {
+    let rv = load16(r + a)
+    for i in b { store16(load16(dx + i * m + a) + (load16(corr + i * m + a) - rv), dx + i * m + a) }
+    a += 16
+  }
+  while a + 8 <= m {
+    let rv = load8(r + a)
+    for i in b { store8(load8(dx + i * m + a) + (load8(corr + i * m + a) - rv), dx + i * m + a) }
+    a += 8
+  }
+  while a < m {
+    for i in b { dx[i * m + a] += corr[i * m + a] - r[a] }
+    a += 1
   }
 }
