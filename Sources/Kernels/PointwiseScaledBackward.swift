@@ -57,7 +57,7 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
   let sampled = min(rows, shiftSampleRows)
   var s = [Double](repeating: 0, count: m)
   for i in 0..<sampled { for a in 0..<m { s[a] += Double(x[i * m + a]) } }
-  for a in 0..<m { s[a] /= Double(sampled) }
+  for a in 0..<m { s[a] = Double(Float(s[a] / Double(sampled))) }  // the float the kernels subtract
   var v = [Double](repeating: 0, count: n), q = [Double](repeating: 0, count: n)
   for j in 0..<n {
     var sw = 0.0
@@ -84,7 +84,7 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
   let blockRows = backwardBlockRows(inChannels: m, outChannels: n, own: true)
   let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * n * MemoryLayout<Float>.stride)
   // One scratch region: the weight partials of chunks 1…, the Gram partials, packed wᵀ and −M, the
-  // per-chunk blocks of x̃·(−M).
+  // per-chunk blocks of x̃·(−M) and block sums of x̃; the per-chunk blocks of x̃ in the input-rows region.
   let partialFloats = (chunks - 1) * m * n, gramFloats = chunks * m * m
   let packedWT = gemmPackedCount(k: n, n: m), packedM = gemmPackedCount(k: m, n: m)
   let corrFloats = min(rows, blockRows) * m
@@ -95,14 +95,13 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
   grams.update(repeating: 0, count: gramFloats)
   let ldw = packGemmB(w, k: n, n: m, transposed: true, into: packedW)
   let ldm = negM.withUnsafeBufferPointer { packGemmB($0.baseAddress!, k: m, n: m, transposed: false, into: packedNegM) }
+  let xBlocks = scratch.inputRows(chunks * corrFloats)
   var xSums = [Double](repeating: 0, count: chunks * m)
 
   shift.withUnsafeBufferPointer { shift in
   r.withUnsafeBufferPointer { r in
   xSums.withUnsafeMutableBufferPointer { xSums in
-    // (Any pending input makes withPendingBuffers hand out the per-thread row buffers.)
-    let buffers = PendingBatchNorm(scale: shift.baseAddress!, shift: shift.baseAddress!, relu6: false)
-    withPendingBuffers(buffers, rows: rows, k: m, blockRows: blockRows, scratch: scratch) { tmp in
+    do {
       func run(_ chunk: Int, _ range: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) {
         let out = chunk == 0 ? dw : partials + (chunk - 1) * m * n
         if chunk > 0 { out.update(repeating: 0, count: m * n) }
@@ -112,8 +111,8 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
           // the doubles).
           let t = blockSums + chunk * m
           t.update(repeating: 0, count: m)
-          let xt = UnsafePointer(tmp(chunk)! - b.lowerBound * m)
-          centreRows(x, minus: shift.baseAddress!, into: tmp(chunk)! - b.lowerBound * m, rows: b, channels: m, sums: t)
+          let xt = xBlocks + chunk * corrFloats - b.lowerBound * m
+          centreRows(x, minus: shift.baseAddress!, into: xt, rows: b, channels: m, sums: t)
           for a in 0..<m { xSum[a] += Double(t[a]) }
           let next = nextBlock(after: b, blockRows: blockRows, in: range)
           let corr = corrBlocks + chunk * corrFloats - b.lowerBound * m
