@@ -257,14 +257,21 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
         }
       }
     }
-    if let reduce {
-      parallelChannelSums(rows: rows, channels: m, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
-                          into: reduce.sums) { chunk, r, partial in run(chunk, r, partial) }
-    } else {
-      _ = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in run(chunk, r, nil) }
-    }
+    parallelGemmRows(rows, reduce: reduce, channels: m, scratch: scratch, run)
   }
   addChunkPartials(into: dw, partials, count: m * n, chunks: chunks)
+}
+
+/// run(chunk, rows, sums) on each thread's share of a GEMM's rows (`gemmMinRowsPerThread` at least),
+/// with the thread's partial sums for `reduce` (added into `reduce.sums` at the end), or nil without.
+func parallelGemmRows(_ rows: Int, reduce: BatchNormReduction?, channels: Int, scratch: Scratch,
+                      _ run: (_ chunk: Int, _ rows: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) -> Void) {
+  if let reduce {
+    parallelChannelSums(rows: rows, channels: channels, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
+                        into: reduce.sums) { chunk, r, partial in run(chunk, r, partial) }
+  } else {
+    _ = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in run(chunk, r, nil) }
+  }
 }
 
 // MARK: - Prefetching the next block (NextBlockPrefetch)

@@ -130,12 +130,7 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
           }
         }
       }
-      if let reduce {
-        parallelChannelSums(rows: rows, channels: m, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
-                            into: reduce.sums) { chunk, range, partial in run(chunk, range, partial) }
-      } else {
-        _ = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in run(chunk, range, nil) }
-      }
+      parallelGemmRows(rows, reduce: reduce, channels: m, scratch: scratch, run)
     }
     addChunkPartials(into: dw, partials, count: m * n, chunks: chunks)
     // dW −= Σx̃·qᵀ + (x̃ᵀx̃)·w·diag(v), and += s·Σdzᵀ: xᵀdz = x̃ᵀdz + s·Σdzᵀ. With training-mode BN,
@@ -164,63 +159,60 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
   }
 }
 
-/// out rows = x rows − s, and t += their sum (t: m floats). Vectors of 16 down each column block,
+/// out rows = x rows − s, and t += their sum (t: m floats): vectors of 16 down each column block,
 /// then 8, then single channels.
 @inline(__always)
 private func centreRows(_ x: UnsafePointer<Float>, minus s: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
                         rows b: Range<Int>, channels m: Int, sums t: UnsafeMutablePointer<Float>) {
   var a = 0
-  while a + 16 <= m {
-    let sv = load16(s + a)
-    var acc = SIMD16<Float>()
-    for i in b {
-      let v = load16(x + i * m + a) - sv
-      store16(v, out + i * m + a)
-      acc += v
-    }
-    store16(load16(t + a) + acc, t + a)
-    a += 16
-  }
-  while a + 8 <= m {
-    let sv = load8(s + a)
-    var acc = SIMD8<Float>()
-    for i in b {
-      let v = load8(x + i * m + a) - sv
-      store8(v, out + i * m + a)
-      acc += v
-    }
-    store8(load8(t + a) + acc, t + a)
-    a += 8
-  }
+  while a + 16 <= m { centreColumns(SIMD16<Float>.self, x, minus: s, into: out, rows: b, channels: m, from: a, sums: t); a += 16 }
+  while a + 8 <= m { centreColumns(SIMD8<Float>.self, x, minus: s, into: out, rows: b, channels: m, from: a, sums: t); a += 8 }
   while a < m {
-    var acc: Float = 0
     for i in b {
-      let v = x[i * m + a] - s[a]
-      out[i * m + a] = v
-      acc += v
+      out[i * m + a] = x[i * m + a] - s[a]
+      t[a] += out[i * m + a]
     }
-    t[a] += acc
     a += 1
   }
 }
 
-/// dx rows += corr rows − r.
+/// centreRows for channels a..<a + V.scalarCount.
+@inline(__always)
+private func centreColumns<V: SIMD>(_: V.Type, _ x: UnsafePointer<Float>, minus s: UnsafePointer<Float>,
+                                    into out: UnsafeMutablePointer<Float>, rows b: Range<Int>, channels m: Int, from a: Int,
+                                    sums t: UnsafeMutablePointer<Float>) where V.Scalar == Float {
+  let sv = columns(V.self, s + a)
+  var acc = V()
+  for i in b {
+    let v = columns(V.self, x + i * m + a) - sv
+    UnsafeMutableRawPointer(out + i * m + a).storeBytes(of: v, as: V.self)
+    acc += v
+  }
+  UnsafeMutableRawPointer(t + a).storeBytes(of: columns(V.self, t + a) + acc, as: V.self)
+}
+
+/// dx rows += corr rows − r, in the same column blocks.
 @inline(__always)
 private func addCorrection(_ dx: UnsafeMutablePointer<Float>, _ corr: UnsafePointer<Float>, minus r: UnsafePointer<Float>,
                            rows b: Range<Int>, channels m: Int) {
+  @inline(__always) func add<V: SIMD>(_: V.Type, _ a: Int) where V.Scalar == Float {
+    let rv = columns(V.self, r + a)
+    for i in b {
+      let p = dx + i * m + a
+      UnsafeMutableRawPointer(p).storeBytes(of: columns(V.self, p) + (columns(V.self, corr + i * m + a) - rv), as: V.self)
+    }
+  }
   var a = 0
-  while a + 16 <= m {
-    let rv = load16(r + a)
-    for i in b { store16(load16(dx + i * m + a) + (load16(corr + i * m + a) - rv), dx + i * m + a) }
-    a += 16
-  }
-  while a + 8 <= m {
-    let rv = load8(r + a)
-    for i in b { store8(load8(dx + i * m + a) + (load8(corr + i * m + a) - rv), dx + i * m + a) }
-    a += 8
-  }
+  while a + 16 <= m { add(SIMD16<Float>.self, a); a += 16 }
+  while a + 8 <= m { add(SIMD8<Float>.self, a); a += 8 }
   while a < m {
     for i in b { dx[i * m + a] += corr[i * m + a] - r[a] }
     a += 1
   }
+}
+
+/// V.scalarCount floats from p (unaligned).
+@inline(__always)
+private func columns<V: SIMD>(_: V.Type, _ p: UnsafePointer<Float>) -> V where V.Scalar == Float {
+  UnsafeRawPointer(p).loadUnaligned(as: V.self)
 }

@@ -89,8 +89,12 @@ final class FusedKernelsTests: XCTestCase {
     let relu6: Bool
     let z, gamma, beta, mean, invStd, scaleShift, a: FloatBuffer
     init(rows m: Int, channels c: Int, relu6: Bool, seed: UInt64) {
+      self.init(z: randomBuffer(m * c, seed: seed, scale: 2, offset: 0.5), rows: m, channels: c, relu6: relu6, seed: seed)
+    }
+    /// The BN of a given z [m, c].
+    init(z: FloatBuffer, rows m: Int, channels c: Int, relu6: Bool, seed: UInt64) {
       self.m = m; self.c = c; self.relu6 = relu6
-      z = randomBuffer(m * c, seed: seed, scale: 2, offset: 0.5)
+      self.z = z
       gamma = randomBuffer(c, seed: seed + 1, scale: 0.3, offset: 1)
       beta = randomBuffer(c, seed: seed + 2, scale: 0.5, offset: 1.5)
       mean = FloatBuffer(count: c); invStd = FloatBuffer(count: c); scaleShift = FloatBuffer(count: 2 * c)

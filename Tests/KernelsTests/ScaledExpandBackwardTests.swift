@@ -8,30 +8,27 @@ final class ScaledExpandBackwardTests: XCTestCase {
   /// (naive, in double), and the consumer's reductions (Σg, Σg·x̂) for a given dA.
   struct Expand {
     let rows, m, n: Int
-    let relu6: Bool
-    let x, w, z, gamma, beta, mean, invStd, scaleShift, a: FloatBuffer
+    let x, w: FloatBuffer
+    /// z = x·w and its BN.
+    let bn: FusedKernelsTests.Layer
     init(rows: Int, m: Int, n: Int, relu6: Bool, xMean: Float, xSpread: Float, seed: UInt64) {
-      self.rows = rows; self.m = m; self.n = n; self.relu6 = relu6
+      self.rows = rows; self.m = m; self.n = n
       x = randomBuffer(rows * m, seed: seed, scale: xSpread, offset: xMean)
       // Weights with a mean of their own, so that z's mean (μ) is large and every term of the
       // rewritten products matters.
       w = randomBuffer(m * n, seed: seed + 1, scale: 0.5, offset: 0.2)
-      z = FloatBuffer(count: rows * n)
+      let z = FloatBuffer(count: rows * n)
       pointwiseForward(y: z.base, x: x.base, w: w.base, rows: rows, inChannels: m, outChannels: n)
-      gamma = randomBuffer(n, seed: seed + 2, scale: 0.3, offset: 1)
-      beta = randomBuffer(n, seed: seed + 3, scale: 0.5, offset: 1.5)
-      mean = FloatBuffer(count: n); invStd = FloatBuffer(count: n); scaleShift = FloatBuffer(count: 2 * n)
-      a = FloatBuffer(count: rows * n)
-      let mm = FloatBuffer(count: n), mv = FloatBuffer(count: n)
-      batchNormForwardNaive(a: a.base, z: z.base, gamma: gamma.base, beta: beta.base, mean: mean.base, invStd: invStd.base,
-                            movingMean: mm.base, movingVariance: mv.base, rows: rows, channels: n, training: true, relu6: relu6)
-      batchNormScaleShift(scale: scaleShift.base, shift: scaleShift.base + n, gamma: gamma.base, beta: beta.base,
-                          mean: mean.base, invStd: invStd.base, channels: n)
+      bn = FusedKernelsTests.Layer(z: z, rows: rows, channels: n, relu6: relu6, seed: seed + 2)
     }
-    func reduction(_ sums: UnsafeMutablePointer<Double>) -> BatchNormReduction {
-      BatchNormReduction(z: z.base, scale: scaleShift.base, shift: scaleShift.base + n, mean: mean.base,
-                         invStd: invStd.base, relu6: relu6, sums: sums)
-    }
+    var relu6: Bool { bn.relu6 }
+    var z: FloatBuffer { bn.z }
+    var a: FloatBuffer { bn.a }
+    var gamma: FloatBuffer { bn.gamma }
+    var mean: FloatBuffer { bn.mean }
+    var invStd: FloatBuffer { bn.invStd }
+    var scaleShift: FloatBuffer { bn.scaleShift }
+    func reduction(_ sums: UnsafeMutablePointer<Double>) -> BatchNormReduction { bn.reduction(sums) }
     /// P = scale·g with the kernels' own mask expression (y = z·scale + shift inside (0, 6)).
     func scaled(_ da: FloatBuffer) -> FloatBuffer {
       let p = FloatBuffer(count: rows * n)
