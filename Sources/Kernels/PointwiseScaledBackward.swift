@@ -8,8 +8,10 @@
 // the mask anyway; `BatchNormReduction.storesScaledGradient`). With c1 = k·meanG, v = k·meanGX and a
 // per-channel shift s of x (x̃ = x − s, μ̃ = μ − s·w, q = c1 − μ̃·v):
 //   dz = P − q − (x̃·w)·diag(v)
-//   dW += x̃ᵀ·P − Σx̃·qᵀ − (x̃ᵀx̃)·w·diag(v)     (xᵀdz = x̃ᵀdz: the rows of dz sum to zero)
+//   dW += x̃ᵀ·P − Σx̃·qᵀ − (x̃ᵀx̃)·w·diag(v) + s·Σdzᵀ,   Σdz = k·Σg − N·q − (Σx̃·w)·diag(v)
 //   dx  = P·wᵀ − x̃·M − r,   M = w·diag(v)·wᵀ (k×k), r = q·wᵀ
+// (xᵀdz = x̃ᵀdz + s·Σdzᵀ; Σdz, the per-channel sums of dz, is zero in exact arithmetic with training-mode
+// BN, but not with μ the float mean of the rounded z, nor with inference-mode BN; see the end of the pass.)
 // Every coefficient is known before the pass (the reductions behind meanG, meanGX were made by the
 // depthwise backward), so one pass reads P and x and writes dx; the k×k products (x̃ᵀx̃, x̃·M) are
 // 1/6 of the block's FMAs at MobileNetV2's expansion 6, on rows already in cache. The shift keeps

@@ -609,14 +609,17 @@ public enum RowKernels: RowKernelSet {
               var acc = SIMD16<Float>()
               for t in 0..<count { acc = acc.addingProduct(load16(dy + taps[2 * t] + c), load16(w + taps[2 * t + 1] + c)) }
               if let residual { acc += load16(residual + p + c) }
-              store16(acc, out + c)
-              if let r = reduce, let s = sums {
+              if let r = reduce {
                 let zv = load16(r.z + p + c)
                 let gm = r.relu6 ? relu6Mask(acc, zv * load16(r.scale + c) + load16(r.shift + c)) : acc
-                if r.storesScaledGradient { store16(gm * load16(r.scale + c), out + c) }
-                let xhat = (zv - load16(r.mean + c)) * load16(r.invStd + c)
-                store16(load16(s.s0 + c) + gm, s.s0 + c)
-                store16(load16(s.s1 + c).addingProduct(gm, xhat), s.s1 + c)
+                store16(r.storesScaledGradient ? gm * load16(r.scale + c) : acc, out + c)
+                if let s = sums {
+                  let xhat = (zv - load16(r.mean + c)) * load16(r.invStd + c)
+                  store16(load16(s.s0 + c) + gm, s.s0 + c)
+                  store16(load16(s.s1 + c).addingProduct(gm, xhat), s.s1 + c)
+                }
+              } else {
+                store16(acc, out + c)
               }
               c += 16
             }
@@ -624,14 +627,17 @@ public enum RowKernels: RowKernelSet {
               var acc = SIMD8<Float>()
               for t in 0..<count { acc = acc.addingProduct(load8(dy + taps[2 * t] + c), load8(w + taps[2 * t + 1] + c)) }
               if let residual { acc += load8(residual + p + c) }
-              store8(acc, out + c)
-              if let r = reduce, let s = sums {
+              if let r = reduce {
                 let zv = load8(r.z + p + c)
                 let gm = r.relu6 ? relu6Mask(acc, zv * load8(r.scale + c) + load8(r.shift + c)) : acc
-                if r.storesScaledGradient { store8(gm * load8(r.scale + c), out + c) }
-                let xhat = (zv - load8(r.mean + c)) * load8(r.invStd + c)
-                store8(load8(s.s0 + c) + gm, s.s0 + c)
-                store8(load8(s.s1 + c).addingProduct(gm, xhat), s.s1 + c)
+                store8(r.storesScaledGradient ? gm * load8(r.scale + c) : acc, out + c)
+                if let s = sums {
+                  let xhat = (zv - load8(r.mean + c)) * load8(r.invStd + c)
+                  store8(load8(s.s0 + c) + gm, s.s0 + c)
+                  store8(load8(s.s1 + c).addingProduct(gm, xhat), s.s1 + c)
+                }
+              } else {
+                store8(acc, out + c)
               }
               c += 8
             }
@@ -639,13 +645,16 @@ public enum RowKernels: RowKernelSet {
               var acc: Float = 0
               for t in 0..<count { acc += dy[taps[2 * t] + c] * w[taps[2 * t + 1] + c] }
               if let residual { acc += residual[p + c] }
-              out[c] = acc
-              if let r = reduce, let s = sums {
+              if let r = reduce {
                 let zv = r.z[p + c]
                 let gm = r.relu6 ? relu6Mask(acc, zv * r.scale[c] + r.shift[c]) : acc
-                if r.storesScaledGradient { out[c] = gm * r.scale[c] }
-                s.s0[c] += gm
-                s.s1[c] += gm * ((zv - r.mean[c]) * r.invStd[c])
+                out[c] = r.storesScaledGradient ? gm * r.scale[c] : acc
+                if let s = sums {
+                  s.s0[c] += gm
+                  s.s1[c] += gm * ((zv - r.mean[c]) * r.invStd[c])
+                }
+              } else {
+                out[c] = acc
               }
               c += 1
             }

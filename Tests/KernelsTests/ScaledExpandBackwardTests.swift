@@ -41,19 +41,25 @@ final class ScaledExpandBackwardTests: XCTestCase {
   }
 
   func testScaledExpandBackwardMatchesNaive() {
-    defer { Compute.setThreads(1) }
+    // The next block's rows prefetched as in the step (the tensors here are below the threshold).
+    let savedPrefetch = NextBlockPrefetch.minimumBytes
+    defer { Compute.setThreads(1); NextBlockPrefetch.minimumBytes = savedPrefetch }
+    NextBlockPrefetch.minimumBytes = 0
     forEachInstructionSet { isa in
-      for threads in [1, 2] {
+      for threads in [1, 3] {
         Compute.setThreads(threads)
         for (rows, m, n) in [(1, 3, 5), (37, 16, 96), (3001, 24, 144), (5000, 8, 40), (700, 5, 30)] {
           // x centred, and x far from zero against its spread (a block output can be), which the
           // shift in the kernel is for. And a BN mean that is not the mean of x·w: the model's is the
           // float mean of the rounded z (~1e-6 off); 1e-3 makes the difference visible. Every path
           // then computes xᵀdz with that mean, the scaled one through its s·Σdz term.
-          // Inference-mode BN too (dz = P: nothing subtracted).
-          for (relu6, withResidual, xMean, meanOffset, training) in [
-            (true, false, Float(0), Float(0), true), (true, false, 4, 0, true), (false, true, 4, 0, true),
-            (true, true, 4, 0, true), (true, false, 4, 1e-3, true), (true, true, 4, 0, false)] {
+          // Inference-mode BN too (dz = P: nothing subtracted), a mean of 20 (without ReLU6: the
+          // naive mask, made in double, would differ from the kernels' float one near 0 and 6), and
+          // no reductions of the producer.
+          for (relu6, withResidual, xMean, meanOffset, training, reduced) in [
+            (true, false, Float(0), Float(0), true, true), (true, false, 4, 0, true, true), (false, true, 4, 0, true, true),
+            (true, true, 4, 0, true, true), (true, false, 4, 1e-3, true, true), (true, true, 4, 0, false, true),
+            (false, false, 20, 0, true, true), (true, false, 4, 0, true, false)] {
             let e = Expand(rows: rows, m: m, n: n, relu6: relu6, xMean: xMean, xSpread: 0.3, seed: 200)
             for c in 0..<n { e.mean[c] += meanOffset }
             let producer = FusedKernelsTests.Layer(rows: rows, channels: m, relu6: false, seed: 210)
@@ -99,11 +105,11 @@ final class ScaledExpandBackwardTests: XCTestCase {
                   pointwiseBackwardScaled(dx: dx.base, dw: dw.base, outputGradient: pending, x: e.x.base, w: e.w.base,
                                           rows: rows, inChannels: m, outChannels: n, scratch: Scratch(),
                                           residual: withResidual ? UnsafePointer(res.base) : nil,
-                                          reduce: producer.reduction(rp.baseAddress!))
+                                          reduce: reduced ? producer.reduction(rp.baseAddress!) : nil)
                 }
               }
             }
-            let what = "\(isa) \(threads)t scaled expand backward \(rows)x\(m)x\(n) relu6=\(relu6) residual=\(withResidual) x̄=\(xMean) μ+\(meanOffset) training=\(training)"
+            let what = "\(isa) \(threads)t scaled expand backward \(rows)x\(m)x\(n) relu6=\(relu6) residual=\(withResidual) x̄=\(xMean) μ+\(meanOffset) training=\(training) reduced=\(reduced)"
             let dwScale = (0..<(m * n)).map { abs(dwRef[$0]) }.max() ?? 0
             let dxScale = (0..<(rows * m)).map { abs(dxRef[$0]) }.max() ?? 0
             // Tolerances relative to the largest element: the rewritten sums round differently, and
@@ -114,9 +120,9 @@ final class ScaledExpandBackwardTests: XCTestCase {
             assertClose(dw, dwDirect, atol: 1e-4 * max(1, dwScale), rtol: 1e-4, what + " dw against the direct path")
             assertClose(dg, dgRef, atol: 1e-5, rtol: 1e-5, what + " dgamma")
             assertClose(db, dbRef, atol: 1e-5, rtol: 1e-5, what + " dbeta")
-            // Σdx is ~0 (the rows of dz sum to zero) and rounds to ~1e-6 of Σ|dx| in either path.
+            // Σdx is ~0 (dz's per-channel sums are) and rounds to ~1e-6 of Σ|dx| in either path.
             let expected = producer.naiveSums(da: dxRef.base)
-            for c in 0..<m {
+            for c in 0..<m where reduced {
               var mass = 0.0
               for r in 0..<rows { mass += abs(Double(dxRef[r * m + c])) * max(1, abs(Double(producer.z[r * m + c]))) }
               for (i, sum) in [(c, "Σg"), (m + c, "Σg·x̂")] {
