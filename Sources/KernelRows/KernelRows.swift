@@ -166,17 +166,26 @@ func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32
 /// the second product.)
 @frozen public struct PrefetchStreams {
   public var s0, e0, s1, e1, s2, e2: UnsafeRawPointer
+  /// The third range is the next block's output, which the kernel writes with ordinary stores:
+  /// fetched for writing (prefetchw), so its reads for ownership overlap this block's FMAs instead of
+  /// stalling the next block's stores. Used by the 1×1 backward whose dx is wider than dy (the
+  /// project layers; their BN reductions read dx back, so it is not streamed) and the forward of the
+  /// 24-channel project outputs (too narrow to stream). 1.0/224 b32 on Zen 5, ten alternating
+  /// profiles: those layers' backwards −0.6 to −1.1 ms at 56², −0.3 at 28². It takes the third slot,
+  /// not a fourth: a fourth range made every kernel carrying the streams 0.3–0.6 ms slower per layer.
+  public let writesThird: Bool
   /// Lines of the largest range, and the vector FMAs they are spread over.
   public let lines, units: Int
   /// lines · (FMAs so far) − units · (lines issued so far): a line is due whenever it reaches `units`.
   public var credit = 0
   /// The ranges (start, bytes) spread over `units` vector FMAs of `step` calls.
   @inlinable public init(_ r0: (UnsafeRawPointer, Int), _ r1: (UnsafeRawPointer, Int)? = nil,
-                         _ r2: (UnsafeRawPointer, Int)? = nil, units: Int) {
+                         _ r2: (UnsafeRawPointer, Int)? = nil, writesThird: Bool = false, units: Int) {
     let none = UnsafeRawPointer(bitPattern: prefetchLine)!
     s0 = r0.0; e0 = r0.0 + r0.1
     s1 = r1?.0 ?? none; e1 = r1.map { $0.0 + $0.1 } ?? none
     s2 = r2?.0 ?? none; e2 = r2.map { $0.0 + $0.1 } ?? none
+    self.writesThird = writesThird
     let bytes = max(r0.1, r1?.1 ?? 0, r2?.1 ?? 0)
     lines = (bytes + prefetchLine - 1) / prefetchLine
     self.units = max(1, units)
@@ -190,7 +199,10 @@ func llvmPrefetch(_ address: UnsafeRawPointer, _ write: Int32, _ locality: Int32
       // llvm.prefetch takes only constants there, and an unoptimised build would pass a load.
       if s0 < e0 { llvmPrefetch(s0, 0, 2, 1); s0 += prefetchLine }
       if s1 < e1 { llvmPrefetch(s1, 0, 2, 1); s1 += prefetchLine }
-      if s2 < e2 { llvmPrefetch(s2, 0, 2, 1); s2 += prefetchLine }
+      if s2 < e2 {
+        if writesThird { llvmPrefetch(s2, 1, 2, 1) } else { llvmPrefetch(s2, 0, 2, 1) }
+        s2 += prefetchLine
+      }
     }
   }
 }

@@ -148,7 +148,10 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
         let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
         if let packed {
           let next = nextBlock(after: b, blockRows: blockRows, in: r)
-          withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
+          // y's lines fetched for writing where it is not streamed (the 24-channel project outputs).
+          withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), nil,
+                       stream ? nil : rowBytes(UnsafePointer(y), next, n), writesThird: !stream,
+                       units: gemmFMAs(rows: b.count, k: k, n: n)) {
             kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0,
                          stream: stream)
           }
@@ -235,8 +238,12 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
         let next = nextBlock(after: b, blockRows: blockRows, in: r)
         let dyRows = rowBytes(outputGradient?.da ?? dy, next, n)
         let dxFMAs = ownX ? gemmFMAs(rows: b.count, k: n, n: m) : 0
-        withPrefetch(next.isEmpty || !ownW || !prefetchNext ? nil : dyRows, outputGradient.map { rowBytes($0.reduction.z, next, n) },
-                     rowBytes(x, next, m), units: gemmFMAs(rows: b.count, k: m, n: n) + dxFMAs) { streams in
+        // dx wider than dy (the project layers'), written with ordinary stores: its lines are fetched
+        // for writing in place of the narrow z rows of dz (`PrefetchStreams`).
+        let dxRows = dx.flatMap { streamDX || m <= n ? nil : rowBytes(UnsafePointer($0), next, m) }
+        let zRows = outputGradient.map { rowBytes($0.reduction.z, next, n) }
+        withPrefetch(next.isEmpty || !ownW || !prefetchNext ? nil : dyRows, rowBytes(x, next, m), dxRows ?? zRows,
+                     writesThird: dxRows != nil, units: gemmFMAs(rows: b.count, k: m, n: n) + dxFMAs) { streams in
           if ownW {
             kernels.gemmTransposedA(c: out, a: xb, b: g, k: m, n: n, rows: b, prefetch: streams)
           } else {
@@ -296,9 +303,10 @@ func gemmFMAs(rows: Int, k: Int, n: Int) -> Int { rows * k * ((n + gemmLanes - 1
 /// nil (no first range: the last block, or prefetch off).
 @inline(__always)
 func withPrefetch<R>(_ r0: (UnsafeRawPointer, Int)?, _ r1: (UnsafeRawPointer, Int)? = nil, _ r2: (UnsafeRawPointer, Int)? = nil,
+                     writesThird: Bool = false,
                      units: Int, _ body: (UnsafeMutablePointer<PrefetchStreams>?) -> R) -> R {
   guard NextBlockPrefetch.enabled, let r0 else { return body(nil) }
-  var streams = PrefetchStreams(r0, r1, r2, units: units)
+  var streams = PrefetchStreams(r0, r1, r2, writesThird: writesThird, units: units)
   return withUnsafeMutablePointer(to: &streams) { body($0) }
 }
 

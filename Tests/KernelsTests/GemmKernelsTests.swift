@@ -265,17 +265,19 @@ final class GemmKernelsTests: XCTestCase {
   /// PrefetchStreams paces its ranges over the FMAs it was made for: after u of its `units`, exactly
   /// ⌊u·lines/units⌋ lines of the largest range (and as many of each smaller one, up to its end) were
   /// issued, whatever the sizes of the steps; after all of them every line of every range, and the
-  /// cursors stop at their ends.
+  /// cursors stop at their ends; the same when the third range is fetched for writing.
   func testPrefetchStreamsPaceTheirRangesOverTheirUnits() {
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 64)
     defer { buffer.deallocate() }
     let cases: [([Int], [Int])] = [([4000, 640, 64], [16, 16, 16, 8, 96, 96]), ([64 * 1000, 100, 3], Array(repeating: 16, count: 37)),
                                    ([10, 20, 30], Array(repeating: 8, count: 100)), ([5000, 0, 0], [24]), ([6400, 64, 64], [1, 1, 500, 1])]
     for (sizes, steps) in cases {
+     for writesThird in [false, true] {
       let ranges = [(UnsafeRawPointer(buffer), sizes[0]), (UnsafeRawPointer(buffer + 20_000), sizes[1]),
                     (UnsafeRawPointer(buffer + 40_000), sizes[2])]
       let units = steps.reduce(0, +)
-      var streams = PrefetchStreams(ranges[0], ranges[1], ranges[2], units: units)
+      var streams = PrefetchStreams(ranges[0], ranges[1], ranges[2], writesThird: writesThird, units: units)
+      XCTAssertEqual(streams.writesThird, writesThird)
       let lines = sizes.map { ($0 + prefetchLine - 1) / prefetchLine }
       XCTAssertEqual(streams.lines, lines.max()!, "\(sizes)")
       var done = 0
@@ -290,6 +292,8 @@ final class GemmKernelsTests: XCTestCase {
       }
       streams.step(100)
       XCTAssertEqual(streams.s0 - ranges[0].0, lines[0] * prefetchLine, "no line past the end")
+      XCTAssertEqual(streams.s2 - ranges[2].0, lines[2] * prefetchLine, "no line past the end (writes: \(writesThird))")
+     }
     }
   }
 }
