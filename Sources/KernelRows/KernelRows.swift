@@ -147,6 +147,12 @@ public protocol RowKernelSet {
   static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
                    k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?, prefetch: UnsafeMutablePointer<PrefetchStreams>?,
                    stream: Bool)
+  /// c rows = act(a·b·scale + shift) (the batch norm and, with `relu6`, ReLU6 of `gemm`'s product, by
+  /// the same float expression as `batchNormApply`), and with `raw` the product itself into raw's
+  /// rows (with `stream`, in streaming stores: raw's rows aligned to 64 bytes). n a multiple of 16.
+  static func gemmActivated(c: UnsafeMutablePointer<Float>, raw: UnsafeMutablePointer<Float>?, a: UnsafePointer<Float>,
+                            b: UnsafePointer<Float>, ldb: Int, k: Int, n: Int, rows: Range<Int>,
+                            scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool, stream: Bool)
   /// c[k, n] += a[rows, k]ᵀ · b[rows, n] (the weight gradient of a 1×1 convolution: a sum over rows).
   static func gemmTransposedA(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                               k: Int, n: Int, rows: Range<Int>, prefetch: UnsafeMutablePointer<PrefetchStreams>?)

@@ -164,7 +164,7 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
 /// out rows = x rows − s, and t += their sum (t: m floats): vectors of 16 down each column block,
 /// then 8, then single channels.
 @inline(__always)
-private func centreRows(_ x: UnsafePointer<Float>, minus s: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
+func centreRows(_ x: UnsafePointer<Float>, minus s: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
                         rows b: Range<Int>, channels m: Int, sums t: UnsafeMutablePointer<Float>) {
   var a = 0
   while a + 16 <= m { centreColumns(SIMD16<Float>.self, x, minus: s, into: out, rows: b, channels: m, from: a, sums: t); a += 16 }

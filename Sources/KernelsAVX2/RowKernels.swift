@@ -1236,6 +1236,65 @@ extension RowKernels {
     }
   }
 
+  public static func gemmActivated(c: UnsafeMutablePointer<Float>, raw: UnsafeMutablePointer<Float>?, a: UnsafePointer<Float>,
+                                   b: UnsafePointer<Float>, ldb: Int, k K: Int, n N: Int, rows: Range<Int>,
+                                   scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool, stream: Bool) {
+    precondition(N % 16 == 0, "gemmActivated takes whole vectors of columns")
+    defer { if raw != nil && stream { streamingFence() } }
+    let tileRows = gemmPairTiles && N <= lanes ? 16 : gemmTileRows
+    let end = rows.upperBound
+    /// One register tile (as in `gemm`): rows r..< (r + tileRows, or end where not `tall`), columns
+    /// col..< (one vector, or two with `pair`).
+    @inline(__always) func tile(_ r: Int, _ col: Int, pair: Bool, tall: Bool) {
+      @inline(__always) func emit(_ value: GemmVector, _ j: Int, _ v: Int) {
+        let offset = (r + j) * N + col + v * lanes
+        if let raw { vstore(value, raw + offset, stream: stream) }
+        vstore(value, c + offset)
+      }
+      if tall && tileRows == 16 {
+        productTile16(a + r * K, k: K, b + col, ldb: ldb, emit)
+      } else if tall {
+        productTile8(a + r * K, k: K, b + col, ldb: ldb, pair: pair, emit)
+      } else {
+        for row in r..<end {
+          let p0 = a + row * K
+          var c0 = GemmVector()
+          var bp = b + col
+          for i in 0..<K {
+            c0 = c0.addingProduct(splat(p0[i]), vload(bp))
+            bp += ldb
+          }
+          emit(c0, row - r, 0)
+        }
+      }
+      // The tile's outputs, still in L1, activated in place by the expression of batchNormApply (and
+      // of the depthwise's input transform): the same bits. (In the emit above, the activation kept the
+      // compiler from inlining it: a call per vector.)
+      let width = pair ? 2 * lanes : lanes
+      for row in r..<min(end, r + tileRows) {
+        var v = 0
+        while v < width {
+          let p = c + row * N + col + v
+          var act = vload(p) * vload(scale + col + v) + vload(shift + col + v)
+          if relu6 { act = act.replacing(with: 0, where: act .< 0).replacing(with: 6, where: act .> 6) }
+          vstore(act, p)
+          v += lanes
+        }
+      }
+    }
+    var r = rows.lowerBound
+    while r < end {
+      let tall = r + tileRows <= end
+      var col = 0
+      while col < N {
+        let pair = gemmPairTiles && tall && col + lanes < N
+        tile(r, col, pair: pair, tall: tall)
+        col += pair ? 2 * lanes : lanes
+      }
+      r = tall ? r + tileRows : end
+    }
+  }
+
   public static func gemmTransposedA(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                                      k K: Int, n N: Int, rows: Range<Int>, prefetch: UnsafeMutablePointer<PrefetchStreams>?) {
     let end = rows.upperBound * N  // b's floats this call may read

@@ -254,8 +254,12 @@ public final class MobileNetV2 {
       if let e = b.expand {
         // The expand layer's activation is never stored: the depthwise applies its BN + ReLU6 to z as
         // it reads (and its backward does the same), so the largest tensors are written once, as z.
-        convBNForward(e, x: x, act: act)
-        convBNForward(b.depthwise, x: UnsafePointer(act.z[e]), act: act, input: pendingBatchNorm(e, act))
+        if takesFusedForward(e, act) {
+          expandDepthwiseFusedForward(e, depthwise: b.depthwise, x: x, act: act)
+        } else {
+          convBNForward(e, x: x, act: act)
+          convBNForward(b.depthwise, x: UnsafePointer(act.z[e]), act: act, input: pendingBatchNorm(e, act))
+        }
       } else {
         convBNForward(b.depthwise, x: x, act: act, input: bi == 0 ? stemInput : nil)
       }
@@ -344,13 +348,51 @@ public final class MobileNetV2 {
         }
       }
     }
-    Profile.time(.batchNorm) {
-      batchNormForward(fromSums: sums, shift: shift, a: a, z: z, gamma: w(l.gamma), beta: w(l.beta),
-                       mean: act.mean[i], invStd: act.invStd[i],
-                       movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
-                       rows: l.outputCount(batch: n) / l.outChannels, channels: l.outChannels,
-                       training: training, relu6: l.relu6, residual: residual, scaleShift: act.scaleShift[i],
-                       decay: batchNormDecay)
+    Profile.time(.batchNorm) { batchNormFromStatistics(i, act: act, residual: residual) }
+  }
+
+  /// Layer i's batch norm from the statistics its conv left in act.statShift/statSums (training) or
+  /// from its moving averages; writes its activation where it is stored.
+  private func batchNormFromStatistics(_ i: Int, act: Activations, residual: UnsafePointer<Float>?) {
+    let l = layers[i]
+    batchNormForward(fromSums: act.statSums[i], shift: act.statShift[i], a: act.a[i], z: act.z[i], gamma: w(l.gamma),
+                     beta: w(l.beta), mean: act.mean[i], invStd: act.invStd[i],
+                     movingMean: st(l.movingMean), movingVariance: st(l.movingVariance),
+                     rows: l.outputCount(batch: act.batch) / l.outChannels, channels: l.outChannels,
+                     training: act.mode.batchNormTraining, relu6: l.relu6, residual: residual, scaleShift: act.scaleShift[i],
+                     decay: batchNormDecay)
+  }
+
+  /// Whether expand layer i and the depthwise after it take the fused training forward
+  /// (`expandDepthwiseForward`: z made in cache and read there, its BN statistics from x's covariance).
+  private func takesFusedForward(_ i: Int, _ act: Activations) -> Bool {
+    let l = layers[i]
+    return act.mode.batchNormTraining && precision == .fp32 && !jit
+      && FusedExpandForward.use(rows: act.batch * l.inSize * l.inSize, inChannels: l.inChannels, outChannels: l.outChannels)
+  }
+
+  /// The training forward of expand layer e and depthwise layer d in one pass: e's BN statistics from
+  /// x's mean and covariance (under e in the profile), then z and d's output group by group (under d).
+  private func expandDepthwiseFusedForward(_ e: Int, depthwise d: Int, x: UnsafePointer<Float>, act: Activations) {
+    let (le, ld) = (layers[e], layers[d])
+    let n = act.batch
+    guard case .depthwise(let kernel) = ld.op else { preconditionFailure("layer \(d) is not a depthwise") }
+    Profile.time(layer: e) {
+      Profile.time(.pointwise) {
+        pointwiseStatisticsFromInput(x: x, w: w(le.weight), rows: n * le.inSize * le.inSize, inChannels: le.inChannels,
+                                     outChannels: le.outChannels, statisticsShift: act.statShift[e], sums: act.statSums[e],
+                                     scratch: scratch)
+      }
+      Profile.time(.batchNorm) { batchNormFromStatistics(e, act: act, residual: nil) }
+    }
+    Profile.time(layer: d) {
+      Profile.time(.depthwise) {
+        expandDepthwiseForward(z: act.z[e], x: x, expandWeights: w(le.weight), inChannels: le.inChannels,
+                               expanded: pendingBatchNorm(e, act), y: act.z[d], depthwiseWeights: w(ld.weight),
+                               depthwiseShape(ld, batch: n, kernel: kernel), statisticsShift: act.statShift[d],
+                               sums: act.statSums[d], scratch: scratch)
+      }
+      Profile.time(.batchNorm) { batchNormFromStatistics(d, act: act, residual: nil) }
     }
   }
 

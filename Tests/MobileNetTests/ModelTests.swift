@@ -204,4 +204,55 @@ final class ModelTests: XCTestCase {
       XCTAssertGreaterThan(differing, 0, "\(mode): every expand gradient identical: was the scaled path taken?")
     }
   }
+
+  /// The fused training forward of each expand → depthwise pair (`expandDepthwiseForward`, forced on
+  /// every pair) against the two passes. The expand's batch-norm statistics come from its input's
+  /// covariance instead of from z, equal to rounding: logits, loss and moving statistics agree to
+  /// ~1e-5. The gradients differ more where a ReLU6 input that rounding moves across 0 or 6 flips its
+  /// mask (a few of the 64 pixels of the last layers): they are held to what the same two passes give
+  /// for an input perturbed by 1e-6 of itself, a rounding-sized change, so a wrong statistic (off by
+  /// more than rounding) fails while the flips of a rounding-sized change pass.
+  func testFusedExpandForwardMatchesTheTwoPasses() throws {
+    let saved = (FusedExpandForward.enabled, FusedExpandForward.minimumBytes)
+    defer { FusedExpandForward.enabled = saved.0; FusedExpandForward.minimumBytes = saved.1; GemmChoice.forced = nil }
+    FusedExpandForward.minimumBytes = 0
+    GemmChoice.forced = .own  // the fused path runs on our GEMM only
+    struct Run { let logits: [Float], loss: Float, state: [Float], gradients: [Float] }
+    var specs: [(name: String, offset: Int, count: Int)] = []
+    func run(fused: Bool, perturbation: Float = 0) throws -> Run {
+      FusedExpandForward.enabled = fused
+      let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2", numClasses: 5, imageSize: 128, dropoutKeepProb: 1),
+                          seed: 3)
+      specs = m.trainable.specs.map { ($0.name, $0.offset, $0.count) }
+      fillInput(m, batch: 4, seed: 21)
+      let x = m.inputBuffer(batch: 4)
+      for i in 0..<(4 * 128 * 128 * 3) { x[i] *= 1 + perturbation }
+      var rng = RandomState(seed: 1)
+      m.zeroGradients()
+      let logits = Array(UnsafeBufferPointer(start: m.forward(batch: 4, mode: ForwardMode(batchNormTraining: true, dropout: false),
+                                                              rng: &rng), count: 20))
+      let loss = m.loss(batch: 4, labelSmoothing: 0.1).loss
+      m.backward(batch: 4)
+      return Run(logits: logits, loss: loss, state: m.stateValues.array,
+                 gradients: Array(UnsafeBufferPointer(start: m.gradients.base, count: m.trainable.count)))
+    }
+    let fused = try run(fused: true), twoPass = try run(fused: false), perturbed = try run(fused: false, perturbation: 1e-6)
+    for i in 0..<20 { XCTAssertEqual(fused.logits[i], twoPass.logits[i], accuracy: 1e-4 * (1 + abs(twoPass.logits[i])), "logit \(i)") }
+    XCTAssertEqual(fused.loss, twoPass.loss, accuracy: 1e-5 * abs(twoPass.loss))
+    for i in fused.state.indices {
+      XCTAssertEqual(fused.state[i], twoPass.state[i], accuracy: 1e-5 * (1 + abs(twoPass.state[i])), "moving statistic \(i)")
+    }
+    var differing = 0
+    for s in specs {
+      let range = s.offset..<(s.offset + s.count)
+      func worst(_ a: Run) -> Double { zip(a.gradients[range], twoPass.gradients[range]).map { abs(Double($0) - Double($1)) }.max() ?? 0 }
+      let scale = twoPass.gradients[range].map { abs(Double($0)) }.max() ?? 0
+      let (got, yardstick) = (worst(fused), worst(perturbed))
+      XCTAssertLessThanOrEqual(got, 4 * yardstick + 1e-5 * scale + 1e-7,
+                               "\(s.name): max |fused − two passes| \(got), perturbed input \(yardstick), max |g| \(scale)")
+      if got > 0 { differing += 1 }
+    }
+    XCTAssertGreaterThan(differing, 0, "every gradient identical: was the fused path taken?")
+    XCTAssertNotEqual(fused.state, twoPass.state, "identical moving statistics: was the fused path taken?")
+  }
 }
