@@ -304,7 +304,7 @@ public final class MobileNetV2 {
                                      input: PendingBatchNorm?) {
     let l = layers[i]
     let n = act.batch
-    let z = act.z[i], a = act.a[i]  // a is nil for expand layers (see forward)
+    let z = act.z[i]
     let training = act.mode.batchNormTraining
     // bf16: rounded operands. A depthwise reading the expand layer's raw z rounds the activation it
     // makes from z as it reads (PendingBatchNorm.roundToBF16), never z itself.
