@@ -1060,6 +1060,49 @@ private func productTile16(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePoint
   emit(c12, 12, 0); emit(c13, 13, 0); emit(c14, 14, 0); emit(c15, 15, 0)
 }
 
+/// One register tile of the product against the columns of `b` (b + col): 16 rows (`productTile16`)
+/// or 8 (`productTile8`, one or two vectors) from row r where `tall`, else rows r..<end one at a time
+/// on one accumulator (the block's last rows); each output vector handed to `emit(vector, row − r, v)`.
+@inline(__always)
+private func productTileRows(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePointer<Float>, ldb: Int, from r: Int, to end: Int,
+                             tileRows: Int, tall: Bool, pair: Bool, _ emit: (GemmVector, Int, Int) -> Void) {
+  if tall && tileRows == 16 {
+    productTile16(a + r * K, k: K, b, ldb: ldb, emit)
+  } else if tall {
+    productTile8(a + r * K, k: K, b, ldb: ldb, pair: pair, emit)
+  } else {
+    for row in r..<end {
+      let p0 = a + row * K
+      var c0 = GemmVector()
+      var bp = b
+      for i in 0..<K {
+        c0 = c0.addingProduct(splat(p0[i]), vload(bp))
+        bp += ldb
+      }
+      emit(c0, row - r, 0)
+    }
+  }
+}
+
+/// The register tiles of rows lo..<hi, row tile by row tile, all column blocks of a tile before the
+/// next (two vectors wide where the columns allow, with `gemmPairTiles`): c is written in order, whole
+/// rows at a time. `tile(r, col, pair, tall)`: `tall` where tileRows rows remain.
+@inline(__always)
+private func forEachTileInRowOrder(_ lo: Int, _ hi: Int, n N: Int, tileRows: Int,
+                                   _ tile: (_ r: Int, _ col: Int, _ pair: Bool, _ tall: Bool) -> Void) {
+  var r = lo
+  while r < hi {
+    let tall = r + tileRows <= hi
+    var col = 0
+    while col < N {
+      let pair = gemmPairTiles && tall && col + lanes < N
+      tile(r, col, pair, tall)
+      col += pair ? 2 * lanes : lanes
+    }
+    r = tall ? r + tileRows : hi
+  }
+}
+
 /// The weight-gradient tile: acc[j][v] = Σ_rows a[r, j] · b[r, v-th vector] for 8 columns of a
 /// (a row stride k) and 1 or 2 vectors of b (row stride n), over `count` rows, added by `fold(vector, j, v)`.
 /// `loadB(p, v)` reads a vector of b (whole, or lane by lane at the end of b).
@@ -1158,22 +1201,7 @@ extension RowKernels {
                 }
               }
             }
-            if tall && tileRows == 16 {
-              productTile16(a + r * K, k: K, b + col, ldb: ldb, emit)
-            } else if tall {
-              productTile8(a + r * K, k: K, b + col, ldb: ldb, pair: pair, emit)
-            } else {
-              for row in r..<r1 {
-                let p0 = a + row * K
-                var c0 = GemmVector()
-                var bp = b + col
-                for i in 0..<K {
-                  c0 = c0.addingProduct(splat(p0[i]), vload(bp))
-                  bp += ldb
-                }
-                emit(c0, row - r, 0)
-              }
-            }
+            productTileRows(a, k: K, b + col, ldb: ldb, from: r, to: r1, tileRows: tileRows, tall: tall, pair: pair, emit)
             if withStats {
               vstore(vload(s0 + col) + t0, s0 + col)
               vstore(vload(s1 + col) + t1, s1 + col)
@@ -1204,19 +1232,7 @@ extension RowKernels {
               col += wide ? 2 * lanes : lanes
             }
           } else {
-            // Tile by tile along the rows, all column blocks of a tile before the next: c is written
-            // in order, whole rows at a time.
-            var r = r0
-            while r < r1 {
-              let tall = r + tileRows <= r1
-              var col = 0
-              while col < N {
-                let pair = gemmPairTiles && tall && col + lanes < N
-                tile(r, col, pair: pair, tall: tall)
-                col += pair ? 2 * lanes : lanes
-              }
-              r = tall ? r + tileRows : r1
-            }
+            forEachTileInRowOrder(r0, r1, n: N, tileRows: tileRows) { tile($0, $1, pair: $2, tall: $3) }
           }
           if withStats {
             for j in 0..<N {
@@ -1251,22 +1267,7 @@ extension RowKernels {
         if let raw { vstore(value, raw + offset, stream: stream) }
         vstore(value, c + offset)
       }
-      if tall && tileRows == 16 {
-        productTile16(a + r * K, k: K, b + col, ldb: ldb, emit)
-      } else if tall {
-        productTile8(a + r * K, k: K, b + col, ldb: ldb, pair: pair, emit)
-      } else {
-        for row in r..<end {
-          let p0 = a + row * K
-          var c0 = GemmVector()
-          var bp = b + col
-          for i in 0..<K {
-            c0 = c0.addingProduct(splat(p0[i]), vload(bp))
-            bp += ldb
-          }
-          emit(c0, row - r, 0)
-        }
-      }
+      productTileRows(a, k: K, b + col, ldb: ldb, from: r, to: end, tileRows: tileRows, tall: tall, pair: pair, emit)
       // The tile's outputs, still in L1, activated in place by the expression of batchNormApply (and
       // of the depthwise's input transform): the same bits. (In the emit above, the activation kept the
       // compiler from inlining it: a call per vector.)
@@ -1282,17 +1283,7 @@ extension RowKernels {
         }
       }
     }
-    var r = rows.lowerBound
-    while r < end {
-      let tall = r + tileRows <= end
-      var col = 0
-      while col < N {
-        let pair = gemmPairTiles && tall && col + lanes < N
-        tile(r, col, pair: pair, tall: tall)
-        col += pair ? 2 * lanes : lanes
-      }
-      r = tall ? r + tileRows : end
-    }
+    forEachTileInRowOrder(rows.lowerBound, end, n: N, tileRows: tileRows) { tile($0, $1, pair: $2, tall: $3) }
   }
 
   public static func gemmTransposedA(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
