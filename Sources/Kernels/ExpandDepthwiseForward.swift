@@ -36,8 +36,10 @@ private let momentBlockRows = 256
 
 /// The batch-norm statistics of y = x·w (x [rows, k], w [k, n]) without making y, from x's mean and
 /// covariance, in the form `pointwiseForward(statisticsShift:sums:)` leaves them: shift[j] (n floats)
-/// near y_j's mean, sums (2·n doubles) = Σ(y − shift), Σ(y − shift)². x is centred by the mean of its
-/// first rows before its sums and Gram are made (a block output's mean can be large against its spread).
+/// near y_j's mean, sums (2·n doubles) = Σ(y − shift), Σ(y − shift)². x is centred by the mean of rows
+/// sampled across it before its sums and Gram are made (a block output's mean can be large against its
+/// spread). The variance is as exact as the Gram's float block sums: ~1e-7 relative, times
+/// ‖w_j‖²·var(x)/var(y_j) where w_j nearly cancels correlated channels (tested).
 public func pointwiseStatisticsFromInput(x: UnsafePointer<Float>, w: UnsafePointer<Float>, rows: Int,
                                          inChannels k: Int, outChannels n: Int,
                                          statisticsShift shift: UnsafeMutablePointer<Float>,
@@ -48,12 +50,13 @@ public func pointwiseStatisticsFromInput(x: UnsafePointer<Float>, w: UnsafePoint
     return
   }
   let kernels = KernelISA.rows
-  // s: the float mean of the first rows, which every row is centred by.
+  // The centre every row is centred by: the float mean of rows sampled evenly across x (a block
+  // output's first rows, the top edge of the first image, can sit far from its mean).
   let sampled = min(rows, momentBlockRows)
   var centre = [Float](repeating: 0, count: k)
   for a in 0..<k {
     var t = 0.0
-    for i in 0..<sampled { t += Double(x[i * k + a]) }
+    for i in 0..<sampled { t += Double(x[(i * rows / sampled) * k + a]) }
     centre[a] = Float(t / Double(sampled))
   }
   // Per chunk: Σx̃ (k doubles) and Σx̃x̃ᵀ (k·k doubles), from float sums over blocks of rows.
@@ -127,6 +130,9 @@ public func expandDepthwiseForward(z: UnsafeMutablePointer<Float>, x: UnsafePoin
                                    scratch: Scratch) {
   let (H, W, C, K, S, Ho, pt) = (s.height, s.width, s.channels, s.kernel, s.stride, s.outHeight, s.padTop)
   precondition(C % 16 == 0 && !expanded.roundToBF16, "the fused forward takes fp32 and whole vectors of channels")
+  // The rows a thread owns, [oy0·S, oy1·S) per image, lie within the rows its groups make only if a
+  // window reaches at least one stride past its first row (true of MobileNetV2's 3×3, stride 1 and 2).
+  precondition(K - pt >= S && S <= K, "the fused forward needs kernel − padTop ≥ stride")
   let outRows = s.batch * Ho
   guard outRows > 0 && s.outWidth > 0 else { sums.update(repeating: 0, count: 2 * C); return }
   // Output pixel (0, 0, 0) as the shift, from z made directly at its taps.

@@ -208,15 +208,25 @@ final class ModelTests: XCTestCase {
   /// The fused training forward of each expand → depthwise pair (`expandDepthwiseForward`, forced on
   /// every pair) against the two passes. The expand's batch-norm statistics come from its input's
   /// covariance instead of from z, equal to rounding: logits, loss and moving statistics agree to
-  /// ~1e-5. The gradients differ more where a ReLU6 input that rounding moves across 0 or 6 flips its
-  /// mask (a few of the 64 pixels of the last layers): they are held to what the same two passes give
-  /// for an input perturbed by 1e-6 of itself, a rounding-sized change, so a wrong statistic (off by
-  /// more than rounding) fails while the flips of a rounding-sized change pass.
+  /// ~1e-5 (with decay 0 the moving statistics are the batch's own, so that checks every layer's
+  /// statistics directly: a variance 1e-4 off fails there). The gradients differ more where a ReLU6
+  /// input that rounding moves across 0 or 6 flips its mask: one flipped pixel moves a weight gradient
+  /// by its row's share (up to ~4 % of the largest element at 16² × 4 pixels, measured), and which pixels
+  /// flip changes with any rounding. They are held to 4× what the same two passes give for an input
+  /// perturbed by ±1e-6 of itself plus 5 % of the largest element: a check for gross errors only; the
+  /// kernel tests (ExpandDepthwiseForwardTests) check the arithmetic bit for bit and to 1e-6.
+  /// With the scaled expand backward on every expand layer as well (`ScaledExpandBackward`), as the two
+  /// run together at 1.0/224 b32 layer 3, and without.
   func testFusedExpandForwardMatchesTheTwoPasses() throws {
-    let saved = (FusedExpandForward.enabled, FusedExpandForward.minimumBytes)
-    defer { FusedExpandForward.enabled = saved.0; FusedExpandForward.minimumBytes = saved.1; GemmChoice.forced = nil }
+    let saved = (FusedExpandForward.enabled, FusedExpandForward.minimumBytes, ScaledExpandBackward.minimumBytes)
+    defer {
+      FusedExpandForward.enabled = saved.0; FusedExpandForward.minimumBytes = saved.1
+      ScaledExpandBackward.minimumBytes = saved.2; GemmChoice.forced = nil
+    }
     FusedExpandForward.minimumBytes = 0
     GemmChoice.forced = .own  // the fused path runs on our GEMM only
+    for scaledBackward in [false, true] {
+    ScaledExpandBackward.minimumBytes = scaledBackward ? 0 : saved.2
     struct Run { let logits: [Float], loss: Float, state: [Float], gradients: [Float] }
     var specs: [(name: String, offset: Int, count: Int)] = []
     func run(fused: Bool, perturbation: Float = 0) throws -> Run {
@@ -224,6 +234,7 @@ final class ModelTests: XCTestCase {
       let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2", numClasses: 5, imageSize: 128, dropoutKeepProb: 1),
                           seed: 3)
       specs = m.trainable.specs.map { ($0.name, $0.offset, $0.count) }
+      m.batchNormDecay = 0  // the moving statistics are this batch's: compared below, they check the statistics themselves
       fillInput(m, batch: 4, seed: 21)
       let x = m.inputBuffer(batch: 4)
       for i in 0..<(4 * 128 * 128 * 3) { x[i] *= 1 + perturbation }
@@ -236,7 +247,8 @@ final class ModelTests: XCTestCase {
       return Run(logits: logits, loss: loss, state: m.stateValues.array,
                  gradients: Array(UnsafeBufferPointer(start: m.gradients.base, count: m.trainable.count)))
     }
-    let fused = try run(fused: true), twoPass = try run(fused: false), perturbed = try run(fused: false, perturbation: 1e-6)
+    let fused = try run(fused: true), twoPass = try run(fused: false)
+    let perturbed = [try run(fused: false, perturbation: 1e-6), try run(fused: false, perturbation: -1e-6)]
     for i in 0..<20 { XCTAssertEqual(fused.logits[i], twoPass.logits[i], accuracy: 1e-4 * (1 + abs(twoPass.logits[i])), "logit \(i)") }
     XCTAssertEqual(fused.loss, twoPass.loss, accuracy: 1e-5 * abs(twoPass.loss))
     for i in fused.state.indices {
@@ -247,12 +259,44 @@ final class ModelTests: XCTestCase {
       let range = s.offset..<(s.offset + s.count)
       func worst(_ a: Run) -> Double { zip(a.gradients[range], twoPass.gradients[range]).map { abs(Double($0) - Double($1)) }.max() ?? 0 }
       let scale = twoPass.gradients[range].map { abs(Double($0)) }.max() ?? 0
-      let (got, yardstick) = (worst(fused), worst(perturbed))
-      XCTAssertLessThanOrEqual(got, 4 * yardstick + 1e-5 * scale + 1e-7,
+      let (got, yardstick) = (worst(fused), perturbed.map(worst).max()!)
+      XCTAssertLessThanOrEqual(got, 4 * yardstick + 0.05 * scale + 1e-7,
                                "\(s.name): max |fused − two passes| \(got), perturbed input \(yardstick), max |g| \(scale)")
       if got > 0 { differing += 1 }
     }
     XCTAssertGreaterThan(differing, 0, "every gradient identical: was the fused path taken?")
     XCTAssertNotEqual(fused.state, twoPass.state, "identical moving statistics: was the fused path taken?")
+    }
+  }
+
+  /// The fused forward stays off where it does not apply, with its size threshold at 0: inference
+  /// (BN from the moving statistics), bf16, and OpenBLAS running the GEMMs. Logits, moving statistics
+  /// and gradients are bit-identical with it enabled and disabled.
+  func testFusedExpandForwardIsNotTakenWhereItDoesNotApply() throws {
+    let saved = (FusedExpandForward.enabled, FusedExpandForward.minimumBytes)
+    defer { FusedExpandForward.enabled = saved.0; FusedExpandForward.minimumBytes = saved.1; GemmChoice.forced = nil }
+    FusedExpandForward.minimumBytes = 0
+    let training = ForwardMode(batchNormTraining: true, dropout: false)
+    for (name, mode, precision, gemm) in [("inference", ForwardMode.inference, Precision.fp32, GemmImplementation.own),
+                                          ("bf16", training, .bf16, .own), ("OpenBLAS", training, .fp32, .blas)] {
+      GemmChoice.forced = gemm
+      func run(enabled: Bool) throws -> [[Float]] {
+        FusedExpandForward.enabled = enabled
+        let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2", numClasses: 5, imageSize: 64, dropoutKeepProb: 1),
+                            seed: 3)
+        m.precision = precision
+        fillInput(m, batch: 2, seed: 22)
+        var rng = RandomState(seed: 1)
+        m.zeroGradients()
+        let logits = Array(UnsafeBufferPointer(start: m.forward(batch: 2, mode: mode, rng: &rng), count: 10))
+        _ = m.loss(batch: 2, labelSmoothing: 0.1)
+        m.backward(batch: 2)
+        return [logits, m.stateValues.array, Array(UnsafeBufferPointer(start: m.gradients.base, count: m.trainable.count))]
+      }
+      let on = try run(enabled: true), off = try run(enabled: false)
+      for (i, what) in ["logits", "moving statistics", "gradients"].enumerated() {
+        XCTAssertEqual(on[i].map(\.bitPattern), off[i].map(\.bitPattern), "\(name): \(what)")
+      }
+    }
   }
 }
