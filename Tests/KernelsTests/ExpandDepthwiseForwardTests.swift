@@ -13,6 +13,21 @@ final class ExpandDepthwiseForwardTests: XCTestCase {
     return (mean, variance)
   }
 
+  /// Per-channel mean and variance of y = x·w, in doubles from a naive product.
+  func naiveMoments(x: FloatBuffer, w: FloatBuffer, rows: Int, k: Int, n: Int) -> (mean: [Double], variance: [Double]) {
+    var mean = [Double](repeating: 0, count: n), square = [Double](repeating: 0, count: n)
+    var y = [Double](repeating: 0, count: rows * n)
+    for r in 0..<rows { for j in 0..<n {
+      var t = 0.0
+      for a in 0..<k { t += Double(x[r * k + a]) * Double(w[a * n + j]) }
+      y[r * n + j] = t
+      mean[j] += t
+    } }
+    for j in 0..<n { mean[j] /= Double(rows) }
+    for r in 0..<rows { for j in 0..<n { square[j] += (y[r * n + j] - mean[j]) * (y[r * n + j] - mean[j]) } }
+    return (mean, square.map { $0 / Double(rows) })
+  }
+
   /// The statistics of y = x·w from x's mean and covariance equal those of y itself, made in doubles
   /// from a naive product: x with channel means 0, 4 and 20 (against a spread of 1, where the
   /// uncentred second moment would lose the variance to cancellation), 1 and 3 threads, several
@@ -24,16 +39,7 @@ final class ExpandDepthwiseForwardTests: XCTestCase {
         let x = randomBuffer(rows * k, seed: 300 + UInt64(k), offset: offset)
         for i in 0..<(rows * k) where i % k == 1 { x[i] *= 0.01 }  // a channel of small spread
         let w = randomBuffer(k * n, seed: 301, scale: 0.3)
-        var mean = [Double](repeating: 0, count: n), square = [Double](repeating: 0, count: n)
-        var y = [Double](repeating: 0, count: rows * n)
-        for r in 0..<rows { for j in 0..<n {
-          var t = 0.0
-          for a in 0..<k { t += Double(x[r * k + a]) * Double(w[a * n + j]) }
-          y[r * n + j] = t
-          mean[j] += t
-        } }
-        for j in 0..<n { mean[j] /= Double(rows) }
-        for r in 0..<rows { for j in 0..<n { square[j] += (y[r * n + j] - mean[j]) * (y[r * n + j] - mean[j]) } }
+        let (mean, variances) = naiveMoments(x: x, w: w, rows: rows, k: k, n: n)
         for threads in [1, 3] {
           Compute.setThreads(threads)
           var shift = [Float](repeating: .nan, count: n), sums = [Double](repeating: .nan, count: 2 * n)
@@ -41,7 +47,7 @@ final class ExpandDepthwiseForwardTests: XCTestCase {
                                        statisticsShift: &shift, sums: &sums, scratch: Scratch())
           let got = moments(shift: shift, sums: sums, rows: rows)
           for j in 0..<n {
-            let variance = square[j] / Double(rows)
+            let variance = variances[j]
             let what = "\(rows)x\(k)x\(n) offset \(offset) threads \(threads) channel \(j)"
             XCTAssertEqual(got.mean[j], mean[j], accuracy: 1e-6 * (1 + abs(mean[j])), "mean, \(what)")
             XCTAssertEqual(got.variance[j], variance, accuracy: 1e-5 * variance + 1e-9, "variance, \(what)")
@@ -68,15 +74,7 @@ final class ExpandDepthwiseForwardTests: XCTestCase {
     // y_j = x0 − x1 (+ a little of the others): ‖w_j‖² ≈ 2, var(y_j) ≈ 0.01 + …
     let w = randomBuffer(k * n, seed: 332, scale: 0.01)
     for j in 0..<n { w[j] += 1; w[n + j] -= 1 }
-    var mean = [Double](repeating: 0, count: n), square = [Double](repeating: 0, count: n)
-    var y = [Double](repeating: 0, count: rows * n)
-    for r in 0..<rows { for j in 0..<n {
-      var t = 0.0
-      for a in 0..<k { t += Double(x[r * k + a]) * Double(w[a * n + j]) }
-      y[r * n + j] = t
-      mean[j] += t / Double(rows)
-    } }
-    for r in 0..<rows { for j in 0..<n { square[j] += (y[r * n + j] - mean[j]) * (y[r * n + j] - mean[j]) } }
+    let (mean, variances) = naiveMoments(x: x, w: w, rows: rows, k: k, n: n)
     var shift = [Float](repeating: .nan, count: n), sums = [Double](repeating: .nan, count: 2 * n)
     pointwiseStatisticsFromInput(x: x.base, w: w.base, rows: rows, inChannels: k, outChannels: n,
                                  statisticsShift: &shift, sums: &sums, scratch: Scratch())
@@ -87,7 +85,7 @@ final class ExpandDepthwiseForwardTests: XCTestCase {
                      statisticsShift: &directShift, sums: &directSums, scratch: Scratch())
     let direct = moments(shift: directShift, sums: directSums, rows: rows)
     for j in 0..<n {
-      let variance = square[j] / Double(rows)
+      let variance = variances[j]
       let amplification = 2 * 1.1 / variance  // ‖w_j‖²·var(x) / var(y_j), var(x) ≈ 1.1 with the shifted rows
       XCTAssertGreaterThan(amplification, 50, "the case cancels")
       XCTAssertEqual(got.mean[j], mean[j], accuracy: 1e-6 * (1 + abs(mean[j])), "mean \(j)")
