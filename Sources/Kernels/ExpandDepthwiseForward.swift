@@ -6,10 +6,10 @@
 // known once all of z exists. But z = x·w is linear in x, so its statistics follow from x's mean and
 // covariance (k×k, k = the block's input channels): mean(z) = mean(x)·w, var(z_j) = w_jᵀ·Cov(x)·w_j.
 // One pass over x (T/6 bytes at expansion 6) gives them (`pointwiseStatisticsFromInput`); then each
-// thread makes, group by group of output rows, the input rows of z the group's taps read into a
-// cache-resident buffer with our GEMM, copies the rows it owns out to z (streamed: backward reads
-// z), and runs the depthwise kernel on the buffer (`expandDepthwiseForward`). z is written once and
-// never read back in forward. Each z row is the same sum in the same order as the unfused GEMM's (the
+// thread makes, group by group of output rows, the input rows of z the group's taps read with our
+// GEMM (`gemmActivated`: the activation into a cache-resident buffer, the product of the rows the
+// thread owns streamed out to z, which backward reads), and runs the depthwise kernel on the buffer
+// (`expandDepthwiseForward`). z is written once and never read back in forward. Each z row is the same sum in the same order as the unfused GEMM's (the
 // same kernel), so z and the depthwise output are bit-identical to the unfused pass given the same
 // batch-norm parameters; the parameters themselves come from the covariance instead of from z, and
 // differ from the unfused ones by rounding (tested in ExpandDepthwiseForwardTests).
@@ -50,15 +50,9 @@ public func pointwiseStatisticsFromInput(x: UnsafePointer<Float>, w: UnsafePoint
     return
   }
   let kernels = KernelISA.rows
-  // The centre every row is centred by: the float mean of rows sampled evenly across x (a block
-  // output's first rows, the top edge of the first image, can sit far from its mean).
-  let sampled = min(rows, momentBlockRows)
-  var centre = [Float](repeating: 0, count: k)
-  for a in 0..<k {
-    var t = 0.0
-    for i in 0..<sampled { t += Double(x[(i * rows / sampled) * k + a]) }
-    centre[a] = Float(t / Double(sampled))
-  }
+  // The centre every row is centred by: the mean of rows sampled evenly across x (a block output's
+  // first rows, the top edge of the first image, can sit far from its mean).
+  let centre = sampledRowMean(x, rows: rows, channels: k, sample: momentBlockRows, spread: true)
   // Per chunk: Σx̃ (k doubles) and Σx̃x̃ᵀ (k·k doubles), from float sums over blocks of rows.
   let chunks = chunkCount(rows, minPerChunk: momentBlockRows)
   let perChunk = k + k * k

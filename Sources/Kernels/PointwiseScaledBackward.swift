@@ -56,10 +56,8 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
   let p = og.da
 
   // The coefficients, in doubles: s, μ̃, q, v, M and r.
-  let sampled = min(rows, shiftSampleRows)
-  var s = [Double](repeating: 0, count: m)
-  for i in 0..<sampled { for a in 0..<m { s[a] += Double(x[i * m + a]) } }
-  for a in 0..<m { s[a] = Double(Float(s[a] / Double(sampled))) }  // the float the kernels subtract
+  // s: the float the kernels subtract, as doubles.
+  let s = sampledRowMean(x, rows: rows, channels: m, sample: shiftSampleRows, spread: false).map(Double.init)
   var v = [Double](repeating: 0, count: n), q = [Double](repeating: 0, count: n)
   for j in 0..<n {
     var sw = 0.0
@@ -158,6 +156,19 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
     }
   }
   }
+  }
+}
+
+/// The float mean of `sample` rows of x [rows, channels] (all rows if fewer), summed in doubles: the
+/// first ones, or with `spread` rows evenly spaced across x. The centre a kernel subtracts from x's
+/// rows before summing their products in floats (`centreRows`).
+func sampledRowMean(_ x: UnsafePointer<Float>, rows: Int, channels m: Int, sample: Int, spread: Bool) -> [Float] {
+  let sampled = min(rows, sample)
+  guard sampled > 0 else { return [Float](repeating: 0, count: m) }
+  return (0..<m).map { a in
+    var t = 0.0
+    for i in 0..<sampled { t += Double(x[(spread ? i * rows / sampled : i) * m + a]) }
+    return Float(t / Double(sampled))
   }
 }
 
