@@ -147,6 +147,15 @@ public protocol RowKernelSet {
   static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
                    k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?, prefetch: UnsafeMutablePointer<PrefetchStreams>?,
                    stream: Bool)
+  /// `gemm` of act(a·scale + shift) (a: the producing layer's raw z; its batch norm and, with `relu6`,
+  /// ReLU6, by the same float expression as `batchNormApply`): each register tile's rows of A are
+  /// activated into an L1-resident buffer right before the tile reads them (a block of rows at a time
+  /// where b is swept in column panels), so the activation is never stored and z streams in at the
+  /// pace of the FMAs. Bit-identical to `batchNormApply` into a buffer followed by `gemm` on it.
+  static func gemmActivatedInput(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                                 shift: UnsafePointer<Float>, relu6: Bool, b: UnsafePointer<Float>, ldb: Int,
+                                 k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?,
+                                 prefetch: UnsafeMutablePointer<PrefetchStreams>?, stream: Bool)
   /// c rows = act(a·b·scale + shift) (the batch norm and, with `relu6`, ReLU6 of `gemm`'s product, by
   /// the same float expression as `batchNormApply`), and with `raw` the product itself into raw's
   /// rows (with `stream`, in streaming stores: raw's rows aligned to 64 bytes). n a multiple of 16.

@@ -5,6 +5,7 @@
 // w is TF's [1,1,Ci,Co] layout, which is exactly the row-major [Ci,Co] matrix GEMM wants.
 // Also the logits layer: the same product on [N, C] plus a bias.
 import CBLAS
+import Foundation
 import KernelRows
 
 public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
@@ -22,17 +23,24 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let blockRows = pendingBlockRows(k: k, n: n, own: own)
   let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * k * MemoryLayout<Float>.stride)
   let stream = StreamingStores.use(y, count: rows * n, channels: n)
+  let tiled = own && ActivatedInputTiles.use(input)
   withPackedB(own ? w : nil, k: k, n: n) { packed, ldb in
-    withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
+    withPendingBuffers(tiled ? nil : input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
       parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
         forEachBlock(r, blockRows: blockRows) { b in
-          let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
           if let packed {
             let next = nextBlock(after: b, blockRows: blockRows, in: r)
             withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
-              KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
+              if tiled {
+                KernelISA.rows.gemmActivatedInput(c: y, a: x, scale: input.scale, shift: input.shift, relu6: input.relu6,
+                                                  b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
+              } else {
+                let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
+                KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
+              }
             }
           } else {
+            let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
                         1, a + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
           }
@@ -61,6 +69,16 @@ func pendingInputRows(_ x: UnsafePointer<Float>, _ input: PendingBatchNorm?, row
                                 relu6: input.relu6, residual: nil)
   if input.roundToBF16 { roundToBF16Serial(tmp, tmp, count: b.count * k) }
   return UnsafePointer(base)
+}
+
+/// Whether our GEMM activates a pending input tile by tile (`gemmActivatedInput`) instead of block by
+/// block into a buffer before each block's GEMM.
+public enum ActivatedInputTiles {
+  public static let environmentVariable = "MNV2_TILE_INPUT"
+  /// On unless MNV2_TILE_INPUT=0 (tests switch it to compare both).
+  public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
+  /// fp32 inputs only: the bf16 path rounds the activated rows, which the tile kernel does not.
+  static func use(_ input: PendingBatchNorm?) -> Bool { enabled && input.map { !$0.roundToBF16 } ?? false }
 }
 
 /// Rows per block when the input's BN is pending. Our GEMM (B packed once per call) takes small blocks,
@@ -118,11 +136,13 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
                              scratch: Scratch, input: PendingBatchNorm? = nil) {
   let (k, n) = (inChannels, outChannels)
   guard rows > 0 else { sums.update(repeating: 0, count: 2 * n); return }
-  // Row 0 of y, computed directly, as the shift (any value near the mean will do).
-  for o in 0..<n {
-    var acc: Float = 0
-    for i in 0..<k { acc += (input?.apply(x[i], channel: i) ?? x[i]) * w[i * n + o] }
-    shift[o] = acc
+  // Row 0 of y, computed directly, as the shift (any value near the mean will do). Row by row of w:
+  // each shift[o] is the same sum in the same order as a column walk, which for w's row stride of
+  // n floats missed L1 on every element, serially before the threads start (~0.5 ms for 960×320).
+  shift.update(repeating: 0, count: n)
+  for i in 0..<k {
+    let a = input?.apply(x[i], channel: i) ?? x[i], wi = w + i * n
+    for o in 0..<n { shift[o] += a * wi[o] }
   }
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let kernels = KernelISA.rows
@@ -142,20 +162,28 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let ldb = packed.map { packGemmB(w, k: k, n: n, transposed: false, into: $0) } ?? 0
   let blockRows = pendingBlockRows(k: k, n: n, own: own)
   let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * k * MemoryLayout<Float>.stride)
-  withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
+  let tiled = packed != nil && ActivatedInputTiles.use(input)
+  withPendingBuffers(tiled ? nil : input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
     parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { chunk, r, partial in
       forEachBlock(r, blockRows: blockRows) { b in
-        let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
         if let packed {
           let next = nextBlock(after: b, blockRows: blockRows, in: r)
           // y's lines fetched for writing where it is not streamed (the 24-channel project outputs).
           withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), nil,
                        stream ? nil : rowBytes(UnsafePointer(y), next, n), writesThird: !stream,
                        units: gemmFMAs(rows: b.count, k: k, n: n)) {
-            kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0,
-                         stream: stream)
+            if tiled, let input {
+              kernels.gemmActivatedInput(c: y, a: x, scale: input.scale, shift: input.shift, relu6: input.relu6, b: packed,
+                                         ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0,
+                                         stream: stream)
+            } else {
+              let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
+              kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial),
+                           prefetch: $0, stream: stream)
+            }
           }
         } else {
+          let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
                       1, a + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
           kernels.channelStatistics(z: y, channels: n, rows: b, stats.with(sums: partial))

@@ -1154,6 +1154,23 @@ extension RowKernels {
   public static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                           ldb: Int, k K: Int, n N: Int, rows: Range<Int>, stats: ChannelStatistics?,
                           prefetch: UnsafeMutablePointer<PrefetchStreams>?, stream: Bool) {
+    gemmRows(c: c, a: a, input: nil, b: b, ldb: ldb, k: K, n: N, rows: rows, stats: stats, prefetch: prefetch, stream: stream)
+  }
+
+  public static func gemmActivatedInput(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                                        shift: UnsafePointer<Float>, relu6: Bool, b: UnsafePointer<Float>, ldb: Int,
+                                        k K: Int, n N: Int, rows: Range<Int>, stats: ChannelStatistics?,
+                                        prefetch: UnsafeMutablePointer<PrefetchStreams>?, stream: Bool) {
+    gemmRows(c: c, a: a, input: (scale, shift, relu6), b: b, ldb: ldb, k: K, n: N, rows: rows, stats: stats,
+             prefetch: prefetch, stream: stream)
+  }
+
+  /// `gemm`, or with `input` `gemmActivatedInput` (A's rows activated tile by tile into `act`).
+  @inline(__always)
+  private static func gemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>,
+                               input: (scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, relu6: Bool)?,
+                               b: UnsafePointer<Float>, ldb: Int, k K: Int, n N: Int, rows: Range<Int>,
+                               stats: ChannelStatistics?, prefetch: UnsafeMutablePointer<PrefetchStreams>?, stream: Bool) {
     let withStats = stats != nil
     defer { if stream { streamingFence() } }
     let tileRows = gemmPairTiles && N <= lanes ? 16 : gemmTileRows  // divides rowKernelBlockPixels
@@ -1163,7 +1180,41 @@ extension RowKernels {
     // Padded copies: the last column block reads the shift and its float sums in whole vectors.
     let shift = UnsafeMutablePointer<Float>.allocate(capacity: 3 * ldb), s0 = shift + ldb, s1 = s0 + ldb
     let sums = UnsafeMutablePointer<Double>.allocate(capacity: 2 * ldb)
-    defer { shift.deallocate(); sums.deallocate() }
+    // The activated rows of A: a block's (column panels), or two register tiles' (row order, in L1):
+    // each tile's rows are made one tile ahead, while the tile before runs, because a tile reading
+    // rows it has just stored (64-byte stores, 4-byte broadcasts) measured no faster than the
+    // separate pass it replaces.
+    let tileFloats = tileRows * K
+    let act = input == nil ? nil : UnsafeMutablePointer<Float>.allocate(capacity: max(rowKernelBlockPixels, 2 * tileRows) * K)
+    defer { shift.deallocate(); sums.deallocate(); act?.deallocate() }
+    /// Rows lo..<hi of act(A) into `into`, returned as a base addressed by absolute row.
+    @inline(__always) func activate(_ lo: Int, _ hi: Int, into: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+      guard let input else { return a }
+      let base = into - lo * K
+      batchNormApplyRows(a: base, z: a, scale: input.scale, shift: input.shift, channels: K, rows: lo..<hi,
+                         relu6: input.relu6, residual: nil)
+      return UnsafePointer(base)
+    }
+    var current = 0, ahead = -1  // the tile slot read now; the first row of the tile made ahead (or −1)
+    /// A addressed by absolute row for the row-order tile at r: its rows activated (ahead, normally),
+    /// and the next tile's made into the other slot.
+    @inline(__always) func tileRowsOfA(_ r: Int) -> UnsafePointer<Float> {
+      guard input != nil, let act else { return a }
+      let end = rows.upperBound
+      if r == ahead { current ^= 1 } else { _ = activate(r, min(r + tileRows, end), into: act + current * tileFloats) }
+      let next = min(r + tileRows, end)
+      ahead = next < end ? next : -1
+      if next < end { _ = activate(next, min(next + tileRows, end), into: act + (current ^ 1) * tileFloats) }
+      // The z rows of the tile after that into L1 during this tile's FMAs: read in a burst by
+      // `activate`, rows arriving from L2 or L3 would stall it.
+      let far = min(next + tileRows, end), farEnd = min(far + tileRows, end)
+      if far < farEnd {
+        let lo = UnsafeRawPointer(a + far * K), hi = UnsafeRawPointer(a + farEnd * K)
+        var p = lo
+        while p < hi { prefetchLineIntoL1(p); p += prefetchLine }
+      }
+      return UnsafePointer(act + current * tileFloats - r * K)
+    }
     do {
       do {
         if let stats {
@@ -1178,7 +1229,7 @@ extension RowKernels {
           if withStats { s0.update(repeating: 0, count: 2 * ldb) }
           /// One register tile: rows r..< (r + tileRows, or r1 where not `tall`), columns col..< (one
           /// vector, or two with `pair`), stored and added into the block's float sums.
-          @inline(__always) func tile(_ r: Int, _ col: Int, pair: Bool, tall: Bool) {
+          @inline(__always) func tile(_ a: UnsafePointer<Float>, _ r: Int, _ col: Int, pair: Bool, tall: Bool) {
             let width = min(lanes, N - col), width1 = pair ? min(lanes, N - col - lanes) : 0
             let sh0 = withStats ? vload(shift + col) : GemmVector()
             let sh1 = withStats && pair ? vload(shift + col + lanes) : GemmVector()
@@ -1215,6 +1266,7 @@ extension RowKernels {
           // columns to ldb, so its loads stay inside b, and only the stores are partial.
           if panelsOuter {
             // Column panel by column panel: the panel's rows of b stay in L2 across the block's tiles.
+            let a = act.map { activate(r0, r1, into: $0) } ?? a
             var col = 0
             while col < N {
               let wide = gemmPairTiles && col + lanes < N
@@ -1222,17 +1274,21 @@ extension RowKernels {
               while r < r1 {
                 let tall = r + tileRows <= r1
                 if tall {
-                  tile(r, col, pair: wide, tall: true)
+                  tile(a, r, col, pair: wide, tall: true)
                 } else {
-                  tile(r, col, pair: false, tall: false)
-                  if wide { tile(r, col + lanes, pair: false, tall: false) }
+                  tile(a, r, col, pair: false, tall: false)
+                  if wide { tile(a, r, col + lanes, pair: false, tall: false) }
                 }
                 r = tall ? r + tileRows : r1
               }
               col += wide ? 2 * lanes : lanes
             }
           } else {
-            forEachTileInRowOrder(r0, r1, n: N, tileRows: tileRows) { tile($0, $1, pair: $2, tall: $3) }
+            var aTile = a
+            forEachTileInRowOrder(r0, r1, n: N, tileRows: tileRows) { r, col, pair, tall in
+              if col == 0 { aTile = tileRowsOfA(r) }
+              tile(aTile, r, col, pair: pair, tall: tall)
+            }
           }
           if withStats {
             for j in 0..<N {
