@@ -23,21 +23,22 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let blockRows = pendingBlockRows(k: k, n: n, own: own)
   let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * k * MemoryLayout<Float>.stride)
   let stream = StreamingStores.use(y, count: rows * n, channels: n)
-  let tiled = own && ActivatedInputTiles.use(input)
   withPackedB(own ? w : nil, k: k, n: n) { packed, ldb in
-    withPendingBuffers(tiled ? nil : input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
+    if let packed, ActivatedInputTiles.use(input) {  // one call per thread, the activation made tile by tile
+      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { _, r in
+        KernelISA.rows.gemmActivatedInput(c: y, a: x, scale: input.scale, shift: input.shift, relu6: input.relu6,
+                                          b: packed, ldb: ldb, k: k, n: n, rows: r, stats: nil, prefetch: nil, stream: stream)
+      }
+      return
+    }
+    withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
       parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
         forEachBlock(r, blockRows: blockRows) { b in
           if let packed {
+            let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
             let next = nextBlock(after: b, blockRows: blockRows, in: r)
             withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
-              if tiled {
-                KernelISA.rows.gemmActivatedInput(c: y, a: x, scale: input.scale, shift: input.shift, relu6: input.relu6,
-                                                  b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
-              } else {
-                let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
-                KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
-              }
+              KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
             }
           } else {
             let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
@@ -162,28 +163,27 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let ldb = packed.map { packGemmB(w, k: k, n: n, transposed: false, into: $0) } ?? 0
   let blockRows = pendingBlockRows(k: k, n: n, own: own)
   let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * k * MemoryLayout<Float>.stride)
-  let tiled = packed != nil && ActivatedInputTiles.use(input)
-  withPendingBuffers(tiled ? nil : input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
+  if let packed, let input, ActivatedInputTiles.use(input) {  // one call per thread, the activation made tile by tile
+    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
+      kernels.gemmActivatedInput(c: y, a: x, scale: input.scale, shift: input.shift, relu6: input.relu6, b: packed, ldb: ldb,
+                                 k: k, n: n, rows: r, stats: stats.with(sums: partial), prefetch: nil, stream: stream)
+    }
+    return
+  }
+  withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
     parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { chunk, r, partial in
       forEachBlock(r, blockRows: blockRows) { b in
+        let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
         if let packed {
           let next = nextBlock(after: b, blockRows: blockRows, in: r)
           // y's lines fetched for writing where it is not streamed (the 24-channel project outputs).
           withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), nil,
                        stream ? nil : rowBytes(UnsafePointer(y), next, n), writesThird: !stream,
                        units: gemmFMAs(rows: b.count, k: k, n: n)) {
-            if tiled, let input {
-              kernels.gemmActivatedInput(c: y, a: x, scale: input.scale, shift: input.shift, relu6: input.relu6, b: packed,
-                                         ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0,
-                                         stream: stream)
-            } else {
-              let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
-              kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial),
-                           prefetch: $0, stream: stream)
-            }
+            kernels.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: stats.with(sums: partial), prefetch: $0,
+                         stream: stream)
           }
         } else {
-          let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
                       1, a + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
           kernels.channelStatistics(z: y, channels: n, rows: b, stats.with(sums: partial))

@@ -164,6 +164,79 @@ final class GemmKernelsTests: XCTestCase {
     }
   }
 
+  /// The pending-input forward activating A tile by tile inside the GEMM (`gemmActivatedInput`, one
+  /// call per thread, each tile's rows made one tile ahead) gives bit for bit what activating blocks of
+  /// rows into a buffer before each block's `gemm` gives: outputs and statistics (as doubles), with and
+  /// without ReLU6, row and column-panel order, streamed or not, 1–3 threads, on every tail of the
+  /// tiles (16-row tiles for n ≤ 16, 8 otherwise; k not a multiple of the vector too), on both
+  /// instruction sets. The kernel itself on a row range not starting at 0 against `batchNormApply`
+  /// + `gemm` on the same range: rows outside it stay untouched.
+  func testActivatedInputTilesAreBitIdenticalToTheBlockPass() {
+    let scratch = nanScratch()
+    let (savedPanels, savedStream, savedTiles) = (GemmPanels.minimumBytes, StreamingStores.minimumBytes, ActivatedInputTiles.enabled)
+    defer {
+      GemmPanels.minimumBytes = savedPanels; StreamingStores.minimumBytes = savedStream
+      ActivatedInputTiles.enabled = savedTiles; GemmChoice.forced = nil; Compute.setThreads(1)
+    }
+    func bits(_ b: FloatBuffer) -> [UInt32] { b.array.map(\.bitPattern) }
+    GemmChoice.forced = .own
+    forEachInstructionSet { isa in
+      for (m, k, n) in [(1, 16, 24), (7, 48, 16), (33, 144, 24), (300, 96, 32), (301, 13, 40), (1000, 32, 16), (257, 64, 96)] {
+        let z = randomBuffer(m * k, seed: 71, scale: 4, offset: 1)
+        let ss = randomBuffer(2 * k, seed: 72, scale: 2, offset: 0.5)
+        let w = randomBuffer(k * n, seed: 73)
+        for relu6 in [true, false] {
+          let pending = PendingBatchNorm(scale: ss.base, shift: ss.base + k, relu6: relu6)
+          for (threads, panels, stream) in [(1, false, false), (2, false, true), (3, true, false), (2, true, true)] {
+            Compute.setThreads(threads)
+            GemmPanels.minimumBytes = panels ? 0 : Int.max
+            StreamingStores.minimumBytes = stream ? 0 : Int.max
+            var results: [[[UInt32]]] = []
+            var statistics: [[UInt64]] = []
+            for tiles in [false, true] {
+              ActivatedInputTiles.enabled = tiles
+              let y = FloatBuffer(count: m * n), yPlain = FloatBuffer(count: m * n), shift = FloatBuffer(count: n)
+              y.copy(from: [Float](repeating: .nan, count: m * n)); yPlain.copy(from: [Float](repeating: .nan, count: m * n))
+              var sums = [Double](repeating: .nan, count: 2 * n)
+              pointwiseForward(y: y.base, x: z.base, w: w.base, rows: m, inChannels: k, outChannels: n,
+                               statisticsShift: shift.base, sums: &sums, scratch: scratch, input: pending)
+              pointwiseForward(y: yPlain.base, x: z.base, w: w.base, rows: m, inChannels: k, outChannels: n,
+                               input: pending, scratch: scratch)
+              results.append([bits(y), bits(yPlain), bits(shift)])
+              statistics.append(sums.map(\.bitPattern))
+            }
+            let what = "\(isa) \(m)x\(k)x\(n) relu6=\(relu6) \(threads)t panels=\(panels) stream=\(stream)"
+            for (i, name) in ["forward with statistics", "forward", "shift"].enumerated() {
+              let (a, b) = (results[0][i], results[1][i])
+              let first = a.indices.first { a[$0] != b[$0] }
+              XCTAssertNil(first, "\(what) \(name): tiles differ from blocks at \(first ?? -1)")
+            }
+            XCTAssertEqual(statistics[0], statistics[1], "\(what) statistics")
+          }
+        }
+        // The kernel alone on rows lo..<hi (absolute addressing of its tile buffers), panels both ways.
+        let kernels = KernelISA.rows, lanes = kernels.gemmColumnPadding
+        let ldb = (n + lanes - 1) / lanes * lanes
+        let packed = FloatBuffer(count: k * ldb)
+        for i in 0..<k { for j in 0..<ldb { packed[i * ldb + j] = j < n ? w[i * n + j] : 0 } }
+        let (lo, hi) = (m / 3, m)
+        for panels in [false, true] {
+          GemmPanels.minimumBytes = panels ? 0 : Int.max
+          let a = FloatBuffer(count: m * k)
+          kernels.batchNormApply(a: a.base, z: z.base, scale: ss.base, shift: ss.base + k, channels: k, rows: lo..<hi,
+                                 relu6: true, residual: nil)
+          let c = FloatBuffer(count: m * n), cRef = FloatBuffer(count: m * n)
+          c.copy(from: [Float](repeating: .nan, count: m * n)); cRef.copy(from: [Float](repeating: .nan, count: m * n))
+          kernels.gemm(c: cRef.base, a: a.base, b: packed.base, ldb: ldb, k: k, n: n, rows: lo..<hi, stats: nil,
+                       prefetch: nil, stream: false)
+          kernels.gemmActivatedInput(c: c.base, a: z.base, scale: ss.base, shift: ss.base + k, relu6: true, b: packed.base,
+                                     ldb: ldb, k: k, n: n, rows: lo..<hi, stats: nil, prefetch: nil, stream: false)
+          XCTAssertEqual(bits(c), bits(cRef), "\(isa) \(m)x\(k)x\(n) rows \(lo)..<\(hi) panels=\(panels): kernel")
+        }
+      }
+    }
+  }
+
   /// Where OpenBLAS has an AVX-512 kernel for the CPU (Cooperlake on Zen 4), the selection is the
   /// shape rule that docs/performance.md documents: ours for the narrow early layers and the small
   /// expands, OpenBLAS for the wide late layers and the big expands; GemmChoice.forced overrides it.
