@@ -274,6 +274,9 @@ struct TrainOne: ParsableCommand {
   var precision = Precision.fp32
   @Flag(help: "Print time per layer type (forward/backward) over the timed steps.")
   var profile = false
+  @Option(help: ArgumentHelp("Compare a kernel switch off (A) and on (B) in this one process: the timed steps alternate A, B, B, A, … and each side's step and per-layer medians are printed. One of \(KernelSwitch.names).",
+                             valueName: "switch"))
+  var alternate: KernelSwitch?
 
   func run() throws {
     Compute.setThreads(threads)
@@ -291,6 +294,7 @@ struct TrainOne: ParsableCommand {
     for i in 0..<(batch * size * size * 3) { input[i] = rng.uniform() * 2 - 1 }
     let labels = net.labelBuffer(batch: batch)
     for i in 0..<batch { labels[i] = Int32(i % classes) }
+    if let alternate { return try runAlternating(trainStep, net: net, rng: &rng, switch: alternate) }
     var times: [Double] = []
     for i in 0..<(warmup + steps) {
       if i == warmup { Profile.reset(); Profile.enabled = profile }
@@ -323,9 +327,89 @@ struct TrainOne: ParsableCommand {
     let med = times[times.count / 2]
     print(String(format: "step_s median=%.4f min=%.4f max=%.4f", med, times.first!, times.last!))
     print(String(format: "images_per_s %.2f", Double(batch) / med))
+    printMemory()
+  }
+
+  /// `--alternate`: the warm-up steps with the switch on, then `steps` timed steps per side in the
+  /// order A B B A A B …, where A has the switch off; one binary and one process, so code layout, memory
+  /// placement and the machine's slow drifts are the same for both sides. Prints each side's step
+  /// times and median, and the per-layer medians (milliseconds) of both sides with B − A.
+  func runAlternating(_ trainStep: TrainStep, net: MobileNetV2, rng: inout RandomState, switch sw: KernelSwitch) throws {
+    let saved = sw.isOn
+    defer { sw.set(saved) }
+    var step = 0
+    func timedStep() throws -> Double {
+      let t0 = DispatchTime.now().uptimeNanoseconds
+      try trainStep.run(batch: batch, lr: 0.01, step: step, rng: &rng)
+      step += 1
+      return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    }
+    sw.set(true)
+    for _ in 0..<warmup { _ = try timedStep() }
+    Profile.enabled = true
+    let layers = net.layerSummaries.count
+    var times: [[Double]] = [[], []], forward = [[[Double]]](repeating: [], count: 2), backward = forward
+    for i in 0..<(2 * steps) {
+      let side = (i % 4 == 0 || i % 4 == 3) ? 0 : 1
+      sw.set(side == 1)
+      Profile.reset()
+      times[side].append(try timedStep())
+      forward[side].append((0..<layers).map { (Profile.layerForward[$0] ?? 0) * 1000 })
+      backward[side].append((0..<layers).map { (Profile.layerBackward[$0] ?? 0) * 1000 })
+    }
+    Profile.enabled = false
+    func median(_ v: [Double]) -> Double { let s = v.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
+    print("alternate \(sw.rawValue): A = off, B = on, \(steps) steps each in the order A B B A …")
+    for (side, name) in ["A", "B"].enumerated() {
+      print("step_s \(name) each=" + times[side].map { String(format: "%.3f", $0) }.joined(separator: ","))
+    }
+    let (a, b) = (median(times[0]), median(times[1]))
+    print(String(format: "step_s median A=%.4f B=%.4f (B/A %.3f)", a, b, b / a))
+    print("per layer (milliseconds, median over each side's steps): fwd A B (B−A)  bwd A B (B−A)")
+    var sums = [Double](repeating: 0, count: 4)
+    for (i, l) in net.layerSummaries.enumerated() {
+      let v = [median(forward[0].map { $0[i] }), median(forward[1].map { $0[i] }),
+               median(backward[0].map { $0[i] }), median(backward[1].map { $0[i] })]
+      for j in 0..<4 { sums[j] += v[j] }
+      let name = l.scope.replacingOccurrences(of: MobileNetV2.scopePrefix + "/", with: "").padding(toLength: 28, withPad: " ", startingAt: 0)
+      print(String(format: "  %2d %@ fwd %6.2f %6.2f (%+.2f)  bwd %6.2f %6.2f (%+.2f)", i, name as NSString,
+                   v[0], v[1], v[1] - v[0], v[2], v[3], v[3] - v[2]))
+    }
+    print(String(format: "  sums                            fwd %6.2f %6.2f (%+.2f)  bwd %6.2f %6.2f (%+.2f)",
+                 sums[0], sums[1], sums[1] - sums[0], sums[2], sums[3], sums[3] - sums[2]))
+    printMemory()
+  }
+
+  func printMemory() {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     print("peak_rss_kib \(usage.ru_maxrss)")
     if let huge = HugePages.residentKiB { print("huge_pages_kib \(huge)") }
+  }
+}
+
+/// The kernel switches `bench train-one --alternate` can flip between steps (each also set at start-up
+/// by its environment variable).
+enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
+  case tileInput = "MNV2_TILE_INPUT", fusedExpand = "MNV2_FUSED_EXPAND", scaledExpand = "MNV2_SCALED_EXPAND"
+  case prefetch = "MNV2_PREFETCH", stream = "MNV2_STREAM"
+  static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
+  var isOn: Bool {
+    switch self {
+    case .tileInput: ActivatedInputTiles.enabled
+    case .fusedExpand: FusedExpandForward.enabled
+    case .scaledExpand: ScaledExpandBackward.enabled
+    case .prefetch: NextBlockPrefetch.enabled
+    case .stream: StreamingStores.enabled
+    }
+  }
+  func set(_ on: Bool) {
+    switch self {
+    case .tileInput: ActivatedInputTiles.enabled = on
+    case .fusedExpand: FusedExpandForward.enabled = on
+    case .scaledExpand: ScaledExpandBackward.enabled = on
+    case .prefetch: NextBlockPrefetch.enabled = on
+    case .stream: StreamingStores.enabled = on
+    }
   }
 }
