@@ -112,7 +112,8 @@ final class GemmKernelsTests: XCTestCase {
     for threads in [2, 3] {
       Compute.setThreads(threads)
       forEachImplementation { label in
-        for (m, ci, co) in [(1001, 24, 144), (517, 32, 16), (700, 144, 24), (389, 17, 40)] {
+        // 300×231: a w of 2^16 elements or more, whose transposed packing for dx is split over the threads.
+        for (m, ci, co) in [(1001, 24, 144), (517, 32, 16), (700, 144, 24), (389, 17, 40), (130, 300, 231)] {
           checkForward(m: m, ci: ci, co: co, scratch: scratch, "\(label) threads \(threads)")
           checkBackward(m: m, ci: ci, co: co, scratch: scratch, "\(label) threads \(threads)")
         }
