@@ -149,9 +149,9 @@ public protocol RowKernelSet {
                    stream: Bool)
   /// `gemm` of act(a·scale + shift) (a: the producing layer's raw z; its batch norm and, with `relu6`,
   /// ReLU6, by the same float expression as `batchNormApply`): each register tile's rows of A are
-  /// activated into an L1-resident buffer right before the tile reads them (a block of rows at a time
-  /// where b is swept in column panels), so the activation is never stored and z streams in at the
-  /// pace of the FMAs. Bit-identical to `batchNormApply` into a buffer followed by `gemm` on it.
+  /// activated into an L1-resident buffer one tile ahead of the tile that reads them (a block of rows
+  /// at a time where b is swept in column panels), so the activation is never stored and z streams in
+  /// at the pace of the FMAs. Bit-identical to `batchNormApply` into a buffer followed by `gemm` on it.
   static func gemmActivatedInput(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, scale: UnsafePointer<Float>,
                                  shift: UnsafePointer<Float>, relu6: Bool, b: UnsafePointer<Float>, ldb: Int,
                                  k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?,

@@ -1199,7 +1199,7 @@ extension RowKernels {
     /// A addressed by absolute row for the row-order tile at r: its rows activated (ahead, normally),
     /// and the next tile's made into the other slot.
     @inline(__always) func tileRowsOfA(_ r: Int) -> UnsafePointer<Float> {
-      guard input != nil, let act else { return a }
+      guard let act else { return a }
       let end = rows.upperBound
       if r == ahead { current ^= 1 } else { _ = activate(r, min(r + tileRows, end), into: act + current * tileFloats) }
       let next = min(r + tileRows, end)

@@ -358,18 +358,17 @@ struct TrainOne: ParsableCommand {
       backward[side].append((0..<layers).map { (Profile.layerBackward[$0] ?? 0) * 1000 })
     }
     Profile.enabled = false
-    func median(_ v: [Double]) -> Double { let s = v.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
     print("alternate \(sw.rawValue): A = off, B = on, \(steps) steps each in the order A B B A …")
     for (side, name) in ["A", "B"].enumerated() {
       print("step_s \(name) each=" + times[side].map { String(format: "%.3f", $0) }.joined(separator: ","))
     }
-    let (a, b) = (median(times[0]), median(times[1]))
+    let (a, b) = (BenchMath.median(times[0]), BenchMath.median(times[1]))
     print(String(format: "step_s median A=%.4f B=%.4f (B/A %.3f)", a, b, b / a))
     print("per layer (milliseconds, median over each side's steps): fwd A B (B−A)  bwd A B (B−A)")
     var sums = [Double](repeating: 0, count: 4)
     for (i, l) in net.layerSummaries.enumerated() {
-      let v = [median(forward[0].map { $0[i] }), median(forward[1].map { $0[i] }),
-               median(backward[0].map { $0[i] }), median(backward[1].map { $0[i] })]
+      let v = [BenchMath.median(forward[0].map { $0[i] }), BenchMath.median(forward[1].map { $0[i] }),
+               BenchMath.median(backward[0].map { $0[i] }), BenchMath.median(backward[1].map { $0[i] })]
       for j in 0..<4 { sums[j] += v[j] }
       let name = l.scope.replacingOccurrences(of: MobileNetV2.scopePrefix + "/", with: "").padding(toLength: 28, withPad: " ", startingAt: 0)
       print(String(format: "  %2d %@ fwd %6.2f %6.2f (%+.2f)  bwd %6.2f %6.2f (%+.2f)", i, name as NSString,
