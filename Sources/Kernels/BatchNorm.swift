@@ -27,13 +27,16 @@ public enum BatchNormDefaults {
 // no sums compute them in a separate pass (the unfused path, and what the tests compare against).
 
 /// Runs `body(chunk, rows, partialSums)` over row chunks in parallel, each chunk with zeroed [2·C]
-/// double partials, and writes their total into `out` (2·C doubles).
-func parallelChannelSums(rows M: Int, channels C: Int, minPerChunk: Int = 64, scratch: Scratch,
-                         into out: UnsafeMutablePointer<Double>,
+/// double partials, and writes their total into `out` (2·C doubles). A caller with other per-chunk
+/// state sizes it by `chunkCount` with the same `split`.
+func parallelChannelSums(rows M: Int, channels C: Int, minPerChunk: Int = 64, split: ChunkSplit = .perThread, grain: Int = 1,
+                         scratch: Scratch, into out: UnsafeMutablePointer<Double>,
                          _ body: (_ chunk: Int, _ rows: Range<Int>, _ partial: UnsafeMutablePointer<Double>) -> Void) {
-  let chunks = chunkCount(M, minPerChunk: minPerChunk)
+  let chunks = chunkCount(M, minPerChunk: minPerChunk, split: split, grain: grain)
   let partial = scratch.zeroedDoubles(max(chunks, 1) * 2 * C)
-  let used = parallelChunks(M, minPerChunk: minPerChunk) { chunk, range in body(chunk, range, partial + chunk * 2 * C) }
+  let used = parallelChunks(M, minPerChunk: minPerChunk, split: split, grain: grain) { chunk, range in
+    body(chunk, range, partial + chunk * 2 * C)
+  }
   out.update(repeating: 0, count: 2 * C)
   for ch in 0..<used {
     let acc = partial + ch * 2 * C
@@ -48,7 +51,7 @@ public func batchNormStatistics(z: UnsafePointer<Float>, rows M: Int, channels C
   shift.update(from: z, count: C)
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
   let rows = KernelISA.rows
-  parallelChannelSums(rows: M, channels: C, scratch: scratch, into: sums) { _, range, partial in
+  parallelChannelSums(rows: M, channels: C, split: .balanced, scratch: scratch, into: sums) { _, range, partial in
     rows.channelStatistics(z: z, channels: C, rows: range, stats.with(sums: partial))
   }
 }
@@ -120,7 +123,7 @@ public func batchNormForward(fromSums sums: UnsafePointer<Double>, shift statShi
     batchNormScaleShift(scale: scale, shift: shift, gamma: gamma, beta: beta, mean: mean, invStd: invStd, channels: C)
     guard let a else { return }
     let rows = KernelISA.rows
-    parallelChunks(M, minPerChunk: 64) { _, range in
+    parallelChunks(M, minPerChunk: 64, split: .balanced) { _, range in
       rows.batchNormApply(a: a, z: z, scale: scale, shift: shift, channels: C, rows: range, relu6: relu6, residual: residual)
     }
   }
@@ -157,7 +160,7 @@ public func batchNormReduce(da: UnsafeMutablePointer<Float>, residual: UnsafePoi
                             _ red: BatchNormReduction, scratch: Scratch) {
   precondition(!red.storesScaledGradient, "only the depthwise input gradient stores the scaled gradient")
   let rows = KernelISA.rows
-  parallelChannelSums(rows: M, channels: C, scratch: scratch, into: red.sums) { _, range, partial in
+  parallelChannelSums(rows: M, channels: C, split: .balanced, scratch: scratch, into: red.sums) { _, range, partial in
     rows.batchNormReduce(da: da, residual: residual, channels: C, rows: range, red.with(sums: partial))
   }
 }
@@ -172,7 +175,7 @@ public func batchNormBackward(fromSums sums: UnsafePointer<Double>, dz: UnsafeMu
   guard M > 0 else { return }
   withBatchNormBackward(fromSums: sums, da: da, red, dGamma: dGamma, dBeta: dBeta, rows: M, channels: C,
                         training: training, roundOutputToBF16: roundOutputToBF16) { pending in
-    parallelChunks(M, minPerChunk: 64) { _, range in pending.apply(dz: dz, rows: range) }
+    parallelChunks(M, minPerChunk: 64, split: .balanced) { _, range in pending.apply(dz: dz, rows: range) }
   }
 }
 

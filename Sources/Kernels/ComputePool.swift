@@ -38,8 +38,23 @@ public final class ComputePool: @unchecked Sendable {
   // The current region, written by the caller before it publishes the claim word and read by a
   // worker only after it has claimed a chunk (the region cannot end before that chunk has finished).
   private var body: Body?
-  private var count = 0
+  private var partition = ChunkPartition.uniform(0, chunks: 0)
   private var generation: UInt32 = 0
+
+  /// Each worker's thread (pthread_self, set by the worker before its first chunk; 0 until then).
+  private let workerThreads: [WorkerThread]
+  private final class WorkerThread: Sendable { let id = Atomic<UInt>(0) }
+
+  /// Which of this pool's threads runs the calling code: i for worker i (1…workerCount), 0 for any
+  /// other thread (the one that opened the region). So a region's threads have distinct slots below
+  /// workerCount + 1, and kernels can keep per-thread scratch (buffers a chunk fills and uses up
+  /// before it ends) in that many slots, warm in cache from the thread's previous chunk, where
+  /// per-chunk buffers would be cold for every tail chunk of a balanced region.
+  public func slotOfCallingThread() -> Int {
+    let me = UInt(pthread_self())
+    for i in 0..<workerThreads.count where workerThreads[i].id.load(ordering: .relaxed) == me { return i + 1 }
+    return 0
+  }
 
   private static let chunkBits: UInt64 = 16
   static let maxChunks = Int((1 << chunkBits) - 1)
@@ -47,8 +62,12 @@ public final class ComputePool: @unchecked Sendable {
   public init(workers: Int, spinMicroseconds: Int = ComputePool.defaultSpinMicroseconds) {
     workerCount = max(0, workers)
     spinNanoseconds = UInt64(max(0, spinMicroseconds)) * 1000
+    workerThreads = (0..<max(0, workers)).map { _ in WorkerThread() }
     for i in 0..<workerCount {
-      let t = Thread { [self] in workerLoop() }
+      let t = Thread { [self] in
+        workerThreads[i].id.store(UInt(pthread_self()), ordering: .relaxed)
+        workerLoop()
+      }
       t.name = "compute-\(i + 1)"
       t.start()
     }
@@ -60,17 +79,24 @@ public final class ComputePool: @unchecked Sendable {
     bumpGeneration(chunks: 0)
   }
 
-  /// Runs `body(c, range_c)` for the `chunks` contiguous pieces of `0..<count`, on the caller and the
-  /// workers; returns when every chunk has finished.
+  /// Runs `body(c, range_c)` for the `chunks` equal contiguous pieces of `0..<count`, on the caller and
+  /// the workers; returns when every chunk has finished.
   public func run(count: Int, chunks: Int, _ body: Body) {
+    run(.uniform(count, chunks: chunks), body)
+  }
+
+  /// Runs `body(c, partition.range(c))` for every chunk of `partition`, on the caller and the workers
+  /// (chunks are claimed in index order by whoever is free); returns when every chunk has finished.
+  public func run(_ partition: ChunkPartition, _ body: Body) {
+    let chunks = partition.chunks
     precondition(chunks >= 1 && chunks <= ComputePool.maxChunks)
     guard workerCount > 0, busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
-      for c in 0..<chunks { body(c, ComputePool.range(c, count: count, chunks: chunks)) }
+      for c in 0..<chunks { body(c, partition.range(c)) }
       return
     }
     withoutActuallyEscaping(body) { escaping in
       self.body = escaping
-      self.count = count
+      self.partition = partition
       finished.store(0, ordering: .relaxed)
       let g = bumpGeneration(chunks: chunks)
       runChunks(generation: g)
@@ -82,7 +108,7 @@ public final class ComputePool: @unchecked Sendable {
   }
 
   public static func range(_ c: Int, count: Int, chunks: Int) -> Range<Int> {
-    (count * c / chunks)..<(count * (c + 1) / chunks)
+    ChunkPartition.uniform(count, chunks: chunks).range(c)
   }
 
   /// Publishes a new region (or, with 0 chunks, just a new generation) and wakes sleeping workers.
@@ -124,7 +150,7 @@ public final class ComputePool: @unchecked Sendable {
   @inline(never)
   private func runClaimed(_ c: Int, chunks: Int) {
     guard let body else { return }
-    body(c, ComputePool.range(c, count: count, chunks: chunks))
+    body(c, partition.range(c))
   }
 
   private func workerLoop() {

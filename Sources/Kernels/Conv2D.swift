@@ -54,7 +54,8 @@ public func conv2dForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
   // Not streamed, although the statistics come from the kernel's registers: with the 51 MB 1.0/224
   // b32 output streamed, the step was 3 % slower (medians of five alternating profiles), the stem
   // forward itself 0.4 ms faster.
-  parallelChannelSums(rows: s.batch * s.outHeight, channels: Co, minPerChunk: 1, scratch: scratch, into: sums) { _, r, partial in
+  parallelChannelSums(rows: s.batch * s.outHeight, channels: Co, minPerChunk: 1, split: .balanced, scratch: scratch,
+                      into: sums) { _, r, partial in
     kernels.convForwardDirect16(y: y, x: x, w: w, g, rows: r, stats: stats.with(sums: partial), stream: false,
                                 prefetch: NextBlockPrefetch.enabled)
   }
@@ -69,7 +70,7 @@ func conv2dForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
                            _ s: ConvShape) {
   let stream = StreamingStores.use(y, count: s.outputCount, channels: s.outChannels)
   let kernels = KernelISA.rows, g = s.geometry
-  parallelChunks(s.batch * s.outHeight) { _, rows in
+  parallelChunks(s.batch * s.outHeight, split: .balanced) { _, rows in
     kernels.convForwardDirect16(y: y, x: x, w: w, g, rows: rows, stats: nil, stream: stream,
                                 prefetch: NextBlockPrefetch.enabled)
   }
@@ -121,14 +122,15 @@ public func conv2dWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePoin
   let own = useOwnGEMM(.weightGradient, rows: rows, k: depth, n: co)
   let padded = own ? (depth + gemmReductionTile - 1) / gemmReductionTile * gemmReductionTile : depth
   _ = Compute.blasSingleThreaded
-  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let blockRows = min(rows, backwardBlockRows(inChannels: padded, outChannels: co, own: own))
-  // One scratch region: per chunk a [padded, co] partial, a patch block and a dz block.
+  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows)
+  // One scratch region: per chunk a [padded, co] partial, then per thread a patch block and a dz block.
   let partialFloats = padded * co, dzFloats = outputGradient == nil ? 0 : blockRows * co
-  let perChunk = partialFloats + blockRows * padded + dzFloats
-  let region = scratch.uninitialized(chunks * perChunk)
-  let used = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
-    let partial = region + chunk * perChunk, patchBuffer = partial + partialFloats, dzBuffer = patchBuffer + blockRows * padded
+  let perThread = blockRows * padded + dzFloats
+  let region = scratch.uninitialized(chunks * partialFloats + Compute.threads * perThread)
+  let used = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows) { chunk, r in
+    let partial = region + chunk * partialFloats
+    let patchBuffer = region + chunks * partialFloats + Compute.slot * perThread, dzBuffer = patchBuffer + blockRows * padded
     partial.update(repeating: 0, count: partialFloats)
     forEachBlock(r, blockRows: blockRows) { b in
       let lo = b.lowerBound
@@ -152,7 +154,7 @@ public func conv2dWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePoin
   }
   // The partials in chunk order, the padding rows (all zero) left out.
   for chunk in 0..<used {
-    let partial = region + chunk * perChunk
+    let partial = region + chunk * partialFloats
     for i in 0..<(depth * co) { dw[i] += partial[i] }
   }
 }

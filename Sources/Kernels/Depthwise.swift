@@ -53,14 +53,15 @@ func transformRows(_ s: DepthwiseShape) -> Int {
   return (outRows - 1) * s.stride + s.kernel
 }
 
-/// Floats of transform buffers `chunks` threads need.
-func transformFloats(_ s: DepthwiseShape, chunks: Int) -> Int { chunks * transformRows(s) * s.width * s.channels }
+/// Floats of the transform buffers of all `Compute.threads` threads (one each, see `Compute.slot`).
+func transformFloats(_ s: DepthwiseShape) -> Int { Compute.threads * transformRows(s) * s.width * s.channels }
 
 extension PendingBatchNorm {
-  func transform(_ s: DepthwiseShape, buffers: UnsafeMutablePointer<Float>, chunk: Int) -> DepthwiseInputTransform {
+  /// The transform into the calling thread's buffer of `buffers` (`transformFloats`).
+  func transform(_ s: DepthwiseShape, buffers: UnsafeMutablePointer<Float>) -> DepthwiseInputTransform {
     let rows = transformRows(s)
     return DepthwiseInputTransform(scale: scale, shift: shift, relu6: relu6, roundToBF16: roundToBF16,
-                                   buffer: buffers + chunk * rows * s.width * s.channels, bufferRows: rows)
+                                   buffer: buffers + Compute.slot * rows * s.width * s.channels, bufferRows: rows)
   }
 }
 
@@ -70,11 +71,11 @@ public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
                              _ s: DepthwiseShape, input: PendingBatchNorm? = nil, scratch: Scratch? = nil) {
   let g = s.geometry, rows = KernelISA.rows
   let total = s.batch * s.outHeight
-  let buffers = input.map { _ in (scratch ?? Scratch()).uninitialized(transformFloats(s, chunks: chunkCount(total))) }
+  let buffers = input.map { _ in (scratch ?? Scratch()).uninitialized(transformFloats(s)) }
   let stream = StreamingStores.use(y, count: s.outputCount, channels: s.channels)
-  parallelChunks(total) { chunk, r in
+  parallelChunks(total, split: .balanced) { _, r in
     rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: nil,
-                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) }, stream: stream)
+                          input: input.map { $0.transform(s, buffers: buffers!) }, stream: stream)
   }
 }
 
@@ -94,11 +95,11 @@ public func depthwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   }
   let g = s.geometry, rows = KernelISA.rows
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
-  let buffers = input.map { _ in scratch.uninitialized(transformFloats(s, chunks: chunkCount(rowsTotal))) }
+  let buffers = input.map { _ in scratch.uninitialized(transformFloats(s)) }
   let stream = StreamingStores.use(y, count: s.outputCount, channels: C)
-  parallelChannelSums(rows: rowsTotal, channels: C, minPerChunk: 1, scratch: scratch, into: sums) { chunk, r, partial in
+  parallelChannelSums(rows: rowsTotal, channels: C, minPerChunk: 1, split: .balanced, scratch: scratch, into: sums) { _, r, partial in
     rows.depthwiseForward(y: y, x: x, w: w, g, rows: r, stats: stats.with(sums: partial),
-                          input: input.map { $0.transform(s, buffers: buffers!, chunk: chunk) }, stream: stream)
+                          input: input.map { $0.transform(s, buffers: buffers!) }, stream: stream)
   }
 }
 
@@ -125,17 +126,19 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
     reduce?.sums.update(repeating: 0, count: 2 * C)
     return
   }
-  let chunks = chunkCount(rowsTotal)
+  let chunks = chunkCount(rowsTotal, split: .balanced)
   let group = backwardGroupRows(s)
   let streamDX = dx.map { StreamingStores.use($0, count: s.inputCount, channels: C) } ?? false
-  // One scratch region: the per-thread weight partials (zeroed), the transform buffers, the dz buffers.
-  let transformBase = chunks * wc, dzBase = transformBase + (input == nil ? 0 : transformFloats(s, chunks: chunks))
+  // One scratch region: the per-chunk weight partials (zeroed), then per thread a transform buffer
+  // and a dz buffer (`Compute.slot`).
+  let transformBase = chunks * wc, dzBase = transformBase + (input == nil ? 0 : transformFloats(s))
   let dzFloats = (group + 2 * s.kernel) * Wo * C
-  let region = scratch.uninitialized(dzBase + (outputGradient == nil ? 0 : chunks * dzFloats))
+  let region = scratch.uninitialized(dzBase + (outputGradient == nil ? 0 : Compute.threads * dzFloats))
   let partial = region
   partial.update(repeating: 0, count: chunks * wc)
   func run(_ chunk: Int, _ r: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) {
-    let transform = input.map { $0.transform(s, buffers: region + transformBase, chunk: chunk) }
+    let transform = input.map { $0.transform(s, buffers: region + transformBase) }
+    let dzBuffer = region + dzBase + Compute.slot * dzFloats
     var lo = r.lowerBound
     while lo < r.upperBound {
       let n = lo / Ho
@@ -151,7 +154,7 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
         let need0 = iy0 < iy1 ? max(0, (iy0 + s.padTop - (s.kernel - 1) + S - 1) / S) : oy0
         let need1 = iy0 < iy1 ? min(Ho, (iy1 - 1 + s.padTop) / S + 1) : oy1
         let first = n * Ho + min(oy0, need0), last = n * Ho + max(oy1, need1)
-        grad = pending.block(rows: (first * Wo)..<(last * Wo), into: region + dzBase + chunk * dzFloats)
+        grad = pending.block(rows: (first * Wo)..<(last * Wo), into: dzBuffer)
       }
       rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: grad, x: x, g, rows: lo..<hi, input: transform)
       if let dx, iy0 < iy1 {
@@ -162,11 +165,12 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
     }
   }
   if let reduce, dx != nil {
-    parallelChannelSums(rows: rowsTotal, channels: C, minPerChunk: 1, scratch: scratch, into: reduce.sums) { chunk, r, sums in
+    parallelChannelSums(rows: rowsTotal, channels: C, minPerChunk: 1, split: .balanced, scratch: scratch,
+                        into: reduce.sums) { chunk, r, sums in
       run(chunk, r, sums)
     }
   } else {
-    parallelChunks(rowsTotal) { chunk, r in run(chunk, r, nil) }
+    parallelChunks(rowsTotal, split: .balanced) { chunk, r in run(chunk, r, nil) }
   }
   for ch in 0..<chunks {
     let p = partial + ch * wc

@@ -54,15 +54,15 @@ public func pointwiseStatisticsFromInput(x: UnsafePointer<Float>, w: UnsafePoint
   // first rows, the top edge of the first image, can sit far from its mean).
   let centre = sampledRowMean(x, rows: rows, channels: k, sample: momentBlockRows, spread: true)
   // Per chunk: Σx̃ (k doubles) and Σx̃x̃ᵀ (k·k doubles), from float sums over blocks of rows.
-  let chunks = chunkCount(rows, minPerChunk: momentBlockRows)
+  let chunks = chunkCount(rows, minPerChunk: momentBlockRows, split: .balanced, grain: momentBlockRows)
   let perChunk = k + k * k
   var moments = [Double](repeating: 0, count: chunks * perChunk)
   let blockFloats = momentBlockRows * k + k + k * k
-  let region = scratch.uninitialized(chunks * blockFloats)
+  let region = scratch.uninitialized(Compute.threads * blockFloats)  // per thread: a centred block, its sums, its Gram
   centre.withUnsafeBufferPointer { centre in
     moments.withUnsafeMutableBufferPointer { moments in
-      _ = parallelChunks(rows, minPerChunk: momentBlockRows) { chunk, r in
-        let block = region + chunk * blockFloats, t = block + momentBlockRows * k, gram = t + k
+      _ = parallelChunks(rows, minPerChunk: momentBlockRows, split: .balanced, grain: momentBlockRows) { chunk, r in
+        let block = region + Compute.slot * blockFloats, t = block + momentBlockRows * k, gram = t + k
         let sum = moments.baseAddress! + chunk * perChunk, gramSum = sum + k
         forEachBlock(r, blockRows: momentBlockRows) { b in
           let xt = block - b.lowerBound * k
@@ -144,16 +144,15 @@ public func expandDepthwiseForward(z: UnsafeMutablePointer<Float>, x: UnsafePoin
   // A group of output rows reads (group − 1)·S + K input rows: as many as one buffer holds (the
   // groups of the depthwise backward).
   let bufferRows = transformRows(s), group = backwardGroupRows(s)
-  let chunks = chunkCount(outRows)
   let packedFloats = gemmPackedCount(k: k, n: C)
-  let region = scratch.uninitialized(packedFloats + chunks * bufferRows * rowFloats)
+  let region = scratch.uninitialized(packedFloats + Compute.threads * bufferRows * rowFloats)  // per thread: a row buffer
   let ldb = packGemmB(we, k: k, n: C, transposed: false, into: region)
   let packed = UnsafePointer(region), buffers = region + packedFloats
   let streamZ = StreamingStores.use(z, count: s.inputCount, channels: C)
   let streamY = StreamingStores.use(y, count: s.outputCount, channels: C)
   let stats = ChannelStatistics(shift: UnsafePointer(shift), sums: sums)
-  parallelChannelSums(rows: outRows, channels: C, minPerChunk: 1, scratch: scratch, into: sums) { chunk, r, partial in
-    let buffer = buffers + chunk * bufferRows * rowFloats
+  parallelChannelSums(rows: outRows, channels: C, minPerChunk: 1, split: .balanced, scratch: scratch, into: sums) { _, r, partial in
+    let buffer = buffers + Compute.slot * bufferRows * rowFloats
     var held: HeldRows? = nil
     var o = r.lowerBound
     while o < r.upperBound {

@@ -24,24 +24,25 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * k * MemoryLayout<Float>.stride)
   let stream = StreamingStores.use(y, count: rows * n, channels: n)
   withPackedB(own ? w : nil, k: k, n: n) { packed, ldb in
-    if let packed, ActivatedInputTiles.use(input) {  // one call per thread, the activation made tile by tile
-      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { _, r in
+    if let packed, ActivatedInputTiles.use(input) {  // one call per chunk, the activation made tile by tile
+      // The block pass's partition (grain blockRows, a multiple of every tile), so both give the same bits.
+      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows) { _, r in
         KernelISA.rows.gemmActivatedInput(c: y, a: x, scale: input.scale, shift: input.shift, relu6: input.relu6,
                                           b: packed, ldb: ldb, k: k, n: n, rows: r, stats: nil, prefetch: nil, stream: stream)
       }
       return
     }
     withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
-      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
+      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows) { chunk, r in
         forEachBlock(r, blockRows: blockRows) { b in
           if let packed {
-            let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
+            let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp())
             let next = nextBlock(after: b, blockRows: blockRows, in: r)
             withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
               KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
             }
           } else {
-            let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
+            let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp())
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
                         1, a + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
           }
@@ -100,15 +101,15 @@ func pendingBlockRows(k: Int, n: Int, own: Bool) -> Int {
 func wholeTiles(_ rows: Int) -> Int { max(1, (rows + rowKernelBlockPixels - 1) / rowKernelBlockPixels) * rowKernelBlockPixels }
 let pendingBlockFloats = 16_384
 
-/// Per-chunk buffers (`tmp(chunk)`) for blocks of up to `blockRows` activated rows of k channels,
-/// from the scratch's input-rows region; nil buffers (and no memory) without a pending `input`.
+/// Per-thread buffers (`tmp()`, the calling thread's: `Compute.slot`) for blocks of up to `blockRows`
+/// activated rows of k channels, from the scratch's input-rows region; nil buffers (and no memory)
+/// without a pending `input`.
 func withPendingBuffers<R>(_ input: PendingBatchNorm?, rows: Int, k: Int, blockRows: Int, scratch: Scratch,
-                           _ body: ((Int) -> UnsafeMutablePointer<Float>?) -> R) -> R {
-  guard input != nil else { return body { _ in nil } }
-  let chunks = max(1, chunkCount(rows, minPerChunk: gemmMinRowsPerThread))
-  let perChunk = min(rows, blockRows) * k
-  let buffer = scratch.inputRows(chunks * perChunk)
-  return body { buffer + $0 * perChunk }
+                           _ body: (() -> UnsafeMutablePointer<Float>?) -> R) -> R {
+  guard input != nil else { return body { nil } }
+  let perThread = min(rows, blockRows) * k
+  let buffer = scratch.inputRows(Compute.threads * perThread)
+  return body { buffer + Compute.slot * perThread }
 }
 
 /// `w` ([k, n], or [n, k] read transposed) packed for our GEMM when given (nil: the caller uses BLAS on w itself).
@@ -157,7 +158,8 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   if own && input == nil {  // statistics from the kernel's registers, one call per chunk
     let packed = scratch.uninitialized(gemmPackedCount(k: k, n: n))
     let ldb = packGemmB(w, k: k, n: n, transposed: false, into: packed)
-    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
+    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, split: .balanced,
+                        grain: rowKernelBlockPixels, scratch: scratch, into: sums) { _, r, partial in
       kernels.gemm(c: y, a: x, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: stats.with(sums: partial), prefetch: nil,
                    stream: stream)
     }
@@ -168,17 +170,19 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   let ldb = packed.map { packGemmB(w, k: k, n: n, transposed: false, into: $0) } ?? 0
   let blockRows = pendingBlockRows(k: k, n: n, own: own)
   let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * k * MemoryLayout<Float>.stride)
-  if let packed, let input, ActivatedInputTiles.use(input) {  // one call per thread, the activation made tile by tile
-    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { _, r, partial in
+  if let packed, let input, ActivatedInputTiles.use(input) {  // one call per chunk, the activation made tile by tile
+    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, split: .balanced,
+                        grain: blockRows, scratch: scratch, into: sums) { _, r, partial in
       kernels.gemmActivatedInput(c: y, a: x, scale: input.scale, shift: input.shift, relu6: input.relu6, b: packed, ldb: ldb,
                                  k: k, n: n, rows: r, stats: stats.with(sums: partial), prefetch: nil, stream: stream)
     }
     return
   }
   withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
-    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch, into: sums) { chunk, r, partial in
+    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows,
+                        scratch: scratch, into: sums) { chunk, r, partial in
       forEachBlock(r, blockRows: blockRows) { b in
-        let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp(chunk))
+        let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp())
         if let packed {
           let next = nextBlock(after: b, blockRows: blockRows, in: r)
           // y's lines fetched for writing where it is not streamed (the 24-channel project outputs).
@@ -245,16 +249,17 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
   let ownW = useOwnGEMM(.weightGradient, rows: rows, k: m, n: n)
   let ownX = dx != nil && useOwnGEMM(.product, rows: rows, k: n, n: m)
   _ = Compute.blasSingleThreaded
-  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let blockRows = backwardBlockRows(inChannels: m, outChannels: n, own: ownW && (dx == nil || ownX))
+  let split = weightPartialSplit(rows: rows, m: m, n: n)
+  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread, split: split, grain: blockRows)
   let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * max(m, n) * MemoryLayout<Float>.stride)
   // Streamed only without reductions: those read each dx block back (and add the residual into it)
   // while it is in cache, which a streamed block no longer is.
   let streamDX = reduce == nil ? dx.map { StreamingStores.use($0, count: rows * m, channels: m) } ?? false : false
-  // One scratch region: the weight partials of chunks 1…, the packed wᵀ, the per-chunk dz blocks.
+  // One scratch region: the weight partials of chunks 1…, the packed wᵀ, the per-thread dz blocks.
   let partialFloats = (chunks - 1) * m * n, packedFloats = ownX ? gemmPackedCount(k: n, n: m) : 0
   let dzFloats = outputGradient == nil ? 0 : min(rows, blockRows) * n
-  let region = scratch.uninitialized(partialFloats + packedFloats + chunks * dzFloats)
+  let region = scratch.uninitialized(partialFloats + packedFloats + Compute.threads * dzFloats)
   let partials = region, packed = region + partialFloats, dzBlocks = packed + packedFloats
   let ldb = ownX ? packGemmB(w, k: n, n: m, transposed: true, into: packed) : 0
   withPendingBuffers(input, rows: rows, k: m, blockRows: blockRows, scratch: scratch) { tmp in
@@ -264,8 +269,8 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
       forEachBlock(r, blockRows: blockRows) { b in
         let lo = b.lowerBound
         var g = dy
-        if let pending = outputGradient { g = pending.block(rows: b, into: dzBlocks + chunk * dzFloats) }
-        let xb = pendingInputRows(x, input, rows: b, channels: m, tmp: tmp(chunk))
+        if let pending = outputGradient { g = pending.block(rows: b, into: dzBlocks + Compute.slot * dzFloats) }
+        let xb = pendingInputRows(x, input, rows: b, channels: m, tmp: tmp())
         // The next block's dy (and z), x rows arrive while this block's products compute (paced over
         // both when both are ours).
         let next = nextBlock(after: b, blockRows: blockRows, in: r)
@@ -297,20 +302,29 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
         }
       }
     }
-    parallelGemmRows(rows, reduce: reduce, channels: m, scratch: scratch, run)
+    parallelGemmRows(rows, reduce: reduce, channels: m, split: split, grain: blockRows, scratch: scratch, run)
   }
   addChunkPartials(into: dw, partials, count: m * n, chunks: chunks)
 }
 
-/// run(chunk, rows, sums) on each thread's share of a GEMM's rows (`gemmMinRowsPerThread` at least),
-/// with the thread's partial sums for `reduce` (added into `reduce.sums` at the end), or nil without.
-func parallelGemmRows(_ rows: Int, reduce: BatchNormReduction?, channels: Int, scratch: Scratch,
-                      _ run: (_ chunk: Int, _ rows: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) -> Void) {
+/// The split of a row-parallel weight gradient, whose chunks after the first each leave an m×n
+/// partial to add up: balanced only where the tail's partials are a small part of the bytes the GEMMs
+/// read (at most 1/32 of the rows' m + n floats: the 112² to 28² layers of 1.0/224 b32, not the 14²
+/// and 7² ones, whose weights reach 1.6 MB).
+func weightPartialSplit(rows: Int, m: Int, n: Int) -> ChunkSplit {
+  let tailPartials = Compute.threads * BalancedChunks.tailChunksPerThread * m * n
+  return tailPartials * 32 <= rows * (m + n) ? .balanced : .perThread
+}
+
+/// run(chunk, rows, sums) on each chunk of a GEMM's rows (`gemmMinRowsPerThread` at least), with the
+/// chunk's partial sums for `reduce` (added into `reduce.sums` at the end), or nil without.
+func parallelGemmRows(_ rows: Int, reduce: BatchNormReduction?, channels: Int, split: ChunkSplit, grain: Int,
+                      scratch: Scratch, _ run: (_ chunk: Int, _ rows: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) -> Void) {
   if let reduce {
-    parallelChannelSums(rows: rows, channels: channels, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
-                        into: reduce.sums) { chunk, r, partial in run(chunk, r, partial) }
+    parallelChannelSums(rows: rows, channels: channels, minPerChunk: gemmMinRowsPerThread, split: split, grain: grain,
+                        scratch: scratch, into: reduce.sums) { chunk, r, partial in run(chunk, r, partial) }
   } else {
-    _ = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in run(chunk, r, nil) }
+    _ = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread, split: split, grain: grain) { chunk, r in run(chunk, r, nil) }
   }
 }
 

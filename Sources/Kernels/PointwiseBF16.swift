@@ -94,7 +94,7 @@ func bf16BlockedProduct(out: UnsafeMutablePointer<Float>, src: UnsafePointer<Flo
     func run(_ chunk: Int, _ r: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
       let a = buffers + chunk * blockRows * lda
       forEachBlock(r, blockRows: blockRows) { b in
-        let x = pendingInputRows(src, input, rows: b, channels: k, tmp: tmp(chunk))
+        let x = pendingInputRows(src, input, rows: b, channels: k, tmp: tmp())
         convertRowsToBF16(a, stride: lda, x + b.lowerBound * k, stride: k, rows: b.count, columns: k)
         bf16Gemm(c: out + b.lowerBound * n, ldc: n, a: a, lda: lda, b: w, rows: b.count, accumulate: false)
         epilogue?(b, partial)
@@ -154,7 +154,7 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
       forEachBlock(range, blockRows: r) { blk in
         var dyBlock = dy + blk.lowerBound * co
         if let pending = outputGradient { dyBlock = pending.block(rows: blk, into: dzBlocks + chunk * dzFloats) + blk.lowerBound * co }
-        let xs = pendingInputRows(x, input, rows: blk, channels: ci, tmp: tmp(chunk))
+        let xs = pendingInputRows(x, input, rows: blk, channels: ci, tmp: tmp())
         interleaveRowPairsBF16(pairs, xs + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
         packBF16B(b, dyBlock, transposed: false, rows: blk.count)
         bf16GemmRowPairs(c: out, ldc: co, pairs: pairs, b: b, rows: ci, accumulate: chunk == 0 || !first,

@@ -172,7 +172,7 @@ var gemmLanes: Int { KernelISA.rows.gemmColumnPadding }
 func ownGemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, packed: UnsafePointer<Float>, ldb: Int,
                  rows: Int, k: Int, n: Int, stream: Bool = false) {
   let kernels = KernelISA.rows
-  parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { _, r in
+  parallelChunks(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: rowKernelBlockPixels) { _, r in
     kernels.gemm(c: c, a: a, b: packed, ldb: ldb, k: k, n: n, rows: r, stats: nil, prefetch: nil, stream: stream)
   }
 }

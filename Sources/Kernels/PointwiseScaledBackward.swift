@@ -80,22 +80,24 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
     }
   }
 
-  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let blockRows = backwardBlockRows(inChannels: m, outChannels: n, own: true)
+  let split = weightPartialSplit(rows: rows, m: m, n: n)
+  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread, split: split, grain: blockRows)
   let prefetchNext = NextBlockPrefetch.use(tensorBytes: rows * n * MemoryLayout<Float>.stride)
   // One scratch region: the weight partials of chunks 1…, the Gram partials, packed wᵀ and −M, the
-  // per-chunk blocks of x̃·(−M) and block sums of x̃; the per-chunk blocks of x̃ in the input-rows region.
+  // per-thread blocks of x̃·(−M) and block sums of x̃; the per-thread blocks of x̃ in the input-rows region.
+  let threads = Compute.threads
   let partialFloats = (chunks - 1) * m * n, gramFloats = chunks * m * m
   let packedWT = gemmPackedCount(k: n, n: m), packedM = gemmPackedCount(k: m, n: m)
   let corrFloats = min(rows, blockRows) * m
-  let region = scratch.uninitialized(partialFloats + gramFloats + packedWT + packedM + chunks * (corrFloats + m))
+  let region = scratch.uninitialized(partialFloats + gramFloats + packedWT + packedM + threads * (corrFloats + m))
   let partials = region, grams = region + partialFloats
   let packedW = grams + gramFloats, packedNegM = packedW + packedWT, corrBlocks = packedNegM + packedM
-  let blockSums = corrBlocks + chunks * corrFloats
+  let blockSums = corrBlocks + threads * corrFloats
   grams.update(repeating: 0, count: gramFloats)
   let ldw = packGemmB(w, k: n, n: m, transposed: true, into: packedW)
   let ldm = negM.withUnsafeBufferPointer { packGemmB($0.baseAddress!, k: m, n: m, transposed: false, into: packedNegM) }
-  let xBlocks = scratch.inputRows(chunks * corrFloats)
+  let xBlocks = scratch.inputRows(threads * corrFloats)
   var xSums = [Double](repeating: 0, count: chunks * m)
 
   shift.withUnsafeBufferPointer { shift in
@@ -109,13 +111,14 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
         forEachBlock(range, blockRows: blockRows) { b in
           // x̃ = x − s into the block buffer, and Σx̃ of the block (in floats over one block, then into
           // the doubles).
-          let t = blockSums + chunk * m
+          let slot = Compute.slot
+          let t = blockSums + slot * m
           t.update(repeating: 0, count: m)
-          let xt = xBlocks + chunk * corrFloats - b.lowerBound * m
+          let xt = xBlocks + slot * corrFloats - b.lowerBound * m
           centreRows(x, minus: shift.baseAddress!, into: xt, rows: b, channels: m, sums: t)
           for a in 0..<m { xSum[a] += Double(t[a]) }
           let next = nextBlock(after: b, blockRows: blockRows, in: range)
-          let corr = corrBlocks + chunk * corrFloats - b.lowerBound * m
+          let corr = corrBlocks + slot * corrFloats - b.lowerBound * m
           withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(p, next, n), rowBytes(x, next, m),
                        units: gemmFMAs(rows: b.count, k: m, n: n) + gemmFMAs(rows: b.count, k: n, n: m)
                          + 2 * gemmFMAs(rows: b.count, k: m, n: m)) { streams in
@@ -130,7 +133,7 @@ public func pointwiseBackwardScaled(dx: UnsafeMutablePointer<Float>, dw: UnsafeM
           }
         }
       }
-      parallelGemmRows(rows, reduce: reduce, channels: m, scratch: scratch, run)
+      parallelGemmRows(rows, reduce: reduce, channels: m, split: split, grain: blockRows, scratch: scratch, run)
     }
     addChunkPartials(into: dw, partials, count: m * n, chunks: chunks)
     // dW −= Σx̃·qᵀ + (x̃ᵀx̃)·w·diag(v), and += s·Σdzᵀ: xᵀdz = x̃ᵀdz + s·Σdzᵀ. With training-mode BN,

@@ -391,7 +391,7 @@ struct TrainOne: ParsableCommand {
 /// by its environment variable).
 enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
   case tileInput = "MNV2_TILE_INPUT", fusedExpand = "MNV2_FUSED_EXPAND", scaledExpand = "MNV2_SCALED_EXPAND"
-  case prefetch = "MNV2_PREFETCH", stream = "MNV2_STREAM"
+  case prefetch = "MNV2_PREFETCH", stream = "MNV2_STREAM", balance = "MNV2_BALANCE"
   static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
   var isOn: Bool {
     switch self {
@@ -400,6 +400,7 @@ enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
     case .scaledExpand: ScaledExpandBackward.enabled
     case .prefetch: NextBlockPrefetch.enabled
     case .stream: StreamingStores.enabled
+    case .balance: BalancedChunks.enabled
     }
   }
   func set(_ on: Bool) {
@@ -409,6 +410,7 @@ enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
     case .scaledExpand: ScaledExpandBackward.enabled = on
     case .prefetch: NextBlockPrefetch.enabled = on
     case .stream: StreamingStores.enabled = on
+    case .balance: BalancedChunks.enabled = on
     }
   }
 }

@@ -110,4 +110,93 @@ final class ComputePoolTests: XCTestCase {
       XCTAssertEqual(chunkCount(100), t)
     }
   }
+
+  /// Balanced regions: one large chunk per thread, then small tail chunks; together they cover every
+  /// item once, in index order, none empty, inner boundaries on the grain, each chunk at least
+  /// minPerChunk items. Off (or one thread, or too few items) it is the equal split of before.
+  func testBalancedPartitionCoversEveryItemOnceOnItsGrain() {
+    defer { Compute.setThreads(1); BalancedChunks.enabled = true }
+    for threads in [2, 3] {
+      Compute.setThreads(threads)
+      for (count, minPer, grain) in [(10, 1, 1), (64, 1, 1), (1000, 1, 1), (1000, 64, 32), (3001, 64, 128),
+                                     (100_352, 64, 128), (224, 1, 1), (7, 1, 1), (1568, 64, 32)] {
+        let p = chunkPartition(count, minPerChunk: minPer, split: .balanced, grain: grain)
+        let what = "threads \(threads) count \(count) min \(minPer) grain \(grain)"
+        var next = 0
+        for c in 0..<p.chunks {
+          let r = p.range(c)
+          XCTAssertEqual(r.lowerBound, next, what)
+          XCTAssertFalse(r.isEmpty, what)
+          XCTAssertGreaterThanOrEqual(r.count, min(minPer, count), what)
+          if c > 0 { XCTAssertEqual(r.lowerBound % grain, 0, what) }
+          next = r.upperBound
+        }
+        XCTAssertEqual(next, count, what)
+        let perThread = min(threads, count / minPer)
+        if count / 4 / max(minPer, grain) >= threads && (count - count / 4) / threads >= max(minPer, grain) {
+          XCTAssertEqual(p.head, threads, what)
+          XCTAssertGreaterThanOrEqual(p.tail, threads, what)
+          XCTAssertLessThanOrEqual(p.tail, 4 * threads, what)
+          // The head covers about three quarters, each tail chunk at most a quarter of a head chunk's share.
+          XCTAssertEqual(Double(p.range(threads - 1).upperBound) / Double(count), 0.75, accuracy: Double(grain) / Double(count) + 0.01, what)
+        } else {
+          XCTAssertEqual(p, .uniform(count, chunks: perThread), what)
+        }
+        XCTAssertEqual(chunkCount(count, minPerChunk: minPer, split: .balanced, grain: grain), p.chunks, what)
+        BalancedChunks.enabled = false
+        XCTAssertEqual(chunkPartition(count, minPerChunk: minPer, split: .balanced, grain: grain), .uniform(count, chunks: perThread), what)
+        BalancedChunks.enabled = true
+        XCTAssertEqual(chunkPartition(count, minPerChunk: minPer, split: .perThread, grain: grain), .uniform(count, chunks: perThread), what)
+      }
+    }
+    Compute.setThreads(1)
+    XCTAssertEqual(chunkPartition(1000, split: .balanced), .uniform(1000, chunks: 1))
+  }
+
+  /// A region runs its balanced partition: every chunk once, on the range the partition gives, and
+  /// when the thread that took chunk 0 is held up, the other thread takes the tail chunks.
+  func testBalancedRegionLetsTheFreeThreadTakeTheTail() {
+    Compute.setThreads(2)
+    let count = 4000
+    let p = chunkPartition(count, split: .balanced)
+    XCTAssertGreaterThan(p.tail, 0)
+    let runs = Mutex<[Int: (range: Range<Int>, thread: pthread_t)]>([:])
+    let used = parallelChunks(count, split: .balanced) { c, r in
+      let tid = pthread_self()
+      if c == 0 { usleep(100_000) }  // held up: the other thread should finish everything else meanwhile
+      runs.withLock { $0[c] = (r, tid) }
+    }
+    let seen = runs.withLock { $0 }
+    XCTAssertEqual(used, p.chunks)
+    XCTAssertEqual(seen.count, p.chunks)
+    for c in 0..<p.chunks { XCTAssertEqual(seen[c]?.range, p.range(c)) }
+    let held = seen[0]!.thread
+    let others = (p.head..<p.chunks).filter { pthread_equal(seen[$0]!.thread, held) == 0 }
+    XCTAssertFalse(others.isEmpty, "no tail chunk ran on the thread that was not held up")
+  }
+
+  /// Per-thread scratch slots: within a region each thread has one slot, distinct threads distinct
+  /// slots, all below Compute.threads; the opening thread (and any thread outside the pool) has 0.
+  func testThreadSlotsAreDistinctAndBelowTheThreadCount() {
+    defer { Compute.setThreads(1) }
+    for threads in [1, 2, 3] {
+      Compute.setThreads(threads)
+      XCTAssertEqual(Compute.slot, 0)
+      for _ in 0..<200 {
+        let seen = Mutex<[(thread: pthread_t, slot: Int)]>([])
+        parallelChunks(4000, split: .balanced) { _, _ in
+          let entry = (pthread_self(), Compute.slot)
+          seen.withLock { $0.append(entry) }
+        }
+        let entries = seen.withLock { $0 }
+        for a in entries {
+          XCTAssertLessThan(a.slot, threads)
+          for b in entries {
+            XCTAssertEqual(pthread_equal(a.thread, b.thread) != 0, a.slot == b.slot, "threads \(threads)")
+          }
+          if pthread_equal(a.thread, pthread_self()) != 0 { XCTAssertEqual(a.slot, 0) }
+        }
+      }
+    }
+  }
 }
