@@ -33,7 +33,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
       return
     }
     withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
-      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows) { chunk, r in
+      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows) { _, r in
         forEachBlock(r, blockRows: blockRows) { b in
           if let packed {
             let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp())
@@ -180,7 +180,7 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
   }
   withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
     parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows,
-                        scratch: scratch, into: sums) { chunk, r, partial in
+                        scratch: scratch, into: sums) { _, r, partial in
       forEachBlock(r, blockRows: blockRows) { b in
         let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp())
         if let packed {
