@@ -46,12 +46,11 @@ public enum ChunkSplit: Sendable {
 }
 
 /// Whether `.balanced` regions get their tail chunks. With one equal chunk per thread a region ends
-/// when its slowest thread does: on the shared 2-core VMs measured (1.0/224 b32, 2 threads) the
-/// thread that finished first waited 13 ms of a 0.27 s step for the other (5 %), and 45 ms of 0.37 s
-/// when the machine was loaded, always in a few regions where one thread had lost a millisecond or
-/// more. Whoever finishes its large chunk first takes the tail chunks, so a delayed thread holds the
-/// region back by one tail chunk at most. Which thread runs a chunk never changes the partition, so
-/// results stay deterministic.
+/// when its slowest thread does: on the shared 2-core VM measured (1.0/224 b32, 2 threads) the thread
+/// that finished first waited 13 ms a step for the other at 0.27 s per step (5 %), and 45 ms at 0.30 s
+/// when the machine was loaded, mostly in regions of 2 ms and more. Whoever finishes its large chunk
+/// first takes the tail chunks, so a delayed thread holds the region back by one tail chunk at most.
+/// Which thread runs a chunk never changes the partition, so results stay deterministic.
 public enum BalancedChunks {
   public static let environmentVariable = "MNV2_BALANCE"
   /// On unless MNV2_BALANCE=0.
@@ -84,9 +83,8 @@ public struct ChunkPartition: Sendable, Equatable {
 
 /// The partition `parallelChunks` uses: at most `Compute.threads` chunks of at least `minPerChunk`
 /// items; `.balanced` (when `BalancedChunks.enabled`) adds tail chunks where every chunk keeps
-/// `minPerChunk` and `grain` items, its inner boundaries on multiples of `grain` (a kernel's block of
-/// rows: a chunk that ends inside one runs a short block, which for a GEMM sweeping b is nearly as
-/// slow as a whole one).
+/// `minPerChunk` and `grain` items, its inner boundaries on multiples of `grain` (the kernel's block of
+/// rows, so that splitting adds no short blocks: a 32-row block of the 7² GEMMs sweeps all of b).
 public func chunkPartition(_ count: Int, minPerChunk: Int = 1, split: ChunkSplit = .perThread,
                            grain: Int = 1) -> ChunkPartition {
   guard count > 0 else { return .uniform(0, chunks: 0) }
