@@ -69,4 +69,38 @@ final class PointwiseTests: XCTestCase {
     checkGradient(w, analytic: dw, "logits dw", f: f)
     checkGradient(b, analytic: db, "logits db", f: f)
   }
+
+  /// The logits layer's products split by columns over 1–3 threads (slices on 16-column boundaries,
+  /// some empty for narrow layers) against the naive loops: y with its bias, dx overwritten, dw and db
+  /// accumulated.
+  func testLogitsLayerSplitByColumnsMatchesNaive() {
+    defer { Compute.setThreads(1) }
+    for threads in [1, 2, 3] {
+      Compute.setThreads(threads)
+      for (n, c, k) in [(32, 1280, 1001), (3, 400, 130), (2, 20, 7), (4, 300, 1000), (32, 1280, 10), (64, 1280, 10)] {
+        let what = "threads \(threads) \(n)x\(c)x\(k)"
+        let x = randomBuffer(n * c, seed: 21), w = randomBuffer(c * k, seed: 22), b = randomBuffer(k, seed: 23)
+        let dy = randomBuffer(n * k, seed: 24)
+        let y = FloatBuffer(count: n * k), yRef = FloatBuffer(count: n * k)
+        denseForward(y: y.base, x: x.base, w: w.base, b: b.base, rows: n, inChannels: c, outChannels: k)
+        pointwiseForwardNaive(y: yRef.base, x: x.base, w: w.base, rows: n, inChannels: c, outChannels: k)
+        for i in 0..<(n * k) { yRef[i] += b[i % k] }
+        assertClose(y, yRef, atol: 1e-4, rtol: 1e-4, what + " y")
+        let dx = FloatBuffer(count: n * c), dxRef = FloatBuffer(count: n * c)
+        dx.base.update(repeating: .nan, count: n * c)
+        let dw = randomBuffer(c * k, seed: 25), dwRef = FloatBuffer(count: c * k)
+        dwRef.copy(from: dw.array)
+        let db = randomBuffer(k, seed: 26), dbRef = FloatBuffer(count: k)
+        dbRef.copy(from: db.array)
+        denseBackward(dx: dx.base, dw: dw.base, db: db.base, dy: dy.base, x: x.base, w: w.base, rows: n, inChannels: c,
+                      outChannels: k, scratch: Scratch())
+        pointwiseBackwardNaive(dx: dxRef.base, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, rows: n, inChannels: c,
+                               outChannels: k)
+        for i in 0..<(n * k) { dbRef[i % k] += dy[i] }
+        assertClose(dx, dxRef, atol: 1e-4, rtol: 1e-4, what + " dx")
+        assertClose(dw, dwRef, atol: 1e-4, rtol: 1e-4, what + " dw")
+        assertClose(db, dbRef, atol: 1e-5, rtol: 1e-5, what + " db")
+      }
+    }
+  }
 }
