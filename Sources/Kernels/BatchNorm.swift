@@ -28,7 +28,7 @@ public enum BatchNormDefaults {
 
 /// Runs `body(chunk, rows, partialSums)` over row chunks in parallel, each chunk with zeroed [2·C]
 /// double partials, and writes their total into `out` (2·C doubles). A caller with other per-chunk
-/// state sizes it by `chunkCount` with the same `split`.
+/// state sizes it by `chunkCount` with the same `minPerChunk`, `split` and `grain`.
 func parallelChannelSums(rows M: Int, channels C: Int, minPerChunk: Int = 64, split: ChunkSplit = .perThread, grain: Int = 1,
                          scratch: Scratch, into out: UnsafeMutablePointer<Double>,
                          _ body: (_ chunk: Int, _ rows: Range<Int>, _ partial: UnsafeMutablePointer<Double>) -> Void) {

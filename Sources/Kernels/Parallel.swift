@@ -61,14 +61,14 @@ public enum BalancedChunks {
 
 /// A split of `0..<count` into `chunks` dense, contiguous chunks: `head` equal ones covering the first
 /// `headItems` items, then `tail` equal ones covering the rest (`tail` 0: one equal split). Inner
-/// boundaries are rounded down to multiples of `grain` (every chunk spans at least `grain` items
-/// before rounding, so none is empty).
+/// boundaries are rounded down to multiples of `grain`, so a chunk spanning fewer than `grain` items
+/// before rounding can come out empty (`chunkPartition` never makes one).
 public struct ChunkPartition: Sendable, Equatable {
   public let count: Int, head: Int, tail: Int, headItems: Int, grain: Int
   public var chunks: Int { head + tail }
 
-  public static func uniform(_ count: Int, chunks: Int) -> ChunkPartition {
-    ChunkPartition(count: count, head: chunks, tail: 0, headItems: count, grain: 1)
+  public static func uniform(_ count: Int, chunks: Int, grain: Int = 1) -> ChunkPartition {
+    ChunkPartition(count: count, head: chunks, tail: 0, headItems: count, grain: max(1, grain))
   }
 
   /// Where chunk c starts (c = chunks: count).

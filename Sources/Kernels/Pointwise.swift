@@ -35,14 +35,13 @@ public func pointwiseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Fl
     withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
       parallelChunks(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows) { _, r in
         forEachBlock(r, blockRows: blockRows) { b in
+          let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp())
           if let packed {
-            let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp())
             let next = nextBlock(after: b, blockRows: blockRows, in: r)
             withPrefetch(next.isEmpty || !prefetchNext ? nil : rowBytes(x, next, k), units: gemmFMAs(rows: b.count, k: k, n: n)) {
               KernelISA.rows.gemm(c: y, a: a, b: packed, ldb: ldb, k: k, n: n, rows: b, stats: nil, prefetch: $0, stream: stream)
             }
           } else {
-            let a = pendingInputRows(x, input, rows: b, channels: k, tmp: tmp())
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b.count), Int32(n), Int32(k),
                         1, a + b.lowerBound * k, Int32(k), w, Int32(n), 0, y + b.lowerBound * n, Int32(n))
           }
@@ -430,8 +429,8 @@ func gemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>,
 // split by columns instead, each thread one BLAS call on its slice (1.0/224 b32, 1001 classes: 82
 // MFLOP forward and 164 backward took 1.0 and 1.85 ms a step on one thread).
 
-/// Columns per slice of the logits layer's products: whole 64-byte vectors, and enough that a slice
-/// is worth a thread.
+/// Columns per slice of the logits layer's products: slice boundaries on whole 64-byte vectors (a
+/// narrow layer's slices may be empty), and enough columns that a slice is worth a thread.
 let denseColumnGrain = 16, denseMinColumnsPerThread = 128
 
 /// Logits: y[N,K] = x[N,C]·w[C,K] + b[K], the K columns split over the threads.
@@ -441,9 +440,9 @@ public func denseForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>
   guard rows > 0 else { return }
   _ = Compute.blasSingleThreaded
   let k = outChannels
-  let chunks = chunkCount(k, minPerChunk: denseMinColumnsPerThread)
-  parallelChunks(chunks) { part, _ in
-    let cols = denseColumns(part, of: k, chunks: chunks)
+  let columns = ChunkPartition.uniform(k, chunks: chunkCount(k, minPerChunk: denseMinColumnsPerThread), grain: denseColumnGrain)
+  parallelChunks(columns.chunks) { part, _ in
+    let cols = columns.range(part)
     guard !cols.isEmpty else { return }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(cols.count), Int32(inChannels),
                 1, x, Int32(inChannels), w + cols.lowerBound, Int32(k), 1, y + cols.lowerBound, Int32(k))
@@ -463,8 +462,10 @@ public func denseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePoi
   _ = Compute.blasSingleThreaded
   let (c, k) = (inChannels, outChannels)
   let chunks = chunkCount(max(c, k), minPerChunk: denseMinColumnsPerThread)
+  let kColumns = ChunkPartition.uniform(k, chunks: chunks, grain: denseColumnGrain)
+  let cColumns = ChunkPartition.uniform(c, chunks: chunks, grain: denseColumnGrain)
   parallelChunks(chunks) { part, _ in
-    let kCols = denseColumns(part, of: k, chunks: chunks), cCols = denseColumns(part, of: c, chunks: chunks)
+    let kCols = kColumns.range(part), cCols = cColumns.range(part)
     if !kCols.isEmpty {
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(c), Int32(kCols.count), Int32(rows),
                   1, x, Int32(c), dy + kCols.lowerBound, Int32(k), 1, dw + kCols.lowerBound, Int32(k))
@@ -474,13 +475,6 @@ public func denseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePoi
                   1, dy, Int32(k), w + cCols.lowerBound * k, Int32(k), 0, dx + cCols.lowerBound, Int32(c))
     }
   }
-}
-
-/// Part `part` of `chunks` of 0..<columns, inner boundaries on `denseColumnGrain` (may be empty when
-/// columns are few).
-func denseColumns(_ part: Int, of columns: Int, chunks: Int) -> Range<Int> {
-  func boundary(_ p: Int) -> Int { p >= chunks ? columns : columns * p / chunks / denseColumnGrain * denseColumnGrain }
-  return boundary(part)..<boundary(part + 1)
 }
 
 // MARK: - Naive reference
