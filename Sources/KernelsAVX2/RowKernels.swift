@@ -550,6 +550,9 @@ public enum RowKernels: RowKernelSet {
             let d0 = dy + (n * Ho + max(0, ty0) >> sh) * Wo * C, d1 = dy + (n * Ho + max(0, ty1) >> sh) * Wo * C
             let d2 = dy + (n * Ho + max(0, ty2) >> sh) * Wo * C
             let rowBase = row * W * C
+            // Stride 2: which output rows this input row reaches, the same for each of its pixels:
+            // rows 0 and 2 (2), row 1 alone (1), or a pattern at the image's edge (0: per tap).
+            let stridedRows = S != 2 ? 0 : v0 && v2 ? 2 : v1 && !v0 && !v2 ? 1 : 0
             while c0 + 16 <= C {
               let taps = Weights3x3(w, channels: C, from: c0)
               let zero = SIMD16<Float>()
@@ -561,9 +564,33 @@ public enum RowKernels: RowKernelSet {
                 var t0 = zero, t1 = zero
                 for ix in ix0..<ix1 {
                   let tx0 = ix + pl, tx1 = tx0 - 1, tx2 = tx0 - 2
-                  let u0 = reached(tx0, Wo), u1 = reached(tx1, Wo), u2 = reached(tx2, Wo)
-                  let q0 = (tx0 >> sh) * C + c0, q1 = (tx1 >> sh) * C + c0, q2 = (tx2 >> sh) * C + c0
-                  var acc = taps.sum(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
+                  var acc: SIMD16<Float>
+                  if stridedRows != 0 && tx2 >= 0 && tx0 >> 1 < Wo {
+                    // Stride 2 inside the row: the taps whose row and column parities match this
+                    // pixel's, straight-line and in (ky, kx) order (the order and bits of `sum`).
+                    let even = tx0 & 1 == 0
+                    let q0 = (tx0 >> 1) * C + c0, q1 = (tx1 >> 1) * C + c0, q2 = (tx2 >> 1) * C + c0
+                    if stridedRows == 2 {
+                      // Rows 0 and 2: columns 0 and 2 of an even pixel, column 1 of an odd one.
+                      if even {
+                        acc = SIMD16<Float>().addingProduct(load16(d0 + q0), taps.w0).addingProduct(load16(d0 + q2), taps.w2)
+                          .addingProduct(load16(d2 + q0), taps.w6).addingProduct(load16(d2 + q2), taps.w8)
+                      } else {
+                        acc = SIMD16<Float>().addingProduct(load16(d0 + q1), taps.w1).addingProduct(load16(d2 + q1), taps.w7)
+                      }
+                    } else {
+                      // Row 1 alone.
+                      if even {
+                        acc = SIMD16<Float>().addingProduct(load16(d1 + q0), taps.w3).addingProduct(load16(d1 + q2), taps.w5)
+                      } else {
+                        acc = SIMD16<Float>().addingProduct(load16(d1 + q1), taps.w4)
+                      }
+                    }
+                  } else {
+                    let u0 = reached(tx0, Wo), u1 = reached(tx1, Wo), u2 = reached(tx2, Wo)
+                    let q0 = (tx0 >> sh) * C + c0, q1 = (tx1 >> sh) * C + c0, q2 = (tx2 >> sh) * C + c0
+                    acc = taps.sum(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
+                  }
                   let p = rowBase + ix * C + c0
                   if let residual { acc += load16(residual + p) }
                   if let r = reduce {
