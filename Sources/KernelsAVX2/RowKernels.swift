@@ -846,33 +846,84 @@ public enum RowKernels: RowKernelSet {
     }
   }
 
+  /// Channel block by channel block down the rows, the block's two sums in registers: row by row
+  /// with the sums in memory, a narrow layer (16–32 channels) waited on each sum's store before the
+  /// next row could add to it. Per lane the same float additions in the same order (rows in runs of
+  /// `rowKernelBlockPixels` from the first, each run's sum then added to the doubles), so the same bits.
   public static func batchNormReduce(da: UnsafeMutablePointer<Float>, residual: UnsafePointer<Float>?, channels C: Int,
                                      rows: Range<Int>, _ red: BatchNormReduction) {
-    withBlockSums(channels: C, out: red.sums) { b in
-      for r in rows {
-        let p = r * C
-        var c = 0
-        while c + 16 <= C {
-          var g = load16(da + p + c)
-          if let residual { g += load16(residual + p + c); store16(g, da + p + c) }
-          let zv = load16(red.z + p + c)
-          if red.relu6 { g = relu6Mask(g, zv * load16(red.scale + c) + load16(red.shift + c)) }
-          let xhat = (zv - load16(red.mean + c)) * load16(red.invStd + c)
-          store16(load16(b.s0 + c) + g, b.s0 + c)
-          store16(load16(b.s1 + c).addingProduct(g, xhat), b.s1 + c)
-          c += 16
-        }
-        while c < C {
-          var g = da[p + c]
-          if let residual { g += residual[p + c]; da[p + c] = g }
-          let zv = red.z[p + c]
-          if red.relu6 { g = relu6Mask(g, zv * red.scale[c] + red.shift[c]) }
-          b.s0[c] += g
-          b.s1[c] += g * ((zv - red.mean[c]) * red.invStd[c])
-          c += 1
-        }
-        b.pixelDone()
+    let z = red.z, relu6 = red.relu6, out = red.sums
+    /// Runs of rows (r0, r1) over which float sums are kept.
+    @inline(__always) func forEachRun(_ body: (Int, Int) -> Void) {
+      var r0 = rows.lowerBound
+      while r0 < rows.upperBound {
+        let r1 = min(r0 + rowKernelBlockPixels, rows.upperBound)
+        body(r0, r1)
+        r0 = r1
       }
+    }
+    var c0 = 0
+    while c0 + 16 <= C {
+      let sc = load16(red.scale + c0), sf = load16(red.shift + c0)
+      let mu = load16(red.mean + c0), isd = load16(red.invStd + c0)
+      forEachRun { r0, r1 in
+        var t0 = SIMD16<Float>(), t1 = t0
+        for r in r0..<r1 {
+          let p = r * C + c0
+          var g = load16(da + p)
+          if let residual { g += load16(residual + p); store16(g, da + p) }
+          let zv = load16(z + p)
+          if relu6 { g = relu6Mask(g, zv * sc + sf) }
+          let xhat = (zv - mu) * isd
+          t0 += g
+          t1 = t1.addingProduct(g, xhat)
+        }
+        for i in 0..<16 {
+          out[c0 + i] += Double(t0[i])
+          out[C + c0 + i] += Double(t1[i])
+        }
+      }
+      c0 += 16
+    }
+    while c0 + 8 <= C {
+      let sc = load8(red.scale + c0), sf = load8(red.shift + c0)
+      let mu = load8(red.mean + c0), isd = load8(red.invStd + c0)
+      forEachRun { r0, r1 in
+        var t0 = SIMD8<Float>(), t1 = t0
+        for r in r0..<r1 {
+          let p = r * C + c0
+          var g = load8(da + p)
+          if let residual { g += load8(residual + p); store8(g, da + p) }
+          let zv = load8(z + p)
+          if relu6 { g = relu6Mask(g, zv * sc + sf) }
+          let xhat = (zv - mu) * isd
+          t0 += g
+          t1 += g * xhat  // not fused: the per-channel loop these channels took before did not fuse it
+        }
+        for i in 0..<8 {
+          out[c0 + i] += Double(t0[i])
+          out[C + c0 + i] += Double(t1[i])
+        }
+      }
+      c0 += 8
+    }
+    while c0 < C {
+      let c = c0
+      forEachRun { r0, r1 in
+        var t0: Float = 0, t1: Float = 0
+        for r in r0..<r1 {
+          let p = r * C + c
+          var g = da[p]
+          if let residual { g += residual[p]; da[p] = g }
+          let zv = z[p]
+          if relu6 { g = relu6Mask(g, zv * red.scale[c] + red.shift[c]) }
+          t0 += g
+          t1 += g * ((zv - red.mean[c]) * red.invStd[c])
+        }
+        out[c] += Double(t0)
+        out[C + c] += Double(t1)
+      }
+      c0 += 1
     }
   }
 
