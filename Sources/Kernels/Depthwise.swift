@@ -139,6 +139,7 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
   func run(_ chunk: Int, _ r: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) {
     let transform = input.map { $0.transform(s, buffers: region + transformBase) }
     let dzBuffer = region + dzBase + Compute.slot * dzFloats
+    var made = 0..<0  // the output rows whose dz the buffer holds, from its start (with `outputGradient`)
     var lo = r.lowerBound
     while lo < r.upperBound {
       let n = lo / Ho
@@ -154,7 +155,17 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
         let need0 = iy0 < iy1 ? max(0, (iy0 + s.padTop - (s.kernel - 1) + S - 1) / S) : oy0
         let need1 = iy0 < iy1 ? min(Ho, (iy1 - 1 + s.padTop) / S + 1) : oy1
         let first = n * Ho + min(oy0, need0), last = n * Ho + max(oy1, need1)
-        grad = pending.block(rows: (first * Wo)..<(last * Wo), into: dzBuffer)
+        // The rows the previous group made too (its last rows, which this group's taps reach again)
+        // move to the front of the buffer instead of being made twice: the same values.
+        let kept = first >= made.lowerBound && first < made.upperBound ? min(last, made.upperBound) - first : 0
+        let rowFloats = Wo * C
+        if kept > 0 {
+          dzBuffer.update(from: dzBuffer + (first - made.lowerBound) * rowFloats, count: kept * rowFloats)
+        }
+        let base = dzBuffer - first * rowFloats
+        pending.apply(dz: base, rows: ((first + kept) * Wo)..<(last * Wo))
+        grad = UnsafePointer(base)
+        made = first..<last
       }
       rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: grad, x: x, g, rows: lo..<hi, input: transform)
       if let dx, iy0 < iy1 {
