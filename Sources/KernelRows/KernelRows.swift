@@ -147,6 +147,10 @@ public protocol RowKernelSet {
   static func gemm(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
                    k: Int, n: Int, rows: Range<Int>, stats: ChannelStatistics?, prefetch: UnsafeMutablePointer<PrefetchStreams>?,
                    stream: Bool)
+  /// `gemm` of rows of a the caller has just made or read (in L2): register tiles that save FMAs but
+  /// leave the loads of a less time to arrive (the 24-column row pairs) run only here.
+  static func gemmOfCachedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
+                               k: Int, n: Int, rows: Range<Int>, prefetch: UnsafeMutablePointer<PrefetchStreams>?)
   /// `gemm` of act(a·scale + shift) (a: the producing layer's raw z; its batch norm and, with `relu6`,
   /// ReLU6, by the same float expression as `batchNormApply`): each register tile's rows of A are
   /// activated into an L1-resident buffer one tile ahead of the tile that reads them (a block of rows

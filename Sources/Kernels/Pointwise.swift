@@ -288,7 +288,11 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
                         1, xb + lo * m, Int32(m), g + lo * n, Int32(n), 1, out, Int32(n))
           }
           if let dx, ownX {
-            kernels.gemm(c: dx, a: g, b: packed, ldb: ldb, k: n, n: m, rows: b, stats: nil, prefetch: streams, stream: streamDX)
+            if streamDX {
+              kernels.gemm(c: dx, a: g, b: packed, ldb: ldb, k: n, n: m, rows: b, stats: nil, prefetch: streams, stream: true)
+            } else {
+              kernels.gemmOfCachedRows(c: dx, a: g, b: packed, ldb: ldb, k: n, n: m, rows: b, prefetch: streams)
+            }
           }
         }
         guard let dx else { return }

@@ -1138,6 +1138,53 @@ private func productTile16(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePoint
   emit(c12, 12, 0); emit(c13, 13, 0); emit(c14, 14, 0); emit(c15, 15, 0)
 }
 
+#if KERNELS_AVX512
+/// c = a·b for 24 columns (the 24-channel input gradients of the 56² expand layers), eight rows at a
+/// time as four pairs: a pair's 48 outputs are contiguous in c, three whole vectors (row r's 16, then
+/// its last 8 with row r + 1's first 8, then row r + 1's last 16). Column by column vectors would be
+/// two per row with the second half empty: a quarter of the FMAs wasted. The middle vector's
+/// multiplier is row r's a in its first 8 lanes and row r + 1's in the rest, its b the matching halves
+/// of b's row. Every output is the same chain of FMAs over k in order as `productTile8`'s: the same
+/// bits. Returns the first row it left (the last 0–7 rows go to the column-vector tiles).
+/// Only for rows of a in cache (`gemmOfCachedRows`): reading a from memory (`bench gemm`,
+/// 100352x144x24 forward, 1 thread) they ran at 74–101 GFLOP/s against the column tiles' 131–145 (the
+/// FMAs they save leave the loads of a less time to arrive); from L3 or L2 faster (2 threads: 25088
+/// rows 397–407 vs 327–329, 6272 rows 449 vs 345–347).
+@inline(__always)
+private func gemmRowPairs24(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
+                            k K: Int, rows: Range<Int>, prefetch: UnsafeMutablePointer<PrefetchStreams>?) -> Int {
+  let second = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) .>= 8  // lanes 8…15
+  var r = rows.lowerBound
+  while r + 8 <= rows.upperBound {
+    let p0 = a + r * K, p1 = p0 + K, p2 = p1 + K, p3 = p2 + K, p4 = p3 + K, p5 = p4 + K, p6 = p5 + K, p7 = p6 + K
+    var c00 = SIMD16<Float>(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00
+    var c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00
+    var bp = b
+    for i in 0..<K {
+      let b0 = vload(bp), b2 = vload(bp + 8)
+      let b1 = SIMD16<Float>(lowHalf: b2.highHalf, highHalf: b0.lowHalf)
+      var x = splat(p0[i]), y = splat(p1[i])
+      c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x.replacing(with: y, where: second), b1); c02 = c02.addingProduct(y, b2)
+      x = splat(p2[i]); y = splat(p3[i])
+      c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x.replacing(with: y, where: second), b1); c12 = c12.addingProduct(y, b2)
+      x = splat(p4[i]); y = splat(p5[i])
+      c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x.replacing(with: y, where: second), b1); c22 = c22.addingProduct(y, b2)
+      x = splat(p6[i]); y = splat(p7[i])
+      c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x.replacing(with: y, where: second), b1); c32 = c32.addingProduct(y, b2)
+      bp += ldb
+    }
+    let out = c + r * 24
+    vstore(c00, out); vstore(c01, out + 16); vstore(c02, out + 32)
+    vstore(c10, out + 48); vstore(c11, out + 64); vstore(c12, out + 80)
+    vstore(c20, out + 96); vstore(c21, out + 112); vstore(c22, out + 128)
+    vstore(c30, out + 144); vstore(c31, out + 160); vstore(c32, out + 176)
+    prefetch?.pointee.step(16 * K)  // the units of the column-vector tiles: 8 rows × 2 vectors × K
+    r += 8
+  }
+  return r
+}
+#endif
+
 /// One register tile of the product against the columns of `b` (b + col): 16 rows (`productTile16`)
 /// or 8 (`productTile8`, one or two vectors) from row r where `tall`, else rows r..<end one at a time
 /// on one accumulator (the block's last rows); each output vector handed to `emit(vector, row − r, v)`.
@@ -1233,6 +1280,21 @@ extension RowKernels {
                           ldb: Int, k K: Int, n N: Int, rows: Range<Int>, stats: ChannelStatistics?,
                           prefetch: UnsafeMutablePointer<PrefetchStreams>?, stream: Bool) {
     gemmRows(c: c, a: a, input: nil, b: b, ldb: ldb, k: K, n: N, rows: rows, stats: stats, prefetch: prefetch, stream: stream)
+  }
+
+  public static func gemmOfCachedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+                                      ldb: Int, k K: Int, n N: Int, rows: Range<Int>,
+                                      prefetch: UnsafeMutablePointer<PrefetchStreams>?) {
+#if KERNELS_AVX512
+    // The rows the row pairs leave, if any, to the column-vector tiles.
+    let rest = N == 24 ? gemmRowPairs24(c: c, a: a, b: b, ldb: ldb, k: K, rows: rows, prefetch: prefetch)..<rows.upperBound : rows
+    guard !rest.isEmpty else { return }
+#else
+    let rest = rows
+#endif
+    // Through `gemm`, not `gemmRows`: a third caller of `gemmRows` made the compiler specialise it less
+    // (`bench gemm` 100352x144x24 forward, which never reaches this function, 246–266 → 180–194 GFLOP/s).
+    gemm(c: c, a: a, b: b, ldb: ldb, k: K, n: N, rows: rest, stats: nil, prefetch: prefetch, stream: false)
   }
 
   public static func gemmActivatedInput(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, scale: UnsafePointer<Float>,

@@ -121,6 +121,38 @@ final class GemmKernelsTests: XCTestCase {
     }
   }
 
+  /// `gemmOfCachedRows` (on AVX-512, 24 columns in row pairs of three vectors) gives bit for bit what
+  /// `gemm` gives: ranges starting at even and odd rows, every tail of its 8-row tile, k from 1 to 150;
+  /// rows outside the range stay untouched. Other widths pass straight through.
+  func testCachedRowPairsAreBitIdenticalToGemm() {
+    forEachInstructionSet { isa in
+      let kernels = KernelISA.rows
+      let pad = kernels.gemmColumnPadding
+      for n in [24, 16, 40] {
+        let ldb = (n + pad - 1) / pad * pad
+        for k in [1, 3, 24, 144, 150] {
+          let w = randomBuffer(k * n, seed: 32)
+          let packed = FloatBuffer(count: k * ldb)
+          for i in 0..<k { for j in 0..<ldb { packed[i * ldb + j] = j < n ? w[i * n + j] : 0 } }
+          for (lo, count) in [(0, 8), (3, 17), (5, 40), (0, 1), (8, 7), (2, 203)] {
+            let total = lo + count + 3
+            let a = randomBuffer(total * k, seed: 31)
+            let viaPairs = FloatBuffer(count: total * n), viaGemm = FloatBuffer(count: total * n)
+            viaPairs.base.update(repeating: .nan, count: total * n)
+            viaGemm.base.update(repeating: .nan, count: total * n)
+            kernels.gemmOfCachedRows(c: viaPairs.base, a: a.base, b: packed.base, ldb: ldb, k: k, n: n,
+                                     rows: lo..<(lo + count), prefetch: nil)
+            kernels.gemm(c: viaGemm.base, a: a.base, b: packed.base, ldb: ldb, k: k, n: n, rows: lo..<(lo + count),
+                         stats: nil, prefetch: nil, stream: false)
+            let first = (0..<(total * n)).first { viaPairs[$0].bitPattern != viaGemm[$0].bitPattern }
+            XCTAssertNil(first, "\(isa) n=\(n) k=\(k) rows \(lo)..<\(lo + count): differs at \(first ?? -1)")
+            XCTAssertTrue(viaPairs[lo * n].isFinite && viaPairs[(lo + count) * n - 1].isFinite, "\(isa) rows not written")
+          }
+        }
+      }
+    }
+  }
+
   /// The column-panel loop order (`GemmPanels`, for a b larger than L2 can keep) computes every
   /// output and statistic as the same sum in the same order as the row-tile order: with the threshold
   /// at 0 (every shape panel by panel) the forward, its statistics, the input gradient and the fused
