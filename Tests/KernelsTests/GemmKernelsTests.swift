@@ -153,6 +153,38 @@ final class GemmKernelsTests: XCTestCase {
     }
   }
 
+  /// The weight-gradient kernel against its definition, bit for bit: within a block of rows (up to
+  /// 128, one block here) each c element is one chain of fused multiply-adds over the rows in order,
+  /// then added to c. Widths of whole vectors (single and paired column tiles), k with and without a
+  /// tail of the 8-column tile, ranges not starting at row 0. (Widths that end in a partial vector, 8,
+  /// 24 or 40 on AVX-512, split the chain where b's last rows are read lane by lane, so they round
+  /// differently and are left to the tolerance tests.)
+  func testWeightGradientKernelIsItsFMAChainBitForBit() {
+    forEachInstructionSet { isa in
+      for n in [16, 32, 48] {
+        for k in [8, 16, 24, 27, 144] {
+          for (lo, count) in [(0, 128), (3, 17), (5, 1), (2, 100)] {
+            let total = lo + count + 2
+            let a = randomBuffer(total * k, seed: 41), b = randomBuffer(total * n, seed: 42)
+            let c = randomBuffer(k * n, seed: 43), ref = FloatBuffer(count: k * n)
+            ref.copy(from: c.array)
+            for i in 0..<k {
+              for j in 0..<n {
+                var acc: Float = 0
+                for r in lo..<(lo + count) { acc = acc.addingProduct(a[r * k + i], b[r * n + j]) }
+                ref[i * n + j] += acc
+              }
+            }
+            KernelISA.rows.gemmTransposedA(c: c.base, a: a.base, b: b.base, k: k, n: n, rows: lo..<(lo + count), prefetch: nil)
+            let first = (0..<(k * n)).first { c[$0].bitPattern != ref[$0].bitPattern }
+            XCTAssertNil(first, "\(isa) k=\(k) n=\(n) rows \(lo)..<\(lo + count): differs at \(first ?? -1)"
+                         + (first.map { ": \(c[$0]) vs \(ref[$0])" } ?? ""))
+          }
+        }
+      }
+    }
+  }
+
   /// The column-panel loop order (`GemmPanels`, for a b larger than L2 can keep) computes every
   /// output and statistic as the same sum in the same order as the row-tile order: with the threshold
   /// at 0 (every shape panel by panel) the forward, its statistics, the input gradient and the fused
