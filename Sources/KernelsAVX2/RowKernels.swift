@@ -224,14 +224,22 @@ extension BlockSums {
   /// stack copy of t0 and t1 whose 4-byte reloads missed store forwarding (~20 % of the depthwise
   /// input gradient's samples on Zen 4).
   @inline(__always) func addToDoubles(_ t0: SIMD16<Float>, _ t1: SIMD16<Float>, from c0: Int) {
-    @inline(__always) func add(_ t: SIMD16<Float>, at p: UnsafeMutablePointer<Double>) {
-      let lo = UnsafeMutableRawPointer(p), hi = UnsafeMutableRawPointer(p + 8)
-      lo.storeBytes(of: lo.loadUnaligned(as: SIMD8<Double>.self) + SIMD8<Double>(t.lowHalf), as: SIMD8<Double>.self)
-      hi.storeBytes(of: hi.loadUnaligned(as: SIMD8<Double>.self) + SIMD8<Double>(t.highHalf), as: SIMD8<Double>.self)
-    }
-    add(t0, at: out + c0)
-    add(t1, at: out + channels + c0)
+    addWidened(t0, to: out + c0)
+    addWidened(t1, to: out + channels + c0)
   }
+}
+
+/// p[0..<16] += t, widened to doubles as vectors.
+@inline(__always) private func addWidened(_ t: SIMD16<Float>, to p: UnsafeMutablePointer<Double>) {
+  let lo = UnsafeMutableRawPointer(p), hi = UnsafeMutableRawPointer(p + 8)
+  lo.storeBytes(of: lo.loadUnaligned(as: SIMD8<Double>.self) + SIMD8<Double>(t.lowHalf), as: SIMD8<Double>.self)
+  hi.storeBytes(of: hi.loadUnaligned(as: SIMD8<Double>.self) + SIMD8<Double>(t.highHalf), as: SIMD8<Double>.self)
+}
+
+/// p[0..<8] += t, widened to doubles as a vector.
+@inline(__always) private func addWidened(_ t: SIMD8<Float>, to p: UnsafeMutablePointer<Double>) {
+  let raw = UnsafeMutableRawPointer(p)
+  raw.storeBytes(of: raw.loadUnaligned(as: SIMD8<Double>.self) + SIMD8<Double>(t), as: SIMD8<Double>.self)
 }
 
 #if KERNELS_AVX512
@@ -862,6 +870,8 @@ public enum RowKernels: RowKernelSet {
         r0 = r1
       }
     }
+    // Written out for 16 and 8 lanes (and one), as the other row kernels are: a helper generic over
+    // SIMD became per-lane loops (see depthwiseInputGradient).
     var c0 = 0
     while c0 + 16 <= C {
       let sc = load16(red.scale + c0), sf = load16(red.shift + c0)
@@ -878,10 +888,8 @@ public enum RowKernels: RowKernelSet {
           t0 += g
           t1 = t1.addingProduct(g, xhat)
         }
-        for i in 0..<16 {
-          out[c0 + i] += Double(t0[i])
-          out[C + c0 + i] += Double(t1[i])
-        }
+        addWidened(t0, to: out + c0)
+        addWidened(t1, to: out + C + c0)
       }
       c0 += 16
     }
@@ -900,10 +908,8 @@ public enum RowKernels: RowKernelSet {
           t0 += g
           t1 += g * xhat  // not fused: the per-channel loop these channels took before did not fuse it
         }
-        for i in 0..<8 {
-          out[c0 + i] += Double(t0[i])
-          out[C + c0 + i] += Double(t1[i])
-        }
+        addWidened(t0, to: out + c0)
+        addWidened(t1, to: out + C + c0)
       }
       c0 += 8
     }
