@@ -16,10 +16,7 @@ var fastFlags: [SwiftSetting] = [optimize]
 var avx512Flags: [SwiftSetting] = [optimize, .define("KERNELS_AVX512")]
 #if arch(x86_64)
 fastFlags.append(.unsafeFlags(["-target-cpu", targetCPU]))
-// Loops aligned to 64 bytes: the row kernels' speed moved with where a change elsewhere happened to
-// place them (`bench gemm` 100352x144x24 forward 246–266 → 180–210 GFLOP/s with its machine code
-// unchanged, only shifted; aligned 262–278). The training step measured the same either way.
-avx512Flags.append(.unsafeFlags(["-target-cpu", "skylake-avx512", "-Xllvm", "-align-loops=64"]))
+avx512Flags.append(.unsafeFlags(["-target-cpu", "skylake-avx512"]))
 #endif
 
 // Targets are grouped by concern, each group in its own array so that work on one concern
