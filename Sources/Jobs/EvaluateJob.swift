@@ -199,7 +199,7 @@ public enum PredictJob {
       guard let data = FileManager.default.contents(atPath: image) else { throw TrainingError("cannot read image \(image)") }
       var exampleRng = ExampleRandom(seed: 0, epoch: 0, stream: .augment)
       do {
-        try data.withUnsafeBytes { try pre.process(jpeg: $0, rng: &exampleRng, into: model.inputBuffer(batch: 1)) }
+        _ = try data.withUnsafeBytes { try pre.process(jpeg: $0, rng: &exampleRng, into: model.inputBuffer(batch: 1)) }
       } catch {
         throw TrainingError("\(image): not a decodable JPEG (\(error))")
       }
