@@ -1298,8 +1298,6 @@ extension RowKernels {
 #else
     let rest = rows
 #endif
-    // Through `gemm`, not `gemmRows`: a third caller of `gemmRows` made the compiler specialise it less
-    // (`bench gemm` 100352x144x24 forward, which never reaches this function, 246–266 → 180–194 GFLOP/s).
     gemm(c: c, a: a, b: b, ldb: ldb, k: K, n: N, rows: rest, stats: nil, prefetch: prefetch, stream: false)
   }
 
