@@ -315,12 +315,14 @@ public enum RowKernels: RowKernelSet {
       let oy0 = r - n * Ho, oy1 = end - n * Ho
       if let t = input {
         let lo = max(0, oy0 * S - pt), hi = min(H, (oy1 - 1) * S - pt + K)
+        let ahead = StreamAhead.distance
         for iy in lo..<hi {
           let src = x + (n * H + iy) * W * C, dst = t.buffer + (iy - lo) * W * C
           for px in 0..<W {
             let zi = src + px * C, ai = dst + px * C
             var c = 0
             while c + 16 <= C {
+              if ahead > 0 { prefetchLineIntoL1(zi + c + ahead) }
               // The same expression as batchNormApply: the backward's ReLU6 mask recomputes it from z.
               var v = load16(zi + c) * load16(t.scale + c) + load16(t.shift + c)
               if t.relu6 { v = v.replacing(with: 0, where: v .< 0).replacing(with: 6, where: v .> 6) }
@@ -873,6 +875,8 @@ public enum RowKernels: RowKernelSet {
     // Written out for 16 and 8 lanes (and one), as the other row kernels are: a helper generic over
     // SIMD became per-lane loops (see depthwiseInputGradient).
     var c0 = 0
+    // z's lines StreamAhead.distance floats ahead, as whole rows: the same channel block of a later row.
+    let aheadRows = (StreamAhead.distance + C - 1) / C
     while c0 + 16 <= C {
       let sc = load16(red.scale + c0), sf = load16(red.shift + c0)
       let mu = load16(red.mean + c0), isd = load16(red.invStd + c0)
@@ -880,6 +884,7 @@ public enum RowKernels: RowKernelSet {
         var t0 = SIMD16<Float>(), t1 = t0
         for r in r0..<r1 {
           let p = r * C + c0
+          if aheadRows > 0 { prefetchLineIntoL1(z + p + aheadRows * C) }
           var g = load16(da + p)
           if let residual { g += load16(residual + p); store16(g, da + p) }
           let zv = load16(z + p)
@@ -938,9 +943,11 @@ public enum RowKernels: RowKernelSet {
                                             meanG: UnsafePointer<Float>, meanGX: UnsafePointer<Float>,
                                             channels C: Int, rows: Range<Int>) {
     // Tiles, L floats each: k, meanG, meanGX, scale, shift, mean.
+    let ahead = StreamAhead.distance
     inVectorGroups(channels: C, rows: rows, tiling: [k, meanG, meanGX, r.scale, r.shift, r.mean], groups: { p, L, t in
       var i = 0
       while i < L {
+        if ahead > 0 { prefetchLineIntoL1(r.z + p + i + ahead); prefetchLineIntoL1(da + p + i + ahead) }
         let zv = load16(r.z + p + i)
         var gv = load16(da + p + i)
         if r.relu6 { gv = relu6Mask(gv, zv * load16(t + 3 * L + i) + load16(t + 4 * L + i)) }
@@ -958,10 +965,12 @@ public enum RowKernels: RowKernelSet {
                                                  _ r: BatchNormReduction, k: UnsafePointer<Float>,
                                                  meanG: UnsafePointer<Float>, meanGX: UnsafePointer<Float>,
                                                  channels C: Int, rows: Range<Int>) {
+    let ahead = StreamAhead.distance
     for row in rows {
       let p = row * C
       var c = 0
       while c + 16 <= C {
+        if ahead > 0 { prefetchLineIntoL1(r.z + p + c + ahead); prefetchLineIntoL1(da + p + c + ahead) }
         let zv = load16(r.z + p + c)
         var g = load16(da + p + c)
         if r.relu6 { g = relu6Mask(g, zv * load16(r.scale + c) + load16(r.shift + c)) }

@@ -391,7 +391,7 @@ struct TrainOne: ParsableCommand {
 /// by its environment variable).
 enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
   case tileInput = "MNV2_TILE_INPUT", fusedExpand = "MNV2_FUSED_EXPAND", scaledExpand = "MNV2_SCALED_EXPAND"
-  case prefetch = "MNV2_PREFETCH", stream = "MNV2_STREAM", balance = "MNV2_BALANCE"
+  case prefetch = "MNV2_PREFETCH", stream = "MNV2_STREAM", balance = "MNV2_BALANCE", streamAhead = "MNV2_STREAM_AHEAD"
   static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
   var isOn: Bool {
     switch self {
@@ -401,6 +401,7 @@ enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
     case .prefetch: NextBlockPrefetch.enabled
     case .stream: StreamingStores.enabled
     case .balance: BalancedChunks.enabled
+    case .streamAhead: StreamAhead.enabled
     }
   }
   func set(_ on: Bool) {
@@ -411,6 +412,7 @@ enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
     case .prefetch: NextBlockPrefetch.enabled = on
     case .stream: StreamingStores.enabled = on
     case .balance: BalancedChunks.enabled = on
+    case .streamAhead: StreamAhead.enabled = on
     }
   }
 }

@@ -299,4 +299,33 @@ final class ModelTests: XCTestCase {
       }
     }
   }
+
+  /// The stream-ahead prefetches (`StreamAhead`: BN backward apply, BN reductions, depthwise input
+  /// transform) change when lines arrive, never what is computed: a fp32 training step's logits, moving
+  /// statistics and gradients are bit-identical with them on and off, on every instruction set here.
+  func testTrainingStepIsBitIdenticalWithAndWithoutStreamAheadPrefetch() throws {
+    let saved = StreamAhead.enabled
+    defer { StreamAhead.enabled = saved; KernelISA.use(KernelISA.available[0]) }
+    for isa in KernelISA.available {
+      KernelISA.use(isa)
+      func run(enabled: Bool) throws -> [[Float]] {
+        StreamAhead.enabled = enabled
+        let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2", numClasses: 5, imageSize: 64, dropoutKeepProb: 1),
+                            seed: 4)
+        fillInput(m, batch: 2, seed: 23)
+        var rng = RandomState(seed: 1)
+        m.zeroGradients()
+        let mode = ForwardMode(batchNormTraining: true, dropout: false)
+        let logits = Array(UnsafeBufferPointer(start: m.forward(batch: 2, mode: mode, rng: &rng), count: 10))
+        _ = m.loss(batch: 2, labelSmoothing: 0.1)
+        m.backward(batch: 2)
+        return [logits, m.stateValues.array, Array(UnsafeBufferPointer(start: m.gradients.base, count: m.trainable.count))]
+      }
+      let on = try run(enabled: true), off = try run(enabled: false)
+      for (i, what) in ["logits", "moving statistics", "gradients"].enumerated() {
+        XCTAssertEqual(on[i].map(\.bitPattern), off[i].map(\.bitPattern), "\(isa): \(what)")
+      }
+      XCTAssertFalse(on[2].allSatisfy { $0 == 0 }, "\(isa): the gradients were computed")
+    }
+  }
 }
