@@ -198,6 +198,22 @@ private struct Weights3x3 {
     }
     return acc
   }
+  /// `sumAll` with row ky's three columns at q_ky, q_ky + d, q_ky + 2d (d = C for the forward's
+  /// windows, −C for the input gradient's, whose columns run backwards).
+  @inline(__always)
+  func sumAll(_ q0: UnsafePointer<Float>, _ q1: UnsafePointer<Float>, _ q2: UnsafePointer<Float>, columnStep d: Int) -> SIMD16<Float> {
+    var acc = SIMD16<Float>()
+    acc = acc.addingProduct(load16(q0), w0)
+    acc = acc.addingProduct(load16(q0 + d), w1)
+    acc = acc.addingProduct(load16(q0 + 2 * d), w2)
+    acc = acc.addingProduct(load16(q1), w3)
+    acc = acc.addingProduct(load16(q1 + d), w4)
+    acc = acc.addingProduct(load16(q1 + 2 * d), w5)
+    acc = acc.addingProduct(load16(q2), w6)
+    acc = acc.addingProduct(load16(q2 + d), w7)
+    acc = acc.addingProduct(load16(q2 + 2 * d), w8)
+    return acc
+  }
   /// `sum` where every tap is inside (`rows.all && cols.all`): the same nine products in the same
   /// order, straight-line (nine branches per pixel and 16 channels cost as much as the FMAs).
   @inline(__always)
@@ -485,16 +501,26 @@ public enum RowKernels: RowKernelSet {
             if K == 3 {
               let window = TapRows3(first: oy * S - pt, g, base: base, origin: origin)
               let out = y + row * Wo * C
+              // The interior columns (see depthwiseWeightGradient) read their taps through three row
+              // pointers moving S pixels per output instead of per-tap offsets.
+              let interiorStart = window.all ? min(Wo, (pl + S - 1) / S) : Wo
+              let interiorEnd = window.all ? max(interiorStart, min(Wo, (W - 3 + pl) / S + 1)) : Wo
+              let step = S * C
               while c0 + 16 <= C {
                 let taps = Weights3x3(w, channels: C, from: c0)
                 let sh = stats.map { load16($0.shift + c0) } ?? SIMD16<Float>()
+                // At output column ox: input column ox·S − pl of each row (only read inside the interior).
+                var q0 = window.r0 + c0 - pl * C, q1 = window.r1 + c0 - pl * C, q2 = window.r2 + c0 - pl * C
                 var ox0 = 0
                 while ox0 < Wo {
                   // Float sums over at most rowKernelBlockPixels pixels, then into the doubles.
                   let ox1 = min(Wo, ox0 + rowKernelBlockPixels)
                   var t0 = SIMD16<Float>(), t1 = t0
                   for ox in ox0..<ox1 {
-                    let acc = taps.sum(window, TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0))
+                    let acc = ox >= interiorStart && ox < interiorEnd
+                      ? taps.sumAll(q0, q1, q2, columnStep: C)
+                      : taps.sum(window, TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0))
+                    q0 += step; q1 += step; q2 += step
                     store16(acc, out + ox * C + c0, stream: stream)
                     if sums != nil {
                       let d = acc - sh
@@ -563,11 +589,17 @@ public enum RowKernels: RowKernelSet {
             // Stride 2: which output rows this input row reaches, the same for each of its pixels:
             // rows 0 and 2 (2), row 1 alone (1), or a pattern at the image's edge (0: per tap).
             let stridedRows = S != 2 ? 0 : v0 && v2 ? 2 : v1 && !v0 && !v2 ? 1 : 0
+            // Stride 1: the pixels all of whose taps are inside (all three rows, and output columns
+            // ix + pl − 2 ≥ 0 to ix + pl ≤ Wo − 1) read them through three moving row pointers.
+            let interiorStart = S == 1 && v0 && v1 && v2 ? min(W, max(0, 2 - pl)) : W
+            let interiorEnd = S == 1 && v0 && v1 && v2 ? max(interiorStart, min(W, Wo - pl)) : W
             while c0 + 16 <= C {
               let taps = Weights3x3(w, channels: C, from: c0)
               let zero = SIMD16<Float>()
               let sc = reduce.map { load16($0.scale + c0) } ?? zero, sf = reduce.map { load16($0.shift + c0) } ?? zero
               let mu = reduce.map { load16($0.mean + c0) } ?? zero, isd = reduce.map { load16($0.invStd + c0) } ?? zero
+              // At input column ix: output column ix + pl of each row (only read inside the interior).
+              var e0 = d0 + pl * C + c0, e1 = d1 + pl * C + c0, e2 = d2 + pl * C + c0
               var ix0 = 0
               while ix0 < W {
                 let ix1 = min(W, ix0 + rowKernelBlockPixels)
@@ -575,7 +607,9 @@ public enum RowKernels: RowKernelSet {
                 for ix in ix0..<ix1 {
                   let tx0 = ix + pl, tx1 = tx0 - 1, tx2 = tx0 - 2
                   var acc: SIMD16<Float>
-                  if stridedRows != 0 && tx2 >= 0 && tx0 >> 1 < Wo {
+                  if ix >= interiorStart && ix < interiorEnd {
+                    acc = taps.sumAll(e0, e1, e2, columnStep: -C)
+                  } else if stridedRows != 0 && tx2 >= 0 && tx0 >> 1 < Wo {
                     // Stride 2 inside the row: the taps whose row and column parities match this
                     // pixel's, straight-line and in (ky, kx) order (the order and bits of `sum`).
                     let even = tx0 & 1 == 0
@@ -601,6 +635,7 @@ public enum RowKernels: RowKernelSet {
                     let q0 = (tx0 >> sh) * C + c0, q1 = (tx1 >> sh) * C + c0, q2 = (tx2 >> sh) * C + c0
                     acc = taps.sum(TapRows3(d0, d1, d2, v0, v1, v2), TapColumns3(q0, q1, q2, u0, u1, u2))
                   }
+                  e0 += C; e1 += C; e2 += C
                   let p = rowBase + ix * C + c0
                   if let residual { acc += load16(residual + p) }
                   if let r = reduce {
@@ -720,21 +755,36 @@ public enum RowKernels: RowKernelSet {
           // added to dw once per row (instead of a load and a store of dw per tap and pixel).
           let window = TapRows3(first: oy * S - pt, g, base: base, origin: origin)
           let (r0, r1, r2, v0, v1, v2) = (window.r0, window.r1, window.r2, window.v0, window.v1, window.v2)
+          // The output columns whose three input columns all lie inside the row: ox·S − pl ≥ 0 and
+          // ox·S − pl + 2 ≤ W − 1. With all three rows inside too, they take the straight-line loop.
+          let interiorStart = window.all ? min(Wo, (pl + S - 1) / S) : Wo
+          let interiorEnd = window.all ? max(interiorStart, min(Wo, (W - 3 + pl) / S + 1)) : Wo
           while c0 + 16 <= C {
             var a0 = SIMD16<Float>(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0
-            for ox in 0..<Wo {
+            var ox = 0
+            while ox < Wo {
+              if ox == interiorStart && interiorStart < interiorEnd {
+                // The interior, straight-line through three row pointers that move S pixels per
+                // output (the same nine products per pixel in the same order as the per-pixel
+                // path; offsets per tap held in memory made it reload one per FMA).
+                let first = (interiorStart * S - pl) * C + c0, step = S * C
+                var q0 = r0 + first, q1 = r1 + first, q2 = r2 + first
+                var gp = dy + (row * Wo + interiorStart) * C + c0
+                for _ in interiorStart..<interiorEnd {
+                  let gv = load16(gp)
+                  a0 = a0.addingProduct(load16(q0), gv); a1 = a1.addingProduct(load16(q0 + C), gv)
+                  a2 = a2.addingProduct(load16(q0 + 2 * C), gv); a3 = a3.addingProduct(load16(q1), gv)
+                  a4 = a4.addingProduct(load16(q1 + C), gv); a5 = a5.addingProduct(load16(q1 + 2 * C), gv)
+                  a6 = a6.addingProduct(load16(q2), gv); a7 = a7.addingProduct(load16(q2 + C), gv)
+                  a8 = a8.addingProduct(load16(q2 + 2 * C), gv)
+                  q0 += step; q1 += step; q2 += step; gp += C
+                }
+                ox = interiorEnd
+                continue
+              }
               let gv = load16(dy + (row * Wo + ox) * C + c0)
               let cols = TapColumns3(first: ox * S - pl, width: W, channels: C, from: c0)
               let (o0, o1, o2, u0, u1, u2) = (cols.o0, cols.o1, cols.o2, cols.u0, cols.u1, cols.u2)
-              if window.all && cols.all {
-                // The interior: the same nine products, straight-line.
-                a0 = a0.addingProduct(load16(r0 + o0), gv); a1 = a1.addingProduct(load16(r0 + o1), gv)
-                a2 = a2.addingProduct(load16(r0 + o2), gv); a3 = a3.addingProduct(load16(r1 + o0), gv)
-                a4 = a4.addingProduct(load16(r1 + o1), gv); a5 = a5.addingProduct(load16(r1 + o2), gv)
-                a6 = a6.addingProduct(load16(r2 + o0), gv); a7 = a7.addingProduct(load16(r2 + o1), gv)
-                a8 = a8.addingProduct(load16(r2 + o2), gv)
-                continue
-              }
               if v0 {
                 if u0 { a0 = a0.addingProduct(load16(r0 + o0), gv) }
                 if u1 { a1 = a1.addingProduct(load16(r0 + o1), gv) }
@@ -750,6 +800,7 @@ public enum RowKernels: RowKernelSet {
                 if u1 { a7 = a7.addingProduct(load16(r2 + o1), gv) }
                 if u2 { a8 = a8.addingProduct(load16(r2 + o2), gv) }
               }
+              ox += 1
             }
             let pk = dw + c0
             store16(load16(pk) + a0, pk); store16(load16(pk + C) + a1, pk + C); store16(load16(pk + 2 * C) + a2, pk + 2 * C)
