@@ -248,7 +248,8 @@ public enum GemmPanels {
 /// The elementwise passes that stream a tensor from memory with little work per line (the BN
 /// backward's apply over da and z, the BN reductions over z, the depthwise input transform over the
 /// producing layer's z) prefetch each line `floats` ahead of the one they load, one prefetch per
-/// line and stream. The hardware prefetchers alone left those loads waiting: `perf annotate` put
+/// line and stream; the depthwise input gradient, which reads z across a row at C-float strides,
+/// fetches the next row's z meanwhile (its backward −2.2 to −3.6 ms a step, three runs). The hardware prefetchers alone left those loads waiting: `perf annotate` put
 /// half of the apply's samples on its two loads. 1.0/224 b32 on Zen 5, `bench train-one --alternate
 /// MNV2_STREAM_AHEAD`: backward −5 to −10 ms a step (−3 to −4 %); 512 to 2048 floats ahead all
 /// gained about as much, the forward passes (BN apply, the forward's transform) nothing measurable,

@@ -586,6 +586,10 @@ public enum RowKernels: RowKernelSet {
             let d0 = dy + (n * Ho + max(0, ty0) >> sh) * Wo * C, d1 = dy + (n * Ho + max(0, ty1) >> sh) * Wo * C
             let d2 = dy + (n * Ho + max(0, ty2) >> sh) * Wo * C
             let rowBase = row * W * C
+            // The next input row's z, one line per 16 channels of a pixel handled here (as many as the
+            // row has lines), so that row's reductions find it in cache (`StreamAhead`; the same
+            // channel block some pixels ahead gained nothing: the hardware's stride prefetch has those).
+            var nextZ = StreamAhead.enabled && row + 1 < rows.upperBound ? reduce.map { $0.z + rowBase + W * C } : nil
             // Stride 2: which output rows this input row reaches, the same for each of its pixels:
             // rows 0 and 2 (2), row 1 alone (1), or a pattern at the image's edge (0: per tap).
             let stridedRows = S != 2 ? 0 : v0 && v2 ? 2 : v1 && !v0 && !v2 ? 1 : 0
@@ -637,6 +641,7 @@ public enum RowKernels: RowKernelSet {
                   }
                   e0 += C; e1 += C; e2 += C
                   let p = rowBase + ix * C + c0
+                  if let q = nextZ { prefetchLineIntoL1(q); nextZ = q + 16 }
                   if let residual { acc += load16(residual + p) }
                   if let r = reduce {
                     let zv = load16(r.z + p)
