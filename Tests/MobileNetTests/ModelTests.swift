@@ -269,6 +269,21 @@ final class ModelTests: XCTestCase {
     }
   }
 
+  /// One step (forward, loss, backward) of a fresh 64² 5-class model on two fixed images: its logits,
+  /// moving statistics and gradients, for the tests that compare two settings bit for bit.
+  func oneStepOfSmallModel(seed: UInt64, inputSeed: UInt64, mode: ForwardMode, precision: Precision = .fp32) throws -> [[Float]] {
+    let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2", numClasses: 5, imageSize: 64, dropoutKeepProb: 1),
+                        seed: seed)
+    m.precision = precision
+    fillInput(m, batch: 2, seed: inputSeed)
+    var rng = RandomState(seed: 1)
+    m.zeroGradients()
+    let logits = Array(UnsafeBufferPointer(start: m.forward(batch: 2, mode: mode, rng: &rng), count: 10))
+    _ = m.loss(batch: 2, labelSmoothing: 0.1)
+    m.backward(batch: 2)
+    return [logits, m.stateValues.array, Array(UnsafeBufferPointer(start: m.gradients.base, count: m.trainable.count))]
+  }
+
   /// The fused forward stays off where it does not apply, with its size threshold at 0: inference
   /// (BN from the moving statistics), bf16, and OpenBLAS running the GEMMs. Logits, moving statistics
   /// and gradients are bit-identical with it enabled and disabled.
@@ -282,16 +297,7 @@ final class ModelTests: XCTestCase {
       GemmChoice.forced = gemm
       func run(enabled: Bool) throws -> [[Float]] {
         FusedExpandForward.enabled = enabled
-        let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2", numClasses: 5, imageSize: 64, dropoutKeepProb: 1),
-                            seed: 3)
-        m.precision = precision
-        fillInput(m, batch: 2, seed: 22)
-        var rng = RandomState(seed: 1)
-        m.zeroGradients()
-        let logits = Array(UnsafeBufferPointer(start: m.forward(batch: 2, mode: mode, rng: &rng), count: 10))
-        _ = m.loss(batch: 2, labelSmoothing: 0.1)
-        m.backward(batch: 2)
-        return [logits, m.stateValues.array, Array(UnsafeBufferPointer(start: m.gradients.base, count: m.trainable.count))]
+        return try oneStepOfSmallModel(seed: 3, inputSeed: 22, mode: mode, precision: precision)
       }
       let on = try run(enabled: true), off = try run(enabled: false)
       for (i, what) in ["logits", "moving statistics", "gradients"].enumerated() {
@@ -310,16 +316,7 @@ final class ModelTests: XCTestCase {
       KernelISA.use(isa)
       func run(enabled: Bool) throws -> [[Float]] {
         StreamAhead.enabled = enabled
-        let m = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2", numClasses: 5, imageSize: 64, dropoutKeepProb: 1),
-                            seed: 4)
-        fillInput(m, batch: 2, seed: 23)
-        var rng = RandomState(seed: 1)
-        m.zeroGradients()
-        let mode = ForwardMode(batchNormTraining: true, dropout: false)
-        let logits = Array(UnsafeBufferPointer(start: m.forward(batch: 2, mode: mode, rng: &rng), count: 10))
-        _ = m.loss(batch: 2, labelSmoothing: 0.1)
-        m.backward(batch: 2)
-        return [logits, m.stateValues.array, Array(UnsafeBufferPointer(start: m.gradients.base, count: m.trainable.count))]
+        return try oneStepOfSmallModel(seed: 4, inputSeed: 23, mode: ForwardMode(batchNormTraining: true, dropout: false))
       }
       let on = try run(enabled: true), off = try run(enabled: false)
       for (i, what) in ["logits", "moving statistics", "gradients"].enumerated() {
