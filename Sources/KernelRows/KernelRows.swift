@@ -7,8 +7,9 @@
 // AVX-512 code where the CPU has it and AVX2 elsewhere. A row kernel is single-threaded over a range
 // of rows; `Kernels` splits the rows over threads and reduces per-thread partial sums.
 //
-// This module holds only plain data, the protocol and two `@inlinable` helpers the row kernels inline
-// (`PrefetchStreams.step`, `streamingFence`), so nothing compiled here depends on the instruction set.
+// This module holds only plain data, the protocol, the `StreamAhead` switch and the `@inlinable`
+// helpers the row kernels inline (`PrefetchStreams.step`, `streamingFence`, the prefetch of a line),
+// so nothing compiled here depends on the instruction set.
 #if canImport(Glibc)
 import Glibc  // getenv, for `StreamAhead`
 #endif
@@ -245,16 +246,16 @@ public enum GemmPanels {
 /// One cache line into L1 (prefetcht0; the locality a literal, as llvm.prefetch requires).
 @inlinable @inline(__always) public func prefetchLineIntoL1(_ p: UnsafeRawPointer) { llvmPrefetch(p, 0, 3, 1) }
 
-/// The elementwise passes that stream a tensor from memory with little work per line (the BN
-/// backward's apply over da and z, the BN reductions over z, the depthwise input transform over the
-/// producing layer's z) prefetch each line `floats` ahead of the one they load, one prefetch per
-/// line and stream; the depthwise input gradient, which reads z across a row at C-float strides,
-/// fetches the next row's z meanwhile (its backward −2.2 to −3.6 ms a step, three runs). The hardware prefetchers alone left those loads waiting: `perf annotate` put
-/// half of the apply's samples on its two loads. 1.0/224 b32 on Zen 5, `bench train-one --alternate
-/// MNV2_STREAM_AHEAD`: backward −5 to −10 ms a step (−3 to −4 %); 512 to 2048 floats ahead all
-/// gained about as much, the forward passes (BN apply, the forward's transform) nothing measurable,
-/// and the depthwise input gradient's z and residual (read along a row at C-float strides) nothing.
-/// Values are unchanged (a prefetch is only a hint).
+/// The elementwise passes that stream a tensor from memory with little work per line prefetch it
+/// ahead of their loads: the BN backward's apply (da and z), the BN reductions (z, whole rows ahead
+/// of the channel block) and the depthwise input transform (the producing layer's z) each line
+/// `floats` ahead; the depthwise input gradient, whose reductions read z across a row at C-float
+/// strides, the next row's z while it works on this one. The hardware prefetchers alone left those
+/// loads waiting (`perf annotate`: half of the apply's samples on its two loads). 1.0/224 b32 on Zen
+/// 5, `bench train-one --alternate MNV2_STREAM_AHEAD`: step 0.2499 → 0.2326 s (backward −13.4 ms);
+/// 512 to 2048 floats ahead gained about as much. Not worth it (measured, not kept): the forward BN
+/// apply, and the input gradient's z some pixels ahead in the same channel block (the hardware's
+/// stride prefetch has those). Values are unchanged: a prefetch is only a hint.
 public enum StreamAhead {
   public static let environmentVariable = "MNV2_STREAM_AHEAD"
   /// On unless MNV2_STREAM_AHEAD=0.

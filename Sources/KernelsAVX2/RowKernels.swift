@@ -165,6 +165,15 @@ private struct TapColumns3 {
   }
 }
 
+/// The output columns ox of a 3×3 window row whose three input columns ox·S − pl … ox·S − pl + 2 all
+/// lie in 0..<W (empty where a row is narrower than a window: W − 3 + pl < 0 must not round up to 0).
+@inline(__always)
+private func interiorColumns(width W: Int, outWidth Wo: Int, stride S: Int, padLeft pl: Int) -> Range<Int> {
+  let start = min(Wo, (pl + S - 1) / S)
+  let last = W - 3 + pl  // the largest ox·S allowed
+  return start..<(last < 0 ? start : max(start, min(Wo, last / S + 1)))
+}
+
 /// The nine weights of a 3×3 depthwise kernel for 16 channels (from c0), held in registers along a row.
 private struct Weights3x3 {
   let w0, w1, w2, w3, w4, w5, w6, w7, w8: SIMD16<Float>
@@ -503,8 +512,8 @@ public enum RowKernels: RowKernelSet {
               let out = y + row * Wo * C
               // The interior columns (see depthwiseWeightGradient) read their taps through three row
               // pointers moving S pixels per output instead of per-tap offsets.
-              let interiorStart = window.all ? min(Wo, (pl + S - 1) / S) : Wo
-              let interiorEnd = window.all ? max(interiorStart, min(Wo, (W - 3 + pl) / S + 1)) : Wo
+              let interior = window.all ? interiorColumns(width: W, outWidth: Wo, stride: S, padLeft: pl) : Wo..<Wo
+              let (interiorStart, interiorEnd) = (interior.lowerBound, interior.upperBound)
               let step = S * C
               while c0 + 16 <= C {
                 let taps = Weights3x3(w, channels: C, from: c0)
@@ -760,10 +769,10 @@ public enum RowKernels: RowKernelSet {
           // added to dw once per row (instead of a load and a store of dw per tap and pixel).
           let window = TapRows3(first: oy * S - pt, g, base: base, origin: origin)
           let (r0, r1, r2, v0, v1, v2) = (window.r0, window.r1, window.r2, window.v0, window.v1, window.v2)
-          // The output columns whose three input columns all lie inside the row: ox·S − pl ≥ 0 and
-          // ox·S − pl + 2 ≤ W − 1. With all three rows inside too, they take the straight-line loop.
-          let interiorStart = window.all ? min(Wo, (pl + S - 1) / S) : Wo
-          let interiorEnd = window.all ? max(interiorStart, min(Wo, (W - 3 + pl) / S + 1)) : Wo
+          // The output columns whose three input columns all lie inside the row, with all three rows
+          // inside too, take the straight-line loop.
+          let interior = window.all ? interiorColumns(width: W, outWidth: Wo, stride: S, padLeft: pl) : Wo..<Wo
+          let (interiorStart, interiorEnd) = (interior.lowerBound, interior.upperBound)
           while c0 + 16 <= C {
             var a0 = SIMD16<Float>(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0
             var ox = 0

@@ -10,6 +10,10 @@ final class DepthwiseTests: XCTestCase {
     DepthwiseShape(batch: 1, height: 7, width: 5, channels: 37, stride: 2),
     DepthwiseShape(batch: 3, height: 5, width: 7, channels: 3, stride: 1),
     DepthwiseShape(batch: 1, height: 1, width: 1, channels: 8, stride: 1),
+    // Rows narrower than a window (the last stride-2 layer of a 32² model): no interior at all.
+    DepthwiseShape(batch: 2, height: 2, width: 2, channels: 16, stride: 2),
+    DepthwiseShape(batch: 1, height: 5, width: 2, channels: 16, stride: 2),
+    DepthwiseShape(batch: 1, height: 3, width: 2, channels: 32, stride: 1),
   ]
 
   func testFastMatchesNaive() {
