@@ -183,10 +183,16 @@ private struct Weights3x3 {
     w6 = load16(w + 6 * C + c0); w7 = load16(w + 7 * C + c0); w8 = load16(w + 8 * C + c0)
   }
   /// Σ over the valid taps in (ky, kx) order of row ky's vector at column kx times w[3·ky + kx]
-  /// (the per-pixel taps' order, so the same bits); straight-line where every tap is inside.
+  /// (the per-pixel taps' order, so the same bits); straight-line where every tap is inside (nine
+  /// branches per pixel and 16 channels cost as much as the FMAs). Three columns all inside are
+  /// evenly spaced (C apart, or −C for the input gradient's; at stride 2 its parities never reach all
+  /// three), so they take `sumAll`'s row pointers and column step.
   @inline(__always)
   func sum(_ rows: TapRows3, _ cols: TapColumns3) -> SIMD16<Float> {
-    if rows.all && cols.all { return sumAll(rows, cols) }
+    if rows.all && cols.all {
+      assert(cols.o2 - cols.o1 == cols.o1 - cols.o0, "the columns of a full window are evenly spaced")
+      return sumAll(rows.r0 + cols.o0, rows.r1 + cols.o0, rows.r2 + cols.o0, columnStep: cols.o1 - cols.o0)
+    }
     let (r0, r1, r2, v0, v1, v2) = (rows.r0, rows.r1, rows.r2, rows.v0, rows.v1, rows.v2)
     let (o0, o1, o2, u0, u1, u2) = (cols.o0, cols.o1, cols.o2, cols.u0, cols.u1, cols.u2)
     var acc = SIMD16<Float>()
@@ -207,8 +213,9 @@ private struct Weights3x3 {
     }
     return acc
   }
-  /// `sumAll` with row ky's three columns at q_ky, q_ky + d, q_ky + 2d (d = C for the forward's
-  /// windows, −C for the input gradient's, whose columns run backwards).
+  /// The nine products of a window with every tap inside, straight-line, in `sum`'s order: row ky's
+  /// three columns at q_ky, q_ky + d, q_ky + 2d (d = C for the forward's windows, −C for the input
+  /// gradient's, whose columns run backwards).
   @inline(__always)
   func sumAll(_ q0: UnsafePointer<Float>, _ q1: UnsafePointer<Float>, _ q2: UnsafePointer<Float>, columnStep d: Int) -> SIMD16<Float> {
     var acc = SIMD16<Float>()
@@ -221,23 +228,6 @@ private struct Weights3x3 {
     acc = acc.addingProduct(load16(q2), w6)
     acc = acc.addingProduct(load16(q2 + d), w7)
     acc = acc.addingProduct(load16(q2 + 2 * d), w8)
-    return acc
-  }
-  /// `sum` where every tap is inside (`rows.all && cols.all`): the same nine products in the same
-  /// order, straight-line (nine branches per pixel and 16 channels cost as much as the FMAs).
-  @inline(__always)
-  func sumAll(_ rows: TapRows3, _ cols: TapColumns3) -> SIMD16<Float> {
-    let (r0, r1, r2, o0, o1, o2) = (rows.r0, rows.r1, rows.r2, cols.o0, cols.o1, cols.o2)
-    var acc = SIMD16<Float>()
-    acc = acc.addingProduct(load16(r0 + o0), w0)
-    acc = acc.addingProduct(load16(r0 + o1), w1)
-    acc = acc.addingProduct(load16(r0 + o2), w2)
-    acc = acc.addingProduct(load16(r1 + o0), w3)
-    acc = acc.addingProduct(load16(r1 + o1), w4)
-    acc = acc.addingProduct(load16(r1 + o2), w5)
-    acc = acc.addingProduct(load16(r2 + o0), w6)
-    acc = acc.addingProduct(load16(r2 + o1), w7)
-    acc = acc.addingProduct(load16(r2 + o2), w8)
     return acc
   }
 }
