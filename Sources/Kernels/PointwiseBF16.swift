@@ -2,7 +2,9 @@
 // (KernelsJIT), where the CPU has AVX512-BF16. Same products and fused epilogues as the float32
 // kernels in Pointwise.swift (forward with the BN statistics per block, input gradient with the BN
 // backward reductions per block); the block's rows of the float32 operand are converted to bf16 into
-// a per-thread buffer right before its GEMM, so no extra pass over the activations. The weights come
+// a per-thread buffer right before its GEMM, so no extra pass over the activations (the generated
+// conversions of KernelsJIT/BF16Conversion.swift; a pending BN + ReLU6 of the input is applied by
+// the same conversion, so no float32 activation rows either). The weights come
 // packed (BF16PackedMatrix, once per step). The weight gradient xᵀ·dy runs on the JIT too, with the
 // rows as the reduction dimension, in the same pass over dy (pointwiseBackwardBF16); only the logits' (batch rows) stays on
 // the float32 weight-gradient GEMM over bf16-rounded operands (exactly the bf16 products, see BF16.swift).
@@ -88,24 +90,21 @@ func bf16BlockedProduct(out: UnsafeMutablePointer<Float>, src: UnsafePointer<Flo
   let blockRows = bf16BlockRows(k: k, n: n)
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let buffers = workspace.elements(max(chunks, 1) * blockRows * lda)
-  // The conversion below rounds: the pending BN needs no rounding of its own.
-  let input = input.map { PendingBatchNorm(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
-  withPendingBuffers(input, rows: rows, k: k, blockRows: blockRows, scratch: scratch) { tmp in
-    func run(_ chunk: Int, _ r: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
-      let a = buffers + chunk * blockRows * lda
-      forEachBlock(r, blockRows: blockRows) { b in
-        let x = pendingInputRows(src, input, rows: b, channels: k, tmp: tmp())
-        convertRowsToBF16(a, stride: lda, x + b.lowerBound * k, stride: k, rows: b.count, columns: k)
-        bf16Gemm(c: out + b.lowerBound * n, ldc: n, a: a, lda: lda, b: w, rows: b.count, accumulate: false)
-        epilogue?(b, partial)
-      }
+  // A pending BN is applied by the conversion, which rounds: no float32 activation rows in between.
+  let activation = input.map { BF16InputActivation(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
+  func run(_ chunk: Int, _ r: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
+    let a = buffers + chunk * blockRows * lda
+    forEachBlock(r, blockRows: blockRows) { b in
+      convertRowsToBF16(a, stride: lda, src + b.lowerBound * k, stride: k, rows: b.count, columns: k, activation: activation)
+      bf16Gemm(c: out + b.lowerBound * n, ldc: n, a: a, lda: lda, b: w, rows: b.count, accumulate: false)
+      epilogue?(b, partial)
     }
-    if let sums {
-      parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
-                          into: sums) { chunk, r, partial in run(chunk, r, partial) }
-    } else {
-      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in run(chunk, r, nil) }
-    }
+  }
+  if let sums {
+    parallelChannelSums(rows: rows, channels: n, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
+                        into: sums) { chunk, r, partial in run(chunk, r, partial) }
+  } else {
+    parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in run(chunk, r, nil) }
   }
 }
 
@@ -144,36 +143,33 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
   let buffers = workspace.elements(chunks * perChunk)
   let bBlocks = (0..<chunks).map { workspace.rowsPacked(chunk: $0, rows: r, columns: co) }
   let kernels = KernelISA.rows
-  // x's rows are remade from z as forward made them (the conversion rounds them).
-  let input = input.map { PendingBatchNorm(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
-  withPendingBuffers(input, rows: rows, k: ci, blockRows: r, scratch: scratch) { tmp in
-    func run(_ chunk: Int, _ range: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
-      let out = chunk == 0 ? dw : partials + (chunk - 1) * ci * co
-      let pairs = buffers + chunk * perChunk, dyRows = pairs + ci * r, b = bBlocks[chunk]
-      var first = true
-      forEachBlock(range, blockRows: r) { blk in
-        var dyBlock = dy + blk.lowerBound * co
-        if let pending = outputGradient { dyBlock = pending.block(rows: blk, into: dzBlocks + chunk * dzFloats) + blk.lowerBound * co }
-        let xs = pendingInputRows(x, input, rows: blk, channels: ci, tmp: tmp())
-        interleaveRowPairsBF16(pairs, xs + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci)
-        packBF16B(b, dyBlock, transposed: false, rows: blk.count)
-        bf16GemmRowPairs(c: out, ldc: co, pairs: pairs, b: b, rows: ci, accumulate: chunk == 0 || !first,
-                         kPairs: (blk.count + 1) / 2)
-        first = false
-        guard let dx else { return }
-        convertRowsToBF16(dyRows, stride: ldaDx, dyBlock, stride: co, rows: blk.count, columns: co)
-        bf16Gemm(c: dx + blk.lowerBound * ci, ldc: ci, a: dyRows, lda: ldaDx, b: wT, rows: blk.count, accumulate: false)
-        if let reduce, let partial {
-          kernels.batchNormReduce(da: dx, residual: residual, channels: ci, rows: blk, reduce.with(sums: partial))
-        }
+  // x's rows are remade from z as forward made them, by the conversion (which rounds them).
+  let activation = input.map { BF16InputActivation(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
+  func run(_ chunk: Int, _ range: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
+    let out = chunk == 0 ? dw : partials + (chunk - 1) * ci * co
+    let pairs = buffers + chunk * perChunk, dyRows = pairs + ci * r, b = bBlocks[chunk]
+    var first = true
+    forEachBlock(range, blockRows: r) { blk in
+      var dyBlock = dy + blk.lowerBound * co
+      if let pending = outputGradient { dyBlock = pending.block(rows: blk, into: dzBlocks + chunk * dzFloats) + blk.lowerBound * co }
+      interleaveRowPairsBF16(pairs, x + blk.lowerBound * ci, stride: ci, rows: blk.count, columns: ci, activation: activation)
+      packBF16B(b, dyBlock, transposed: false, rows: blk.count)
+      bf16GemmRowPairs(c: out, ldc: co, pairs: pairs, b: b, rows: ci, accumulate: chunk == 0 || !first,
+                       kPairs: (blk.count + 1) / 2)
+      first = false
+      guard let dx else { return }
+      convertRowsToBF16(dyRows, stride: ldaDx, dyBlock, stride: co, rows: blk.count, columns: co)
+      bf16Gemm(c: dx + blk.lowerBound * ci, ldc: ci, a: dyRows, lda: ldaDx, b: wT, rows: blk.count, accumulate: false)
+      if let reduce, let partial {
+        kernels.batchNormReduce(da: dx, residual: residual, channels: ci, rows: blk, reduce.with(sums: partial))
       }
     }
-    if let reduce, dx != nil {
-      parallelChannelSums(rows: rows, channels: ci, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
-                          into: reduce.sums) { chunk, range, partial in run(chunk, range, partial) }
-    } else {
-      parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in run(chunk, range, nil) }
-    }
+  }
+  if let reduce, dx != nil {
+    parallelChannelSums(rows: rows, channels: ci, minPerChunk: gemmMinRowsPerThread, scratch: scratch,
+                        into: reduce.sums) { chunk, range, partial in run(chunk, range, partial) }
+  } else {
+    parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, range in run(chunk, range, nil) }
   }
   addChunkPartials(into: dw, partials, count: ci * co, chunks: chunks)
 }

@@ -62,7 +62,10 @@ public final class BF16PackedMatrix {
 /// Packs src into `dst` rounded to bf16 (nearest even): src is row-major [K, N] (`transposed` false) or
 /// [N, K] read transposed (B = srcᵀ: the weight of a GEMM by wᵀ). With `rows` (< K, row-major only)
 /// just the first `rows` rows, and for an odd `rows` a zero row after them (a GEMM over `rows` of K).
-public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, transposed: Bool, rows: Int? = nil) {
+/// `generated`: the row-major case on the generated vcvtne2ps2bf16 loop (BF16Conversion.swift:
+/// float32 denormals become zero), else Swift's `bf16Bits`.
+public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, transposed: Bool, rows: Int? = nil,
+                      generated: Bool = BF16JIT.isAvailable) {
   precondition(rows == nil || (!transposed && rows! <= dst.k), "packBF16B rows \(rows ?? -1) of \(dst.k)")
   let (k, n) = (rows ?? dst.k, dst.n)
   for p in 0..<dst.panelCount {
@@ -73,6 +76,16 @@ public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, tran
       for kk in 0..<k {
         let row = panel + (kk >> 1) * width * 2 + (kk & 1)
         for j in 0..<columns { row[2 * j] = bf16Bits(src[(j0 + j) * k + kk]) }
+      }
+    } else if generated {
+      let step = width * 4, rowBytes = n * 4
+      let pairs = BF16ConversionShape(layout: .rowPairs(single: false), columns: columns, sourceRowBytes: rowBytes,
+                                      destinationStepBytes: step)
+      BF16Conversion.run(pairs, panel, src + j0, count: k / 2)
+      if k % 2 == 1 {
+        let last = BF16ConversionShape(layout: .rowPairs(single: true), columns: columns, sourceRowBytes: rowBytes,
+                                       destinationStepBytes: step)
+        BF16Conversion.run(last, panel + (k / 2) * width * 2, src + (k - 1) * n + j0, count: 1)
       }
     } else {
       // Two source rows at a time: one 32-bit word per column (low half the even row), contiguous stores.
@@ -94,9 +107,26 @@ public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, tran
 
 /// dst[r, 0..<columns] = bf16(src[r, 0..<columns]) (nearest even; NaN stays NaN), rows with strides
 /// (elements); an odd `columns` also writes dst[r, columns] = 0, the zero partner of the last k-pair.
+/// With `activation`, of the activated values (BF16InputActivation) instead. `generated`: on the
+/// generated vcvtne2ps2bf16 loop (float32 denormals become zero), else `bf16Bits`.
 public func convertRowsToBF16(_ dst: UnsafeMutablePointer<UInt16>, stride dstStride: Int,
-                              _ src: UnsafePointer<Float>, stride srcStride: Int, rows: Int, columns: Int) {
+                              _ src: UnsafePointer<Float>, stride srcStride: Int, rows: Int, columns: Int,
+                              activation: BF16InputActivation? = nil, generated: Bool = BF16JIT.isAvailable) {
   precondition(dstStride >= columns + (columns & 1), "bf16 rows need an even stride ≥ \(columns)")
+  guard columns > 0 else { return }
+  if generated {
+    let shape = BF16ConversionShape(layout: .rows, activation: activation?.shape ?? .none, columns: columns,
+                                    sourceRowBytes: srcStride * 4, destinationStepBytes: dstStride * 2)
+    BF16Conversion.run(shape, dst, src, count: rows, activation: activation)
+    return
+  }
+  if let activation {
+    for r in 0..<rows {
+      for i in 0..<columns { dst[r * dstStride + i] = bf16Bits(activation.apply(src[r * srcStride + i], column: i)) }
+      if columns & 1 == 1 { dst[r * dstStride + columns] = 0 }
+    }
+    return
+  }
   if dstStride == columns && srcStride == columns {
     // Contiguous rows (an even K): one flat loop, no per-row overhead on narrow rows.
     let s = UnsafeRawPointer(src).assumingMemoryBound(to: UInt32.self)
@@ -113,9 +143,28 @@ public func convertRowsToBF16(_ dst: UnsafeMutablePointer<UInt16>, stride dstStr
 
 /// a[M, K] given as row pairs: dst[p][i][0/1] = bf16(src[2p / 2p+1][i]) for the `rows` (= K) rows of a
 /// row-major [K, M] src (row stride `stride`): the layout `bf16GemmRowPairs` reads A in, src's transpose
-/// without transposing. An odd `rows` gets a zero partner row.
+/// without transposing. An odd `rows` gets a zero partner row. With `activation`, of the activated
+/// values (the zero partner stays zero). `generated`: on the generated vcvtne2ps2bf16 loop (float32
+/// denormals become zero), else `bf16Bits`.
 public func interleaveRowPairsBF16(_ dst: UnsafeMutablePointer<UInt16>, _ src: UnsafePointer<Float>, stride: Int,
-                                   rows: Int, columns m: Int) {
+                                   rows: Int, columns m: Int, activation: BF16InputActivation? = nil,
+                                   generated: Bool = BF16JIT.isAvailable) {
+  guard m > 0 else { return }
+  if generated {
+    let step = m * 4, act = activation?.shape ?? .none
+    BF16Conversion.run(BF16ConversionShape(layout: .rowPairs(single: false), activation: act, columns: m,
+                                           sourceRowBytes: stride * 4, destinationStepBytes: step),
+                       dst, src, count: rows / 2, activation: activation)
+    if rows % 2 == 1 {
+      BF16Conversion.run(BF16ConversionShape(layout: .rowPairs(single: true), activation: act, columns: m,
+                                             sourceRowBytes: stride * 4, destinationStepBytes: step),
+                         dst + (rows / 2) * m * 2, src + (rows - 1) * stride, count: 1, activation: activation)
+    }
+    return
+  }
+  @inline(__always) func bits(_ row: UnsafePointer<Float>, _ i: Int) -> UInt16 {
+    bf16Bits(activation.map { $0.apply(row[i], column: i) } ?? row[i])
+  }
   for p in 0..<((rows + 1) / 2) {
     let even = src + 2 * p * stride, out = dst + p * m * 2
     if 2 * p + 1 < rows {
@@ -123,10 +172,10 @@ public func interleaveRowPairsBF16(_ dst: UnsafeMutablePointer<UInt16>, _ src: U
       // One 32-bit word per pair (low half the even row): k-pair order as vdpbf16ps reads it.
       let words = UnsafeMutableRawPointer(out).assumingMemoryBound(to: UInt32.self)
       for i in 0..<m {
-        words[i] = UInt32(bf16Bits(even[i])) | UInt32(bf16Bits(odd[i])) << 16
+        words[i] = UInt32(bits(even, i)) | UInt32(bits(odd, i)) << 16
       }
     } else {
-      for i in 0..<m { out[2 * i] = bf16Bits(even[i]); out[2 * i + 1] = 0 }
+      for i in 0..<m { out[2 * i] = bits(even, i); out[2 * i + 1] = 0 }
     }
   }
 }

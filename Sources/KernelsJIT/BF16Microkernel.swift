@@ -82,22 +82,48 @@ public enum BF16Microkernel {
 
   // MARK: Cache
 
-  private static let lock = Lock()
-  nonisolated(unsafe) private static var cache: [BF16MicrokernelShape: Function] = [:]
+  private static let cache = JITCache<BF16MicrokernelShape, Function>()
 
   /// The variant's entry point, generated and installed at first use, then kept.
-  public static func function(_ s: BF16MicrokernelShape) -> Function {
+  public static func function(_ s: BF16MicrokernelShape) -> Function { cache.function(s, code: code) }
+
+  /// Variants generated so far (for tests and the bench).
+  public static var cachedCount: Int { cache.count }
+}
+
+/// Generated functions by shape: the code made and installed at first use, then kept (the mappings
+/// are never freed, so a function pointer handed out stays valid).
+final class JITCache<Shape: Hashable, Function>: @unchecked Sendable {
+  private let lock = Lock()
+  private var functions: [Shape: Function] = [:]
+  /// With MNV2_PERF_MAP=1 each generated function is named in /tmp/perf-<pid>.map (perf's map of
+  /// JIT code), so `perf report` shows the shape instead of a bare address.
+  static var perfMapEnvironmentVariable: String { "MNV2_PERF_MAP" }
+  private static var perfMapPath: String? {
+    guard let v = getenv(perfMapEnvironmentVariable), String(cString: v) == "1" else { return nil }
+    return "/tmp/perf-\(getpid()).map"
+  }
+
+  init() {
+    precondition(MemoryLayout<Function>.size == MemoryLayout<UnsafeRawPointer>.size, "a JIT function is a C function pointer")
+  }
+
+  func function(_ shape: Shape, code: (Shape) -> [UInt8]) -> Function {
     lock.locked {
-      if let f = cache[s] { return f }
-      guard let p = ExecutableMemory.install(code(s)) else { fatalError("bf16 JIT: mmap/mprotect of executable memory failed") }
+      if let f = functions[shape] { return f }
+      let bytes = code(shape)
+      guard let p = ExecutableMemory.install(bytes) else { fatalError("bf16 JIT: mmap/mprotect of executable memory failed") }
       let f = unsafeBitCast(p, to: Function.self)
-      cache[s] = f
+      functions[shape] = f
+      if let path = Self.perfMapPath, let file = fopen(path, "a") {
+        fputs("\(String(UInt(bitPattern: p), radix: 16)) \(String(bytes.count, radix: 16)) \(shape)\n", file)
+        fclose(file)
+      }
       return f
     }
   }
 
-  /// Variants generated so far (for tests and the bench).
-  public static var cachedCount: Int { lock.locked { cache.count } }
+  var count: Int { lock.locked { functions.count } }
 }
 
 /// A pthread mutex (Foundation-free; the cache is touched a few times per GEMM call).

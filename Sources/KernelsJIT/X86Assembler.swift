@@ -1,4 +1,5 @@
-// A tiny x86-64 encoder: exactly the instructions the bf16 GEMM microkernels need (BF16Microkernel.swift).
+// A tiny x86-64 encoder: exactly the instructions the bf16 GEMM microkernels (BF16Microkernel.swift)
+// and the bf16 conversion loops (BF16Conversion.swift) need.
 //
 // Facts from the Intel SDM (vol. 2, §2.3 VEX, §2.7 EVEX):
 //   EVEX = 62 P0 P1 P2 opcode ModRM [SIB] [disp]
@@ -47,7 +48,7 @@ public struct X86Assembler {
   public var position: Int { bytes.count }
 
   private enum Map: UInt8 { case x0F = 1, x0F38 = 2 }
-  private enum Prefix: UInt8 { case none = 0, x66 = 1, xF3 = 2 }
+  private enum Prefix: UInt8 { case none = 0, x66 = 1, xF3 = 2, xF2 = 3 }
 
   // MARK: EVEX
 
@@ -134,10 +135,46 @@ public struct X86Assembler {
     modRM(reg: dst.index, rm: b.index)
   }
 
-  /// vaddps dst, a, b (EVEX.512.0F.W0 58 /r).
-  public mutating func vaddps(_ dst: ZMM, _ a: ZMM, _ b: ZMM) {
-    evex(.x0F, .none, reg: dst.index, vvvv: a.index, rmHigh: ((b.index >> 3) & 1, b.index >> 4), opcode: 0x58)
+  /// The packed-single arithmetic of map 0F (EVEX.512.0F.W0 op /r): add 58, mul 59, min 5D, max 5F.
+  private enum PackedSingle: UInt8 { case add = 0x58, mul = 0x59, min = 0x5D, max = 0x5F }
+  private mutating func packedSingle(_ op: PackedSingle, _ dst: ZMM, _ a: ZMM, _ b: ZMM) {
+    evex(.x0F, .none, reg: dst.index, vvvv: a.index, rmHigh: ((b.index >> 3) & 1, b.index >> 4), opcode: op.rawValue)
     modRM(reg: dst.index, rm: b.index)
+  }
+  /// With a memory operand; `zeroMask`: lanes outside it become zero and are not read (no fault).
+  private mutating func packedSingle(_ op: PackedSingle, _ dst: ZMM, _ a: ZMM, _ m: Memory, zeroMask: KReg?) {
+    evex(.x0F, .none, reg: dst.index, vvvv: a.index, rmHigh: (m.base.high, 0), mask: zeroMask, zeroing: zeroMask != nil,
+         opcode: op.rawValue)
+    modRM(reg: dst.index, m, disp8Scale: Self.zmmBytes)
+  }
+
+  /// vaddps dst, a, b.
+  public mutating func vaddps(_ dst: ZMM, _ a: ZMM, _ b: ZMM) { packedSingle(.add, dst, a, b) }
+  /// vaddps dst{k}{z}, a, [m].
+  public mutating func vaddps(_ dst: ZMM, _ a: ZMM, _ m: Memory, zeroMask: KReg? = nil) {
+    packedSingle(.add, dst, a, m, zeroMask: zeroMask)
+  }
+  /// vmulps dst{k}{z}, a, [m].
+  public mutating func vmulps(_ dst: ZMM, _ a: ZMM, _ m: Memory, zeroMask: KReg? = nil) {
+    packedSingle(.mul, dst, a, m, zeroMask: zeroMask)
+  }
+  /// vmaxps dst, a, b: dst = a > b ? a : b per lane (b where either is NaN).
+  public mutating func vmaxps(_ dst: ZMM, _ a: ZMM, _ b: ZMM) { packedSingle(.max, dst, a, b) }
+  /// vminps dst, a, b: dst = a < b ? a : b per lane (b where either is NaN).
+  public mutating func vminps(_ dst: ZMM, _ a: ZMM, _ b: ZMM) { packedSingle(.min, dst, a, b) }
+
+  /// vcvtne2ps2bf16 dst, hi, lo (EVEX.512.F2.0F38.W0 72 /r): dst.bf16[i] = bf16(lo.f32[i]) for i < 16,
+  /// bf16(hi.f32[i − 16]) above (nearest even; denormal inputs and outputs are zero, NaN made quiet).
+  public mutating func vcvtne2ps2bf16(_ dst: ZMM, _ hi: ZMM, _ lo: ZMM) {
+    evex(.x0F38, .xF2, reg: dst.index, vvvv: hi.index, rmHigh: ((lo.index >> 3) & 1, lo.index >> 4), opcode: 0x72)
+    modRM(reg: dst.index, rm: lo.index)
+  }
+
+  /// vpermw dst, indices, src (EVEX.512.66.0F38.W1 8D /r, AVX512BW): dst.word[i] = src.word[indices.word[i] & 31].
+  public mutating func vpermw(_ dst: ZMM, _ indices: ZMM, _ src: ZMM) {
+    evex(.x0F38, .x66, w: 1, reg: dst.index, vvvv: indices.index, rmHigh: ((src.index >> 3) & 1, src.index >> 4),
+         opcode: 0x8D)
+    modRM(reg: dst.index, rm: src.index)
   }
 
   // MARK: VEX

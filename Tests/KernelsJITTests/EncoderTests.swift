@@ -1,5 +1,5 @@
 // Every encoder function against the bytes GNU as produces for the same instruction.
-// Reference bytes: written once (2026-12-02) with `gcc -c ref.s` (GNU as, `.intel_syntax noprefix`)
+// Reference bytes: written once (2026-12-02; the conversion instructions 2026-12-06) with `gcc -c ref.s` (GNU as, `.intel_syntax noprefix`)
 // on a file of these instructions and read back with `objdump -d -M intel ref.o`; the comment above
 // each literal is the instruction as assembled.
 import XCTest
@@ -57,6 +57,54 @@ final class EncoderTests: XCTestCase {
     // vmovups zmm3{k1}{z}, zmmword ptr [rdx+0x1c0]
     XCTAssertEqual(bytes { $0.vmovups(ZMM(3), Memory(.rdx, 0x1c0), zeroMask: KReg(1)) },
                    [0x62, 0xf1, 0x7c, 0xc9, 0x10, 0x5a, 0x07])
+  }
+
+  func testConversionInstructions() {
+    // vcvtne2ps2bf16 zmm2, zmm1, zmm0
+    XCTAssertEqual(bytes { $0.vcvtne2ps2bf16(ZMM(2), ZMM(1), ZMM(0)) }, [0x62, 0xf2, 0x77, 0x48, 0x72, 0xd0])
+    // vcvtne2ps2bf16 zmm17, zmm30, zmm9
+    XCTAssertEqual(bytes { $0.vcvtne2ps2bf16(ZMM(17), ZMM(30), ZMM(9)) }, [0x62, 0xc2, 0x0f, 0x40, 0x72, 0xc9])
+    // vcvtne2ps2bf16 zmm5, zmm5, zmm24
+    XCTAssertEqual(bytes { $0.vcvtne2ps2bf16(ZMM(5), ZMM(5), ZMM(24)) }, [0x62, 0x92, 0x57, 0x48, 0x72, 0xe8])
+    // vpermw zmm2, zmm31, zmm2
+    XCTAssertEqual(bytes { $0.vpermw(ZMM(2), ZMM(31), ZMM(2)) }, [0x62, 0xf2, 0x85, 0x40, 0x8d, 0xd2])
+    // vpermw zmm20, zmm3, zmm9
+    XCTAssertEqual(bytes { $0.vpermw(ZMM(20), ZMM(3), ZMM(9)) }, [0x62, 0xc2, 0xe5, 0x48, 0x8d, 0xe1])
+    // vpermw zmm0, zmm29, zmm30
+    XCTAssertEqual(bytes { $0.vpermw(ZMM(0), ZMM(29), ZMM(30)) }, [0x62, 0x92, 0x95, 0x40, 0x8d, 0xc6])
+    // vmovups zmmword ptr [rdi+0x20]{k2}, zmm1   (a displacement not a multiple of 64: disp32)
+    XCTAssertEqual(bytes { $0.vmovups(Memory(.rdi, 0x20), ZMM(1), mask: KReg(2)) },
+                   [0x62, 0xf1, 0x7c, 0x4a, 0x11, 0x8f, 0x20, 0x00, 0x00, 0x00])
+    // vmovups zmm31, zmmword ptr [rcx]
+    XCTAssertEqual(bytes { $0.vmovups(ZMM(31), Memory(.rcx)) }, [0x62, 0x61, 0x7c, 0x48, 0x10, 0x39])
+    // vmovups zmm1{k1}{z}, zmmword ptr [rsi+0x1840]
+    XCTAssertEqual(bytes { $0.vmovups(ZMM(1), Memory(.rsi, 0x1840), zeroMask: KReg(1)) },
+                   [0x62, 0xf1, 0x7c, 0xc9, 0x10, 0x4e, 0x61])
+  }
+
+  func testPackedSingleArithmetic() {
+    // vmulps zmm0, zmm0, zmmword ptr [r8]
+    XCTAssertEqual(bytes { $0.vmulps(ZMM(0), ZMM(0), Memory(.r8)) }, [0x62, 0xd1, 0x7c, 0x48, 0x59, 0x00])
+    // vmulps zmm1{k1}{z}, zmm1, zmmword ptr [r8+0x40]
+    XCTAssertEqual(bytes { $0.vmulps(ZMM(1), ZMM(1), Memory(.r8, 0x40), zeroMask: KReg(1)) },
+                   [0x62, 0xd1, 0x74, 0xc9, 0x59, 0x48, 0x01])
+    // vmulps zmm17, zmm3, zmmword ptr [r9+0x1000]
+    XCTAssertEqual(bytes { $0.vmulps(ZMM(17), ZMM(3), Memory(.r9, 0x1000)) }, [0x62, 0xc1, 0x64, 0x48, 0x59, 0x49, 0x40])
+    // vaddps zmm0, zmm0, zmmword ptr [r9]
+    XCTAssertEqual(bytes { $0.vaddps(ZMM(0), ZMM(0), Memory(.r9)) }, [0x62, 0xd1, 0x7c, 0x48, 0x58, 0x01])
+    // vaddps zmm1{k1}{z}, zmm1, zmmword ptr [r9+0x80]
+    XCTAssertEqual(bytes { $0.vaddps(ZMM(1), ZMM(1), Memory(.r9, 0x80), zeroMask: KReg(1)) },
+                   [0x62, 0xd1, 0x74, 0xc9, 0x58, 0x49, 0x02])
+    // vmaxps zmm0, zmm29, zmm0
+    XCTAssertEqual(bytes { $0.vmaxps(ZMM(0), ZMM(29), ZMM(0)) }, [0x62, 0xf1, 0x14, 0x40, 0x5f, 0xc0])
+    // vmaxps zmm17, zmm3, zmm25
+    XCTAssertEqual(bytes { $0.vmaxps(ZMM(17), ZMM(3), ZMM(25)) }, [0x62, 0x81, 0x64, 0x48, 0x5f, 0xc9])
+    // vminps zmm0, zmm30, zmm0
+    XCTAssertEqual(bytes { $0.vminps(ZMM(0), ZMM(30), ZMM(0)) }, [0x62, 0xf1, 0x0c, 0x40, 0x5d, 0xc0])
+    // vminps zmm17, zmm3, zmm25
+    XCTAssertEqual(bytes { $0.vminps(ZMM(17), ZMM(3), ZMM(25)) }, [0x62, 0x81, 0x64, 0x48, 0x5d, 0xc9])
+    // vpbroadcastd zmm30, dword ptr [rcx+0x40]
+    XCTAssertEqual(bytes { $0.vpbroadcastd(ZMM(30), Memory(.rcx, 0x40)) }, [0x62, 0x62, 0x7d, 0x48, 0x58, 0x71, 0x10])
   }
 
   func testVmovupsStores() {
