@@ -323,6 +323,26 @@ final class GemmKernelsTests: XCTestCase {
     XCTAssertEqual(pointwiseGemmSelection(rows: 401408, inChannels: 32, outChannels: 16).forward, .blas)
   }
 
+  /// The fused expand forward runs our GEMM inside it: with our AVX-512 kernels it takes the big expands
+  /// that the shape rule gives to OpenBLAS as a plain product (Zen 4), never under MNV2_GEMM=blas,
+  /// and with AVX2 kernels it follows the shape rule.
+  func testFusedExpandForwardTakesTheBigExpandsWithOurAVX512Kernels() {
+    let (host, enabled) = (GemmChoice.machine, FusedExpandForward.enabled)
+    defer { GemmChoice.machine = host; GemmChoice.forced = nil; FusedExpandForward.enabled = enabled }
+    GemmChoice.forced = nil
+    FusedExpandForward.enabled = true
+    let (rows, k, n) = (401408, 16, 96)  // 1.0/224 b32 layer 3: z is 154 MB
+    GemmChoice.machine = GemmMachine(blasCore: "Cooperlake", ownAVX512: true)
+    XCTAssertEqual(pointwiseGemmSelection(rows: rows, inChannels: k, outChannels: n).forward, .blas)
+    XCTAssertTrue(FusedExpandForward.use(rows: rows, inChannels: k, outChannels: n))
+    XCTAssertFalse(FusedExpandForward.use(rows: 100, inChannels: k, outChannels: n), "z below the size threshold")
+    GemmChoice.forced = .blas
+    XCTAssertFalse(FusedExpandForward.use(rows: rows, inChannels: k, outChannels: n), "MNV2_GEMM=blas")
+    GemmChoice.forced = nil
+    GemmChoice.machine = GemmMachine(blasCore: "Haswell", ownAVX512: false)
+    XCTAssertFalse(FusedExpandForward.use(rows: rows, inChannels: k, outChannels: n), "AVX2 kernels: the shape rule")
+  }
+
   /// Where OpenBLAS runs a 256-bit kernel and ours AVX-512 (Debian's 0.3.21 on Zen 5: Haswell), ours
   /// runs every shape, the late layers too; with an AVX-512 OpenBLAS core, or with our AVX2 kernels,
   /// the shape rule stands.
