@@ -86,6 +86,7 @@ public enum BF16Conversion {
   static func run(_ s: BF16ConversionShape, _ dst: UnsafeMutablePointer<UInt16>, _ src: UnsafePointer<Float>, count: Int,
                   activation: BF16InputActivation? = nil) {
     guard count > 0 else { return }
+    precondition(BF16JIT.isAvailable, "the generated bf16 conversions need a CPU with \(BF16JIT.requiredFlags)")
     precondition((activation == nil) == (s.activation == .none), "an activation needs its scale and shift")
     let scale = UnsafeRawPointer(activation?.scale ?? src), shift = UnsafeRawPointer(activation?.shift ?? src)
     function(s)(UnsafeMutableRawPointer(dst), UnsafeRawPointer(src), count, constants, scale, shift)

@@ -1,7 +1,8 @@
 // Every encoder function against the bytes GNU as produces for the same instruction.
-// Reference bytes: written once (2026-12-02; the conversion instructions 2026-12-06) with `gcc -c ref.s` (GNU as, `.intel_syntax noprefix`)
-// on a file of these instructions and read back with `objdump -d -M intel ref.o`; the comment above
-// each literal is the instruction as assembled.
+// Reference bytes: written once (2026-12-02; the conversion and packed-single instructions
+// 2026-12-06) with `gcc -c ref.s` (GNU as, `.intel_syntax noprefix`) on a file of these instructions
+// and read back with `objdump -d -M intel ref.o`; the comment above each literal is the instruction
+// as assembled.
 import XCTest
 import KernelsJIT
 
