@@ -24,17 +24,13 @@ public enum FusedExpandForward {
   /// Expanded tensors (z) of at least this many bytes: those the depthwise would read back from memory.
   public static var minimumBytes = 32 << 20
   /// Whether an expand layer of `rows` pixels, k → n channels, takes the fused forward: z large
-  /// enough, whole vectors of channels, and our GEMM allowed to run it (the only one
-  /// `expandDepthwiseForward` runs): not MNV2_GEMM=blas, and with our AVX-512 kernels whatever the
-  /// shape rule says of the product alone. That rule gives the big expands to OpenBLAS where it has
-  /// an AVX-512 kernel (Zen 4), because writing z is their cost; the fused pass writes z once and
-  /// saves the depthwise's read of it, and on Zen 4 it made layers 3+4, 6+7 and 9+10 of 1.0/224 b32
-  /// 8.2–8.4, 2.4–2.6 and 2.4–3.0 ms faster than OpenBLAS + depthwise (docs/performance.md, round 19). With
-  /// AVX2 kernels (not measured since) the rule stands.
+  /// enough, whole vectors of channels, and its GEMM ours (the only one `expandDepthwiseForward` runs;
+  /// with our AVX-512 kernels that is every shape, see `GemmMachine`; on Zen 4 the fused pass made
+  /// layers 3+4, 6+7 and 9+10 of 1.0/224 b32 8.2–8.4, 2.4–2.6 and 2.4–3.0 ms faster than OpenBLAS's
+  /// product + the depthwise, docs/performance.md round 19).
   public static func use(rows: Int, inChannels k: Int, outChannels n: Int) -> Bool {
     enabled && rows * n * MemoryLayout<Float>.stride >= minimumBytes && n % 16 == 0
-      && GemmChoice.forced != .blas
-      && (GemmChoice.machine.ownAVX512 || useOwnGEMM(.product, rows: rows, k: k, n: n))
+      && useOwnGEMM(.product, rows: rows, k: k, n: n)
   }
 }
 

@@ -31,9 +31,9 @@ public enum GemmChoice {
   public static var summary: String {
     if let forced { return "GEMM: \(forced.rawValue) for every shape (\(environmentVariable))" }
     let m = machine
-    return m.blasBehind
-      ? "GEMM: ours for every shape (OpenBLAS core \(m.blasCore) has no AVX-512 kernel; ours run AVX-512)"
-      : "GEMM: per shape (OpenBLAS core \(m.blasCore), ours \(m.ownAVX512 ? "AVX-512" : "AVX2"))"
+    return m.ownRunsEverything
+      ? "GEMM: ours for every shape (ours run AVX-512; OpenBLAS core \(m.blasCore))"
+      : "GEMM: per shape (OpenBLAS core \(m.blasCore), ours AVX2)"
   }
 }
 
@@ -43,11 +43,14 @@ public enum GemmChoice {
 /// (cblas 31–101, ours 33–110 GFLOP/s) flipped the choice between runs, so a restarted job ended with
 /// other weights than the uninterrupted one.
 ///
-/// The fact that matters is whether OpenBLAS has a 512-bit kernel for this CPU. Debian's 0.3.21 runs
-/// its Cooperlake (AVX-512) kernel on Zen 4 and Intel AVX-512 CPUs, at about our speed, where the
-/// shape rule `shapePrefersOwnGEMM` (measured there) applies; it does not know Zen 5 and runs its
-/// Haswell AVX2 kernel on full-width 512-bit units, at 0.6× ours on every shape (114 vs 223 GFLOP/s
-/// on one core), so there ours runs everything.
+/// The fact that matters is whether our kernels run their AVX-512 copy. Then ours runs every shape:
+/// `bench gemm` measured them ahead of Debian's OpenBLAS 0.3.21 on every MobileNetV2 1×1 shape on
+/// Zen 5, where OpenBLAS runs its Haswell AVX2 kernel (0.6× ours; 114 vs 223 GFLOP/s on one core),
+/// and on Zen 4, where it runs its Cooperlake AVX-512 kernel (ours 1.00–2.50×, docs/performance.md
+/// round 19; the round-8 shape rule had given it the big expand forwards, some input gradients and
+/// the 7² layers, which cost 2.8 % of a 1.0/224 step). Intel AVX-512 CPUs were not measured
+/// (MNV2_GEMM=blas gives OpenBLAS every shape). With our AVX2 kernels the shape rule
+/// `shapePrefersOwnGEMM` stands.
 public struct GemmMachine: Sendable, Equatable {
   /// OpenBLAS's kernel for this CPU (`openblas_get_corename`, e.g. "Haswell", "Cooperlake").
   public var blasCore: String
@@ -55,10 +58,8 @@ public struct GemmMachine: Sendable, Equatable {
   public var ownAVX512: Bool
   public init(blasCore: String, ownAVX512: Bool) { self.blasCore = blasCore; self.ownAVX512 = ownAVX512 }
 
-  /// OpenBLAS 0.3.21's cores with AVX-512 sgemm kernels (lower case).
-  public static let blasAVX512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
-  /// Ours run 512-bit vectors where OpenBLAS runs 256-bit ones: ours everywhere.
-  public var blasBehind: Bool { ownAVX512 && !Self.blasAVX512Cores.contains(blasCore.lowercased()) }
+  /// Ours run 512-bit vectors: ours for every shape (see above).
+  public var ownRunsEverything: Bool { ownAVX512 }
 
   public static var host: GemmMachine {
     let core = openblas_get_corename().map { String(cString: $0) } ?? "unknown"
@@ -66,16 +67,17 @@ public struct GemmMachine: Sendable, Equatable {
   }
 }
 
-/// Whether our kernels run this shape instead of cblas_sgemm: everywhere where OpenBLAS has no
-/// 512-bit kernel for this CPU (`GemmMachine`), else by `shapePrefersOwnGEMM`.
+/// Whether our kernels run this shape instead of cblas_sgemm: every shape where they run AVX-512
+/// (`GemmMachine`), else by `shapePrefersOwnGEMM`.
 func useOwnGEMM(_ form: GemmForm, rows: Int, k: Int, n: Int) -> Bool {
   if let forced = GemmChoice.forced { return forced == .own }
-  if GemmChoice.machine.blasBehind { return true }
+  if GemmChoice.machine.ownRunsEverything { return true }
   return shapePrefersOwnGEMM(form, rows: rows, k: k, n: n)
 }
 
 /// The shapes where our kernels beat cblas_sgemm when OpenBLAS runs at its peak: where `bench gemm` (2 threads, Zen 4,
-/// AVX-512, minimum of alternating repetitions, 3 runs; docs/performance.md) measured them faster.
+/// AVX-512, minimum of alternating repetitions, 3 runs; docs/performance.md round 8) measured them faster. Since
+/// round 19 it decides only for our AVX2 kernels (not re-measured there); our AVX-512 kernels run every shape.
 /// Products: ours 1.0–2.6x with min(k, n) ≤ 160 and max ≤ 576 (401408x32x16 fwd+stats 2.6x,
 /// 6272x384x64 fwd 1.35x), except the big expand layers: k ≤ 32 into n ≥ 96 with an output of
 /// ≥ 2²² floats (401408x16x96 fwd+stats 0.76x, 100352x24x144 0.88x, 25088x32x192 0.86x), where

@@ -302,14 +302,14 @@ final class GemmKernelsTests: XCTestCase {
     }
   }
 
-  /// Where OpenBLAS has an AVX-512 kernel for the CPU (Cooperlake on Zen 4), the selection is the
-  /// shape rule that docs/performance.md documents: ours for the narrow early layers and the small
-  /// expands, OpenBLAS for the wide late layers and the big expands; GemmChoice.forced overrides it.
+  /// With our AVX2 kernels the selection is the shape rule that docs/performance.md documents (round 8):
+  /// ours for the narrow early layers and the small expands, OpenBLAS for the wide late layers and the
+  /// big expands; GemmChoice.forced overrides it.
   func testSelectionFollowsTheMeasuredCrossover() {
     let host = GemmChoice.machine
     defer { GemmChoice.machine = host; GemmChoice.forced = nil }
     GemmChoice.forced = nil
-    GemmChoice.machine = GemmMachine(blasCore: "Cooperlake", ownAVX512: true)
+    GemmChoice.machine = GemmMachine(blasCore: "Haswell", ownAVX512: false)
     let early = pointwiseGemmSelection(rows: 401408, inChannels: 32, outChannels: 16)
     XCTAssertEqual([early.forward, early.inputGradient, early.weightGradient], [.own, .own, .own])
     let bigExpand = pointwiseGemmSelection(rows: 401408, inChannels: 16, outChannels: 96)
@@ -323,9 +323,9 @@ final class GemmKernelsTests: XCTestCase {
     XCTAssertEqual(pointwiseGemmSelection(rows: 401408, inChannels: 32, outChannels: 16).forward, .blas)
   }
 
-  /// The fused expand forward runs our GEMM inside it: with our AVX-512 kernels it takes the big expands
-  /// that the shape rule gives to OpenBLAS as a plain product (Zen 4), never under MNV2_GEMM=blas,
-  /// and with AVX2 kernels it follows the shape rule.
+  /// The fused expand forward runs our GEMM inside it, so it follows the selection of the plain
+  /// product: with our AVX-512 kernels it takes the big expands whatever OpenBLAS core the CPU gets
+  /// (Cooperlake on Zen 4), never under MNV2_GEMM=blas, and with AVX2 kernels it follows the shape rule.
   func testFusedExpandForwardTakesTheBigExpandsWithOurAVX512Kernels() {
     let (host, enabled) = (GemmChoice.machine, FusedExpandForward.enabled)
     defer { GemmChoice.machine = host; GemmChoice.forced = nil; FusedExpandForward.enabled = enabled }
@@ -333,7 +333,6 @@ final class GemmKernelsTests: XCTestCase {
     FusedExpandForward.enabled = true
     let (rows, k, n) = (401408, 16, 96)  // 1.0/224 b32 layer 3: z is 154 MB
     GemmChoice.machine = GemmMachine(blasCore: "Cooperlake", ownAVX512: true)
-    XCTAssertEqual(pointwiseGemmSelection(rows: rows, inChannels: k, outChannels: n).forward, .blas)
     XCTAssertTrue(FusedExpandForward.use(rows: rows, inChannels: k, outChannels: n))
     XCTAssertFalse(FusedExpandForward.use(rows: 100, inChannels: k, outChannels: n), "z below the size threshold")
     GemmChoice.forced = .blas
@@ -343,26 +342,27 @@ final class GemmKernelsTests: XCTestCase {
     XCTAssertFalse(FusedExpandForward.use(rows: rows, inChannels: k, outChannels: n), "AVX2 kernels: the shape rule")
   }
 
-  /// Where OpenBLAS runs a 256-bit kernel and ours AVX-512 (Debian's 0.3.21 on Zen 5: Haswell), ours
-  /// runs every shape, the late layers too; with an AVX-512 OpenBLAS core, or with our AVX2 kernels,
-  /// the shape rule stands.
-  func testBLASWithoutAVX512KernelSelectsOursEverywhere() {
+  /// Where our kernels run AVX-512, ours runs every shape, the late layers and the big expands too,
+  /// whatever OpenBLAS's core (Haswell on Zen 5, Cooperlake on Zen 4: both measured behind); with our
+  /// AVX2 kernels the shape rule stands.
+  func testOurAVX512KernelsRunEveryShape() {
     let host = GemmChoice.machine
     defer { GemmChoice.machine = host; GemmChoice.forced = nil }
     GemmChoice.forced = nil
-    GemmChoice.machine = GemmMachine(blasCore: "Haswell", ownAVX512: true)
-    XCTAssertTrue(GemmChoice.machine.blasBehind)
-    for (rows, ci, co) in [(1568, 960, 320), (401408, 16, 96), (401408, 32, 16)] {
-      let s = pointwiseGemmSelection(rows: rows, inChannels: ci, outChannels: co)
-      XCTAssertEqual([s.forward, s.inputGradient, s.weightGradient], [.own, .own, .own], "\(rows)x\(ci)x\(co)")
+    for core in ["Haswell", "Cooperlake", "SkylakeX"] {
+      GemmChoice.machine = GemmMachine(blasCore: core, ownAVX512: true)
+      XCTAssertTrue(GemmChoice.machine.ownRunsEverything)
+      for (rows, ci, co) in [(1568, 960, 320), (401408, 16, 96), (100352, 144, 24), (401408, 32, 16)] {
+        let s = pointwiseGemmSelection(rows: rows, inChannels: ci, outChannels: co)
+        XCTAssertEqual([s.forward, s.inputGradient, s.weightGradient], [.own, .own, .own], "\(core) \(rows)x\(ci)x\(co)")
+      }
+      XCTAssertTrue(GemmChoice.summary.contains("ours for every shape"), GemmChoice.summary)
     }
-    XCTAssertTrue(GemmChoice.summary.contains("ours for every shape"), GemmChoice.summary)
-    for machine in [GemmMachine(blasCore: "SkylakeX", ownAVX512: true), GemmMachine(blasCore: "Haswell", ownAVX512: false)] {
-      GemmChoice.machine = machine
-      XCTAssertFalse(machine.blasBehind, "\(machine)")
-      XCTAssertEqual(pointwiseGemmSelection(rows: 1568, inChannels: 960, outChannels: 320).forward, .blas, "\(machine)")
-      XCTAssertTrue(GemmChoice.summary.contains("per shape"), GemmChoice.summary)
-    }
+    let avx2 = GemmMachine(blasCore: "Haswell", ownAVX512: false)
+    GemmChoice.machine = avx2
+    XCTAssertFalse(avx2.ownRunsEverything)
+    XCTAssertEqual(pointwiseGemmSelection(rows: 1568, inChannels: 960, outChannels: 320).forward, .blas)
+    XCTAssertTrue(GemmChoice.summary.contains("per shape"), GemmChoice.summary)
   }
 
   /// The choice is a fact of the machine, not a timing: the same in every process, however busy the
