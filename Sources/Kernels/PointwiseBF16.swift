@@ -46,6 +46,11 @@ public final class BF16Workspace {
   }
 }
 
+extension PendingBatchNorm {
+  /// This BN + ReLU6 as the JIT conversions apply it (they round, so `roundToBF16` has no part in it).
+  var bf16Activation: BF16InputActivation { BF16InputActivation(scale: scale, shift: shift, relu6: relu6) }
+}
+
 /// Rows per JIT block: the bf16 A block within ~96 KiB and the fp32 output block within ~128 KiB (both
 /// in L2 while the panels of B stream past and the epilogue reads the block back), a multiple of 24
 /// (every tile height divides or nearly divides it), at least 24.
@@ -91,7 +96,7 @@ func bf16BlockedProduct(out: UnsafeMutablePointer<Float>, src: UnsafePointer<Flo
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
   let buffers = workspace.elements(max(chunks, 1) * blockRows * lda)
   // A pending BN is applied by the conversion, which rounds: no float32 activation rows in between.
-  let activation = input.map { BF16InputActivation(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
+  let activation = input?.bf16Activation
   func run(_ chunk: Int, _ r: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
     let a = buffers + chunk * blockRows * lda
     forEachBlock(r, blockRows: blockRows) { b in
@@ -144,7 +149,7 @@ public func pointwiseBackwardBF16(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMu
   let bBlocks = (0..<chunks).map { workspace.rowsPacked(chunk: $0, rows: r, columns: co) }
   let kernels = KernelISA.rows
   // x's rows are remade from z as forward made them, by the conversion (which rounds them).
-  let activation = input.map { BF16InputActivation(scale: $0.scale, shift: $0.shift, relu6: $0.relu6) }
+  let activation = input?.bf16Activation
   func run(_ chunk: Int, _ range: Range<Int>, _ partial: UnsafeMutablePointer<Double>?) {
     let out = chunk == 0 ? dw : partials + (chunk - 1) * ci * co
     let pairs = buffers + chunk * perChunk, dyRows = pairs + ci * r, b = bBlocks[chunk]

@@ -92,6 +92,21 @@ public enum BF16Conversion {
     function(s)(UnsafeMutableRawPointer(dst), UnsafeRawPointer(src), count, constants, scale, shift)
   }
 
+  /// The row-pair layout of `rows` source rows (`sourceStride` floats apart) into `dst`, one pair every
+  /// `destinationStepBytes`: the pairs, then for an odd count the last row with a zero partner.
+  static func rowPairs(_ dst: UnsafeMutablePointer<UInt16>, _ src: UnsafePointer<Float>, rows: Int, columns: Int,
+                       sourceStride: Int, destinationStepBytes: Int, activation: BF16InputActivation?) {
+    func shape(single: Bool) -> BF16ConversionShape {
+      BF16ConversionShape(layout: .rowPairs(single: single), activation: activation?.shape ?? .none, columns: columns,
+                          sourceRowBytes: sourceStride * 4, destinationStepBytes: destinationStepBytes)
+    }
+    run(shape(single: false), dst, src, count: rows / 2, activation: activation)
+    if rows % 2 == 1 {
+      run(shape(single: true), dst + (rows / 2) * destinationStepBytes / 2, src + (rows - 1) * sourceStride, count: 1,
+          activation: activation)
+    }
+  }
+
   /// The machine code of one loop.
   public static func code(_ s: BF16ConversionShape) -> [UInt8] {
     var a = X86Assembler()

@@ -78,15 +78,8 @@ public func packBF16B(_ dst: BF16PackedMatrix, _ src: UnsafePointer<Float>, tran
         for j in 0..<columns { row[2 * j] = bf16Bits(src[(j0 + j) * k + kk]) }
       }
     } else if generated {
-      let step = width * 4, rowBytes = n * 4
-      let pairs = BF16ConversionShape(layout: .rowPairs(single: false), columns: columns, sourceRowBytes: rowBytes,
-                                      destinationStepBytes: step)
-      BF16Conversion.run(pairs, panel, src + j0, count: k / 2)
-      if k % 2 == 1 {
-        let last = BF16ConversionShape(layout: .rowPairs(single: true), columns: columns, sourceRowBytes: rowBytes,
-                                       destinationStepBytes: step)
-        BF16Conversion.run(last, panel + (k / 2) * width * 2, src + (k - 1) * n + j0, count: 1)
-      }
+      BF16Conversion.rowPairs(panel, src + j0, rows: k, columns: columns, sourceStride: n, destinationStepBytes: width * 4,
+                              activation: nil)
     } else {
       // Two source rows at a time: one 32-bit word per column (low half the even row), contiguous stores.
       for pair in 0..<((k + 1) / 2) {
@@ -151,15 +144,8 @@ public func interleaveRowPairsBF16(_ dst: UnsafeMutablePointer<UInt16>, _ src: U
                                    generated: Bool = BF16JIT.isAvailable) {
   guard m > 0 else { return }
   if generated {
-    let step = m * 4, act = activation?.shape ?? .none
-    BF16Conversion.run(BF16ConversionShape(layout: .rowPairs(single: false), activation: act, columns: m,
-                                           sourceRowBytes: stride * 4, destinationStepBytes: step),
-                       dst, src, count: rows / 2, activation: activation)
-    if rows % 2 == 1 {
-      BF16Conversion.run(BF16ConversionShape(layout: .rowPairs(single: true), activation: act, columns: m,
-                                             sourceRowBytes: stride * 4, destinationStepBytes: step),
-                         dst + (rows / 2) * m * 2, src + (rows - 1) * stride, count: 1, activation: activation)
-    }
+    BF16Conversion.rowPairs(dst, src, rows: rows, columns: m, sourceStride: stride, destinationStepBytes: m * 4,
+                            activation: activation)
     return
   }
   @inline(__always) func bits(_ row: UnsafePointer<Float>, _ i: Int) -> UInt16 {
