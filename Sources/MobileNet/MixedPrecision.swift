@@ -7,6 +7,7 @@
 // on generated vdpbf16ps GEMMs (Kernels/PointwiseBF16.swift): their weights are packed here once per
 // step and their activations converted block by block inside the kernels; the stem and the depthwise
 // convolutions keep the rounded copies.
+import Foundation
 import Kernels
 
 /// The rounded operands bf16 mode hands to the kernels.
@@ -49,5 +50,27 @@ final class BF16Operands {
     let out = scratch.uninitialized(count)
     roundToBF16(out, x, count: count)
     return UnsafePointer(out)
+  }
+}
+
+/// The layers bf16 mode leaves in float32: each expand 1×1 with at most `maximumInputChannels` input
+/// channels and at least `minimumBytesPerImage` of output per image, and the depthwise after it. Such a
+/// product is memory-bound (each output float written costs at most 32 multiply-adds), so bf16
+/// operands save it nothing, while in float32 the pair takes the fused expand forward and the scaled
+/// expand backward, which write and read the network's largest tensors fewer times (at 1.0/224 these
+/// are blocks 1–3, 112²×96 and 56²×144 outputs: 4.8 and 1.8 MB per image; docs/performance.md round
+/// 20 has the times). Decided by the layer's shape alone, so a configuration's bf16 arithmetic is the
+/// same at every batch size and rank layout.
+public enum BF16Float32Expands {
+  public static let environmentVariable = "MNV2_BF16_FP32_EXPAND"
+  /// On unless MNV2_BF16_FP32_EXPAND=0 (then every convolution reads bf16 operands).
+  public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
+  public static var maximumInputChannels = 32
+  /// 1 MiB: 0.35/96's expands (at most 442 KB per image) keep bf16.
+  public static var minimumBytesPerImage = 1 << 20
+
+  /// Whether an expand of k → n channels on size² pixels stays float32 in bf16 mode (when `enabled`).
+  public static func keeps(inChannels k: Int, outChannels n: Int, size: Int) -> Bool {
+    k <= maximumInputChannels && size * size * n * MemoryLayout<Float>.stride >= minimumBytesPerImage
   }
 }

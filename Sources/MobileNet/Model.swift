@@ -87,10 +87,27 @@ public final class MobileNetV2 {
   /// CPU has AVX512-BF16, else float32 kernels on rounded operands (tests switch it to compare the two).
   public var bf16Arithmetic: BF16Arithmetic = .host
   private var jit: Bool { precision == .bf16 && bf16Arithmetic == .jit }
-  /// The GEMM weights the JIT reads packed: every 1×1 convolution and the logits.
-  private lazy var packedWeights: [(offset: Int, k: Int, n: Int)] =
-    layers.filter { if case .pointwise = $0.op { return true } else { return false } }
-      .map { ($0.weight, $0.inChannels, $0.outChannels) } + [(logitsWeights, featureDepth, config.numClasses)]
+  /// Whether layer i reads bf16 operands: in bf16 mode every conv except the float32 expand pairs.
+  private func bf16Layer(_ i: Int) -> Bool { precision == .bf16 && !(BF16Float32Expands.enabled && float32Pairs.contains(i)) }
+  /// Whether 1×1 layer i runs on the generated bf16 GEMM.
+  private func jit(_ i: Int) -> Bool { jit && bf16Layer(i) }
+  /// The expand layers `BF16Float32Expands` keeps in float32 in bf16 mode, with their depthwise layers.
+  private lazy var float32Pairs: Set<Int> = {
+    Set(blocks.compactMap { b -> [Int]? in
+      guard let e = b.expand else { return nil }
+      let l = layers[e]
+      return BF16Float32Expands.keeps(inChannels: l.inChannels, outChannels: l.outChannels, size: l.inSize) ? [e, b.depthwise] : nil
+    }.joined())
+  }()
+  /// The scopes of the layers bf16 mode keeps in float32 (`BF16Float32Expands`), in network order.
+  public var float32LayersInBF16: [String] {
+    BF16Float32Expands.enabled ? float32Pairs.sorted().map { layers[$0].scope } : []
+  }
+  /// The GEMM weights the JIT reads packed: every 1×1 convolution on it and the logits.
+  private var packedWeights: [(offset: Int, k: Int, n: Int)] {
+    layers.indices.filter { i in if case .pointwise = layers[i].op { return jit(i) } else { return false } }
+      .map { (layers[$0].weight, layers[$0].inChannels, layers[$0].outChannels) } + [(logitsWeights, featureDepth, config.numClasses)]
+  }
 
   /// TF-slim training_scope default initializer: truncated normal, stddev 0.09.
   public static let initStddev = 0.09
@@ -203,14 +220,15 @@ public final class MobileNetV2 {
   private func w(_ offset: Int) -> UnsafeMutablePointer<Float> { parameters.base + offset }
   private func g(_ offset: Int) -> UnsafeMutablePointer<Float> { gradients.base + offset }
   private func st(_ offset: Int) -> UnsafeMutablePointer<Float> { stateValues.base + offset }
-  /// Conv/logits weights as the kernels read them: the float32 slab, or its bf16-rounded copy.
-  private func kw(_ offset: Int) -> UnsafeMutablePointer<Float> {
-    precision == .bf16 ? bf16.weights.base + offset : parameters.base + offset
+  /// Layer i's weights as its kernel reads them: the float32 slab, or its bf16-rounded copy.
+  private func kw(layer i: Int) -> UnsafeMutablePointer<Float> { kw(layers[i].weight, bf16: bf16Layer(i)) }
+  private func kw(_ offset: Int, bf16 rounded: Bool) -> UnsafeMutablePointer<Float> {
+    rounded ? bf16.weights.base + offset : parameters.base + offset
   }
-  /// A kernel's input activation (`count` floats) as it reads it: x, or a bf16-rounded copy (none
-  /// for the tensors bf16 mode stores rounded already, see `storedRounded`).
-  private func kx(_ x: UnsafePointer<Float>, _ count: Int, _ act: Activations) -> UnsafePointer<Float> {
-    precision == .bf16 && !storedRounded(x, act) ? bf16.rounded(x, count: count, in: bf16.activation) : x
+  /// A kernel's input activation (`count` floats) as it reads it: x, or, for a bf16 reader, a
+  /// bf16-rounded copy (none for the tensors bf16 mode stores rounded already, see `storedRounded`).
+  private func kx(_ x: UnsafePointer<Float>, _ count: Int, _ act: Activations, bf16 rounded: Bool) -> UnsafePointer<Float> {
+    rounded && !storedRounded(x, act) ? bf16.rounded(x, count: count, in: bf16.activation) : x
   }
   /// The logits' output gradient as backward reads it: dy, or a bf16-rounded copy. (The convolutions'
   /// output gradients are rounded by the BN backward that writes them, see `roundsOutputGradient`.)
@@ -229,8 +247,8 @@ public final class MobileNetV2 {
   /// Whether layer i's BN backward writes dz rounded to bf16: every conv backward reads bf16 output
   /// gradients, except the JIT 1×1, which converts dz block by block itself.
   private func roundsOutputGradient(_ i: Int) -> Bool {
-    guard precision == .bf16 else { return false }
-    if case .pointwise = layers[i].op { return !jit }
+    guard bf16Layer(i) else { return false }
+    if case .pointwise = layers[i].op { return !jit(i) }
     return true
   }
 
@@ -287,7 +305,8 @@ public final class MobileNetV2 {
       denseForwardBF16(y: act.logits, x: features, w: bf16.forward(logitsWeights), b: w(logitsBiases), rows: batch,
                        workspace: bf16.workspace)
     } else {
-      denseForward(y: act.logits, x: kx(features, batch * C, act), w: kw(logitsWeights), b: w(logitsBiases),
+      denseForward(y: act.logits, x: kx(features, batch * C, act, bf16: precision == .bf16),
+                   w: kw(logitsWeights, bf16: precision == .bf16), b: w(logitsBiases),
                    rows: batch, inChannels: C, outChannels: config.numClasses)
     }
     return act.logits
@@ -308,9 +327,9 @@ public final class MobileNetV2 {
     let training = act.mode.batchNormTraining
     // bf16: rounded operands. A depthwise reading the expand layer's raw z rounds the activation it
     // makes from z as it reads (PendingBatchNorm.roundToBF16), never z itself.
-    let weight = kw(l.weight)
+    let weight = kw(layer: i)
     // The JIT 1×1 converts x itself, block by block: no rounded copy then.
-    var xk: UnsafePointer<Float> { input == nil ? kx(x, l.inputCount(batch: n), act) : x }
+    var xk: UnsafePointer<Float> { input == nil ? kx(x, l.inputCount(batch: n), act, bf16: bf16Layer(i)) : x }
     let (shift, sums) = (act.statShift[i], act.statSums[i])
     switch l.op {
     case .conv(let k):
@@ -325,7 +344,7 @@ public final class MobileNetV2 {
     case .pointwise:
       Profile.time(.pointwise) {
         let rows = n * l.inSize * l.inSize
-        if jit {
+        if jit(i) {
           pointwiseForwardBF16(y: z, x: x, w: bf16.forward(l.weight), rows: rows, statisticsShift: training ? shift : nil,
                                sums: training ? sums : nil, scratch: scratch, workspace: bf16.workspace, input: input)
         } else if training {
@@ -367,7 +386,7 @@ public final class MobileNetV2 {
   /// (`expandDepthwiseForward`: z made in cache and read there, its BN statistics from x's covariance).
   private func takesFusedForward(_ i: Int, _ act: Activations) -> Bool {
     let l = layers[i]
-    return act.mode.batchNormTraining && precision == .fp32 && !jit
+    return act.mode.batchNormTraining && !bf16Layer(i) && !bf16Layer(i + 1)
       && FusedExpandForward.use(rows: act.batch * l.inSize * l.inSize, inChannels: l.inChannels, outChannels: l.outChannels)
   }
 
@@ -398,8 +417,10 @@ public final class MobileNetV2 {
 
   /// Layer i's BN + ReLU6 as its consumer applies them to z (layer i's activation is not stored).
   private func pendingBatchNorm(_ i: Int, _ act: Activations) -> PendingBatchNorm {
+    // A pending activation's one reader is the next layer (expand → depthwise, depthwise → project,
+    // the stem → block 0's depthwise): it rounds the activation when that layer reads bf16.
     PendingBatchNorm(scale: act.scaleShift[i], shift: act.scaleShift[i] + layers[i].outChannels, relu6: layers[i].relu6,
-                     roundToBF16: precision == .bf16)
+                     roundToBF16: bf16Layer(i + 1))
   }
 
   /// What the kernel producing layer i's output gradient needs to make that layer's BN backward
@@ -456,12 +477,13 @@ public final class MobileNetV2 {
     // Head: logits → dropout → pool.
     if jit {
       denseBackwardBF16(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases), dy: act.dLogits,
-                        roundedDY: kdy(act.dLogits, batch * config.numClasses), roundedX: kx(act.features, batch * C, act),
+                        roundedDY: kdy(act.dLogits, batch * config.numClasses),
+                        roundedX: kx(act.features, batch * C, act, bf16: true),
                         wT: bf16.transposed(logitsWeights), rows: batch, scratch: scratch, workspace: bf16.workspace)
     } else {
       denseBackward(dx: act.dPooled, dw: g(logitsWeights), db: g(logitsBiases),
-                    dy: kdy(act.dLogits, batch * config.numClasses), x: kx(act.features, batch * C, act),
-                    w: kw(logitsWeights), rows: batch, inChannels: C, outChannels: config.numClasses,
+                    dy: kdy(act.dLogits, batch * config.numClasses), x: kx(act.features, batch * C, act, bf16: precision == .bf16),
+                    w: kw(logitsWeights, bf16: precision == .bf16), rows: batch, inChannels: C, outChannels: config.numClasses,
                     scratch: scratch)
     }
     if act.features == UnsafePointer(act.dropped) {
@@ -545,7 +567,7 @@ public final class MobileNetV2 {
     let n = act.batch
     let xCount = l.inputCount(batch: n)
     // With the input's BN pending, the kernel remakes (and rounds) x from z itself: no rounded copy.
-    var xk: UnsafePointer<Float> { input == nil ? kx(x, xCount, act) : x }
+    var xk: UnsafePointer<Float> { input == nil ? kx(x, xCount, act, bf16: bf16Layer(i)) : x }
     switch l.op {
     case .conv(let k) where dx == nil:
       // The stem: its weight gradient only, dz and the patches made block by block (never stored).
@@ -562,14 +584,14 @@ public final class MobileNetV2 {
                           training: act.mode.batchNormTraining, roundOutputToBF16: roundsOutputGradient(i))
       }
       Profile.time(.stemConv, backward: true) {
-        conv2dBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight),
+        conv2dBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(layer: i),
                        convShape(l, batch: n, kernel: k), scratch: scratch)
       }
     case .depthwise(let k):
       // The depthwise makes its own dz from dA group by group as it reads it (never stored).
       Profile.time(.depthwise, backward: true) {
         withPendingOutputGradient(i, dA: dA, act: act) { pending in
-          depthwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(l.weight),
+          depthwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(layer: i),
                             depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
                             input: input, outputGradient: pending)
         }
@@ -579,12 +601,12 @@ public final class MobileNetV2 {
       Profile.time(.pointwise, backward: true) {
         withPendingOutputGradient(i, dA: dA, act: act) { pending in
           let rows = n * l.inSize * l.inSize
-          if jit {
+          if jit(i) {
             pointwiseBackwardBF16(dx: dx, dw: g(l.weight), dy: dA, x: x, wT: bf16.transposed(l.weight), rows: rows,
                                   scratch: scratch, workspace: bf16.workspace, residual: dxResidual, reduce: dxReduce,
                                   input: input, outputGradient: pending)
           } else {
-            pointwiseBackwardBlocks(dx: dx, dw: g(l.weight), dy: dA, outputGradient: pending, x: xk, w: kw(l.weight),
+            pointwiseBackwardBlocks(dx: dx, dw: g(l.weight), dy: dA, outputGradient: pending, x: xk, w: kw(layer: i),
                                     rows: rows, inChannels: l.inChannels, outChannels: l.outChannels, scratch: scratch,
                                     residual: dxResidual, reduce: dxReduce, input: input)
           }
@@ -598,7 +620,7 @@ public final class MobileNetV2 {
   private func takesScaledBackward(_ i: Int, _ act: Activations) -> Bool {
     let l = layers[i]
     let rows = act.batch * l.inSize * l.inSize
-    return precision == .fp32 && !jit
+    return !bf16Layer(i) && !bf16Layer(i + 1)
       && ScaledExpandBackward.use(rows: rows, inChannels: l.inChannels, outChannels: l.outChannels)
   }
 
@@ -611,7 +633,7 @@ public final class MobileNetV2 {
     Profile.time(layer: i, backward: true) {
       Profile.time(.pointwise, backward: true) {
         withPendingOutputGradient(i, dA: p, act: act) { pending in
-          pointwiseBackwardScaled(dx: dx, dw: g(l.weight), outputGradient: pending, x: x, w: kw(l.weight),
+          pointwiseBackwardScaled(dx: dx, dw: g(l.weight), outputGradient: pending, x: x, w: kw(layer: i),
                                   rows: act.batch * l.inSize * l.inSize, inChannels: l.inChannels,
                                   outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce)
         }

@@ -215,6 +215,9 @@ public final class Trainer {
     log.info("model \(o.model.modelName) (depth multiplier \(o.model.depthMultiplier)), \(model.parameterCount) parameters, \(o.model.numClasses) classes, \(o.model.imageSize)x\(o.model.imageSize) input")
     log.info("ranks \(ranks), batch \(o.batchSize) per rank\(accumulation > 1 ? " × \(accumulation) accumulated micro-batches" : "") (global \(globalBatch)), \(examples) training examples, steps_per_epoch \(stepsPerEpoch), total steps \(totalSteps), compute threads \(Compute.threads)")
     log.info("optimizer \(o.optimizer.rawValue) (momentum \(o.momentum)), \(schedule.summary), weight decay \(o.weightDecay), label smoothing \(o.labelSmoothing), BN decay \(o.batchNormDecay), precision \(o.precision.rawValue)\(o.movingAverageDecay.map { ", moving average \($0)" } ?? "")")
+    if o.precision == .bf16, !model.float32LayersInBF16.isEmpty {
+      log.info("bf16: float32 kept for \(model.float32LayersInBF16.count) memory-bound layers (\(BF16Float32Expands.environmentVariable)=0 rounds them too): \(model.float32LayersInBF16.joined(separator: ", "))")
+    }
 
     let batch = o.batchSize
     let images = model.inputBuffer(batch: batch)

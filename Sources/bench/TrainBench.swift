@@ -288,6 +288,9 @@ struct TrainOne: ParsableCommand {
     let trainStep = TrainStep(model: net, optimizer: Optimizer(kind: .momentum, parameterCount: net.parameterCount),
                               hyper: StepHyperparameters(), precision: resolved.precision)
     print("precision \(resolved.precision.rawValue)")
+    if resolved.precision == .bf16, !net.float32LayersInBF16.isEmpty {
+      print("bf16: float32 kept for \(net.float32LayersInBF16.count) memory-bound layers (\(BF16Float32Expands.environmentVariable)=0 rounds them too)")
+    }
     print(GemmChoice.summary)
     var rng = RandomState(seed: 7)
     let input = net.inputBuffer(batch: batch)
@@ -392,6 +395,7 @@ struct TrainOne: ParsableCommand {
 enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
   case tileInput = "MNV2_TILE_INPUT", fusedExpand = "MNV2_FUSED_EXPAND", scaledExpand = "MNV2_SCALED_EXPAND"
   case prefetch = "MNV2_PREFETCH", stream = "MNV2_STREAM", balance = "MNV2_BALANCE", streamAhead = "MNV2_STREAM_AHEAD"
+  case bf16Float32Expand = "MNV2_BF16_FP32_EXPAND"
   static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
   var isOn: Bool {
     switch self {
@@ -402,6 +406,7 @@ enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
     case .stream: StreamingStores.enabled
     case .balance: BalancedChunks.enabled
     case .streamAhead: StreamAhead.enabled
+    case .bf16Float32Expand: BF16Float32Expands.enabled
     }
   }
   func set(_ on: Bool) {
@@ -413,6 +418,7 @@ enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
     case .stream: StreamingStores.enabled = on
     case .balance: BalancedChunks.enabled = on
     case .streamAhead: StreamAhead.enabled = on
+    case .bf16Float32Expand: BF16Float32Expands.enabled = on
     }
   }
 }

@@ -160,4 +160,51 @@ final class MixedPrecisionTests: XCTestCase {
       }
     }
   }
+
+  /// bf16 mode keeps the memory-bound expand → depthwise pairs in float32 (`BF16Float32Expands`):
+  /// which pairs, by shape alone; that those layers really skip the rounding (the step changes, and
+  /// moves towards the fp32 step); and that the JIT and the emulation agree on it.
+  func testBF16KeepsTheMemoryBoundExpandPairsInFloat32() throws {
+    let big = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2", numClasses: 1001, imageSize: 224))
+    XCTAssertEqual(big.float32LayersInBF16, (1...3).flatMap { b in
+      ["expand", "depthwise"].map { "MobilenetV2/expanded_conv_\(b)/\($0)" }
+    }, "1.0/224: the expands of blocks 1–3 (16 and 24 input channels, ≥ 1.8 MB per image) and their depthwise layers")
+    let small = MobileNetV2(config: try ModelConfig(modelName: "mobilenet_v2_035", numClasses: 10, imageSize: 96))
+    XCTAssertEqual(small.float32LayersInBF16, [], "0.35/96: every expand output is below 1 MiB per image")
+
+    let saved = (BF16Float32Expands.enabled, BF16Float32Expands.minimumBytesPerImage)
+    defer {
+      BF16Float32Expands.enabled = saved.0; BF16Float32Expands.minimumBytesPerImage = saved.1
+      Compute.setThreads(1)
+    }
+    Compute.setThreads(2)
+    // 64²: no pair is large enough by default; with the size bound lifted, the 13 expands of at most
+    // 32 input channels (and their depthwise layers) stay float32.
+    BF16Float32Expands.minimumBytesPerImage = 0
+    func bf16Step(kept: Bool, arithmetic: BF16Arithmetic = .host) -> (Step, [String]) {
+      BF16Float32Expands.enabled = kept
+      let m = MobileNetV2(config: config, seed: 3)
+      m.bf16Arithmetic = arithmetic
+      return (step(.bf16, model: m, batchNormTraining: false), m.float32LayersInBF16)
+    }
+    let fp32 = step(.fp32, model: MobileNetV2(config: config, seed: 3), batchNormTraining: false)
+    let (rounded, none) = bf16Step(kept: false)
+    let (kept, scopes) = bf16Step(kept: true)
+    XCTAssertEqual(none, [])
+    XCTAssertEqual(scopes.count, 26, "\(scopes)")
+    XCTAssertTrue(scopes.allSatisfy { $0.hasSuffix("/expand") || $0.hasSuffix("/depthwise") })
+    let change = compare(kept.gradients, rounded.gradients), r = compare(rounded.gradients, fp32.gradients)
+    let k = compare(kept.gradients, fp32.gradients)
+    print("bf16 with 26 layers float32: gradient rel to fp32 \(k.rel) (all rounded: \(r.rel)); change \(change.rel)")
+    XCTAssertGreaterThan(change.rel, 1e-3, "keeping the pairs float32 changed nothing: are they still rounded?")
+    XCTAssertLessThan(k.rel, r.rel, "fewer rounded operands, but further from fp32")  // 0.111 vs 0.131 measured
+    XCTAssertGreaterThan(k.cos, 0.98)
+    XCTAssertGreaterThan(k.rel, 1e-3, "bf16 gradients equal the fp32 ones: are the other layers rounded?")
+    if BF16JIT.isAvailable {
+      let (emulated, _) = bf16Step(kept: true, arithmetic: .emulated)
+      let g = compare(kept.gradients, emulated.gradients)
+      XCTAssertLessThan(g.rel, 5e-4, "the JIT and the emulation treat the float32 pairs differently")
+      XCTAssertLessThan(maxRel(kept.logits, emulated.logits), 1e-4)
+    }
+  }
 }
