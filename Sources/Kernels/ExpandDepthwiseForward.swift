@@ -21,8 +21,10 @@ public enum FusedExpandForward {
   public static let environmentVariable = "MNV2_FUSED_EXPAND"
   /// On unless MNV2_FUSED_EXPAND=0 (tests switch it and lower the threshold to compare both paths).
   public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
-  /// Expanded tensors (z) of at least this many bytes: those the depthwise would read back from memory.
-  public static var minimumBytes = 32 << 20
+  /// Expanded tensors (z) of at least this many bytes: those the depthwise would read back from memory
+  /// rather than from L3. 16 MiB (was 32): on Zen 4 (32 MiB L3) 0.35/96 b64's layer 3+4 (z 28 MB) took
+  /// 0.8 ms less a step fused, 1.0/224 b32's 28² pairs (z 19 MB) 0.1–0.26 ms each (round 20).
+  public static var minimumBytes = 16 << 20
   /// Whether an expand layer of `rows` pixels, k → n channels, takes the fused forward: z large
   /// enough, whole vectors of channels, and its GEMM ours (the only one `expandDepthwiseForward` runs;
   /// with our AVX-512 kernels that is every shape, see `GemmMachine`; on Zen 4 the fused pass made

@@ -28,10 +28,15 @@ public enum ScaledExpandBackward {
   /// Expanded tensors (z) of at least this many bytes: below it z is read back from L3, where the
   /// read saved costs less than the k×k products added (see docs/performance.md, issue 12 round 13).
   public static var minimumBytes = 64 << 20
+  /// Narrow inputs (at most `narrowInputChannels`) from `narrowMinimumBytes`: their k×k products cost
+  /// little, and on Zen 4 0.35/96 b64's layer 3 (k 8, z 28 MB) took 0.6 ms less a step scaled, while
+  /// 1.0/224 b32's layers 6 and 9 (k 24, z 58 MB) took 0.1–0.7 ms more (round 20).
+  public static var narrowInputChannels = 16, narrowMinimumBytes = 16 << 20
   /// Whether an expand layer of `rows` pixels takes the scaled path: its output large enough, and
   /// both of its backward products on our GEMM kernels (the only ones `pointwiseBackwardScaled` runs).
   public static func use(rows: Int, inChannels: Int, outChannels: Int) -> Bool {
-    enabled && rows * outChannels * MemoryLayout<Float>.stride >= minimumBytes
+    let bytes = rows * outChannels * MemoryLayout<Float>.stride
+    return enabled && (bytes >= minimumBytes || (inChannels <= narrowInputChannels && bytes >= narrowMinimumBytes))
       && useOwnGEMM(.weightGradient, rows: rows, k: inChannels, n: outChannels)
       && useOwnGEMM(.product, rows: rows, k: outChannels, n: inChannels)
   }

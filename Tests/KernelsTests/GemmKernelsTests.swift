@@ -342,6 +342,33 @@ final class GemmKernelsTests: XCTestCase {
     XCTAssertFalse(FusedExpandForward.use(rows: rows, inChannels: k, outChannels: n), "AVX2 kernels: the shape rule")
   }
 
+  /// Which expand layers take the fused forward and the scaled backward by shape, with our AVX-512
+  /// kernels (round 20's thresholds): the fused forward from a 16 MiB z; the scaled backward from 64
+  /// MiB, or from 16 MiB with at most 16 input channels.
+  func testExpandPathThresholds() {
+    let (host, fused, scaled) = (GemmChoice.machine, FusedExpandForward.enabled, ScaledExpandBackward.enabled)
+    defer {
+      GemmChoice.machine = host; GemmChoice.forced = nil
+      FusedExpandForward.enabled = fused; ScaledExpandBackward.enabled = scaled
+    }
+    GemmChoice.forced = nil
+    GemmChoice.machine = GemmMachine(blasCore: "Cooperlake", ownAVX512: true)
+    FusedExpandForward.enabled = true
+    ScaledExpandBackward.enabled = true
+    let cases: [(String, rows: Int, k: Int, n: Int, fused: Bool, scaled: Bool)] = [
+      ("1.0/224 b32 layer 3, z 154 MB", 401408, 16, 96, true, true),
+      ("1.0/224 b16 layer 3, z 77 MB", 200704, 16, 96, true, true),
+      ("1.0/224 b32 layer 6, z 58 MB, k 24", 100352, 24, 144, true, false),
+      ("1.0/224 b32 layer 12, z 19 MB, k 32", 25088, 32, 192, true, false),
+      ("0.35/96 b64 layer 3, z 28 MB, k 8", 147456, 8, 48, true, true),
+      ("0.35/96 b32 layer 3, z 14 MB", 73728, 8, 48, false, false),
+    ]
+    for c in cases {
+      XCTAssertEqual(FusedExpandForward.use(rows: c.rows, inChannels: c.k, outChannels: c.n), c.fused, "fused forward: \(c.0)")
+      XCTAssertEqual(ScaledExpandBackward.use(rows: c.rows, inChannels: c.k, outChannels: c.n), c.scaled, "scaled backward: \(c.0)")
+    }
+  }
+
   /// Where our kernels run AVX-512, ours runs every shape, the late layers and the big expands too,
   /// whatever OpenBLAS's core (Haswell on Zen 5, Cooperlake on Zen 4: both measured behind); with our
   /// AVX2 kernels the shape rule stands.
