@@ -255,16 +255,23 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
   // Streamed only without reductions: those read each dx block back (and add the residual into it)
   // while it is in cache, which a streamed block no longer is.
   let streamDX = reduce == nil ? dx.map { StreamingStores.use($0, count: rows * m, channels: m) } ?? false : false
-  // One scratch region: the weight partials of chunks 1…, the packed wᵀ, the per-thread dz blocks.
+  // One scratch region: the weight partials of chunks 1…, the packed wᵀ, the per-thread dz blocks,
+  // and for a transposed weight gradient (TransposedWeightGradient) each chunk's dwᵀ.
+  let transposedW = ownW && TransposedWeightGradient.use(m: m, n: n)
   let partialFloats = (chunks - 1) * m * n, packedFloats = ownX ? gemmPackedCount(k: n, n: m) : 0
   let dzFloats = outputGradient == nil ? 0 : min(rows, blockRows) * n
-  let region = scratch.uninitialized(partialFloats + packedFloats + Compute.threads * dzFloats)
+  let region = scratch.uninitialized(partialFloats + packedFloats + Compute.threads * dzFloats
+                                     + (transposedW ? chunks * m * n : 0))
   let partials = region, packed = region + partialFloats, dzBlocks = packed + packedFloats
+  let transposedTiles = dzBlocks + Compute.threads * dzFloats
   let ldb = ownX ? packGemmB(w, k: n, n: m, transposed: true, into: packed) : 0
   withPendingBuffers(input, rows: rows, k: m, blockRows: blockRows, scratch: scratch) { tmp in
     func run(_ chunk: Int, _ r: Range<Int>, _ sums: UnsafeMutablePointer<Double>?) {
       let out = chunk == 0 ? dw : partials + (chunk - 1) * m * n
       if chunk > 0 { out.update(repeating: 0, count: m * n) }
+      let outT = transposedW ? transposedTiles + chunk * m * n : nil
+      outT?.update(repeating: 0, count: m * n)
+      defer { if let outT { addTransposed(into: out, outT, m: m, n: n) } }
       forEachBlock(r, blockRows: blockRows) { b in
         let lo = b.lowerBound
         var g = dy
@@ -280,8 +287,11 @@ public func pointwiseBackwardBlocks(dx: UnsafeMutablePointer<Float>?, dw: Unsafe
         let dxRows = dx.flatMap { streamDX || m <= n ? nil : rowBytes(UnsafePointer($0), next, m) }
         let zRows = outputGradient.map { rowBytes($0.reduction.z, next, n) }
         withPrefetch(next.isEmpty || !ownW || !prefetchNext ? nil : dyRows, rowBytes(x, next, m), dxRows ?? zRows,
-                     writesThird: dxRows != nil, units: gemmFMAs(rows: b.count, k: m, n: n) + dxFMAs) { streams in
-          if ownW {
+                     writesThird: dxRows != nil,
+                     units: (transposedW ? gemmFMAs(rows: b.count, k: n, n: m) : gemmFMAs(rows: b.count, k: m, n: n)) + dxFMAs) { streams in
+          if let outT {
+            kernels.gemmTransposedA(c: outT, a: g, b: xb, k: n, n: m, rows: b, prefetch: streams)
+          } else if ownW {
             kernels.gemmTransposedA(c: out, a: xb, b: g, k: m, n: n, rows: b, prefetch: streams)
           } else {
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(b.count),

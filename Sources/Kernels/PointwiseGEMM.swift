@@ -179,15 +179,49 @@ func ownGemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, packed
   }
 }
 
+/// Which weight gradients c[m, n] += a[rows, m]ᵀ·b[rows, n] our kernels run transposed, as
+/// cᵀ[n, m] += bᵀ·a folded into c at the end: those whose n is not whole vectors while m is. The
+/// kernel's tiles are 8 columns of a by one or two vectors of b's n, so at n = 24 (the 1.0/224 project
+/// layers 96 → 24 and 144 → 24) the second vector uses 8 of its 16 lanes, and at n = 8 (0.35's) one
+/// vector uses half; transposed, every vector is whole. Each element is the same products summed in
+/// the same row order, so the sums agree (bit for bit where c starts at zero, but for a chain the
+/// kernel splits at the end of b, see its `safe`).
+public enum TransposedWeightGradient {
+  public static let environmentVariable = "MNV2_DW_TRANSPOSED"
+  /// On unless MNV2_DW_TRANSPOSED=0.
+  public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
+  public static func use(m: Int, n: Int) -> Bool {
+    enabled && n % gemmLanes != 0 && m % gemmLanes == 0 && n < m
+  }
+}
+
+/// c[m, n] += tᵀ, t being [n, m] (a transposed weight gradient's fold, see TransposedWeightGradient).
+func addTransposed(into c: UnsafeMutablePointer<Float>, _ t: UnsafePointer<Float>, m: Int, n: Int) {
+  for i in 0..<m {
+    let row = c + i * n
+    for j in 0..<n { row[j] += t[j * m + i] }
+  }
+}
+
 /// c[m, n] += a[rows, m]ᵀ · b[rows, n] with our kernels: the first chunk accumulates into c, the
 /// others into zeroed partials (gemmPartialsCount floats), added at the end.
 func ownGemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                            rows: Int, m: Int, n: Int, partials: UnsafeMutablePointer<Float>) {
   let kernels = KernelISA.rows
+  let transposed = TransposedWeightGradient.use(m: m, n: n)
+  let chunkCount = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
+  let tiles = transposed ? UnsafeMutablePointer<Float>.allocate(capacity: chunkCount * m * n) : nil
+  defer { tiles?.deallocate() }
   let chunks = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
     let out = chunk == 0 ? c : partials + (chunk - 1) * m * n
     if chunk > 0 { out.update(repeating: 0, count: m * n) }
-    kernels.gemmTransposedA(c: out, a: a, b: b, k: m, n: n, rows: r, prefetch: nil)
+    if let t = tiles.map({ $0 + chunk * m * n }) {
+      t.update(repeating: 0, count: m * n)
+      kernels.gemmTransposedA(c: t, a: b, b: a, k: n, n: m, rows: r, prefetch: nil)
+      addTransposed(into: out, t, m: m, n: n)
+    } else {
+      kernels.gemmTransposedA(c: out, a: a, b: b, k: m, n: n, rows: r, prefetch: nil)
+    }
   }
   addChunkPartials(into: c, partials, count: m * n, chunks: chunks)
 }

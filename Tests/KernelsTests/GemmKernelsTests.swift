@@ -121,6 +121,55 @@ final class GemmKernelsTests: XCTestCase {
     }
   }
 
+  /// The transposed weight gradient (`TransposedWeightGradient`: n not whole vectors, m whole) against
+  /// the direct one, dw starting at zero, through the blocked backward and the row-split GEMM, 1 and 2
+  /// threads: the same products in the same order, so equal but for a chain the direct kernel splits
+  /// at the end of dy (its partial last vector), which moves a sum by float rounding at most.
+  func testTransposedWeightGradientMatchesTheDirectOne() {
+    let saved = TransposedWeightGradient.enabled
+    defer { TransposedWeightGradient.enabled = saved }
+    GemmChoice.forced = .own
+    forEachInstructionSet { isa in
+      let lanes = KernelISA.rows.gemmColumnPadding
+      TransposedWeightGradient.enabled = true
+      if isa == .avx512 {
+        for (m, n, expected) in [(144, 24, true), (96, 24, true), (48, 8, true), (24, 144, false), (144, 32, false),
+                                 (16, 16, false), (8, 24, false)] {
+          XCTAssertEqual(TransposedWeightGradient.use(m: m, n: n), expected, "\(isa) dw \(m)x\(n)")
+        }
+      }
+      var transposedShapes = 0
+      for threads in [1, 2] {
+        Compute.setThreads(threads)
+        for (rows, ci, co) in [(700, 144, 24), (517, 32, 8), (1001, 48, 24), (300, 64, 17)] {
+          TransposedWeightGradient.enabled = true
+          let transposed = TransposedWeightGradient.use(m: ci, n: co)
+          XCTAssertEqual(transposed, co % lanes != 0 && ci % lanes == 0, "\(isa) \(ci)x\(co)")
+          if transposed { transposedShapes += 1 }
+          let x = randomBuffer(rows * ci, seed: 31), dy = randomBuffer(rows * co, seed: 32), w = randomBuffer(ci * co, seed: 33)
+          func gradients() -> (blocked: [Float], rowSplit: [Float]) {
+            let dw = FloatBuffer(count: ci * co), dx = FloatBuffer(count: rows * ci), dw2 = FloatBuffer(count: ci * co)
+            pointwiseBackward(dx: dx.base, dw: dw.base, dy: dy.base, x: x.base, w: w.base, rows: rows, inChannels: ci,
+                              outChannels: co, scratch: Scratch())
+            pointwiseWeightGradient(dw: dw2.base, dy: dy.base, x: x.base, rows: rows, inChannels: ci, outChannels: co,
+                                    scratch: Scratch())
+            return (dw.array, dw2.array)
+          }
+          let on = gradients()
+          TransposedWeightGradient.enabled = false
+          XCTAssertFalse(TransposedWeightGradient.use(m: ci, n: co))
+          let off = gradients()
+          let scale = off.blocked.map(abs).max()!
+          for (a, b, what) in [(on.blocked, off.blocked, "blocked"), (on.rowSplit, off.rowSplit, "row split")] {
+            let worst = zip(a, b).map { abs($0 - $1) }.max()!
+            XCTAssertLessThanOrEqual(worst, 1e-6 * scale, "\(isa) threads \(threads) \(rows)x\(ci)x\(co) \(what)")
+          }
+        }
+      }
+      XCTAssertGreaterThan(transposedShapes, 0, "\(isa): no shape took the transposed path")
+    }
+  }
+
   /// `gemmOfCachedRows` (on AVX-512, 24 columns in row pairs of three vectors) gives bit for bit what
   /// `gemm` gives: ranges starting at even and odd rows, every tail of its 8-row tile, k from 1 to 150;
   /// rows outside the range stay untouched. Other widths pass straight through.
