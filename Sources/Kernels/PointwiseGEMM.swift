@@ -209,8 +209,8 @@ func ownGemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Floa
                            rows: Int, m: Int, n: Int, partials: UnsafeMutablePointer<Float>) {
   let kernels = KernelISA.rows
   let transposed = TransposedWeightGradient.use(m: m, n: n)
-  let chunkCount = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
-  let tiles = transposed ? UnsafeMutablePointer<Float>.allocate(capacity: chunkCount * m * n) : nil
+  let chunkTotal = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
+  let tiles = transposed ? UnsafeMutablePointer<Float>.allocate(capacity: chunkTotal * m * n) : nil
   defer { tiles?.deallocate() }
   let chunks = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
     let out = chunk == 0 ? c : partials + (chunk - 1) * m * n
