@@ -180,10 +180,12 @@ func ownGemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, packed
 }
 
 /// Which weight gradients c[m, n] += a[rows, m]ᵀ·b[rows, n] our kernels run transposed, as
-/// cᵀ[n, m] += bᵀ·a folded into c at the end: those whose n is not whole vectors while m is. The
-/// kernel's tiles are 8 columns of a by one or two vectors of b's n, so at n = 24 (the 1.0/224 project
-/// layers 96 → 24 and 144 → 24) the second vector uses 8 of its 16 lanes, and at n = 8 (0.35's) one
-/// vector uses half; transposed, every vector is whole. Each element is the same products summed in
+/// cᵀ[n, m] += bᵀ·a folded into c at the end: those whose n is narrower than a tile (two vectors) and
+/// not whole vectors while m is. The kernel's tiles are 8 columns of a by one or two vectors of b's n,
+/// so at n = 24 (the 1.0/224 project layers 96 → 24 and 144 → 24) the second vector uses 8 of its 16
+/// lanes, and at n = 8 (0.35's) one vector uses half; transposed, every vector is whole. A wide n
+/// wastes a small share of its lanes (the logits' 1001: 0.7 %), and there the fold's transpose costs
+/// more than it saves (32x1280x1001 ran at 32 GFLOP/s transposed, 95 direct). Each element is the same products summed in
 /// the same row order, so the sums agree (bit for bit where c starts at zero, but for a chain the
 /// kernel splits at the end of b, see its `safe`).
 public enum TransposedWeightGradient {
@@ -191,7 +193,7 @@ public enum TransposedWeightGradient {
   /// On unless MNV2_DW_TRANSPOSED=0.
   public static var enabled = ProcessInfo.processInfo.environment[environmentVariable] != "0"
   public static func use(m: Int, n: Int) -> Bool {
-    enabled && n % gemmLanes != 0 && m % gemmLanes == 0 && n < m
+    enabled && n < 2 * gemmLanes && n % gemmLanes != 0 && m % gemmLanes == 0 && n < m
   }
 }
 
