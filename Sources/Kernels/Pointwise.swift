@@ -417,7 +417,9 @@ func gemmRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: Unsafe
 
 /// Floats of partial sums `gemmTransposedRows` needs for this shape.
 func gemmPartialsCount(rows: Int, m: Int, n: Int) -> Int {
-  max(0, chunkCount(rows, minPerChunk: gemmMinRowsPerThread) - 1) * m * n
+  let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
+  // Then, where our kernels run it transposed, each chunk's cᵀ (ownGemmTransposedRows).
+  return (max(0, chunks - 1) + (TransposedWeightGradient.use(m: m, n: n) ? chunks : 0)) * m * n
 }
 
 /// c[m, n] += a[rows, m]ᵀ · b[rows, n]: the sum over rows is split across threads; the first chunk

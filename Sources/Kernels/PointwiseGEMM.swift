@@ -206,14 +206,13 @@ func addTransposed(into c: UnsafeMutablePointer<Float>, _ t: UnsafePointer<Float
 }
 
 /// c[m, n] += a[rows, m]ᵀ · b[rows, n] with our kernels: the first chunk accumulates into c, the
-/// others into zeroed partials (gemmPartialsCount floats), added at the end.
+/// others into zeroed partials, added at the end; a transposed product (TransposedWeightGradient) makes
+/// each chunk's cᵀ after those partials (gemmPartialsCount floats in all).
 func ownGemmTransposedRows(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                            rows: Int, m: Int, n: Int, partials: UnsafeMutablePointer<Float>) {
   let kernels = KernelISA.rows
-  let transposed = TransposedWeightGradient.use(m: m, n: n)
   let chunkTotal = chunkCount(rows, minPerChunk: gemmMinRowsPerThread)
-  let tiles = transposed ? UnsafeMutablePointer<Float>.allocate(capacity: chunkTotal * m * n) : nil
-  defer { tiles?.deallocate() }
+  let tiles = TransposedWeightGradient.use(m: m, n: n) ? partials + (chunkTotal - 1) * m * n : nil
   let chunks = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread) { chunk, r in
     let out = chunk == 0 ? c : partials + (chunk - 1) * m * n
     if chunk > 0 { out.update(repeating: 0, count: m * n) }
