@@ -144,6 +144,12 @@ public protocol RowKernelSet {
                                   _ g: ConvGeometry, rows: Range<Int>, stats: ChannelStatistics?, stream: Bool,
                                   prefetch: Bool)
 
+  /// dw[K, K, Ci, Co] += Σ over output pixels (n·Ho·Wo + oy·Wo + ox) of the pixel's input window ⊗
+  /// dy[pixel], for K·Ci = 9 (3×3 windows over 3 channels: the stem) and Co a multiple of the vector:
+  /// register accumulators, the windows read in place from x (no patch matrix).
+  static func convWeightGradientDirect9(dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                                        x: UnsafePointer<Float>, _ g: ConvGeometry, pixels: Range<Int>)
+
   /// Columns the GEMM kernels process per register (their packed B's row stride must be a multiple of it).
   static var gemmColumnPadding: Int { get }
   /// c[rows, n] = a[rows, k] · b over the given rows, b packed as [k, ldb] (ldb ≥ n a multiple of

@@ -374,6 +374,11 @@ public enum RowKernels: RowKernelSet {
 #else
   private static let convPairTiles = false
 #endif
+  /// 16 output channels alone (the 0.35 and 0.5 stems) on AVX-512: eight pixels at a time, the eight
+  /// chains of the 32-wide tile, where four waited on the FMA latency (0.35/96 b64 on Zen 4, the stem
+  /// forward in alternating steps: −0.23 and −0.25 ms of 1.7–1.8). Same sums in the same order: the
+  /// same bits.
+  private static let convEightPixelTiles = convPairTiles
 
   public static func convForwardDirect16(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                          _ g: ConvGeometry, rows: Range<Int>, stats: ChannelStatistics?, stream: Bool,
@@ -432,6 +437,31 @@ public enum RowKernels: RowKernelSet {
         for ox in 0..<inside.lowerBound { single(ox) }
         var ox = inside.lowerBound
         let step = S * Ci  // from one output pixel's window to the next one's
+        while convEightPixelTiles && Co == 16 && ox + 8 <= inside.upperBound {
+          let ix0 = ox * S - pl, p = row * Wo + ox
+          var a0 = SIMD16<Float>(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0
+          for ky in 0..<K {
+            for kx in 0..<K {
+              let xin = x + ((n * H + iy0 + ky) * W + ix0 + kx) * Ci
+              let wk = w + (ky * K + kx) * Ci * Co
+              for ci in 0..<Ci {
+                let wv = load16(wk + ci * Co), xi = xin + ci
+                a0 = a0.addingProduct(SIMD16(repeating: xi[0]), wv)
+                a1 = a1.addingProduct(SIMD16(repeating: xi[step]), wv)
+                a2 = a2.addingProduct(SIMD16(repeating: xi[2 * step]), wv)
+                a3 = a3.addingProduct(SIMD16(repeating: xi[3 * step]), wv)
+                a4 = a4.addingProduct(SIMD16(repeating: xi[4 * step]), wv)
+                a5 = a5.addingProduct(SIMD16(repeating: xi[5 * step]), wv)
+                a6 = a6.addingProduct(SIMD16(repeating: xi[6 * step]), wv)
+                a7 = a7.addingProduct(SIMD16(repeating: xi[7 * step]), wv)
+              }
+            }
+          }
+          emit(a0, p, 0); emit(a1, p + 1, 0); emit(a2, p + 2, 0); emit(a3, p + 3, 0)
+          emit(a4, p + 4, 0); emit(a5, p + 5, 0); emit(a6, p + 6, 0); emit(a7, p + 7, 0)
+          for _ in 0..<8 { sums?.pixelDone() }
+          ox += 8
+        }
         while ox + 4 <= inside.upperBound {
           let ix0 = ox * S - pl, p = row * Wo + ox
           for cb in stride(from: 0, to: pairs, by: 32) {
@@ -478,6 +508,70 @@ public enum RowKernels: RowKernelSet {
       }
     }
     withOptionalBlockSums(channels: Co, out: stats?.sums, run)
+  }
+
+  /// dw[K, K, Ci, Co] += Σ over output pixels `pixels` (n·Ho·Wo + oy·Wo + ox) of the pixel's input
+  /// window ⊗ dy[pixel] (the stem's weight gradient), for windows of K·Ci = 9 floats per kernel row
+  /// (3×3 over 3 channels: every MobileNetV2 stem). Kernel row by kernel row, the row's nine
+  /// (kx, ci) weight-gradient vectors are register accumulators over the pixels, each pixel one
+  /// vector of dy and nine broadcasts of its window row, read in place from x: no patch matrix.
+  /// Windows in the padding read a zero-filled copy of their row. Float sums over at most
+  /// `convWeightGradientFoldPixels` pixels, then added into dw.
+  public static func convWeightGradientDirect9(dw: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                                               x: UnsafePointer<Float>, _ g: ConvGeometry, pixels: Range<Int>) {
+    let (H, W, Ci, Co, K, S) = (g.height, g.width, g.inChannels, g.outChannels, g.kernel, g.stride)
+    let (Ho, Wo, pt, pl) = (g.outHeight, g.outWidth, g.padTop, g.padLeft)
+    precondition(K * Ci == 9 && Co % lanes == 0, "convWeightGradientDirect9 takes 3×3×3 windows, whole vectors of Co")
+    guard !pixels.isEmpty else { return }
+    withScratch(of: Float.self, capacity: 16) { edgeBuffer in
+      let edge = edgeBuffer.baseAddress!
+      for ky in 0..<K {
+        for cb in stride(from: 0, to: Co, by: lanes) {
+          var p0 = pixels.lowerBound
+          while p0 < pixels.upperBound {
+            let p1 = min(pixels.upperBound, p0 + convWeightGradientFoldPixels)
+            var a0 = GemmVector(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0
+            var row = p0 / Wo, ox = p0 - row * Wo
+            var p = p0
+            while p < p1 {
+              // The pixels of this output row in the fold.
+              let rowEnd = min(p1, p + (Wo - ox))
+              let n = row / Ho, oy = row - n * Ho
+              let iy = oy * S - pt + ky
+              if iy >= 0 && iy < H {
+                let line = x + (n * H + iy) * W * Ci
+                var q = p
+                while q < rowEnd {
+                  let ix0 = (ox + q - p) * S - pl
+                  var src = line + ix0 * Ci
+                  if ix0 < 0 || ix0 + K > W {
+                    for kx in 0..<K {
+                      let ix = ix0 + kx
+                      for c in 0..<Ci { edge[kx * Ci + c] = ix >= 0 && ix < W ? line[ix * Ci + c] : 0 }
+                    }
+                    src = UnsafePointer(edge)
+                  }
+                  let d = vload(dy + q * Co + cb)
+                  a0 = a0.addingProduct(splat(src[0]), d); a1 = a1.addingProduct(splat(src[1]), d)
+                  a2 = a2.addingProduct(splat(src[2]), d); a3 = a3.addingProduct(splat(src[3]), d)
+                  a4 = a4.addingProduct(splat(src[4]), d); a5 = a5.addingProduct(splat(src[5]), d)
+                  a6 = a6.addingProduct(splat(src[6]), d); a7 = a7.addingProduct(splat(src[7]), d)
+                  a8 = a8.addingProduct(splat(src[8]), d)
+                  q += 1
+                }
+              }
+              p = rowEnd
+              row += 1
+              ox = 0
+            }
+            let out = dw + ky * 9 * Co + cb
+            @inline(__always) func add(_ v: GemmVector, _ j: Int) { vstore(vload(out + j * Co) + v, out + j * Co) }
+            add(a0, 0); add(a1, 1); add(a2, 2); add(a3, 3); add(a4, 4); add(a5, 5); add(a6, 6); add(a7, 7); add(a8, 8)
+            p0 = p1
+          }
+        }
+      }
+    }
   }
 
   // MARK: - Depthwise
@@ -1123,6 +1217,10 @@ private let lanes = GemmVector.scalarCount
   return v
 }
 @inline(__always) private func splat(_ x: Float) -> GemmVector { GemmVector(repeating: x) }
+
+/// Pixels the direct stem weight gradient sums in float registers before adding into dw (as the
+/// 1×1 weight gradient's reduction blocks).
+private let convWeightGradientFoldPixels = 128
 
 /// Rows of A per forward register tile: 8 independent accumulator chains hide the FMA latency
 /// (4 cycles, 1 zmm or 2 ymm FMAs per cycle on Zen 4).

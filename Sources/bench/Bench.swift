@@ -7,7 +7,7 @@ import MobileNet
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmarks, each printed beside its baseline as a ratio.",
-    subcommands: [TrainBench.self, TrainOne.self, ScalingBench.self, FusedBench.self, GemmBench.self,
+    subcommands: [TrainBench.self, TrainOne.self, ScalingBench.self, FusedBench.self, DepthwiseBench.self, GemmBench.self,
                   GemmBF16Bench.self])
 }
 

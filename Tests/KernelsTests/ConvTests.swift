@@ -90,6 +90,40 @@ final class ConvTests: XCTestCase {
     }
   }
 
+  /// The direct stem weight gradient (3×3 windows over 3 channels, read in place from x) against
+  /// the naive backward on every instruction set: windows in the padding on each side (stride 1 pads
+  /// both, stride 2 on an odd size both, on an even size only after), a pixel range split mid-row and
+  /// mid-image into calls that accumulate, 16 and 32 output channels, and the model path
+  /// (`conv2dWeightGradient`) taking it.
+  func testDirectStemWeightGradientMatchesNaive() {
+    defer { Compute.setThreads(1) }
+    Compute.setThreads(2)
+    forEachInstructionSet { isa in
+      for s in [ConvShape(batch: 2, height: 9, width: 11, inChannels: 3, outChannels: 16, kernel: 3, stride: 1),
+                ConvShape(batch: 2, height: 15, width: 13, inChannels: 3, outChannels: 32, kernel: 3, stride: 2),
+                ConvShape(batch: 3, height: 20, width: 18, inChannels: 3, outChannels: 16, kernel: 3, stride: 2)] {
+        let x = randomBuffer(s.inputCount, seed: 41), dy = randomBuffer(s.outputCount, seed: 42)
+        let w = randomBuffer(s.weightCount, seed: 43)
+        let dwRef = FloatBuffer(count: s.weightCount)
+        conv2dBackwardNaive(dx: nil, dw: dwRef.base, dy: dy.base, x: x.base, w: w.base, s)
+        let pixels = s.batch * s.outHeight * s.outWidth
+        let g = ConvGeometry(height: s.height, width: s.width, inChannels: 3, outChannels: s.outChannels, kernel: 3,
+                             stride: s.stride, outHeight: s.outHeight, outWidth: s.outWidth, padTop: s.padTop,
+                             padLeft: s.padLeft)
+        let dw = FloatBuffer(count: s.weightCount)
+        for cut in [0..<7, 7..<(s.outWidth * s.outHeight + 3), (s.outWidth * s.outHeight + 3)..<pixels] {
+          KernelISA.rows.convWeightGradientDirect9(dw: dw.base, dy: dy.base, x: x.base, g, pixels: cut)
+        }
+        assertClose(dw, dwRef, atol: 1e-4, rtol: 1e-4, "\(isa) direct stem dw \(s)")
+        let dwModel = FloatBuffer(count: s.weightCount)
+        for i in 0..<dwModel.count { dwModel[i] = 1 }  // accumulated into
+        conv2dWeightGradient(dw: dwModel.base, dy: dy.base, outputGradient: nil, x: x.base, s, scratch: Scratch())
+        for i in 0..<dwModel.count { dwModel[i] -= 1 }
+        assertClose(dwModel, dwRef, atol: 1e-4, rtol: 1e-4, "\(isa) conv2dWeightGradient \(s)")
+      }
+    }
+  }
+
   /// The stem's blocked weight gradient making its dz from the pending BN backward block by block
   /// (neither dz nor the patches stored) against the naive backward on the dz of the separate BN
   /// backward pass: ReLU6 and bf16 rounding of dz, our GEMM (patch rows padded to its tile) and BLAS,
