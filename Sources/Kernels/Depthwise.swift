@@ -117,7 +117,10 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
                               dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                               _ s: DepthwiseShape, scratch: Scratch,
                               residual: UnsafePointer<Float>? = nil, reduce: BatchNormReduction? = nil,
-                              input: PendingBatchNorm? = nil, outputGradient: PendingBatchNormBackward? = nil) {
+                              input: PendingBatchNorm? = nil, outputGradient: PendingBatchNormBackward? = nil,
+                              scaledExpand: ScaledExpandBackwardPass? = nil) {
+  precondition(scaledExpand == nil || (dx != nil && residual == nil && reduce?.storesScaledGradient == true),
+               "the fused expand backward takes the stored-P input gradient, without residual")
   let g = s.geometry, rows = KernelISA.rows
   let C = s.channels, wc = s.weightCount
   let (S, Ho, Wo, H) = (s.stride, s.outHeight, s.outWidth, s.height)
@@ -126,9 +129,9 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
     reduce?.sums.update(repeating: 0, count: 2 * C)
     return
   }
-  let chunks = chunkCount(rowsTotal, split: .balanced)
+  let chunks = depthwiseBackwardChunks(s)
   let group = backwardGroupRows(s)
-  let streamDX = dx.map { StreamingStores.use($0, count: s.inputCount, channels: C) } ?? false
+  let streamDX = scaledExpand == nil && (dx.map { StreamingStores.use($0, count: s.inputCount, channels: C) } ?? false)
   // One scratch region: the per-chunk weight partials (zeroed), then per thread a transform buffer
   // and a dz buffer (`Compute.slot`).
   let transformBase = chunks * wc, dzBase = transformBase + (input == nil ? 0 : transformFloats(s))
@@ -169,8 +172,18 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
       }
       rows.depthwiseWeightGradient(dw: partial + chunk * wc, dy: grad, x: x, g, rows: lo..<hi, input: transform)
       if let dx, iy0 < iy1 {
-        rows.depthwiseInputGradient(dx: dx, dy: grad, w: w, g, rows: (n * H + iy0)..<(n * H + iy1),
-                                    residual: residual, reduce: sums.map { reduce!.with(sums: $0) }, stream: streamDX)
+        let imageRows = (n * H + iy0)..<(n * H + iy1)
+        if let pass = scaledExpand {
+          // P of the group's input rows into this thread's buffer, and the expand's products on it there.
+          let p = pass.pBuffer(imageRows: imageRows, rowFloats: s.width * C)
+          rows.depthwiseInputGradient(dx: p, dy: grad, w: w, g, rows: imageRows, residual: nil,
+                                      reduce: sums.map { reduce!.with(sums: $0) }, stream: false)
+          pass.consume(chunk: chunk, pixels: (imageRows.lowerBound * s.width)..<(imageRows.upperBound * s.width),
+                       p: UnsafePointer(p))
+        } else {
+          rows.depthwiseInputGradient(dx: dx, dy: grad, w: w, g, rows: imageRows,
+                                      residual: residual, reduce: sums.map { reduce!.with(sums: $0) }, stream: streamDX)
+        }
       }
       lo = hi
     }
@@ -188,6 +201,9 @@ public func depthwiseBackward(dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutabl
     for i in 0..<wc { dw[i] += p[i] }
   }
 }
+
+/// Chunks of `depthwiseBackward`'s rows (the weight partials, and a fused expand's, are per chunk).
+func depthwiseBackwardChunks(_ s: DepthwiseShape) -> Int { chunkCount(s.batch * s.outHeight, split: .balanced) }
 
 /// Output rows per group of the one-pass backward: as many as one transform buffer holds (about
 /// 256 KiB of input rows), so that a group's dy, z and dx rows stay in L2 between its two halves.

@@ -525,11 +525,16 @@ public final class MobileNetV2 {
         // Large expand layers: the depthwise stores P = k·mask(dA) and the expand's backward reads
         // P and x, not z (`pointwiseBackwardScaled`).
         let scaled = pendingInput == nil && takesScaledBackward(e, act)
+        // Fused: the depthwise backward hands P group by group to the expand's products, and P is
+        // never stored (`ScaledExpandBackwardPass`).
+        let pass = scaled && FusedScaledExpandBackward.enabled ? scaledExpandPass(e, depthwise: b.depthwise, x: x, dx: gIn, act: act) : nil
         convBNBackward(b.depthwise, dA: act.exp1, x: UnsafePointer(act.z[e]), dx: act.exp0,
                        dxReduce: scaled ? reduction(e, act).storingScaledGradient() : reduction(e, act),
-                       input: pendingBatchNorm(e, act), act: act)
+                       input: pendingBatchNorm(e, act), scaledExpand: pass, act: act)
         ready(upTo: b.depthwise)
-        if scaled {
+        if let pass {
+          finishScaledExpand(e, pass, dA: act.exp0, dxReduce: reduction(inputLayer, act), dxResidual: residual, act: act)
+        } else if scaled {
           expandBackwardScaled(e, p: act.exp0, x: x, dx: gIn, dxReduce: reduction(inputLayer, act), dxResidual: residual, act: act)
         } else {
           convBNBackward(e, dA: act.exp0, x: x, dx: gIn, dxReduce: reduction(inputLayer, act), dxResidual: residual, act: act)
@@ -554,15 +559,18 @@ public final class MobileNetV2 {
   private func convBNBackward(_ i: Int, dA: UnsafeMutablePointer<Float>,
                               x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>?,
                               dxReduce: BatchNormReduction? = nil, dxResidual: UnsafePointer<Float>? = nil,
-                              input: PendingBatchNorm? = nil, act: Activations) {
+                              input: PendingBatchNorm? = nil, scaledExpand: ScaledExpandBackwardPass? = nil,
+                              act: Activations) {
     Profile.time(layer: i, backward: true) {
-      convBNBackwardSections(i, dA: dA, x: x, dx: dx, dxReduce: dxReduce, dxResidual: dxResidual, input: input, act: act)
+      convBNBackwardSections(i, dA: dA, x: x, dx: dx, dxReduce: dxReduce, dxResidual: dxResidual, input: input,
+                             scaledExpand: scaledExpand, act: act)
     }
   }
 
   private func convBNBackwardSections(_ i: Int, dA: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
                                       dx: UnsafeMutablePointer<Float>?, dxReduce: BatchNormReduction?,
-                                      dxResidual: UnsafePointer<Float>?, input: PendingBatchNorm?, act: Activations) {
+                                      dxResidual: UnsafePointer<Float>?, input: PendingBatchNorm?,
+                                      scaledExpand: ScaledExpandBackwardPass?, act: Activations) {
     let l = layers[i]
     let n = act.batch
     let xCount = l.inputCount(batch: n)
@@ -593,7 +601,7 @@ public final class MobileNetV2 {
         withPendingOutputGradient(i, dA: dA, act: act) { pending in
           depthwiseBackward(dx: dx, dw: g(l.weight), dy: dA, x: xk, w: kw(layer: i),
                             depthwiseShape(l, batch: n, kernel: k), scratch: scratch, residual: dxResidual, reduce: dxReduce,
-                            input: input, outputGradient: pending)
+                            input: input, outputGradient: pending, scaledExpand: scaledExpand)
         }
       }
     case .pointwise:
@@ -636,6 +644,31 @@ public final class MobileNetV2 {
           pointwiseBackwardScaled(dx: dx, dw: g(l.weight), outputGradient: pending, x: x, w: kw(layer: i),
                                   rows: act.batch * l.inSize * l.inSize, inChannels: l.inChannels,
                                   outChannels: l.outChannels, scratch: scratch, residual: dxResidual, reduce: dxReduce)
+        }
+      }
+    }
+  }
+
+  /// The fused scaled backward of expand layer e, whose depthwise is layer d: x its input, dx its input
+  /// gradient (`ScaledExpandBackwardPass`).
+  private func scaledExpandPass(_ e: Int, depthwise d: Int, x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
+                                act: Activations) -> ScaledExpandBackwardPass {
+    let l = layers[e], dl = layers[d]
+    guard case .depthwise(let k) = dl.op else { preconditionFailure("layer \(d) is not a depthwise") }
+    return ScaledExpandBackwardPass(dx: dx, x: x, w: kw(layer: e), rows: act.batch * l.inSize * l.inSize,
+                                    inChannels: l.inChannels, outChannels: l.outChannels,
+                                    depthwise: depthwiseShape(dl, batch: act.batch, kernel: k))
+  }
+
+  /// Expand layer i's backward after the depthwise pass made its products (`pass`): dγ, dβ from the
+  /// reductions, then dx's correction pass and dW (dA, the P buffer of the unfused path, is not read).
+  private func finishScaledExpand(_ i: Int, _ pass: ScaledExpandBackwardPass, dA: UnsafeMutablePointer<Float>,
+                                  dxReduce: BatchNormReduction, dxResidual: UnsafePointer<Float>?, act: Activations) {
+    let l = layers[i]
+    Profile.time(layer: i, backward: true) {
+      Profile.time(.pointwise, backward: true) {
+        withPendingOutputGradient(i, dA: dA, act: act) { pending in
+          pass.finish(outputGradient: pending, dw: g(l.weight), scratch: scratch, residual: dxResidual, reduce: dxReduce)
         }
       }
     }

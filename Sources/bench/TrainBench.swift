@@ -396,6 +396,7 @@ enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
   case tileInput = "MNV2_TILE_INPUT", fusedExpand = "MNV2_FUSED_EXPAND", scaledExpand = "MNV2_SCALED_EXPAND"
   case prefetch = "MNV2_PREFETCH", stream = "MNV2_STREAM", balance = "MNV2_BALANCE", streamAhead = "MNV2_STREAM_AHEAD"
   case bf16Float32Expand = "MNV2_BF16_FP32_EXPAND", transposedWeightGradient = "MNV2_DW_TRANSPOSED"
+  case fusedScaledExpand = "MNV2_FUSED_SCALED_EXPAND"
   static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
   var isOn: Bool {
     switch self {
@@ -408,6 +409,7 @@ enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
     case .streamAhead: StreamAhead.enabled
     case .bf16Float32Expand: BF16Float32Expands.enabled
     case .transposedWeightGradient: TransposedWeightGradient.enabled
+    case .fusedScaledExpand: FusedScaledExpandBackward.enabled
     }
   }
   func set(_ on: Bool) {
@@ -421,6 +423,7 @@ enum KernelSwitch: String, ExpressibleByArgument, CaseIterable {
     case .streamAhead: StreamAhead.enabled = on
     case .bf16Float32Expand: BF16Float32Expands.enabled = on
     case .transposedWeightGradient: TransposedWeightGradient.enabled = on
+    case .fusedScaledExpand: FusedScaledExpandBackward.enabled = on
     }
   }
 }

@@ -146,6 +146,86 @@ final class ScaledExpandBackwardTests: XCTestCase {
     }
   }
 
+  /// The scaled expand backward fused into the depthwise backward (`ScaledExpandBackwardPass`: P made
+  /// group by group into a per-thread buffer and consumed there, never stored) against the two
+  /// passes (the depthwise storing P, then `pointwiseBackwardScaled` reading it): the depthwise's own
+  /// weight gradient and the expand BN's reductions are the same computation (bit-identical); the
+  /// expand's dx, dW and its producer's reductions agree to rounding (the partial sums are grouped
+  /// by the depthwise's chunks instead of the GEMM's blocks); the P buffer is not written. Strides 1
+  /// and 2, several groups per image and several images per chunk, 1 and 3 threads, with and
+  /// without a residual, both instruction sets.
+  func testFusedPassMatchesTheSeparateOne() {
+    defer { Compute.setThreads(1) }
+    forEachInstructionSet { isa in
+      for threads in [1, 3] {
+        Compute.setThreads(threads)
+        for (k, (s, m)) in [(DepthwiseShape(batch: 3, height: 20, width: 18, channels: 48, stride: 2), 8),
+                            (DepthwiseShape(batch: 2, height: 40, width: 40, channels: 96, stride: 1), 16),
+                            (DepthwiseShape(batch: 4, height: 7, width: 5, channels: 40, stride: 1), 7)].enumerated() {
+          for withResidual in [false, true] {
+            let rows = s.batch * s.height * s.width, n = s.channels
+            let e = Expand(rows: rows, m: m, n: n, relu6: true, xMean: 2, xSpread: 0.3, seed: 300 + UInt64(k))
+            let producer = FusedKernelsTests.Layer(rows: rows, channels: m, relu6: false, seed: 310)
+            let wD = randomBuffer(s.weightCount, seed: 311), dy = randomBuffer(s.outputCount, seed: 312)
+            let res = randomBuffer(rows * m, seed: 313)
+            let input = PendingBatchNorm(scale: e.scaleShift.base, shift: e.scaleShift.base + n, relu6: true)
+            func run(fused: Bool) -> (dwD: [Float], sums: [Double], dg: [Float], db: [Float], dx: FloatBuffer, dw: FloatBuffer,
+                                      red: [Double], p: [Float]) {
+              let p = FloatBuffer(count: rows * n), dx = FloatBuffer(count: rows * m)
+              p.base.update(repeating: .nan, count: rows * n)
+              dx.base.update(repeating: .nan, count: rows * m)
+              let dwD = FloatBuffer(count: s.weightCount), dw = randomBuffer(m * n, seed: 314)
+              let (dg, db) = (FloatBuffer(count: n), FloatBuffer(count: n))
+              var sums = [Double](repeating: .nan, count: 2 * n), red = [Double](repeating: .nan, count: 2 * m)
+              let scratch = Scratch()
+              let pass = fused ? ScaledExpandBackwardPass(dx: dx.base, x: e.x.base, w: e.w.base, rows: rows, inChannels: m,
+                                                          outChannels: n, depthwise: s) : nil
+              sums.withUnsafeMutableBufferPointer { sp in
+                red.withUnsafeMutableBufferPointer { rp in
+                  let expandBN = e.reduction(sp.baseAddress!)
+                  depthwiseBackward(dx: p.base, dw: dwD.base, dy: dy.base, x: e.z.base, w: wD.base, s, scratch: scratch,
+                                    reduce: expandBN.storingScaledGradient(), input: input, scaledExpand: pass)
+                  withBatchNormBackward(fromSums: sp.baseAddress!, da: p.base, expandBN, dGamma: dg.base, dBeta: db.base,
+                                        rows: rows, channels: n, training: true) { og in
+                    let residual = withResidual ? UnsafePointer(res.base) : nil, reduce = producer.reduction(rp.baseAddress!)
+                    if let pass {
+                      pass.finish(outputGradient: og, dw: dw.base, scratch: scratch, residual: residual, reduce: reduce)
+                    } else {
+                      pointwiseBackwardScaled(dx: dx.base, dw: dw.base, outputGradient: og, x: e.x.base, w: e.w.base, rows: rows,
+                                              inChannels: m, outChannels: n, scratch: scratch, residual: residual, reduce: reduce)
+                    }
+                  }
+                }
+              }
+              return (dwD.array, sums, dg.array, db.array, dx, dw, red, p.array)
+            }
+            let separate = run(fused: false), fused = run(fused: true)
+            let what = "\(isa) \(threads)t fused expand backward \(s) m=\(m) residual=\(withResidual)"
+            XCTAssertEqual(fused.dwD, separate.dwD, what + ": depthwise dw")
+            XCTAssertEqual(fused.sums, separate.sums, what + ": expand BN reductions")
+            XCTAssertEqual(fused.dg, separate.dg, what + ": dgamma")
+            XCTAssertEqual(fused.db, separate.db, what + ": dbeta")
+            XCTAssertTrue(fused.p.allSatisfy(\.isNaN), what + ": P was written")
+            XCTAssertFalse(separate.p.contains(where: \.isNaN), what + ": the separate pass stores all of P")
+            let dxScale = (0..<(rows * m)).map { abs(separate.dx[$0]) }.max() ?? 0
+            let dwScale = (0..<(m * n)).map { abs(separate.dw[$0]) }.max() ?? 0
+            assertClose(fused.dx, separate.dx, atol: 1e-5 * max(1, dxScale), rtol: 1e-4, what + " dx")
+            assertClose(fused.dw, separate.dw, atol: 1e-4 * max(1, dwScale), rtol: 1e-4, what + " dw")
+            // The reductions (Σg, Σg·x̂) sum dx, whose per-channel sums are ~0: each path rounds to ~1e-6
+            // of Σ|dx| (as in testScaledExpandBackwardMatchesNaive).
+            for c in 0..<m {
+              var mass = 0.0
+              for r in 0..<rows { mass += abs(Double(separate.dx[r * m + c])) * max(1, abs(Double(producer.z[r * m + c]))) }
+              for i in [c, m + c] {
+                XCTAssertEqual(fused.red[i], separate.red[i], accuracy: 1e-4 + 2e-6 * mass, "\(what) producer reduction \(i)")
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
   /// The depthwise input gradient storing P = scale·mask(dx) writes exactly that (the same bits as
   /// masking and scaling its ordinary output), with the same reductions and weight gradient.
   func testDepthwiseStoresTheScaledGradient() {
