@@ -30,15 +30,20 @@ public enum ScaledExpandBackward {
   /// Expanded tensors (z) of at least this many bytes: below it z is read back from L3, where the
   /// read saved costs less than the k×k products added (see docs/performance.md, issue 12 round 13).
   public static var minimumBytes = 64 << 20
-  /// Narrow inputs (at most `narrowInputChannels`) from `narrowMinimumBytes`: their k×k products cost
-  /// little, and on Zen 4 0.35/96 b64's layer 3 (k 8, z 28 MB) took 0.6 ms less a step scaled, while
-  /// 1.0/224 b32's layers 6 and 9 (k 24, z 58 MB) took 0.1–0.7 ms more (round 20).
+  /// Narrow inputs (at most `narrowInputChannels`): their k×k products cost little. Fused into the
+  /// depthwise backward (`FusedScaledExpandBackward`), at every size: on Zen 4 0.35/96 b64's 24² pairs
+  /// (k 8, z 7 MB) took 0.35–0.40 ms less each, the 12² ones (k 16, z 3.5 MB) 0.03–0.09, the step 1.3–3.9 %
+  /// (round 21), while k 24 still loses (1.0/224's 56² and 28² pairs −0.4 to +0.3 ms, 0.35's 6² pairs
+  /// +0.1–0.3). Unfused, from `narrowMinimumBytes`: 0.35/96 b64's layer 3 (z 28 MB) took 0.6 ms less a
+  /// step scaled, while 1.0/224 b32's layers 6 and 9 (k 24, z 58 MB) took 0.1–0.7 ms more (round 20).
   public static var narrowInputChannels = 16, narrowMinimumBytes = 16 << 20
-  /// Whether an expand layer of `rows` pixels takes the scaled path: its output large enough, and
-  /// both of its backward products on our GEMM kernels (the only ones `pointwiseBackwardScaled` runs).
+  /// Whether an expand layer of `rows` pixels takes the scaled path: its output large enough or its
+  /// input narrow, and both of its backward products on our GEMM kernels (the only ones
+  /// `pointwiseBackwardScaled` runs).
   public static func use(rows: Int, inChannels: Int, outChannels: Int) -> Bool {
     let bytes = rows * outChannels * MemoryLayout<Float>.stride
-    return enabled && (bytes >= minimumBytes || (inChannels <= narrowInputChannels && bytes >= narrowMinimumBytes))
+    let narrow = inChannels <= narrowInputChannels
+    return enabled && (bytes >= minimumBytes || (narrow && (FusedScaledExpandBackward.enabled || bytes >= narrowMinimumBytes)))
       && useOwnGEMM(.weightGradient, rows: rows, k: inChannels, n: outChannels)
       && useOwnGEMM(.product, rows: rows, k: outChannels, n: inChannels)
   }

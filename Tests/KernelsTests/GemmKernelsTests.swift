@@ -397,25 +397,35 @@ final class GemmKernelsTests: XCTestCase {
   /// MiB, or from 16 MiB with at most 16 input channels.
   func testExpandPathThresholds() {
     let (host, fused, scaled) = (GemmChoice.machine, FusedExpandForward.enabled, ScaledExpandBackward.enabled)
+    let fusedScaled = FusedScaledExpandBackward.enabled
     defer {
       GemmChoice.machine = host; GemmChoice.forced = nil
       FusedExpandForward.enabled = fused; ScaledExpandBackward.enabled = scaled
+      FusedScaledExpandBackward.enabled = fusedScaled
     }
     GemmChoice.forced = nil
     GemmChoice.machine = GemmMachine(blasCore: "Cooperlake", ownAVX512: true)
     FusedExpandForward.enabled = true
     ScaledExpandBackward.enabled = true
-    let cases: [(String, rows: Int, k: Int, n: Int, fused: Bool, scaled: Bool)] = [
-      ("1.0/224 b32 layer 3, z 154 MB", 401408, 16, 96, true, true),
-      ("1.0/224 b16 layer 3, z 77 MB", 200704, 16, 96, true, true),
-      ("1.0/224 b32 layer 6, z 58 MB, k 24", 100352, 24, 144, true, false),
-      ("1.0/224 b32 layer 12, z 19 MB, k 32", 25088, 32, 192, true, false),
-      ("0.35/96 b64 layer 3, z 28 MB, k 8", 147456, 8, 48, true, true),
-      ("0.35/96 b32 layer 3, z 14 MB", 73728, 8, 48, false, false),
+    // scaled: with the scaled backward fused into the depthwise's (the default), and without.
+    let cases: [(String, rows: Int, k: Int, n: Int, fused: Bool, scaled: Bool, scaledUnfused: Bool)] = [
+      ("1.0/224 b32 layer 3, z 154 MB", 401408, 16, 96, true, true, true),
+      ("1.0/224 b16 layer 3, z 77 MB", 200704, 16, 96, true, true, true),
+      ("1.0/224 b32 layer 6, z 58 MB, k 24", 100352, 24, 144, true, false, false),
+      ("1.0/224 b32 layer 12, z 19 MB, k 32", 25088, 32, 192, true, false, false),
+      ("0.35/96 b64 layer 3, z 28 MB, k 8", 147456, 8, 48, true, true, true),
+      ("0.35/96 b32 layer 3, z 14 MB", 73728, 8, 48, false, true, false),
+      ("0.35/96 b64 layer 6, z 7 MB, k 8", 36864, 8, 48, false, true, false),
+      ("0.35/96 b64 layer 12, z 3.5 MB, k 16", 9216, 16, 96, false, true, false),
+      ("0.35/96 b64 layer 21, z 1.3 MB, k 24", 2304, 24, 144, false, false, false),
     ]
     for c in cases {
       XCTAssertEqual(FusedExpandForward.use(rows: c.rows, inChannels: c.k, outChannels: c.n), c.fused, "fused forward: \(c.0)")
-      XCTAssertEqual(ScaledExpandBackward.use(rows: c.rows, inChannels: c.k, outChannels: c.n), c.scaled, "scaled backward: \(c.0)")
+      for fusedScaled in [true, false] {
+        FusedScaledExpandBackward.enabled = fusedScaled
+        XCTAssertEqual(ScaledExpandBackward.use(rows: c.rows, inChannels: c.k, outChannels: c.n),
+                       fusedScaled ? c.scaled : c.scaledUnfused, "scaled backward (fused: \(fusedScaled)): \(c.0)")
+      }
     }
   }
 
