@@ -1307,6 +1307,39 @@ private func productTile16(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePoint
 }
 
 #if KERNELS_AVX512
+/// The 16-row tile of at most 8 columns (the 8-channel layers of the 0.35 models: their project
+/// forwards and the input gradients of the expands before them) in 8-lane vectors: a 16-lane FMA of
+/// which half the lanes are empty takes the whole 512-bit FMA slot (one a cycle on Zen 4, whose
+/// FMA pipes are 256 bits wide), two 8-lane FMAs take the same slot. Emitted as vectors whose upper
+/// half is zero; each output is the same chain of FMAs over k in order as `productTile16`'s: the same
+/// bits.
+@inline(__always)
+private func productTile16Narrow(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePointer<Float>, ldb: Int,
+                                 _ emit: (GemmVector, Int, Int) -> Void) {
+  typealias Half = SIMD8<Float>
+  let p0 = a, p1 = p0 + K, p2 = p1 + K, p3 = p2 + K, p4 = p3 + K, p5 = p4 + K, p6 = p5 + K, p7 = p6 + K
+  let p8 = p7 + K, p9 = p8 + K, p10 = p9 + K, p11 = p10 + K, p12 = p11 + K, p13 = p12 + K, p14 = p13 + K, p15 = p14 + K
+  var c0 = Half(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0
+  var c8 = c0, c9 = c0, c10 = c0, c11 = c0, c12 = c0, c13 = c0, c14 = c0, c15 = c0
+  var bp = b
+  @inline(__always) func h(_ x: Float) -> Half { Half(repeating: x) }
+  for i in 0..<K {
+    let bv = UnsafeRawPointer(bp).loadUnaligned(as: Half.self)
+    c0 = c0.addingProduct(h(p0[i]), bv); c1 = c1.addingProduct(h(p1[i]), bv)
+    c2 = c2.addingProduct(h(p2[i]), bv); c3 = c3.addingProduct(h(p3[i]), bv)
+    c4 = c4.addingProduct(h(p4[i]), bv); c5 = c5.addingProduct(h(p5[i]), bv)
+    c6 = c6.addingProduct(h(p6[i]), bv); c7 = c7.addingProduct(h(p7[i]), bv)
+    c8 = c8.addingProduct(h(p8[i]), bv); c9 = c9.addingProduct(h(p9[i]), bv)
+    c10 = c10.addingProduct(h(p10[i]), bv); c11 = c11.addingProduct(h(p11[i]), bv)
+    c12 = c12.addingProduct(h(p12[i]), bv); c13 = c13.addingProduct(h(p13[i]), bv)
+    c14 = c14.addingProduct(h(p14[i]), bv); c15 = c15.addingProduct(h(p15[i]), bv)
+    bp += ldb
+  }
+  @inline(__always) func out(_ v: Half, _ j: Int) { emit(GemmVector(lowHalf: v, highHalf: Half()), j, 0) }
+  out(c0, 0); out(c1, 1); out(c2, 2); out(c3, 3); out(c4, 4); out(c5, 5); out(c6, 6); out(c7, 7)
+  out(c8, 8); out(c9, 9); out(c10, 10); out(c11, 11); out(c12, 12); out(c13, 13); out(c14, 14); out(c15, 15)
+}
+
 /// c = a·b for 24 columns (the 24-channel input gradients of the 56² expand layers), eight rows at a
 /// time as four pairs: a pair's 48 outputs are contiguous in c, three whole vectors (row r's 16, then
 /// its last 8 with row r + 1's first 8, then row r + 1's last 16). Column by column vectors would be
@@ -1358,7 +1391,13 @@ private func gemmRowPairs24(c: UnsafeMutablePointer<Float>, a: UnsafePointer<Flo
 /// on one accumulator (the block's last rows); each output vector handed to `emit(vector, row − r, v)`.
 @inline(__always)
 private func productTileRows(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePointer<Float>, ldb: Int, from r: Int, to end: Int,
-                             tileRows: Int, tall: Bool, pair: Bool, _ emit: (GemmVector, Int, Int) -> Void) {
+                             tileRows: Int, tall: Bool, pair: Bool, columns: Int, _ emit: (GemmVector, Int, Int) -> Void) {
+#if KERNELS_AVX512
+  if tall && tileRows == 16 && columns <= 8 {
+    productTile16Narrow(a + r * K, k: K, b, ldb: ldb, emit)
+    return
+  }
+#endif
   if tall && tileRows == 16 {
     productTile16(a + r * K, k: K, b, ldb: ldb, emit)
   } else if tall {
@@ -1558,7 +1597,8 @@ extension RowKernels {
                 }
               }
             }
-            productTileRows(a, k: K, b + col, ldb: ldb, from: r, to: r1, tileRows: tileRows, tall: tall, pair: pair, emit)
+            productTileRows(a, k: K, b + col, ldb: ldb, from: r, to: r1, tileRows: tileRows, tall: tall, pair: pair,
+                            columns: N - col, emit)
             if withStats {
               vstore(vload(s0 + col) + t0, s0 + col)
               vstore(vload(s1 + col) + t1, s1 + col)
@@ -1629,7 +1669,8 @@ extension RowKernels {
         if let raw { vstore(value, raw + offset, stream: stream) }
         vstore(value, c + offset)
       }
-      productTileRows(a, k: K, b + col, ldb: ldb, from: r, to: end, tileRows: tileRows, tall: tall, pair: pair, emit)
+      productTileRows(a, k: K, b + col, ldb: ldb, from: r, to: end, tileRows: tileRows, tall: tall, pair: pair,
+                      columns: N - col, emit)
       // The tile's outputs, still in L1, activated in place by the expression of batchNormApply (and
       // of the depthwise's input transform): the same bits. (In the emit above, the activation kept the
       // compiler from inlining it: a call per vector.)
