@@ -1238,12 +1238,38 @@ private let gemmPairTiles = false
 
 /// The forward tile: acc[j][v] = Σ_i a[row j, i] · b[i, v-th vector] for 8 rows of a (stride k)
 /// and 1 or 2 vectors of b (stride ldb), handed to `emit(vector, row offset, vector index)`.
+/// `narrowSecond`: the second vector has at most 8 columns (24 = 16 + 8: the 1.0 models' 24-channel
+/// project forwards), made in 8-lane vectors as in `productTile16Narrow` and emitted with a zero
+/// upper half (AVX-512 only).
 @inline(__always)
 private func productTile8(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePointer<Float>, ldb: Int, pair: Bool,
-                          _ emit: (GemmVector, Int, Int) -> Void) {
+                          narrowSecond: Bool = false, _ emit: (GemmVector, Int, Int) -> Void) {
   let p0 = a, p1 = p0 + K, p2 = p1 + K, p3 = p2 + K, p4 = p3 + K, p5 = p4 + K, p6 = p5 + K, p7 = p6 + K
   var c0 = GemmVector(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0
   var bp = b
+#if KERNELS_AVX512
+  if pair && narrowSecond {
+    typealias Half = SIMD8<Float>
+    var d0 = Half(), d1 = d0, d2 = d0, d3 = d0, d4 = d0, d5 = d0, d6 = d0, d7 = d0
+    for i in 0..<K {
+      let bv = vload(bp), bw = UnsafeRawPointer(bp + lanes).loadUnaligned(as: Half.self)
+      var x = p0[i]; c0 = c0.addingProduct(splat(x), bv); d0 = d0.addingProduct(Half(repeating: x), bw)
+      x = p1[i]; c1 = c1.addingProduct(splat(x), bv); d1 = d1.addingProduct(Half(repeating: x), bw)
+      x = p2[i]; c2 = c2.addingProduct(splat(x), bv); d2 = d2.addingProduct(Half(repeating: x), bw)
+      x = p3[i]; c3 = c3.addingProduct(splat(x), bv); d3 = d3.addingProduct(Half(repeating: x), bw)
+      x = p4[i]; c4 = c4.addingProduct(splat(x), bv); d4 = d4.addingProduct(Half(repeating: x), bw)
+      x = p5[i]; c5 = c5.addingProduct(splat(x), bv); d5 = d5.addingProduct(Half(repeating: x), bw)
+      x = p6[i]; c6 = c6.addingProduct(splat(x), bv); d6 = d6.addingProduct(Half(repeating: x), bw)
+      x = p7[i]; c7 = c7.addingProduct(splat(x), bv); d7 = d7.addingProduct(Half(repeating: x), bw)
+      bp += ldb
+    }
+    @inline(__always) func second(_ v: Half, _ j: Int) { emit(GemmVector(lowHalf: v, highHalf: Half()), j, 1) }
+    second(d0, 0); second(d1, 1); second(d2, 2); second(d3, 3); second(d4, 4); second(d5, 5); second(d6, 6); second(d7, 7)
+    emit(c0, 0, 0); emit(c1, 1, 0); emit(c2, 2, 0); emit(c3, 3, 0)
+    emit(c4, 4, 0); emit(c5, 5, 0); emit(c6, 6, 0); emit(c7, 7, 0)
+    return
+  }
+#endif
   if pair {
     var d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0, d6 = c0, d7 = c0
     for i in 0..<K {
@@ -1401,7 +1427,7 @@ private func productTileRows(_ a: UnsafePointer<Float>, k K: Int, _ b: UnsafePoi
   if tall && tileRows == 16 {
     productTile16(a + r * K, k: K, b, ldb: ldb, emit)
   } else if tall {
-    productTile8(a + r * K, k: K, b, ldb: ldb, pair: pair, emit)
+    productTile8(a + r * K, k: K, b, ldb: ldb, pair: pair, narrowSecond: columns <= lanes + 8, emit)
   } else {
     for row in r..<end {
       let p0 = a + row * K
