@@ -39,7 +39,8 @@ test: deps
 
 # Training-step throughput of our fp32 (and bf16) steps beside PyTorch eager, torch.compile and bf16
 # autocast (../shared/baselines/torch_train_step.py --channels-last) in one alternating run; prints
-# ratio_vs_best_torch, roofline (against the sgemm peak it measures) and peak RSS per row.
+# ratio_vs_best_torch, roofline (against the sgemm peak it measures) and peak RSS per row. Medians
+# of 5 alternating rounds.
 bench: build
 	$(SWIFT) run $(SWIFT_FLAGS) --skip-build bench train --threads 2 --python $(BENCH_PY) \
 	  --baseline $(BASELINES)/torch_train_step.py

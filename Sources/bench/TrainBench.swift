@@ -2,6 +2,7 @@
 // bf16 steps beside ../shared/baselines/torch_train_step.py's eager, torch.compile and bf16
 // variants (channels-last) with the same settings, in one alternating run; each row of ours gets
 // its ratio to the fastest PyTorch variant of its precision and its fraction of the GEMM peak.
+import KernelRows
 import ArgumentParser
 import BenchReport
 import Cluster
@@ -27,8 +28,10 @@ struct TrainBench: ParsableCommand {
   @Option(name: [.customLong("compile-warmup"), .customLong("compile_warmup")],
           help: "Untimed warm-up steps of the torch.compile variants (the first steps compile for minutes).")
   var compileWarmup = 3
+  /// 5: with 3, one slow round of either side decided a median (round 20's 0.35/96 fp32 ratios 2.97,
+  /// 1.68, 1.98 against torch.compile, whose own steps ranged 0.09–0.29 s within one run).
   @Option(help: "Rounds; each runs every row once, ours first, so the machine's noise hits all rows alike; medians.")
-  var rounds = 3
+  var rounds = 5
   @Option(help: "Our precisions, comma separated (fp32, bf16); a row the step cannot run is reported as absent.")
   var precisions = "fp32,bf16"
   @Option(name: [.customLong("torch-variants"), .customLong("torch_variants")],
