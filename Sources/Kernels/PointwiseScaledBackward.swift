@@ -197,7 +197,7 @@ public final class ScaledExpandBackwardPass {
     pBuffers = packedW + packedCount
     xBlocks = pBuffers + threads * pFloats
     blockSums = xBlocks + threads * xFloats
-    (partials).update(repeating: 0, count: chunks * (m * n + m * m))
+    partials.update(repeating: 0, count: chunks * (m * n + m * m))  // and the Grams after them
     ldw = packGemmB(w, k: n, n: m, transposed: true, into: packedW)
     xSums = .allocate(capacity: chunks * m)
     xSums.update(repeating: 0, count: chunks * m)
@@ -243,7 +243,9 @@ public final class ScaledExpandBackwardPass {
     let packedM = gemmPackedCount(k: m, n: m), blockFloats = min(rows, blockRows) * m
     let region = scratch.uninitialized(packedM + 2 * threads * blockFloats + threads * m)
     let packedNegM = region, corrBlocks = region + packedM, xtBlocks = corrBlocks + threads * blockFloats
+    // Σx̃ of the blocks again (centreRows makes it; `consume` already has it): zeroed, not read.
     let sumsBuffer = xtBlocks + threads * blockFloats
+    sumsBuffer.update(repeating: 0, count: threads * m)
     let ldm = c.negM.withUnsafeBufferPointer { packGemmB($0.baseAddress!, k: m, n: m, transposed: false, into: packedNegM) }
     shift.withUnsafeBufferPointer { shift in
       c.r.withUnsafeBufferPointer { r in
