@@ -1,6 +1,7 @@
 // `bench`: throughput benchmarks printed beside their baselines (see docs/performance.md).
 import ArgumentParser
 import Dispatch
+import Kernels
 import MobileNet
 
 @main
@@ -48,4 +49,19 @@ func minimumSeconds(reps: Int, _ body: () -> Void) -> Double {
     best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
   }
   return best
+}
+
+/// Batch-norm parameters of `channels` channels in one buffer, as the kernel benches lay them out:
+/// scale 1.1, `shift`, mean 0, 1/σ 1.2 (any values in range time the same).
+func benchBatchNorm(channels C: Int, shift: Float) -> FloatBuffer {
+  let b = FloatBuffer(count: 4 * C)
+  for c in 0..<C { b[c] = 1.1; b[C + c] = shift; b[2 * C + c] = 0; b[3 * C + c] = 1.2 }
+  return b
+}
+
+/// The BN backward reductions over z of a layer whose parameters `benchBatchNorm` made.
+func benchReduction(z: UnsafePointer<Float>, _ bn: FloatBuffer, channels C: Int, relu6: Bool,
+                    sums: UnsafeMutablePointer<Double>) -> BatchNormReduction {
+  BatchNormReduction(z: z, scale: bn.base, shift: bn.base + C, mean: bn.base + 2 * C, invStd: bn.base + 3 * C,
+                     relu6: relu6, sums: sums)
 }

@@ -6,7 +6,6 @@
 import ArgumentParser
 import Foundation
 import Kernels
-import KernelRows
 
 struct DepthwiseBench: ParsableCommand {
   static let configuration = CommandConfiguration(commandName: "depthwise",
@@ -41,8 +40,7 @@ struct DepthwiseBench: ParsableCommand {
     let da = FloatBuffer(count: s.outputCount), dx = FloatBuffer(count: s.inputCount), dw = FloatBuffer(count: s.weightCount)
     for b in [z, w, da] { for i in 0..<b.count { b[i] = rng.uniform() - 0.5 } }
     // BN parameters of the input's producer and of the depthwise itself: scale, shift, mean, 1/σ.
-    let bnIn = FloatBuffer(count: 4 * C), bn = FloatBuffer(count: 4 * C)
-    for b in [bnIn, bn] { for c in 0..<C { b[c] = 1.1; b[C + c] = 0.2; b[2 * C + c] = 0; b[3 * C + c] = 1.2 } }
+    let bnIn = benchBatchNorm(channels: C, shift: 0.2), bn = benchBatchNorm(channels: C, shift: 0.2)
     let pending = PendingBatchNorm(scale: bnIn.base, shift: bnIn.base + C, relu6: true)
     let shift = FloatBuffer(count: C)
     var sums = [Double](repeating: 0, count: 2 * C), sumsIn = [Double](repeating: 0, count: 2 * C)
@@ -53,10 +51,8 @@ struct DepthwiseBench: ParsableCommand {
     let (dGamma, dBeta) = (FloatBuffer(count: C), FloatBuffer(count: C))
     let backward = sums.withUnsafeMutableBufferPointer { sp in
       sumsIn.withUnsafeMutableBufferPointer { ip in
-        let red = BatchNormReduction(z: y.base, scale: bn.base, shift: bn.base + C, mean: bn.base + 2 * C,
-                                     invStd: bn.base + 3 * C, relu6: true, sums: sp.baseAddress!)
-        let redIn = BatchNormReduction(z: z.base, scale: bnIn.base, shift: bnIn.base + C, mean: bnIn.base + 2 * C,
-                                       invStd: bnIn.base + 3 * C, relu6: true, sums: ip.baseAddress!)
+        let red = benchReduction(z: y.base, bn, channels: C, relu6: true, sums: sp.baseAddress!)
+        let redIn = benchReduction(z: z.base, bnIn, channels: C, relu6: true, sums: ip.baseAddress!)
         return minimumSeconds(reps: reps) {
           withBatchNormBackward(fromSums: sp.baseAddress!, da: da.base, red, dGamma: dGamma.base, dBeta: dBeta.base,
                                 rows: outRows, channels: C, training: true) { og in

@@ -110,16 +110,13 @@ struct FusedBench: ParsableCommand {
     for b in [x, da, w] { for i in 0..<b.count { b[i] = rng.uniform() - 0.5 } }
     pointwiseForward(y: z.base, x: x.base, w: w.base, rows: rows, inChannels: m, outChannels: n)
     // BN parameters: scale, shift, mean, 1/σ of z (any values in range time the same), and of x's producer.
-    let bn = FloatBuffer(count: 4 * n), bnIn = FloatBuffer(count: 4 * m)
-    for (b, c) in [(bn, n), (bnIn, m)] { for i in 0..<c { b[i] = 1.1; b[c + i] = 0.1; b[2 * c + i] = 0; b[3 * c + i] = 1.2 } }
+    let bn = benchBatchNorm(channels: n, shift: 0.1), bnIn = benchBatchNorm(channels: m, shift: 0.1)
     var sums = [Double](repeating: 1, count: 2 * n), sumsIn = [Double](repeating: 0, count: 2 * m)
     let (dGamma, dBeta) = (FloatBuffer(count: n), FloatBuffer(count: n))
     sums.withUnsafeMutableBufferPointer { sp in
       sumsIn.withUnsafeMutableBufferPointer { ip in
-        let red = BatchNormReduction(z: z.base, scale: bn.base, shift: bn.base + n, mean: bn.base + 2 * n,
-                                     invStd: bn.base + 3 * n, relu6: true, sums: sp.baseAddress!)
-        let redIn = BatchNormReduction(z: x.base, scale: bnIn.base, shift: bnIn.base + m, mean: bnIn.base + 2 * m,
-                                       invStd: bnIn.base + 3 * m, relu6: false, sums: ip.baseAddress!)
+        let red = benchReduction(z: z.base, bn, channels: n, relu6: true, sums: sp.baseAddress!)
+        let redIn = benchReduction(z: x.base, bnIn, channels: m, relu6: false, sums: ip.baseAddress!)
         func backward(scaled: Bool) {
           withBatchNormBackward(fromSums: sp.baseAddress!, da: da.base, red, dGamma: dGamma.base, dBeta: dBeta.base,
                                 rows: rows, channels: n, training: true) { pending in

@@ -2,7 +2,6 @@
 // bf16 steps beside ../shared/baselines/torch_train_step.py's eager, torch.compile and bf16
 // variants (channels-last) with the same settings, in one alternating run; each row of ours gets
 // its ratio to the fastest PyTorch variant of its precision and its fraction of the GEMM peak.
-import KernelRows
 import ArgumentParser
 import BenchReport
 import Cluster
