@@ -127,24 +127,27 @@ public func conv2dWeightGradient(dw: UnsafeMutablePointer<Float>, dy: UnsafePoin
   let own = useOwnGEMM(.weightGradient, rows: rows, k: depth, n: co)
   let padded = own ? (depth + gemmReductionTile - 1) / gemmReductionTile * gemmReductionTile : depth
   // 3×3 windows over 3 channels (every stem): register accumulators over the windows read in place
-  // (`convWeightGradientDirect9`), no patch rows (the patch buffers below are then unused).
+  // (`convWeightGradientDirect9`), no patch rows.
   let direct = own && s.kernel * s.inChannels == 9 && co % gemmLanes == 0
   _ = Compute.blasSingleThreaded
   let blockRows = min(rows, backwardBlockRows(inChannels: padded, outChannels: co, own: own))
   let chunks = chunkCount(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows)
-  // One scratch region: per chunk a [padded, co] partial, then per thread a patch block and a dz block.
+  // One scratch region: per chunk a [padded, co] partial, then per thread a patch block (none when
+  // direct) and a dz block.
   let partialFloats = padded * co, dzFloats = outputGradient == nil ? 0 : blockRows * co
-  let perThread = blockRows * padded + dzFloats
+  let patchFloats = direct ? 0 : blockRows * padded
+  let perThread = patchFloats + dzFloats
+  let geometry = s.geometry
   let region = scratch.uninitialized(chunks * partialFloats + Compute.threads * perThread)
   let used = parallelChunks(rows, minPerChunk: gemmMinRowsPerThread, split: .balanced, grain: blockRows) { chunk, r in
     let partial = region + chunk * partialFloats
-    let patchBuffer = region + chunks * partialFloats + Compute.slot * perThread, dzBuffer = patchBuffer + blockRows * padded
+    let patchBuffer = region + chunks * partialFloats + Compute.slot * perThread, dzBuffer = patchBuffer + patchFloats
     partial.update(repeating: 0, count: partialFloats)
     forEachBlock(r, blockRows: blockRows) { b in
       let lo = b.lowerBound
       let g = outputGradient?.block(rows: b, into: dzBuffer) ?? dy
       if direct {
-        kernels.convWeightGradientDirect9(dw: partial, dy: g, x: x, s.geometry, pixels: b)
+        kernels.convWeightGradientDirect9(dw: partial, dy: g, x: x, geometry, pixels: b)
         return
       }
       let patches = patchBuffer - lo * padded
